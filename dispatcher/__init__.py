@@ -1,0 +1,1 @@
+"""infra-service dispatcher: provisioner:queue -> one Kubernetes Job per message."""

@@ -1,0 +1,91 @@
+"""The result entry contract: what lands on ``provisioner:results`` for every request.
+
+Exactly one entry per request id. The runner normally writes it; the dispatcher writes it
+when the runner could not (the Job failed before or without reporting, or the message was
+rejected). Both go through ``publish_result`` so that whoever comes second is a no-op.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from dispatcher.messages import Action
+
+SCHEMA_VERSION = 1
+OUTPUT_TAIL_LIMIT = 4000
+
+
+class ResultStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    TIMED_OUT = "timed_out"
+    REJECTED = "rejected"
+
+
+class Reporter(StrEnum):
+    RUNNER = "runner"
+    DISPATCHER = "dispatcher"
+
+
+class ResultError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(
+        description="Machine-readable class: invalid_message, unknown_server, ssh_unreachable, "
+        "host_key_mismatch, play_failed, play_timeout, provider_error, cancelled, "
+        "job_failed, image_pull, config_error, unschedulable, deadline_exceeded, "
+        "oom_killed, evicted, job_deleted, internal"
+    )
+    message: str = Field(description="What failed and what to do about it (no secret values)")
+    task: str | None = Field(default=None, description="Ansible task that failed")
+    host: str | None = Field(default=None, description="Ansible host the task failed on")
+    return_code: int | None = Field(default=None, description="Module or process return code")
+    output_tail: str | None = Field(
+        default=None, max_length=OUTPUT_TAIL_LIMIT, description="Bounded tail of stderr/stdout"
+    )
+
+
+class PlayRecap(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    rescued: int = 0
+    ignored: int = 0
+
+
+class ResultEntry(BaseModel):
+    """The outcome of one ProvisionerMessage."""
+
+    model_config = ConfigDict(extra="forbid", title="ProvisionerResult")
+
+    schema_version: int = SCHEMA_VERSION
+    request_id: str | None = Field(description="The message's request id (null if unreadable)")
+    server_handle: str | None = Field(description="The server (null if unreadable)")
+    action: Action | None = None
+    status: ResultStatus
+    reported_by: Reporter
+    job_name: str | None = None
+    started_at: AwareDatetime | None = None
+    finished_at: AwareDatetime
+    duration_seconds: float | None = Field(default=None, ge=0)
+    error: ResultError | None = None
+    recap: PlayRecap | None = None
+    details: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="Facts reported by the play (e.g. freed_bytes, docker_restarted)",
+    )
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

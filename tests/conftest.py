@@ -1,0 +1,48 @@
+"""Shared fixtures: real Redis and PostgreSQL servers for the whole session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.connections import RedisSettings, create_redis
+from dispatcher.keys import Keys
+from tests.support.services import PostgresServer, RedisServer, postgres_server, redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_srv() -> Iterator[RedisServer]:
+    with redis_server(password=os.environ.get("TEST_REDIS_PASSWORD", "redis-test-secret")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def redis_settings(redis_srv: RedisServer, monkeypatch: pytest.MonkeyPatch) -> RedisSettings:
+    monkeypatch.setenv("REDIS_URL", redis_srv.url)
+    if redis_srv.password:
+        monkeypatch.setenv("REDIS_PASSWORD", redis_srv.password)
+    return RedisSettings()
+
+
+@pytest.fixture
+async def redis_client(redis_settings: RedisSettings) -> AsyncIterator[aioredis.Redis]:
+    client = create_redis(redis_settings)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture(scope="session")
+def pg_srv() -> Iterator[PostgresServer]:
+    with postgres_server() as srv:
+        yield srv
