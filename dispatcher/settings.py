@@ -1,0 +1,150 @@
+"""Dispatcher configuration: ``DISPATCHER_*`` environment variables (plus ``REDIS_*``).
+
+Every field is documented with its default; ``python -m dispatcher settings`` prints them.
+Structured values (resources, nodeSelector, tolerations, secret mappings) are JSON, as the
+Helm chart renders them.
+"""
+
+from __future__ import annotations
+
+import socket
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dispatcher.messages import HANDLE_PATTERN
+
+
+class ExecutorKind(StrEnum):
+    KUBERNETES = "kubernetes"
+    LOCAL = "local"
+
+
+class SecretKeyRef(BaseModel):
+    """One environment variable of the runner filled from a key of a Kubernetes Secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(description="Secret name")
+    key: str = Field(description="Key inside the Secret")
+    optional: bool = False
+
+
+class JobTemplateSettings(BaseSettings):
+    """How runner Jobs look; the Helm chart sets these from its values."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_JOB_", extra="ignore")
+
+    image: str = Field(default="infra-service-runner:latest", description="Runner image")
+    image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "runner_image"],
+        description="Runner command (JSON list); the image's entrypoint (tini) wraps it",
+    )
+    active_deadline_seconds: int = Field(
+        default=3600, gt=0, description="Kubernetes kills the Job after this; the runner's own "
+        "play timeout must be shorter so it reports first"
+    )
+    ttl_seconds_after_finished: int = Field(
+        default=86400, ge=0, description="Finished Jobs are garbage-collected after this"
+    )
+    service_account_name: str | None = Field(
+        default=None, description="Service account of runner pods (its token is never mounted)"
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        description="Container resources (JSON)",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="JSON object")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="JSON list")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="JSON list of names")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Plain (non-secret) environment for the runner, e.g. REDIS_URL, DATABASE_URL",
+    )
+    secret_env: dict[str, SecretKeyRef] = Field(
+        default_factory=dict,
+        description='Runner env vars from Secret keys: {"DATABASE_PASSWORD": {"secret": "db", '
+        '"key": "password"}}; rendered as secretKeyRef, never as values',
+    )
+    env_from_secrets: list[str] = Field(
+        default_factory=list, description="Secrets whose every key becomes runner env (envFrom)"
+    )
+    scratch_size_limit: str = Field(default="1Gi", description="emptyDir size for scratch space")
+    run_as_user: int = Field(default=10001, description="UID of the runner container")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on Jobs/Pods")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations")
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved_env(cls, env: dict[str, str]) -> dict[str, str]:
+        reserved = {"PROVISIONER_MESSAGE", "JOB_NAME", "ORCHESTRATOR_SSH_PUBLIC_KEY"}
+        clash = reserved & env.keys()
+        if clash:
+            raise ValueError(f"{sorted(clash)} are set by the dispatcher itself")
+        return env
+
+
+class DispatcherSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore")
+
+    executor: ExecutorKind = Field(
+        default=ExecutorKind.KUBERNETES, description="kubernetes (Jobs) or local (subprocesses)"
+    )
+    replica_id: str = Field(
+        default_factory=socket.gethostname,
+        pattern=HANDLE_PATTERN,
+        description="Identity of this replica (its processing list); default: the pod name",
+    )
+    instance: str = Field(
+        default="infra-service", pattern=HANDLE_PATTERN,
+        description="app.kubernetes.io/instance of the Jobs this dispatcher owns (Helm release)",
+    )
+    namespace: str = Field(default="default", description="Namespace of the runner Jobs")
+    max_in_flight: int = Field(
+        default=10, ge=1, description="Cap on Jobs in flight across all replicas (backpressure)"
+    )
+    heartbeat_seconds: float = Field(
+        default=2.0, gt=0, description="Replica heartbeat period; a replica whose heartbeat is "
+        "older than 3 periods is dead and its in-flight messages are requeued"
+    )
+    pending_timeout_seconds: float = Field(
+        default=600, gt=0, description="A runner pod still unscheduled/not started after this "
+        "fails the Job (with the Kubernetes reason)"
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=20, gt=0, description="SIGTERM: finish the dispatch in progress within this"
+    )
+    api_timeout_seconds: float = Field(default=10, gt=0, description="Per Kubernetes request")
+    api_retry_max_seconds: float = Field(
+        default=30, gt=0, description="Longest backoff between Kubernetes API retries"
+    )
+    dispatch_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Job creations running at once"
+    )
+    metrics_port: int = Field(default=9100, ge=0, le=65535, description="Prometheus /metrics")
+    health_port: int = Field(default=8080, ge=0, le=65535, description="/healthz and /readyz")
+    bind_address: str = Field(default="0.0.0.0", description="Address of both HTTP listeners")  # noqa: S104
+    kubeconfig: str | None = Field(
+        default=None, description="kubeconfig path; default: in-cluster config, then KUBECONFIG"
+    )
+    orchestrator_ssh_public_key: str = Field(
+        default="",
+        validation_alias="ORCHESTRATOR_SSH_PUBLIC_KEY",
+        description="Deploy key passed to every runner (public, not a secret)",
+    )
+    local_workdir: str | None = Field(
+        default=None, description="local executor: where runner logs go (default: a temp dir)"
+    )
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DispatcherSettings:
+        if self.metrics_port and self.metrics_port == self.health_port:
+            raise ValueError("DISPATCHER_METRICS_PORT and DISPATCHER_HEALTH_PORT must differ")
+        return self
