@@ -117,6 +117,17 @@ class DispatcherSettings(BaseSettings):
         default=600, gt=0, description="A runner pod still unscheduled/not started after this "
         "fails the Job (with the Kubernetes reason)"
     )
+    image_pull_grace_seconds: float = Field(
+        default=120, gt=0, description="ErrImagePull/ImagePullBackOff fail the Job after this "
+        "(pulls can recover from a registry hiccup; CreateContainerConfigError fails at once)"
+    )
+    reconcile_seconds: float = Field(
+        default=15, gt=0, description="Period of the check of server slots against live Jobs"
+    )
+    orphan_grace_seconds: float = Field(
+        default=30, gt=0, description="A slot whose Job is absent this long is released "
+        "(the Job was deleted while no dispatcher watched)"
+    )
     shutdown_timeout_seconds: float = Field(
         default=20, gt=0, description="SIGTERM: finish the dispatch in progress within this"
     )

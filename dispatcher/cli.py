@@ -1,0 +1,197 @@
+"""Command line for SREs and the Scheduler's developers.
+
+    python -m dispatcher run                      # the service
+    python -m dispatcher enqueue srv-1 [--recovery|--force-reinstall]
+    python -m dispatcher status                   # queue / processing / waiting / dead-letter
+    python -m dispatcher results [-n 10]
+    python -m dispatcher dead-letter [-n 10] [--requeue]
+    python -m dispatcher settings                 # every setting, its variable and default
+    python -m dispatcher schemas [--out DIR]      # JSON Schemas of message and result
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from dispatcher.connections import RedisSettings, create_redis
+from dispatcher.logs import configure_logging
+from dispatcher.messages import InvalidMessage, ProvisionerMessage, parse_message
+from dispatcher.queue import QueueStore
+from dispatcher.results import ResultEntry
+from dispatcher.schemas import write_schemas
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+
+EXIT_CONFIG = 2
+
+
+def _settings_error(exc: ValidationError, prefix: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        variable = field if field.isupper() else f"{prefix}{field}".upper()
+        # The offending value is deliberately not echoed: it may be a secret.
+        lines.append(f"invalid setting {variable}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _load(kind: type[Any], prefix: str) -> Any:
+    try:
+        return kind()
+    except ValidationError as exc:
+        print(_settings_error(exc, prefix), file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(_: argparse.Namespace) -> int:
+    from dispatcher.app import run_dispatcher
+
+    settings = _load(DispatcherSettings, "DISPATCHER_")
+    template = _load(JobTemplateSettings, "DISPATCHER_JOB_")
+    redis_settings = _load(RedisSettings, "REDIS_")
+    configure_logging("dispatcher", settings.log_level)
+    asyncio.run(run_dispatcher(settings, template, redis_settings))
+    return 0
+
+
+async def _enqueue(args: argparse.Namespace) -> int:
+    redis_settings = _load(RedisSettings, "REDIS_")
+    fields: dict[str, Any] = {"server_handle": args.server_handle,
+                              "force_reinstall": args.force_reinstall,
+                              "is_recovery": args.recovery,
+                              "enqueued_at": datetime.now(UTC).isoformat()}
+    if args.request_id:
+        fields["request_id"] = args.request_id
+    try:
+        message = parse_message(json.dumps(fields)).with_identity()
+    except InvalidMessage as exc:
+        print(f"not enqueued: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    redis = create_redis(redis_settings)
+    try:
+        await redis.lpush(redis_settings.keys.queue, message.to_json())
+    finally:
+        await redis.aclose()
+    print(json.dumps({"enqueued": json.loads(message.to_json()),
+                      "queue": redis_settings.keys.queue}))
+    return 0
+
+
+async def _status(_: argparse.Namespace) -> int:
+    redis_settings = _load(RedisSettings, "REDIS_")
+    redis = create_redis(redis_settings)
+    try:
+        store = QueueStore(redis, redis_settings.keys, "cli")
+        depths = await store.depths()
+        slots = await store.slots()
+    finally:
+        await redis.aclose()
+    print(json.dumps({
+        "queue": depths.queue, "processing": depths.processing, "waiting": depths.waiting,
+        "dead_letter": depths.dead_letter, "jobs_in_flight": depths.in_flight,
+        "oldest_in_flight_seconds": round(depths.oldest_in_flight, 1),
+        "servers_in_flight": {s.handle: {"request_id": s.request_id, "job_name": s.job_name,
+                                         "state": s.state} for s in slots},
+    }, indent=2))
+    return 0
+
+
+async def _results(args: argparse.Namespace) -> int:
+    redis_settings = _load(RedisSettings, "REDIS_")
+    redis = create_redis(redis_settings)
+    try:
+        entries = await redis.lrange(redis_settings.keys.results, 0, args.count - 1)
+    finally:
+        await redis.aclose()
+    for raw in entries:
+        print(ResultEntry.model_validate_json(raw).model_dump_json(exclude_none=True))
+    return 0
+
+
+async def _dead_letter(args: argparse.Namespace) -> int:
+    redis_settings = _load(RedisSettings, "REDIS_")
+    keys = redis_settings.keys
+    redis = create_redis(redis_settings)
+    try:
+        if not args.requeue:
+            for raw in await redis.lrange(keys.dead_letter, 0, args.count - 1):
+                print(raw.decode(errors="backslashreplace"))
+            return 0
+        moved = 0
+        for _ in range(args.count):
+            # Oldest first; the payload goes back as it came, to be validated again.
+            raw = await redis.rpop(keys.dead_letter)
+            if raw is None:
+                break
+            await redis.lpush(keys.queue, json.loads(raw)["payload"])
+            moved += 1
+        print(json.dumps({"requeued": moved}))
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def cmd_settings(_: argparse.Namespace) -> int:
+    rows = []
+    for kind, prefix in ((DispatcherSettings, "DISPATCHER_"), (JobTemplateSettings,
+                         "DISPATCHER_JOB_"), (RedisSettings, "REDIS_")):
+        for name, field in kind.model_fields.items():
+            alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+            default: Any = field.default
+            if field.default_factory is not None:
+                default = "<computed>" if name == "replica_id" else field.default_factory()
+            rows.append({"variable": alias or f"{prefix}{name}".upper(),
+                         "default": default, "description": field.description or ""})
+    print(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    for path in write_schemas(Path(args.out) if args.out else None):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dispatcher", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the dispatcher service").set_defaults(func=cmd_run)
+    enqueue = sub.add_parser("enqueue", help="push one ProvisionerMessage")
+    enqueue.add_argument("server_handle")
+    mode = enqueue.add_mutually_exclusive_group()
+    mode.add_argument("--force-reinstall", action="store_true")
+    mode.add_argument("--recovery", action="store_true")
+    enqueue.add_argument("--request-id")
+    enqueue.set_defaults(func=lambda a: asyncio.run(_enqueue(a)))
+    sub.add_parser("status", help="queue depths and servers in flight").set_defaults(
+        func=lambda a: asyncio.run(_status(a)))
+    results = sub.add_parser("results", help="newest result entries")
+    results.add_argument("-n", "--count", type=int, default=10)
+    results.set_defaults(func=lambda a: asyncio.run(_results(a)))
+    dead = sub.add_parser("dead-letter", help="show (or requeue) dead-lettered messages")
+    dead.add_argument("-n", "--count", type=int, default=10)
+    dead.add_argument("--requeue", action="store_true",
+                      help="move the oldest N back onto the queue")
+    dead.set_defaults(func=lambda a: asyncio.run(_dead_letter(a)))
+    sub.add_parser("settings", help="list every setting").set_defaults(func=cmd_settings)
+    schemas = sub.add_parser("schemas", help="write the JSON Schemas")
+    schemas.add_argument("--out")
+    schemas.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+__all__ = ["ProvisionerMessage", "main"]

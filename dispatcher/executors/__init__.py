@@ -1,0 +1,1 @@
+"""Executors start runners for messages and report how they ended."""

@@ -1,0 +1,72 @@
+"""The interface between the dispatch loop and whatever runs the runner."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from dispatcher.messages import ProvisionerMessage
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """A runner Job that is over, or must be made over (a stuck pod)."""
+
+    job_name: str
+    server_handle: str
+    request_id: str
+    succeeded: bool
+    reason: str  # Kubernetes vocabulary: Completed, DeadlineExceeded, OOMKilled, ErrImagePull...
+    message: str
+    started_at: datetime | None = None
+    action: str | None = None
+    delete_job: bool = False  # the Job is stuck: the dispatcher deletes it before reporting
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the executor currently knows about one of its Jobs."""
+
+    job_name: str
+    server_handle: str
+    request_id: str
+    end: JobEnd | None  # None while it runs
+
+
+class LaunchRejected(Exception):
+    """The executor refused this Job for good (retrying cannot help)."""
+
+
+class TransientLaunchError(Exception):
+    """The launch failed in a way that may pass (API down, throttled, RBAC being fixed)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Executor(Protocol):
+    ends: asyncio.Queue[JobEnd]
+
+    async def start(self) -> None:
+        """Begin observing Jobs; Jobs that ended while nobody watched are put on ``ends``."""
+
+    async def stop(self) -> None: ...
+
+    async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
+        """Start the runner; True if created now, False if it already existed.
+
+        Raises LaunchRejected or TransientLaunchError.
+        """
+
+    async def delete(self, job_name: str) -> None:
+        """Stop and remove a Job (used for stuck pods); absent is fine."""
+
+    def snapshot(self) -> dict[str, JobView] | None:
+        """The Jobs known now, or None until the first full listing is done."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the backend (e.g. the Kubernetes API) is unreachable."""

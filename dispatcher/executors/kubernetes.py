@@ -1,0 +1,244 @@
+"""Runs each message as a Kubernetes Job and watches Jobs and their Pods to the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from dispatcher.executors.base import JobEnd, JobView
+from dispatcher.jobspec import build_job
+from dispatcher.kube.classify import job_outcome, job_without_pod, parse_time, stuck_reason, utcnow
+from dispatcher.kube.client import KubeClient
+from dispatcher.kube.creating import create_job
+from dispatcher.kube.deleting import delete_job
+from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
+from dispatcher.messages import ProvisionerMessage
+from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST, selector
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+
+log = logging.getLogger(__name__)
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+def _slim_job(job: dict[str, Any]) -> dict[str, Any]:
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    return {"metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
+                         "creationTimestamp": meta.get("creationTimestamp")},
+            "status": {"conditions": status.get("conditions") or [],
+                       "startTime": status.get("startTime")}}
+
+
+def _slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return {"metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
+                         "creationTimestamp": meta.get("creationTimestamp")},
+            "status": {k: status.get(k) for k in ("phase", "reason", "message", "conditions",
+                                                  "containerStatuses")}}
+
+
+def _pod_job(pod: dict[str, Any]) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
+
+
+class KubernetesExecutor:
+    def __init__(self, kube: KubeClient, settings: DispatcherSettings,
+                 template: JobTemplateSettings, check_interval: float = 1.0) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.template = template
+        self.namespace = settings.namespace
+        self.pull_grace = settings.image_pull_grace_seconds
+        self.check_interval = check_interval
+        self.ends: asyncio.Queue[JobEnd] = asyncio.Queue()
+        self._events: asyncio.Queue[Sync | Change] = asyncio.Queue()
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._pods: dict[str, dict[str, dict[str, Any]]] = {}
+        self._emitted: set[str] = set()
+        self._synced = {"jobs": False, "pods": False}
+        self._watch_ok = {"jobs": False, "pods": False}
+        self._api_ok = True
+        self._watches: list[ListWatch] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._first_sync = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        deliver = threadsafe_deliver(loop, self._events)
+        sel = selector(self.settings.instance)
+        for kind, fn in (("jobs", self.kube.batch.list_namespaced_job),
+                         ("pods", self.kube.core.list_namespaced_pod)):
+            watch = ListWatch(kind, fn, self.namespace, sel, deliver,
+                              on_health=self._health_setter(loop, kind))
+            self._watches.append(watch)
+            watch.start()
+        self._tasks = [asyncio.create_task(self._consume(), name="kube-events"),
+                       asyncio.create_task(self._check_stuck(), name="kube-stuck")]
+        await self._first_sync.wait()
+
+    def _health_setter(self, loop: asyncio.AbstractEventLoop, kind: str):  # type: ignore[no-untyped-def]
+        def set_health(ok: bool) -> None:
+            loop.call_soon_threadsafe(self._watch_ok.__setitem__, kind, ok)
+        return set_health
+
+    async def stop(self) -> None:
+        for watch in self._watches:
+            watch.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.kube.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self._api_ok and all(self._watch_ok.values())
+
+    def mark_api(self, ok: bool) -> None:
+        self._api_ok = ok
+
+    # -- verbs -------------------------------------------------------------------------
+    async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
+        body = build_job(message, self.settings, self.template)
+        created = await create_job(self.kube, self.namespace, body)
+        self._api_ok = True
+        return created
+
+    async def delete(self, job_name: str) -> None:
+        await delete_job(self.kube, self.namespace, job_name)
+
+    def snapshot(self) -> dict[str, JobView] | None:
+        if not all(self._synced.values()):
+            return None
+        views = {}
+        for name, job in self._jobs.items():
+            labels = job["metadata"]["labels"]
+            views[name] = JobView(name, labels.get(LABEL_HANDLE, ""),
+                                  labels.get(LABEL_REQUEST, ""), self._end_of(name, job))
+        return views
+
+    # -- watching ----------------------------------------------------------------------
+    def _end_of(self, name: str, job: dict[str, Any]) -> JobEnd | None:
+        outcome = job_outcome(job, list(self._pods.get(name, {}).values()))
+        if outcome is None:
+            return None
+        labels = job["metadata"]["labels"]
+        return JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
+                      *outcome, started_at=parse_time(job["status"].get("startTime")),
+                      action=labels.get(LABEL_ACTION))
+
+    def _emit(self, end: JobEnd) -> None:
+        if end.job_name in self._emitted or not end.request_id:
+            return
+        self._emitted.add(end.job_name)
+        self.ends.put_nowait(end)
+
+    def _evaluate(self, name: str) -> None:
+        job = self._jobs.get(name)
+        if job is not None and (end := self._end_of(name, job)) is not None:
+            self._emit(end)
+
+    def _deleted(self, name: str, job: dict[str, Any]) -> None:
+        end = self._end_of(name, job)
+        if end is None:
+            labels = job["metadata"]["labels"]
+            end = JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
+                         False, "JobDeleted",
+                         "the Job was deleted before its runner reported (kubectl delete, "
+                         "or a namespace cleanup)",
+                         started_at=parse_time(job["status"].get("startTime")),
+                         action=labels.get(LABEL_ACTION))
+        self._emit(end)
+        self._jobs.pop(name, None)
+        self._pods.pop(name, None)
+        self._emitted.discard(name)
+
+    async def _consume(self) -> None:
+        while True:
+            item = await self._events.get()
+            if isinstance(item, Sync):
+                self._apply_sync(item)
+            elif item.kind == "jobs":
+                self._apply_job(item)
+            else:
+                self._apply_pod(item)
+
+    def _apply_sync(self, sync: Sync) -> None:
+        if sync.kind == "jobs":
+            fresh = {j["metadata"]["name"]: _slim_job(j) for j in sync.objects}
+            for name in set(self._jobs) - set(fresh):
+                self._deleted(name, self._jobs[name])  # deleted while we were not watching
+            self._jobs = fresh
+        else:
+            pods: dict[str, dict[str, dict[str, Any]]] = {}
+            for pod in sync.objects:
+                job = _pod_job(pod)
+                if job:
+                    pods.setdefault(job, {})[pod["metadata"]["name"]] = _slim_pod(pod)
+            self._pods = pods
+        self._synced[sync.kind] = True
+        self._watch_ok[sync.kind] = True
+        if all(self._synced.values()):
+            self._emitted &= set(self._jobs)
+            for name in list(self._jobs):
+                self._evaluate(name)
+            self._first_sync.set()
+
+    def _apply_job(self, change: Change) -> None:
+        name = change.object["metadata"]["name"]
+        if change.type == "DELETED":
+            if name in self._jobs:
+                self._jobs[name] = _slim_job(change.object)
+                self._deleted(name, self._jobs[name])
+            return
+        self._jobs[name] = _slim_job(change.object)
+        self._evaluate(name)
+
+    def _apply_pod(self, change: Change) -> None:
+        job = _pod_job(change.object)
+        if not job:
+            return
+        pod_name = change.object["metadata"]["name"]
+        if change.type == "DELETED":
+            self._pods.get(job, {}).pop(pod_name, None)
+            return
+        pod = _slim_pod(change.object)
+        self._pods.setdefault(job, {})[pod_name] = pod
+        self._check_pod(job, pod)
+        self._evaluate(job)
+
+    def _check_pod(self, job_name: str, pod: dict[str, Any]) -> None:
+        if job_name in self._emitted or job_name not in self._jobs:
+            return
+        found = stuck_reason(pod, utcnow(), self.pull_grace,
+                             self.settings.pending_timeout_seconds)
+        if found:
+            self._stuck(job_name, *found)
+
+    def _stuck(self, job_name: str, reason: str, message: str) -> None:
+        labels = self._jobs[job_name]["metadata"]["labels"]
+        self._emit(JobEnd(job_name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
+                          False, reason, message, action=labels.get(LABEL_ACTION),
+                          delete_job=True))
+
+    async def _check_stuck(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            if not all(self._synced.values()):
+                continue
+            now = utcnow()
+            for name, job in list(self._jobs.items()):
+                if name in self._emitted or self._end_of(name, job) is not None:
+                    continue
+                pods = self._pods.get(name)
+                if pods:
+                    for pod in pods.values():
+                        self._check_pod(name, pod)
+                elif found := job_without_pod(job, now, self.settings.pending_timeout_seconds):
+                    self._stuck(name, *found)

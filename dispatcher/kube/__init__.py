@@ -1,0 +1,1 @@
+"""Kubernetes access, one module per verb (as kopf does): creating, deleting, watching."""

@@ -1,0 +1,101 @@
+"""Reading Job and Pod objects: is the run over, and why?
+
+Pure functions over the API's JSON, so every Kubernetes failure mode is unit-testable.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+# Waiting reasons that never resolve on their own (Airflow treats the same set as fatal).
+FATAL_WAITING = {"CreateContainerConfigError", "CreateContainerError", "InvalidImageName",
+                 "ImageInspectError", "ErrImageNeverPull"}
+# Image pulls can be transient (registry hiccup): fatal only after a grace period.
+PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]
+                ) -> tuple[bool, str, str] | None:
+    """(succeeded, reason, message) once the Job is finished, else None."""
+    if _condition(job, "Complete"):
+        return True, "Completed", "runner completed"
+    failed = _condition(job, "Failed")
+    if not failed:
+        return None
+    reason = failed.get("reason") or "Failed"
+    message = failed.get("message") or "Job failed"
+    pod_reason = _pod_failure(pods)
+    if pod_reason and reason != "DeadlineExceeded":
+        reason, message = pod_reason
+    return False, reason, message
+
+
+def _pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("reason") == "Evicted":
+            return "Evicted", status.get("message") or "pod evicted"
+        for cs in status.get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if not term or term.get("exitCode", 0) == 0:
+                continue
+            if term.get("reason") == "OOMKilled":
+                return "OOMKilled", f"runner container {cs.get('name')} was OOMKilled; " \
+                                    "raise the Job's memory limit"
+            return term.get("reason") or "Error", \
+                f"runner exited with code {term.get('exitCode')}" + \
+                (f": {term['message']}" if term.get("message") else "")
+    return None
+
+
+def stuck_reason(pod: dict[str, Any], now: datetime, pull_grace: float,
+                 pending_timeout: float) -> tuple[str, str] | None:
+    """Why a pod that has not started will never start, or None while it may still."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    created = parse_time((pod.get("metadata") or {}).get("creationTimestamp")) or now
+    age = (now - created).total_seconds()
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        message = waiting.get("message") or reason or ""
+        if reason in FATAL_WAITING:
+            return reason, message
+        if reason in PULL_WAITING and age >= pull_grace:
+            return reason, f"{message} (still failing after {int(age)}s)"
+    if age >= pending_timeout:
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return cond.get("reason") or "Unschedulable", \
+                    f"{cond.get('message') or 'pod not scheduled'} (pending {int(age)}s)"
+        return "PendingTimeout", f"pod did not start within {int(age)}s"
+    return None
+
+
+def job_without_pod(job: dict[str, Any], now: datetime, pending_timeout: float
+                    ) -> tuple[str, str] | None:
+    """A Job whose pod was never created (quota, admission webhooks) is stuck too."""
+    created = parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
+    if (now - created).total_seconds() < pending_timeout:
+        return None
+    return "PodNotCreated", "no pod was created for the Job within " \
+        f"{int(pending_timeout)}s; see `kubectl describe job` events (quota, admission)"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,49 @@
+"""Turning Kubernetes client failures into decisions: exists, retry, or give up."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+# 403/404 on create usually mean RBAC or a missing namespace: the operator fixes them, so
+# the message waits in Redis instead of being dead-lettered.
+RETRYABLE_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    status: int  # HTTP status; 0 when no answer (refused, reset, timeout)
+    reason: str  # Kubernetes Status reason (AlreadyExists, Invalid...) or exception name
+    message: str
+    retry_after: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUSES or self.status >= 500
+
+
+def describe(exc: BaseException) -> ApiFailure:
+    if isinstance(exc, ApiException):
+        reason, message = exc.reason or "", ""
+        body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+        if body:
+            try:
+                status_body = json.loads(body)
+                reason = status_body.get("reason") or reason
+                message = status_body.get("message") or ""
+            except (ValueError, AttributeError):
+                message = body[:300]
+        retry_after = None
+        headers = exc.headers or {}
+        if "Retry-After" in headers:
+            try:
+                retry_after = float(headers["Retry-After"])
+            except ValueError:
+                retry_after = None
+        return ApiFailure(int(exc.status or 0), str(reason), message or str(reason), retry_after)
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return ApiFailure(0, type(exc).__name__, str(exc))
+    raise exc

@@ -1,0 +1,61 @@
+"""Deterministic Job names and the labels/annotations SREs select Jobs by."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from dispatcher.messages import ProvisionerMessage
+
+LABEL_PREFIX = "infra-service.io"
+LABEL_HANDLE = f"{LABEL_PREFIX}/server-handle"
+LABEL_REQUEST = f"{LABEL_PREFIX}/request-id"
+LABEL_ACTION = f"{LABEL_PREFIX}/action"
+ANNOTATION_MESSAGE = f"{LABEL_PREFIX}/message"
+ANNOTATION_REPLICA = f"{LABEL_PREFIX}/dispatched-by"
+MANAGED_BY = "infra-service-dispatcher"
+
+JOB_NAME_PREFIX = "prov"
+_HANDLE_PART = 40  # prefix(4) + '-' + 40 + '-' + hash(12) = 58 <= 63
+
+
+def job_name(server_handle: str, request_id: str) -> str:
+    """A DNS-1123 label (<= 63 chars) that is a pure function of the request id.
+
+    The handle part is for humans only; the request-id hash makes it unique, so a
+    redelivered message maps to the same Job and its create answers 409.
+    """
+    slug = re.sub(r"[^a-z0-9-]+", "-", server_handle.lower())
+    slug = re.sub(r"-{2,}", "-", slug).strip("-")[:_HANDLE_PART].rstrip("-") or "server"
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:12]
+    return f"{JOB_NAME_PREFIX}-{slug}-{digest}"
+
+
+def job_name_for(message: ProvisionerMessage) -> str:
+    if message.request_id is None:
+        raise ValueError("message has no request_id yet; assign identity before naming its Job")
+    return job_name(message.server_handle, message.request_id)
+
+
+def selector_labels(instance: str) -> dict[str, str]:
+    """Labels that identify every Job (and Pod) one dispatcher installation owns."""
+    return {
+        "app.kubernetes.io/name": "infra-service-runner",
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector(instance: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(instance).items())
+
+
+def job_labels(message: ProvisionerMessage, instance: str) -> dict[str, str]:
+    return {
+        **selector_labels(instance),
+        "app.kubernetes.io/component": "runner",
+        "app.kubernetes.io/part-of": "infra-service",
+        LABEL_HANDLE: message.server_handle,
+        LABEL_REQUEST: message.request_id or "",
+        LABEL_ACTION: message.action.value,
+    }

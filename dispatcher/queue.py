@@ -1,0 +1,324 @@
+"""The Redis side of dispatching: claiming, server slots, waiting lists, dead letters.
+
+Invariants (each transition is one Lua script, so a crash between two steps never loses
+or duplicates a message):
+- A claimed message sits in this replica's processing list until it is a Job (ack), is
+  parked on its server's waiting list, goes back to the queue, or is dead-lettered.
+- ``inflight`` holds at most one slot per server: the request that owns the server now.
+  Its size is the number of Jobs in flight across all replicas, capped by max_in_flight.
+- When a slot is released, the oldest waiting message of that server is reserved the slot
+  and put at the consuming end of the queue, so it is dispatched next, in arrival order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from dispatcher.keys import Keys
+from dispatcher.reporting import REPORTED_TTL_SECONDS
+
+_RELEASE_FN = """
+local function release(inflight, waiting, waiting_index, queue, handle, rid, now)
+  local cur = redis.call('HGET', inflight, handle)
+  if not cur then return 0 end
+  if cjson.decode(cur).rid ~= rid then return 0 end
+  redis.call('HDEL', inflight, handle)
+  local nxt = redis.call('LPOP', waiting)
+  if nxt then
+    local msg = cjson.decode(nxt)
+    redis.call('HSET', inflight, handle,
+      cjson.encode({rid = msg.request_id, since = now, state = 'reserved'}))
+    redis.call('RPUSH', queue, nxt)
+  end
+  if redis.call('LLEN', waiting) == 0 then redis.call('SREM', waiting_index, handle) end
+  return 1
+end
+"""
+
+# KEYS: processing, inflight, waiting, waiting_index, queue, reported
+# ARGV: raw, new_raw, handle, rid, job, cap, now
+_ACQUIRE = """
+local function keep()
+  if ARGV[1] ~= ARGV[2] then
+    redis.call('LREM', KEYS[1], 1, ARGV[1])
+    redis.call('LPUSH', KEYS[1], ARGV[2])
+  end
+end
+local function park()
+  redis.call('LREM', KEYS[1], 1, ARGV[1])
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  redis.call('SADD', KEYS[4], ARGV[3])
+end
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('LREM', KEYS[1], 1, ARGV[1])
+  return 'done'
+end
+local now = tonumber(ARGV[7])
+local cur = redis.call('HGET', KEYS[2], ARGV[3])
+if cur then
+  local slot = cjson.decode(cur)
+  if slot.rid == ARGV[4] then
+    if slot.state == 'reserved' then
+      redis.call('HSET', KEYS[2], ARGV[3],
+        cjson.encode({rid = ARGV[4], job = ARGV[5], since = now, state = 'acquired'}))
+    end
+    keep()
+    return 'acquired'
+  end
+  park()
+  return 'waiting'
+end
+if redis.call('LLEN', KEYS[3]) > 0 then
+  -- A waiting list without a slot (only after manual edits): queue behind it and hand
+  -- the slot to its oldest message so the server is not stuck.
+  park()
+  local nxt = redis.call('LPOP', KEYS[3])
+  redis.call('HSET', KEYS[2], ARGV[3],
+    cjson.encode({rid = cjson.decode(nxt).request_id, since = now, state = 'reserved'}))
+  redis.call('RPUSH', KEYS[5], nxt)
+  return 'waiting'
+end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then
+  redis.call('LREM', KEYS[1], 1, ARGV[1])
+  redis.call('RPUSH', KEYS[5], ARGV[2])
+  return 'full'
+end
+redis.call('HSET', KEYS[2], ARGV[3],
+  cjson.encode({rid = ARGV[4], job = ARGV[5], since = now, state = 'acquired'}))
+keep()
+return 'acquired'
+"""
+
+# KEYS: processing, inflight ; ARGV: raw, handle, rid
+_ACK = """
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+local cur = redis.call('HGET', KEYS[2], ARGV[2])
+if cur then
+  local slot = cjson.decode(cur)
+  if slot.rid == ARGV[3] and slot.state ~= 'created' then
+    slot.state = 'created'
+    redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(slot))
+  end
+end
+return 1
+"""
+
+# KEYS: inflight, waiting, waiting_index, queue ; ARGV: handle, rid, now
+_RELEASE = _RELEASE_FN + """
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+"""
+
+# KEYS: processing, dead_letter, results, reported, inflight, waiting, waiting_index, queue
+# ARGV: raw, dead_letter_entry, result ('' for none), rid ('' for none), handle, now, ttl
+_DEAD_LETTER = _RELEASE_FN + """
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then
+  if ARGV[4] == '' or redis.call('SET', KEYS[4], 'dispatcher', 'NX', 'EX', tonumber(ARGV[7])) then
+    redis.call('LPUSH', KEYS[3], ARGV[3])
+  end
+end
+if ARGV[4] ~= '' and ARGV[5] ~= '' then
+  release(KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[5], ARGV[4], tonumber(ARGV[6]))
+end
+return 1
+"""
+
+# KEYS: source list, queue. Newest first off the source, each to the consuming end, so the
+# oldest ends up consumed first.
+_REQUEUE_ALL = """
+local n = 0
+while true do
+  local v = redis.call('LPOP', KEYS[1])
+  if not v then return n end
+  redis.call('RPUSH', KEYS[2], v)
+  n = n + 1
+end
+"""
+
+# KEYS: heartbeat of the dead replica, its processing list, queue, replicas ; ARGV: replica
+_RECOVER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+redis.call('SREM', KEYS[4], ARGV[1])
+local n = 0
+while true do
+  local v = redis.call('LPOP', KEYS[2])
+  if not v then return n end
+  redis.call('RPUSH', KEYS[3], v)
+  n = n + 1
+end
+"""
+
+
+# KEYS: processing, queue ; ARGV: payload
+_REQUEUE_ONE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class Claim(StrEnum):
+    ACQUIRED = "acquired"  # the server slot is ours: create the Job
+    WAITING = "waiting"  # server busy: parked on its waiting list
+    FULL = "full"  # in-flight cap reached: back at the front of the queue
+    DONE = "done"  # a result already exists for this request: dropped
+
+
+@dataclass(frozen=True)
+class Slot:
+    handle: str
+    request_id: str
+    job_name: str | None
+    since: float
+    state: str  # acquired | created | reserved
+
+
+@dataclass(frozen=True)
+class Depths:
+    queue: int
+    processing: int
+    waiting: int
+    dead_letter: int
+    in_flight: int
+    oldest_in_flight_seconds: float
+
+
+class QueueStore:
+    """All queue state transitions of one replica."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, replica: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.replica = replica
+        self.processing = keys.processing(replica)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._ack = redis.register_script(_ACK)
+        self._release = redis.register_script(_RELEASE)
+        self._dead_letter = redis.register_script(_DEAD_LETTER)
+        self._requeue_all = redis.register_script(_REQUEUE_ALL)
+        self._recover = redis.register_script(_RECOVER)
+        self._requeue_one = redis.register_script(_REQUEUE_ONE)
+
+    async def claim(self, blocking: aioredis.Redis, block_seconds: float) -> bytes | None:
+        """Block until a message moves from the queue into our processing list."""
+        return await blocking.blmove(self.keys.queue, self.processing, block_seconds,
+                                     "RIGHT", "LEFT")
+
+    async def acquire(self, raw: bytes, new_raw: str, handle: str, request_id: str,
+                      job_name: str, cap: int) -> Claim:
+        result = await self._acquire(
+            keys=[self.processing, self.keys.inflight, self.keys.waiting(handle),
+                  self.keys.waiting_index, self.keys.queue, self.keys.reported(request_id)],
+            args=[raw, new_raw, handle, request_id, job_name, cap, time.time()],
+        )
+        return Claim(result.decode() if isinstance(result, bytes) else result)
+
+    async def ack(self, raw: str, handle: str, request_id: str) -> None:
+        await self._ack(keys=[self.processing, self.keys.inflight], args=[raw, handle, request_id])
+
+    async def release(self, handle: str, request_id: str) -> bool:
+        """Free the server's slot if ``request_id`` holds it; True if this call freed it."""
+        freed = await self._release(
+            keys=[self.keys.inflight, self.keys.waiting(handle), self.keys.waiting_index,
+                  self.keys.queue],
+            args=[handle, request_id, time.time()],
+        )
+        return bool(freed)
+
+    async def dead_letter(self, raw: bytes, entry: dict[str, Any], result_json: str | None,
+                          request_id: str | None, handle: str | None) -> None:
+        await self._dead_letter(
+            keys=[self.processing, self.keys.dead_letter, self.keys.results,
+                  self.keys.reported(request_id or "-"), self.keys.inflight,
+                  self.keys.waiting(handle or "-"), self.keys.waiting_index, self.keys.queue],
+            args=[raw, json.dumps(entry), result_json or "", request_id or "", handle or "",
+                  time.time(), REPORTED_TTL_SECONDS],
+        )
+
+    async def heartbeat(self, ttl_seconds: float) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.heartbeat(self.replica), str(time.time()),
+                     px=int(ttl_seconds * 1000))
+            pipe.sadd(self.keys.replicas, self.replica)
+            await pipe.execute()
+
+    async def requeue_own(self) -> int:
+        """At start-up: what an earlier incarnation of this replica had claimed goes back."""
+        return int(await self._requeue_all(keys=[self.processing, self.keys.queue]))
+
+    async def requeue_one(self, raw: bytes) -> bool:
+        return bool(await self._requeue_one(keys=[self.processing, self.keys.queue], args=[raw]))
+
+    async def recover_dead_replicas(self) -> dict[str, int]:
+        """Requeue the processing lists of replicas whose heartbeat expired."""
+        recovered: dict[str, int] = {}
+        for member in await self.redis.smembers(self.keys.replicas):
+            replica = member.decode()
+            if replica == self.replica:
+                continue
+            moved = int(await self._recover(
+                keys=[self.keys.heartbeat(replica), self.keys.processing(replica),
+                      self.keys.queue, self.keys.replicas],
+                args=[replica],
+            ))
+            if moved >= 0:
+                recovered[replica] = moved
+        return recovered
+
+    async def leave(self) -> None:
+        """Clean shutdown: requeue anything still claimed and drop our heartbeat."""
+        await self.requeue_own()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.heartbeat(self.replica))
+            pipe.srem(self.keys.replicas, self.replica)
+            await pipe.execute()
+
+    async def slots(self) -> list[Slot]:
+        raw = await self.redis.hgetall(self.keys.inflight)
+        slots = []
+        for handle, value in raw.items():
+            data = json.loads(value)
+            slots.append(Slot(handle.decode(), data["rid"], data.get("job"),
+                              float(data.get("since", 0)), data.get("state", "acquired")))
+        return slots
+
+    async def slot_count(self) -> int:
+        return int(await self.redis.hlen(self.keys.inflight))
+
+    async def pending_payloads(self) -> list[bytes]:
+        """Everything that is queued or claimed by any replica (for reconciliation)."""
+        replicas = [m.decode() for m in await self.redis.smembers(self.keys.replicas)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(self.keys.queue, 0, -1)
+            for replica in {*replicas, self.replica}:
+                pipe.lrange(self.keys.processing(replica), 0, -1)
+            lists = await pipe.execute()
+        return [item for items in lists for item in items]
+
+    async def depths(self) -> Depths:
+        replicas = [m.decode() for m in await self.redis.smembers(self.keys.replicas)]
+        handles = [m.decode() for m in await self.redis.smembers(self.keys.waiting_index)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.keys.queue)
+            pipe.llen(self.keys.dead_letter)
+            pipe.hgetall(self.keys.inflight)
+            for replica in replicas:
+                pipe.llen(self.keys.processing(replica))
+            for handle in handles:
+                pipe.llen(self.keys.waiting(handle))
+            out = await pipe.execute()
+        queue, dead, inflight = out[0], out[1], out[2]
+        processing = sum(out[3:3 + len(replicas)])
+        waiting = sum(out[3 + len(replicas):])
+        now = time.time()
+        ages = [now - float(json.loads(v).get("since", now)) for v in inflight.values()]
+        return Depths(queue, processing, waiting, dead, len(inflight), max(ages, default=0.0))

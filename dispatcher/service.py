@@ -1,0 +1,430 @@
+"""The dispatch loop: claim a message, give it its server's slot, launch its Job, and
+report Jobs that end without their runner having reported.
+
+Everything here survives SIGKILL at any instant: state lives in Redis (see queue.py) and
+in Kubernetes, and every step is idempotent on redelivery (deterministic Job names,
+exactly-once result publishing, compare-and-release of server slots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dispatcher.executors.base import (
+    Executor,
+    JobEnd,
+    LaunchRejected,
+    TransientLaunchError,
+)
+from dispatcher.keys import Keys
+from dispatcher.messages import Action, InvalidMessage, ProvisionerMessage, parse_message
+from dispatcher.metrics import Metrics
+from dispatcher.naming import job_name_for
+from dispatcher.queue import Claim, QueueStore
+from dispatcher.reporting import publish_result, was_reported
+from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
+from dispatcher.settings import DispatcherSettings
+
+log = logging.getLogger("dispatcher")
+T = TypeVar("T")
+
+# Kubernetes reasons -> result error kinds the Scheduler can act on.
+ERROR_KINDS = {
+    "DeadlineExceeded": "deadline_exceeded", "OOMKilled": "oom_killed", "Evicted": "evicted",
+    "ErrImagePull": "image_pull", "ImagePullBackOff": "image_pull",
+    "InvalidImageName": "image_pull", "ErrImageNeverPull": "image_pull",
+    "ImageInspectError": "image_pull", "CreateContainerConfigError": "config_error",
+    "CreateContainerError": "config_error", "Unschedulable": "unschedulable",
+    "PendingTimeout": "unschedulable", "PodNotCreated": "unschedulable",
+    "JobDeleted": "job_deleted",
+}
+BLOCK_SECONDS = 5.0
+
+
+class Dispatcher:
+    def __init__(self, settings: DispatcherSettings, keys: Keys, redis: aioredis.Redis,
+                 blocking_redis: aioredis.Redis, executor: Executor, metrics: Metrics) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.redis = redis
+        self.blocking_redis = blocking_redis
+        self.executor = executor
+        self.metrics = metrics
+        self.store = QueueStore(redis, keys, settings.replica_id)
+        self.capacity = asyncio.Event()
+        self.started = False
+        self.redis_ok = False
+        self.launch_failing = False
+        self._launch_slots = asyncio.Semaphore(settings.dispatch_concurrency)
+        self._launches: set[asyncio.Task[None]] = set()
+        # Payloads this process is handling; anything else in our processing list for two
+        # reconcile passes was orphaned (e.g. a BLMOVE whose reply a reconnect lost).
+        self._claimed: set[bytes] = set()
+        self._suspects: set[bytes] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return (self.started and self.redis_ok and self.executor.healthy
+                and not self.launch_failing)
+
+    @property
+    def alive(self) -> bool:
+        return not any(t.done() and not t.cancelled() for t in self._loops)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down within the configured bound."""
+        await self._until_redis(stop)
+        if stop.is_set():
+            return
+        requeued = await self._redis(self.store.requeue_own)
+        await self._redis(lambda: self.store.heartbeat(self._heartbeat_ttl))
+        log.info("dispatcher starting", extra={"replica": self.settings.replica_id,
+                                               "requeued_own": requeued,
+                                               "executor": self.settings.executor.value})
+        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        starting = asyncio.create_task(self.executor.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await self._shutdown()
+            return
+        stopped.cancel()
+        starting.result()
+        self._loops += [
+            asyncio.create_task(self._ends_loop(), name="ends"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+        pop = asyncio.create_task(self._pop_loop(stop), name="pop")
+        self._loops.append(pop)
+        self.started = True
+        log.info("dispatcher ready", extra={"replica": self.settings.replica_id})
+        await stop.wait()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down: no more pops", extra={"in_progress": len(self._launches)})
+        self.started = False
+        for task in self._loops:
+            if task.get_name() == "pop":
+                task.cancel()
+        if self._launches:
+            _, pending = await asyncio.wait(self._launches,
+                                            timeout=self.settings.shutdown_timeout_seconds)
+            for task in pending:
+                task.cancel()  # its message stays claimed and is requeued just below
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._launches, return_exceptions=True)
+        try:
+            await self.store.leave()
+        except RedisError as exc:
+            log.error("could not requeue claimed messages on shutdown; they are requeued "
+                      "when this replica restarts or its heartbeat expires",
+                      extra={"error": str(exc)})
+        await self.executor.stop()
+        log.info("dispatcher stopped")
+
+    @property
+    def _heartbeat_ttl(self) -> float:
+        return 3 * self.settings.heartbeat_seconds
+
+    # -- Redis resilience --------------------------------------------------------------
+    async def _until_redis(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await self.redis.ping()
+                self.redis_ok = True
+                return
+            except RedisError as exc:
+                log.warning("Redis unreachable; retrying (check REDIS_URL / REDIS_PASSWORD)",
+                            extra={"error": str(exc), "retry_in": backoff})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis operation, retrying with backoff until it succeeds (or we are
+        cancelled): the message it concerns is safe in Redis meanwhile."""
+        backoff = 0.05
+        while True:
+            try:
+                result = await op()
+            except RedisError as exc:
+                if self.redis_ok:
+                    self.metrics.redis_reconnects.inc()
+                    log.warning("Redis connection lost; reconnecting",
+                                extra={"error": str(exc)})
+                self.redis_ok = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.redis_ok = True
+            return result
+
+    # -- popping -----------------------------------------------------------------------
+    async def _pop_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._launch_slots.acquire()
+            try:
+                raw = await self._redis(
+                    lambda: self.store.claim(self.blocking_redis, BLOCK_SECONDS))
+            except BaseException:
+                self._launch_slots.release()
+                raise
+            if raw is None:
+                self._launch_slots.release()
+                continue
+            self._claimed.add(raw)
+            launched = False
+            try:
+                launched = await self._take(raw)
+            finally:
+                if not launched:
+                    self._claimed.discard(raw)
+                    self._launch_slots.release()
+
+    async def _take(self, raw: bytes) -> bool:
+        """Route one claimed message; True if a launch task now owns the launch slot."""
+        self.metrics.received.inc()
+        try:
+            message = parse_message(raw).with_identity()
+        except InvalidMessage as invalid:
+            await self._reject(raw, invalid)
+            return False
+        name = job_name_for(message)
+        rid = message.request_id or ""
+        new_raw = message.to_json()
+        claim = await self._redis(lambda: self.store.acquire(
+            raw, new_raw, message.server_handle, rid, name, self.settings.max_in_flight))
+        ctx = {"server_handle": message.server_handle, "request_id": rid, "job_name": name}
+        if claim is Claim.WAITING:
+            self.metrics.parked.inc()
+            log.info("server busy: message waits for its Job to end", extra=ctx)
+            return False
+        if claim is Claim.DONE:
+            log.info("request already has a result: dropped redelivery", extra=ctx)
+            return False
+        if claim is Claim.FULL:
+            await self._wait_for_capacity()
+            return False
+        self._claimed.discard(raw)
+        self._claimed.add(new_raw.encode())
+        task = asyncio.create_task(self._launch(message, new_raw, name, ctx))
+        self._launches.add(task)
+        task.add_done_callback(self._launch_done)
+        return True
+
+    def _launch_done(self, task: asyncio.Task[None]) -> None:
+        self._launches.discard(task)
+        self._launch_slots.release()
+        if not task.cancelled() and task.exception():
+            log.error("launch task failed", exc_info=task.exception())
+
+    async def _wait_for_capacity(self) -> None:
+        """At the in-flight cap: wait for a Job to end (any replica) before popping."""
+        while await self._redis(self.store.slot_count) >= self.settings.max_in_flight:
+            self.capacity.clear()
+            with contextlib.suppress(TimeoutError):
+                # Ends seen by this replica wake us at once; the timeout covers the others.
+                await asyncio.wait_for(self.capacity.wait(), 0.5)
+
+    async def _launch(self, message: ProvisionerMessage, raw: str, name: str,
+                      ctx: dict[str, str]) -> None:
+        try:
+            await self._launch_until_done(message, raw, name, ctx)
+        finally:
+            self._claimed.discard(raw.encode())
+
+    async def _launch_until_done(self, message: ProvisionerMessage, raw: str, name: str,
+                                 ctx: dict[str, str]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                created = await self.executor.launch(message, name)
+                break
+            except TransientLaunchError as exc:
+                self.launch_failing = True
+                delay = exc.retry_after if exc.retry_after is not None else backoff
+                backoff = min(backoff * 2, self.settings.api_retry_max_seconds)
+                log.warning("cannot create the Job yet; the message stays claimed and is retried",
+                            extra={**ctx, "error": str(exc), "retry_in": delay})
+                await asyncio.sleep(delay)
+            except LaunchRejected as exc:
+                self.launch_failing = False
+                log.error("Job rejected: message dead-lettered",
+                          extra={**ctx, "error": str(exc)})
+                await self._reject(raw.encode(), InvalidMessage("job_rejected", str(exc),
+                                   message.server_handle), message)
+                return
+        self.launch_failing = False
+        await self._redis(lambda: self.store.ack(raw, message.server_handle,
+                                                 message.request_id or ""))
+        self.metrics.dispatched.inc()
+        if created:
+            self.metrics.jobs_created.inc()
+            if message.enqueued_at:
+                latency = (datetime.now(UTC) - message.enqueued_at).total_seconds()
+                self.metrics.dispatch_latency.observe(max(latency, 0.0))
+        log.info("Job created" if created else "Job already existed (redelivery)",
+                 extra={**ctx, "action": message.action.value})
+
+    async def _reject(self, raw: bytes, invalid: InvalidMessage,
+                      message: ProvisionerMessage | None = None) -> None:
+        handle = message.server_handle if message else invalid.server_handle
+        rid = message.request_id if message else invalid.request_id
+        payload = raw.decode("utf-8", errors="backslashreplace")
+        entry: dict[str, Any] = {
+            "reason": invalid.reason, "detail": invalid.detail, "payload": payload,
+            "server_handle": handle, "request_id": rid, "replica": self.settings.replica_id,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        result = None
+        if handle or rid:
+            result = ResultEntry(
+                request_id=rid, server_handle=handle,
+                action=message.action if message else None,
+                status=ResultStatus.REJECTED, reported_by=Reporter.DISPATCHER,
+                finished_at=datetime.now(UTC),
+                error=ResultError(kind="invalid_message", message=str(invalid)),
+            ).to_json()
+        await self._redis(lambda: self.store.dead_letter(raw, entry, result, rid, handle))
+        self.metrics.dead_lettered.labels(invalid.reason).inc()
+        log.warning("message dead-lettered", extra={
+            "server_handle": handle, "request_id": rid, "reason": invalid.reason,
+            "detail": invalid.detail})
+
+    # -- Job ends ----------------------------------------------------------------------
+    async def _ends_loop(self) -> None:
+        while True:
+            end = await self.executor.ends.get()
+            try:
+                await self._finish(end)
+            except Exception:
+                log.exception("handling a Job end failed; the reconciler retries it",
+                              extra={"job_name": end.job_name})
+
+    async def _finish(self, end: JobEnd) -> None:
+        ctx = {"server_handle": end.server_handle, "request_id": end.request_id,
+               "job_name": end.job_name}
+        if end.delete_job:
+            await self._delete(end.job_name, ctx)
+        reported = await self._redis(lambda: was_reported(self.redis, self.keys, end.request_id))
+        if not reported:
+            entry = self._failure_result(end)
+            if await self._redis(lambda: publish_result(self.redis, self.keys, entry)):
+                log.warning("Job ended without a runner result: failure reported",
+                            extra={**ctx, "reason": end.reason, "detail": end.message})
+        released = await self._redis(lambda: self.store.release(end.server_handle,
+                                                                end.request_id))
+        if released:
+            self.capacity.set()
+            if end.succeeded:
+                self.metrics.jobs_succeeded.inc()
+            else:
+                self.metrics.jobs_failed.labels(end.reason).inc()
+            log.info("Job finished", extra={**ctx, "succeeded": end.succeeded,
+                                            "reason": end.reason})
+
+    async def _delete(self, job_name: str, ctx: dict[str, str]) -> None:
+        backoff = 0.2
+        for _ in range(8):
+            try:
+                await self.executor.delete(job_name)
+                log.warning("stuck Job deleted", extra=ctx)
+                return
+            except Exception as exc:
+                log.warning("deleting stuck Job failed; retrying",
+                            extra={**ctx, "error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _failure_result(self, end: JobEnd) -> ResultEntry:
+        now = datetime.now(UTC)
+        status = ResultStatus.FAILED
+        if end.reason == "DeadlineExceeded":
+            status = ResultStatus.TIMED_OUT
+        message = end.message
+        if end.succeeded:
+            message = "the runner exited successfully without publishing a result"
+        kind = ERROR_KINDS.get(end.reason, "job_failed")
+        action = Action(end.action) if end.action in {a.value for a in Action} else None
+        return ResultEntry(
+            request_id=end.request_id, server_handle=end.server_handle, action=action,
+            status=status, reported_by=Reporter.DISPATCHER, job_name=end.job_name,
+            started_at=end.started_at, finished_at=now,
+            duration_seconds=(now - end.started_at).total_seconds() if end.started_at else None,
+            error=ResultError(kind=kind, message=f"{end.reason}: {message}"),
+        )
+
+    # -- background duties -------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            await self._redis(lambda: self.store.heartbeat(self._heartbeat_ttl))
+            recovered = await self._redis(self.store.recover_dead_replicas)
+            for replica, count in recovered.items():
+                log.warning("requeued the messages of a dead replica",
+                            extra={"dead_replica": replica, "messages": count})
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except RedisError as exc:
+                log.warning("reconcile skipped: Redis unavailable", extra={"error": str(exc)})
+            await asyncio.sleep(self.settings.reconcile_seconds)
+
+    async def _requeue_orphaned_claims(self) -> None:
+        listed = set(await self.redis.lrange(self.store.processing, 0, -1)) - self._claimed
+        for raw in listed & self._suspects:
+            if await self.store.requeue_one(raw):
+                log.warning("requeued an orphaned claimed message",
+                            extra={"payload_bytes": len(raw)})
+        self._suspects = listed
+
+    async def reconcile(self) -> None:
+        """Compare server slots with the Jobs that exist, and repair what no event will."""
+        await self._requeue_orphaned_claims()
+        jobs = self.executor.snapshot()
+        if jobs is None:
+            return
+        now = time.time()
+        grace = self.settings.orphan_grace_seconds
+        pending: str | None = None
+        for slot in await self.store.slots():
+            view = jobs.get(slot.job_name or "")
+            if view is not None and view.end is not None:
+                await self._finish(view.end)  # ended while its end went unhandled
+                continue
+            if view is not None or now - slot.since < grace:
+                continue
+            if slot.state == "created":
+                await self._finish(JobEnd(
+                    slot.job_name or "", slot.handle, slot.request_id, False, "JobDeleted",
+                    "the Job no longer exists and no runner result was published"))
+                continue
+            # Claimed or reserved but no Job: fine while its message is still queued/claimed.
+            if pending is None:
+                pending = "\n".join(p.decode(errors="replace")
+                                    for p in await self.store.pending_payloads())
+            if f'"request_id":"{slot.request_id}"' not in pending:
+                released = await self.store.release(slot.handle, slot.request_id)
+                if released:
+                    self.capacity.set()
+                    log.warning("released an orphaned server slot",
+                                extra={"server_handle": slot.handle,
+                                       "request_id": slot.request_id})
+

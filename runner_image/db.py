@@ -1,0 +1,134 @@
+"""The ``servers`` table: reading a server, claiming it for a run, atomic status writes.
+
+Two runners never interleave writes for one server: a run holds a per-server advisory lock
+on its connection for its whole duration, and every write after the claim is a
+compare-and-set on ``last_request_id``, so a run that lost its lock (connection dropped)
+cannot overwrite the state written by the run that holds the server now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from enum import StrEnum
+
+import asyncpg
+from pydantic import BaseModel, SecretStr
+
+from runner_image.settings import DatabaseSettings
+
+_LOCK_NAMESPACE = "infra-service:server:"
+
+
+class ServerStatus(StrEnum):
+    NEW = "NEW"
+    PROVISIONING = "PROVISIONING"
+    REINSTALLING = "REINSTALLING"
+    RECOVERING = "RECOVERING"
+    READY = "READY"
+    FAILED = "FAILED"
+    UNREACHABLE = "UNREACHABLE"
+
+
+class ServerRecord(BaseModel):
+    handle: str
+    provider: str
+    provider_server_id: str | None
+    address: str
+    ssh_port: int
+    ssh_user: str
+    has_password: bool
+    host_key: str | None
+    status: ServerStatus
+    status_reason: str | None
+    last_request_id: str | None
+
+
+class ServerBusy(Exception):
+    pass
+
+
+class MissingCredentialsKey(Exception):
+    pass
+
+
+_SELECT = (
+    "SELECT handle, provider, provider_server_id, address, ssh_port, ssh_user,"
+    " root_password_enc IS NOT NULL AS has_password, host_key, status, status_reason,"
+    " last_request_id FROM servers WHERE handle = $1"
+)
+
+
+async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
+    password = settings.database_password.get_secret_value() if settings.database_password else None
+    return await asyncpg.connect(settings.database_url, password=password,
+                                 timeout=settings.database_connect_timeout)
+
+
+class ServerStore:
+    """One connection per run; it also holds the server's advisory lock."""
+
+    def __init__(self, conn: asyncpg.Connection, settings: DatabaseSettings) -> None:
+        self.conn = conn
+        self.settings = settings
+
+    async def load(self, handle: str) -> ServerRecord | None:
+        row = await self.conn.fetchrow(_SELECT, handle)
+        return ServerRecord(**dict(row)) if row else None
+
+    async def lock(self, handle: str, timeout: float) -> None:
+        """Hold the server's advisory lock until the connection closes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = await self.conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + handle
+            )
+            if got:
+                return
+            if time.monotonic() >= deadline:
+                raise ServerBusy(
+                    f"another run holds server {handle} (waited {timeout:g}s); "
+                    "retry when it has finished"
+                )
+            await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+
+    async def root_password(self, handle: str) -> SecretStr | None:
+        if self.settings.credentials_key is None:
+            raise MissingCredentialsKey(
+                f"server {handle} has a root password but CREDENTIALS_KEY is not set; "
+                "set it to the key the password was stored with"
+            )
+        value = await self.conn.fetchval(
+            "SELECT pgp_sym_decrypt(root_password_enc, $2) FROM servers WHERE handle = $1",
+            handle, self.settings.credentials_key.get_secret_value(),
+        )
+        return SecretStr(value) if value is not None else None
+
+    async def claim(self, handle: str, request_id: str, status: ServerStatus) -> bool:
+        """Mark the run as the server's current one (call with the lock held)."""
+        result = await self.conn.execute(
+            "UPDATE servers SET status = $3, status_reason = NULL, last_request_id = $2,"
+            " last_run_started_at = now(), last_run_finished_at = NULL, updated_at = now()"
+            " WHERE handle = $1",
+            handle, request_id, status.value,
+        )
+        return result.endswith(" 1")
+
+    async def set_status(self, handle: str, request_id: str, status: ServerStatus,
+                         reason: str | None, *, finished: bool = False) -> bool:
+        """Compare-and-set on last_request_id; False if another run owns the server now."""
+        result = await self.conn.execute(
+            "UPDATE servers SET status = $3, status_reason = $4, updated_at = now(),"
+            " last_run_finished_at = CASE WHEN $5 THEN now() ELSE last_run_finished_at END"
+            " WHERE handle = $1 AND last_request_id = $2",
+            handle, request_id, status.value, reason, finished,
+        )
+        return result.endswith(" 1")
+
+    async def record_host_key(self, handle: str, request_id: str, host_key: str) -> bool:
+        result = await self.conn.execute(
+            "UPDATE servers SET host_key = $3, host_key_recorded_at = now(), updated_at = now()"
+            " WHERE handle = $1 AND last_request_id = $2",
+            handle, request_id, host_key,
+        )
+        return result.endswith(" 1")

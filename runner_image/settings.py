@@ -1,0 +1,204 @@
+"""The runner's configuration: environment variables only (see README.md for the table).
+
+Secrets are ``SecretStr`` and are removed from the process environment once read, so no
+child process (ssh, ansible-playbook) inherits them and ansible-runner's artifacts, which
+record the child environment, never contain them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from runner_image.deploy_key import USER_PATTERN, InvalidPublicKey, parse_public_key
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PLAY_PROJECT_DIR = PACKAGE_DIR.parent / "ansible"
+DEFAULT_RECOVERY_PLAYBOOKS = ["playbooks/recovery_disk_space.yml", "playbooks/recovery_docker.yml"]
+
+# Every variable that may hold a secret; removed from os.environ after loading.
+SECRET_VARIABLES = (
+    "DATABASE_PASSWORD",
+    "CREDENTIALS_KEY",
+    "SSH_PRIVATE_KEY",
+    "PROVIDER_API_USERNAME",
+    "PROVIDER_API_PASSWORD",
+    "REDIS_PASSWORD",
+    "SERVER_ROOT_PASSWORD",
+)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class ConfigError(Exception):
+    """A missing or invalid setting; the message names variables, never their values."""
+
+
+def _no_credentials_in_url(url: str, variable: str) -> str:
+    netloc = url.split("//", 1)[-1].split("/", 1)[0]
+    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
+        raise ValueError(f"{variable} must not carry a password; set it in the *_PASSWORD variable")
+    return url
+
+
+class DatabaseSettings(BaseSettings):
+    """PostgreSQL access (the source of truth)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    database_url: str = Field(
+        description="postgresql://USER@HOST:PORT/DB, without password (required)"
+    )
+    database_password: SecretStr | None = Field(default=None, description="DB password (secret)")
+    database_connect_timeout: float = Field(default=10.0, gt=0, description="Seconds per connect")
+    credentials_key: SecretStr | None = Field(
+        default=None,
+        description="Symmetric key for pgcrypto-encrypted root passwords (secret); "
+        "required when a server has a password",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return _no_credentials_in_url(url, "DATABASE_URL")
+
+
+class RunnerSettings(BaseSettings):
+    """Everything one run needs besides the database and Redis."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    ssh_private_key: SecretStr = Field(
+        description="The provisioner's own OpenSSH private key, unencrypted (secret, required)"
+    )
+    orchestrator_ssh_public_key: str = Field(
+        description="Public key installed in the deploy user's authorized_keys (required)"
+    )
+    deploy_key_user: str = Field(default="root", pattern=USER_PATTERN,
+                                 description="User whose authorized_keys receives the deploy key")
+    ssh_attempts: int = Field(default=3, ge=1, le=10, description="SSH check attempts")
+    ssh_backoff_base: float = Field(
+        default=2.0, ge=0, description="Seconds before the 2nd attempt; doubles each time"
+    )
+    ssh_connect_timeout: float = Field(default=10.0, gt=0, description="Seconds per SSH connect")
+    ssh_command_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds for one SSH check or key installation command"
+    )
+    play_timeout: float = Field(
+        default=1500.0, gt=0,
+        description="Seconds for all plays of a run; keep below the Job's activeDeadlineSeconds",
+    )
+    play_project_dir: Path = Field(
+        default=DEFAULT_PLAY_PROJECT_DIR, description="Ansible project directory (has ansible.cfg)"
+    )
+    setup_playbook: str = Field(
+        default="playbooks/setup_server.yml", description="Setup play, relative to the project dir"
+    )
+    recovery_playbooks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RECOVERY_PLAYBOOKS),
+        description="Comma-separated recovery plays, run in order",
+    )
+    target_python: str = Field(
+        default="/usr/bin/python3",
+        description="Python on the server (ansible_python_interpreter); 'auto_silent' discovers it",
+    )
+    runner_scratch_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()),
+        description="Writable directory for the private data dir (default: TMPDIR or /tmp)",
+    )
+    server_lock_timeout: float = Field(
+        default=30.0, ge=0, description="Seconds to wait for another run on the same server"
+    )
+    report_attempts: int = Field(default=5, ge=1, description="Attempts to write DB status/result")
+    report_backoff_base: float = Field(default=1.0, ge=0, description="Seconds, doubles each time")
+    provider_api_url: str = Field(
+        default="https://billing.time4vps.com/api/", description="Time4VPS API base URL"
+    )
+    provider_api_username: SecretStr | None = Field(default=None, description="API user (secret)")
+    provider_api_password: SecretStr | None = Field(default=None, description="API password (secret)")
+    provider_reinstall_os: str = Field(default="debian-12", description="OS code for reinstalls")
+    provider_request_timeout: float = Field(default=30.0, gt=0, description="Seconds per request")
+    provider_poll_interval: float = Field(default=10.0, gt=0, description="Seconds between polls")
+    provider_task_timeout: float = Field(
+        default=1800.0, gt=0, description="Seconds for the reinstall task to complete"
+    )
+    reinstall_ssh_timeout: float = Field(
+        default=900.0, gt=0, description="Seconds for SSH to come back after a reinstall"
+    )
+    log_level: str = Field(default="INFO", description="Log level")
+
+    @field_validator("orchestrator_ssh_public_key")
+    @classmethod
+    def _deploy_key(cls, value: str) -> str:
+        try:
+            return parse_public_key(value).line
+        except InvalidPublicKey as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("ssh_private_key")
+    @classmethod
+    def _private_key(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if "PRIVATE KEY-----" not in text:
+            raise ValueError("must be an unencrypted private key in OpenSSH/PEM format")
+        if not text.endswith("\n"):
+            return SecretStr(text + "\n")
+        return value
+
+    @field_validator("recovery_playbooks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("runner_scratch_dir")
+    @classmethod
+    def _scratch(cls, path: Path) -> Path:
+        # SSH control and agent sockets live below it (a Unix socket path has 108 bytes).
+        if len(str(path)) > 60:
+            raise ValueError("path is too long for SSH control sockets (at most 60 characters)")
+        return path
+
+    def playbooks_for(self, recovery: bool) -> list[Path]:
+        names = self.recovery_playbooks if recovery else [self.setup_playbook]
+        return [self.play_project_dir / name for name in names]
+
+    def secret_values(self) -> list[str]:
+        values = [self.ssh_private_key.get_secret_value()]
+        values += [s.get_secret_value() for s in (self.provider_api_username,
+                                                   self.provider_api_password) if s]
+        return values
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Name each bad variable and why, without the (possibly secret) value."""
+    parts = []
+    for item in error.errors():
+        variable = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        if item["type"] == "missing":
+            parts.append(f"{variable} is not set")
+        else:
+            parts.append(f"{variable} is invalid: {str(item['msg']).removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def load(cls: type[SettingsT]) -> SettingsT:
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def scrub_secret_environment() -> None:
+    """Remove secret variables so that no child process inherits them."""
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
