@@ -122,6 +122,9 @@ def _readable_handle(obj: Any) -> str | None:
     return None
 
 
+_HANDLE_SHAPE_ERRORS = {"string_pattern_mismatch", "string_too_long", "string_too_short"}
+
+
 def _describe(error: ValidationError) -> tuple[str, str]:
     first = error.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "message"
@@ -131,7 +134,7 @@ def _describe(error: ValidationError) -> tuple[str, str]:
         return "unknown_field", f"unknown field '{loc}' (allowed: {allowed})"
     if kind == "missing":
         return "missing_field", f"required field '{loc}' is missing"
-    if loc == "server_handle" and kind.startswith("string_"):
+    if loc == "server_handle" and kind in _HANDLE_SHAPE_ERRORS:
         return "bad_handle", f"server_handle must match {HANDLE_PATTERN} (1-63 characters)"
     if kind == "value_error":
         return "conflicting_flags", str(first["msg"]).removeprefix("Value error, ")

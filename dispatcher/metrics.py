@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from dispatcher.queue import Depths
 
@@ -12,6 +19,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 class Metrics:
     def __init__(self) -> None:
+        # *_created series double the exposition for nothing a dashboard here uses.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter("infra_messages_received", "Messages taken from the queue",
@@ -58,7 +67,7 @@ class Metrics:
         self.waiting_depth.set(depths.waiting)
         self.dead_letter_depth.set(depths.dead_letter)
         self.jobs_in_flight.set(depths.in_flight)
-        self.oldest_in_flight.set(depths.oldest_in_flight)
+        self.oldest_in_flight.set(depths.oldest_in_flight_seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -249,7 +249,7 @@ def _validate_job(job: dict[str, Any], old: dict[str, Any] | None) -> list[Field
         errors.append(invalid_value("spec.activeDeadlineSeconds", 0, "must be greater than 0"))
     if old is not None:
         for key in ("selector", "template", "completionMode"):
-            if spec.get(key) != _dig(old, "spec", key) and key != "completions":
+            if spec.get(key) != _dig(old, "spec", key):
                 errors.append(invalid_value(f"spec.{key}", spec.get(key), "field is immutable"))
     return errors
 

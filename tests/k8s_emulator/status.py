@@ -6,6 +6,7 @@ parses `ApiException.body` sees the same thing it would see from a real cluster.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,8 @@ def forbidden(path: str, detail: str) -> FieldError:
 def _go_repr(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
     return str(value)
 
 

@@ -1,0 +1,47 @@
+"""What a run ended with: the result status, the server's new status and the exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dispatcher.results import PlayRecap, ResultError, ResultStatus
+from runner_image.db import ServerStatus
+from runner_image.exit_codes import ExitCode
+
+Details = dict[str, str | int | float | bool | None]
+
+
+@dataclass
+class Outcome:
+    status: ResultStatus
+    exit_code: ExitCode
+    server_status: ServerStatus | None = None  # None: leave the row alone
+    error: ResultError | None = None
+    recap: PlayRecap | None = None
+    details: Details = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str | None:
+        return self.error.message if self.error else None
+
+
+def succeeded(recap: PlayRecap, details: Details) -> Outcome:
+    return Outcome(ResultStatus.SUCCEEDED, ExitCode.SUCCESS, ServerStatus.READY, None, recap,
+                   details)
+
+
+def failed(kind: str, message: str, *, server_status: ServerStatus | None = ServerStatus.FAILED,
+           **extra: object) -> Outcome:
+    return Outcome(ResultStatus.FAILED, ExitCode.FAILED, server_status,
+                   ResultError(kind=kind, message=message, **extra))  # type: ignore[arg-type]
+
+
+def rejected(kind: str, message: str) -> Outcome:
+    """Nothing was touched: input or configuration is wrong."""
+    return Outcome(ResultStatus.REJECTED, ExitCode.REJECTED, None,
+                   ResultError(kind=kind, message=message))
+
+
+def unreachable(kind: str, message: str) -> Outcome:
+    return Outcome(ResultStatus.UNREACHABLE, ExitCode.UNREACHABLE, ServerStatus.UNREACHABLE,
+                   ResultError(kind=kind, message=message))

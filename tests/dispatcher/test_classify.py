@@ -1,0 +1,78 @@
+"""Reading why a Job ended or why its pod will never start."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from dispatcher.kube.classify import job_outcome, job_without_pod, stuck_reason
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def ts(seconds_ago: float) -> str:
+    return (NOW - timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
+
+
+def job(*conditions: tuple[str, str], age: float = 0) -> dict:
+    return {"metadata": {"creationTimestamp": ts(age)},
+            "status": {"conditions": [{"type": t, "status": "True", "reason": r,
+                                       "message": f"{r} happened"} for t, r in conditions]}}
+
+
+def pod(phase: str = "Pending", age: float = 0, waiting: str | None = None,
+        terminated: dict | None = None, reason: str | None = None,
+        unschedulable: bool = False) -> dict:
+    state = {"waiting": {"reason": waiting, "message": f"{waiting} detail"}} if waiting else \
+        {"terminated": terminated} if terminated else {}
+    conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                   "message": "0/3 nodes are available"}] if unschedulable else []
+    return {"metadata": {"creationTimestamp": ts(age)},
+            "status": {"phase": phase, "reason": reason, "conditions": conditions,
+                       "containerStatuses": [{"name": "runner", "state": state}]}}
+
+
+def test_running_job_has_no_outcome() -> None:
+    assert job_outcome(job(), []) is None
+    assert job_outcome(job(("FailureTarget", "BackoffLimitExceeded")), []) is None
+
+
+def test_complete_and_failed() -> None:
+    assert job_outcome(job(("Complete", "")), []) == (True, "Completed", "runner completed")
+    ok, reason, _ = job_outcome(job(("Failed", "DeadlineExceeded")), [])
+    assert (ok, reason) == (False, "DeadlineExceeded")
+
+
+def test_failure_reason_comes_from_the_pod() -> None:
+    oom = pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})
+    assert job_outcome(job(("Failed", "BackoffLimitExceeded")), [oom])[1] == "OOMKilled"
+    evicted = pod("Failed", reason="Evicted")
+    assert job_outcome(job(("Failed", "BackoffLimitExceeded")), [evicted])[1] == "Evicted"
+    crashed = pod("Failed", terminated={"exitCode": 4, "reason": "Error"})
+    _, reason, message = job_outcome(job(("Failed", "BackoffLimitExceeded")), [crashed])
+    assert reason == "Error" and "code 4" in message
+
+
+def test_fatal_waiting_reasons_are_stuck_at_once() -> None:
+    found = stuck_reason(pod(waiting="CreateContainerConfigError"), NOW, 120, 600)
+    assert found and found[0] == "CreateContainerConfigError"
+
+
+def test_image_pull_errors_get_a_grace_period() -> None:
+    assert stuck_reason(pod(waiting="ImagePullBackOff", age=10), NOW, 120, 600) is None
+    assert stuck_reason(pod(waiting="ImagePullBackOff", age=130), NOW, 120, 600)[0] \
+        == "ImagePullBackOff"
+
+
+def test_unschedulable_after_timeout() -> None:
+    assert stuck_reason(pod(age=30, unschedulable=True), NOW, 120, 600) is None
+    found = stuck_reason(pod(age=601, unschedulable=True), NOW, 120, 600)
+    assert found[0] == "Unschedulable" and "0/3 nodes" in found[1]
+
+
+def test_running_pod_is_never_stuck() -> None:
+    assert stuck_reason(pod("Running", age=10_000), NOW, 120, 600) is None
+
+
+def test_job_without_pod() -> None:
+    assert job_without_pod(job(age=5), NOW, 600) is None
+    assert job_without_pod(job(age=700), NOW, 600)[0] == "PodNotCreated"

@@ -1,0 +1,93 @@
+"""The Job object: what SREs and Kubernetes see, and what must never be in it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dispatcher.jobspec import build_job
+from dispatcher.messages import parse_message
+from dispatcher.naming import ANNOTATION_MESSAGE, LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+
+
+@pytest.fixture
+def job(monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.setenv("ORCHESTRATOR_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3Nza deploy")
+    monkeypatch.setenv("DISPATCHER_JOB_ENV", json.dumps({"DATABASE_URL": "postgresql://db/x"}))
+    monkeypatch.setenv("DISPATCHER_JOB_SECRET_ENV", json.dumps(
+        {"DATABASE_PASSWORD": {"secret": "infra-db", "key": "password"}}))
+    monkeypatch.setenv("DISPATCHER_JOB_ENV_FROM_SECRETS", '["infra-provider"]')
+    monkeypatch.setenv("DISPATCHER_JOB_NODE_SELECTOR", '{"pool": "ops"}')
+    monkeypatch.setenv("DISPATCHER_JOB_TOLERATIONS", '[{"key": "ops", "operator": "Exists"}]')
+    monkeypatch.setenv("DISPATCHER_JOB_IMAGE_PULL_SECRETS", '["regcred"]')
+    monkeypatch.setenv("DISPATCHER_JOB_SERVICE_ACCOUNT_NAME", "infra-runner")
+    message = parse_message(b'{"server_handle": "srv-1", "is_recovery": true, '
+                            b'"request_id": "req-1"}').with_identity()
+    return build_job(message, DispatcherSettings(instance="prod"), JobTemplateSettings())
+
+
+def test_labels_let_sres_select_by_server_and_request(job: dict) -> None:
+    labels = job["metadata"]["labels"]
+    assert labels[LABEL_HANDLE] == "srv-1"
+    assert labels[LABEL_REQUEST] == "req-1"
+    assert labels[LABEL_ACTION] == "recovery"
+    assert labels["app.kubernetes.io/instance"] == "prod"
+    assert labels["app.kubernetes.io/managed-by"] == "infra-service-dispatcher"
+    assert job["spec"]["template"]["metadata"]["labels"] == labels
+
+
+def test_message_travels_in_annotation_and_env(job: dict) -> None:
+    annotated = json.loads(job["metadata"]["annotations"][ANNOTATION_MESSAGE])
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert annotated["server_handle"] == "srv-1" and annotated["is_recovery"] is True
+    assert json.loads(env["PROVISIONER_MESSAGE"]["value"]) == annotated
+    assert env["JOB_NAME"]["value"] == job["metadata"]["name"]
+    assert env["ORCHESTRATOR_SSH_PUBLIC_KEY"]["value"].startswith("ssh-ed25519 ")
+
+
+def test_lifecycle_fields(job: dict) -> None:
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] > 0
+    assert spec["ttlSecondsAfterFinished"] >= 0
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert "ownerReferences" not in job["metadata"]
+
+
+def test_pod_is_locked_down(job: dict) -> None:
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
+    assert pod["volumes"][0]["emptyDir"]["sizeLimit"]
+
+
+def test_scheduling_settings_come_from_configuration(job: dict) -> None:
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "ops"}
+    assert pod["tolerations"] == [{"key": "ops", "operator": "Exists"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "infra-runner"
+
+
+def test_secrets_are_references_only(job: dict) -> None:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert "value" not in env["DATABASE_PASSWORD"]
+    assert env["DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "infra-db", "key": "password", "optional": False}
+    assert container["envFrom"] == [{"secretRef": {"name": "infra-provider"}}]
+    assert not any("args" in c for c in job["spec"]["template"]["spec"]["containers"])
+
+
+def test_reserved_env_names_cannot_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCHER_JOB_ENV", '{"JOB_NAME": "x"}')
+    with pytest.raises(ValueError, match="JOB_NAME"):
+        JobTemplateSettings()

@@ -1,0 +1,157 @@
+"""Queue state transitions against a real Redis: slots, waiting lists, cap, recovery."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.keys import Keys
+from dispatcher.messages import parse_message
+from dispatcher.naming import job_name_for
+from dispatcher.queue import Claim, QueueStore
+
+
+def msg(handle: str, rid: str) -> str:
+    return json.dumps({"server_handle": handle, "request_id": rid})
+
+
+async def claim_and_acquire(store: QueueStore, redis: aioredis.Redis, cap: int = 10
+                            ) -> tuple[Claim, str]:
+    raw = await store.claim(redis, 0.1)
+    assert raw is not None
+    message = parse_message(raw).with_identity()
+    new_raw = message.to_json()
+    result = await store.acquire(raw, new_raw, message.server_handle, message.request_id,
+                                 job_name_for(message), cap)
+    return result, new_raw
+
+
+async def test_fifo_claim_into_processing(redis_client: aioredis.Redis, keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    for i in range(3):
+        await redis_client.lpush(keys.queue, msg(f"s{i}", f"r{i}"))
+    raw = await store.claim(redis_client, 0.1)
+    assert json.loads(raw)["server_handle"] == "s0"
+    assert await redis_client.lrange(keys.processing("r1"), 0, -1) == [raw]
+
+
+async def test_identity_is_persisted_before_any_side_effect(redis_client: aioredis.Redis,
+                                                             keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.lpush(keys.queue, '{"server_handle": "s1"}')
+    claim, new_raw = await claim_and_acquire(store, redis_client)
+    assert claim is Claim.ACQUIRED
+    # The processing list now holds the message with its generated request id, so a crash
+    # and redelivery keeps the same id (and Job name).
+    assert await redis_client.lrange(keys.processing("r1"), 0, -1) == [new_raw.encode()]
+    assert json.loads(new_raw)["request_id"]
+
+
+async def test_busy_server_parks_messages_in_order_and_release_promotes(
+        redis_client: aioredis.Redis, keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    for rid in ("a", "b", "c"):
+        await redis_client.lpush(keys.queue, msg("s1", rid))
+    assert (await claim_and_acquire(store, redis_client))[0] is Claim.ACQUIRED
+    assert (await claim_and_acquire(store, redis_client))[0] is Claim.WAITING
+    assert (await claim_and_acquire(store, redis_client))[0] is Claim.WAITING
+    waiting = [json.loads(m)["request_id"] for m in await redis_client.lrange(
+        keys.waiting("s1"), 0, -1)]
+    assert waiting == ["b", "c"]
+    # Someone else's release is refused; the holder's release hands the slot to "b".
+    assert not await store.release("s1", "b")
+    assert await store.release("s1", "a")
+    slot = {s.handle: s for s in await store.slots()}["s1"]
+    assert (slot.request_id, slot.state) == ("b", "reserved")
+    # "b" is next at the consuming end of the queue and may take its reserved slot.
+    await redis_client.lpush(keys.queue, msg("s1", "late"))
+    claim, raw = await claim_and_acquire(store, redis_client)
+    assert (claim, json.loads(raw)["request_id"]) == (Claim.ACQUIRED, "b")
+    claim, raw = await claim_and_acquire(store, redis_client)
+    assert (claim, json.loads(raw)["request_id"]) == (Claim.WAITING, "late")
+    assert [json.loads(m)["request_id"] for m in await redis_client.lrange(
+        keys.waiting("s1"), 0, -1)] == ["c", "late"]
+
+
+async def test_cap_puts_message_back_at_the_front(redis_client: aioredis.Redis, keys: Keys
+                                                  ) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    for i in range(3):
+        await redis_client.lpush(keys.queue, msg(f"s{i}", f"r{i}"))
+    assert (await claim_and_acquire(store, redis_client, cap=2))[0] is Claim.ACQUIRED
+    assert (await claim_and_acquire(store, redis_client, cap=2))[0] is Claim.ACQUIRED
+    claim, raw = await claim_and_acquire(store, redis_client, cap=2)
+    assert claim is Claim.FULL
+    assert await redis_client.lindex(keys.queue, -1) == raw.encode()
+    assert await store.slot_count() == 2
+
+
+async def test_redelivery_reacquires_its_own_slot(redis_client: aioredis.Redis, keys: Keys
+                                                  ) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.lpush(keys.queue, msg("s1", "a"))
+    claim, raw = await claim_and_acquire(store, redis_client, cap=1)
+    assert claim is Claim.ACQUIRED
+    # Crash before ack: the restarted replica requeues its list and claims it again.
+    assert await store.requeue_own() == 1
+    claim, again = await claim_and_acquire(store, redis_client, cap=1)
+    assert (claim, again) == (Claim.ACQUIRED, raw)
+
+
+async def test_reported_request_is_dropped(redis_client: aioredis.Redis, keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.set(keys.reported("a"), "runner")
+    await redis_client.lpush(keys.queue, msg("s1", "a"))
+    assert (await claim_and_acquire(store, redis_client))[0] is Claim.DONE
+    assert await redis_client.llen(keys.processing("r1")) == 0
+    assert await store.slot_count() == 0
+
+
+async def test_dead_replica_lists_are_requeued_oldest_first(redis_client: aioredis.Redis,
+                                                            keys: Keys) -> None:
+    dead = QueueStore(redis_client, keys, "dead")
+    alive = QueueStore(redis_client, keys, "alive")
+    await dead.heartbeat(60)
+    for rid in ("1", "2", "3"):
+        await redis_client.lpush(keys.queue, msg(f"s{rid}", rid))
+    for _ in range(3):
+        await dead.claim(redis_client, 0.1)
+    assert await alive.recover_dead_replicas() == {}  # heartbeat still fresh
+    await redis_client.delete(keys.heartbeat("dead"))
+    assert await alive.recover_dead_replicas() == {"dead": 3}
+    order = [json.loads(await alive.claim(redis_client, 0.1))["request_id"] for _ in range(3)]
+    assert order == ["1", "2", "3"]
+    assert b"dead" not in await redis_client.smembers(keys.replicas)
+
+
+async def test_dead_letter_is_atomic_and_releases_the_slot(redis_client: aioredis.Redis,
+                                                           keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.lpush(keys.queue, msg("s1", "a"))
+    await redis_client.lpush(keys.queue, msg("s1", "b"))
+    _, raw_a = await claim_and_acquire(store, redis_client)
+    await claim_and_acquire(store, redis_client)  # b waits
+    await store.dead_letter(raw_a.encode(), {"reason": "job_rejected"}, '{"r": 1}', "a", "s1")
+    assert await redis_client.llen(keys.processing("r1")) == 0
+    assert json.loads(await redis_client.lindex(keys.dead_letter, 0))["reason"] == "job_rejected"
+    assert await redis_client.lrange(keys.results, 0, -1) == [b'{"r": 1}']
+    assert {s.handle: s.request_id for s in await store.slots()} == {"s1": "b"}
+    # The same result is never pushed twice for one request.
+    await store.dead_letter(raw_a.encode(), {"reason": "again"}, '{"r": 2}', "a", "s1")
+    assert await redis_client.llen(keys.results) == 1
+
+
+@pytest.mark.parametrize("count", [0, 5])
+async def test_depths(redis_client: aioredis.Redis, keys: Keys, count: int) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await store.heartbeat(60)
+    for i in range(count):
+        await redis_client.lpush(keys.queue, msg(f"s{i}", f"r{i}"))
+    if count:
+        await claim_and_acquire(store, redis_client)
+    depths = await store.depths()
+    assert depths.queue == max(count - 1, 0)
+    assert depths.processing == (1 if count else 0)
+    assert depths.in_flight == (1 if count else 0)
