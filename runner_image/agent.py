@@ -34,7 +34,7 @@ class SshAgent:
         )
         try:
             for _ in range(200):
-                if socket.exists():
+                if os.path.exists(socket):  # noqa: ASYNC240 - a stat, no I/O wait
                     break
                 if process.returncode is not None:
                     raise AgentError(f"ssh-agent exited with {process.returncode}")

@@ -76,9 +76,9 @@ class ServerStore:
         row = await self.conn.fetchrow(_SELECT, handle)
         return ServerRecord(**dict(row)) if row else None
 
-    async def lock(self, handle: str, timeout: float) -> None:
+    async def lock(self, handle: str, wait: float) -> None:
         """Hold the server's advisory lock until the connection closes."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while True:
             got = await self.conn.fetchval(
                 "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + handle
@@ -87,7 +87,7 @@ class ServerStore:
                 return
             if time.monotonic() >= deadline:
                 raise ServerBusy(
-                    f"another run holds server {handle} (waited {timeout:g}s); "
+                    f"another run holds server {handle} (waited {wait:g}s); "
                     "retry when it has finished"
                 )
             await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))

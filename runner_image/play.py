@@ -101,7 +101,8 @@ class _EventSink:
         message = str(res.get("msg") or "task failed without a message")
         return ResultError(
             kind=kind,
-            message=self.redact(f"task '{data.get('task')}' failed on {data.get('host')}: {message}"),
+            message=self.redact(
+                f"task '{data.get('task')}' failed on {data.get('host')}: {message}"),
             task=data.get("task"),
             host=data.get("host"),
             return_code=rc if isinstance(rc, int) else None,
@@ -174,10 +175,11 @@ def _run_one(env: PlayEnvironment, playbook: Path, timeout: float, sink: _EventS
     )
 
 
-async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, timeout: float,
+async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: float,
                         cancelled: threading.Event, context: dict[str, Any],
                         redact: Callable[[str], str]) -> PlayOutcome:
     """Run ``playbooks`` in order within one time budget; stop at the first failure."""
+    timeout = budget
     started = time.monotonic()
     total = PlayRecap()
     details: dict[str, str | int | float | bool | None] = {}
@@ -210,7 +212,8 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, timeout:
                 kind="cancelled", message=f"the run was cancelled (SIGTERM) during {playbook.name}",
                 task=None, host=None), elapsed, details)
         if status == "timeout":
-            return PlayOutcome("timeout", total, _timeout_error(timeout, playbook), elapsed, details)
+            error = _timeout_error(timeout, playbook)
+            return PlayOutcome("timeout", total, error, elapsed, details)
         if sink.failure is None:
             tail = redact(_tail(result.stdout.read() if result.stdout else ""))
             error = ResultError(kind="play_failed",

@@ -67,7 +67,8 @@ class Time4VpsClient:
         if isinstance(data, dict) and data.get("error"):
             errors = data["error"]
             text = ", ".join(map(str, errors)) if isinstance(errors, list) else str(errors)
-            hint = " (check PROVIDER_API_USERNAME / PROVIDER_API_PASSWORD)" if "wronglogin" in text else ""
+            hint = (" (check PROVIDER_API_USERNAME / PROVIDER_API_PASSWORD)"
+                    if "wronglogin" in text else "")
             raise ProviderError(
                 f"provider API {what}: HTTP {response.status_code}: {text}{hint}",
                 transient=response.status_code >= 500,
@@ -93,9 +94,9 @@ class Time4VpsClient:
         return await self._call("GET", f"server/{server_id}/task/{task_id}")
 
     async def wait_for_task(self, server_id: str, task_id: str, *, interval: float,
-                            timeout: float, context: dict[str, Any]) -> dict[str, Any]:
+                            limit: float, context: dict[str, Any]) -> dict[str, Any]:
         """Poll until the task has a completion time; transient errors are retried."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         failures = 0
         while True:
             try:
@@ -116,6 +117,6 @@ class Time4VpsClient:
             if time.monotonic() + interval > deadline:
                 raise ProviderError(
                     f"provider task {task_id} for server {server_id} not completed within "
-                    f"{timeout:g}s (PROVIDER_TASK_TIMEOUT)"
+                    f"{limit:g}s (PROVIDER_TASK_TIMEOUT)"
                 )
             await asyncio.sleep(interval)

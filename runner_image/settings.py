@@ -123,7 +123,8 @@ class RunnerSettings(BaseSettings):
         default="https://billing.time4vps.com/api/", description="Time4VPS API base URL"
     )
     provider_api_username: SecretStr | None = Field(default=None, description="API user (secret)")
-    provider_api_password: SecretStr | None = Field(default=None, description="API password (secret)")
+    provider_api_password: SecretStr | None = Field(default=None,
+                                                    description="API password (secret)")
     provider_reinstall_os: str = Field(default="debian-12", description="OS code for reinstalls")
     provider_request_timeout: float = Field(default=30.0, gt=0, description="Seconds per request")
     provider_poll_interval: float = Field(default=10.0, gt=0, description="Seconds between polls")
@@ -179,11 +180,11 @@ class RunnerSettings(BaseSettings):
         return values
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """Name each bad variable and why, without the (possibly secret) value."""
     parts = []
     for item in error.errors():
-        variable = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        variable = prefix + str(item["loc"][0]).upper() if item["loc"] else "settings"
         if item["type"] == "missing":
             parts.append(f"{variable} is not set")
         else:

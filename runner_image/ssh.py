@@ -100,7 +100,7 @@ class SshClient:
         return argv
 
     async def run(self, remote: str, *, stdin: str | None = None, password: SecretStr | None = None,
-                  accept_new: bool = False, timeout: float = 60.0) -> SshResult:
+                  accept_new: bool = False, limit: float = 60.0) -> SshResult:
         argv = self._argv(remote, accept_new=accept_new, password=password is not None)
         pass_fds: tuple[int, ...] = ()
         read_fd = -1
@@ -112,7 +112,8 @@ class SshClient:
             pass_fds = (read_fd,)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 pass_fds=pass_fds, start_new_session=True,
             )
@@ -121,13 +122,13 @@ class SshClient:
                 os.close(read_fd)
         try:
             out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), timeout
+                proc.communicate(stdin.encode() if stdin is not None else None), limit
             )
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-            raise SshError("unreachable", f"no SSH answer within {timeout:g}s") from None
+            raise SshError("unreachable", f"no SSH answer within {limit:g}s") from None
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -168,7 +169,8 @@ def _last_error_line(stderr: str) -> str:
 
 def _classify(rc: int, stderr: str, with_password: bool, target: SshTarget) -> SshError:
     where = f"{target.user}@{target.address}:{target.port}"
-    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
+    changed = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed")
+    if any(marker in stderr for marker in changed):
         return SshError(
             "host_key",
             f"the SSH host key of {where} differs from the recorded one; if the server was "
@@ -177,7 +179,8 @@ def _classify(rc: int, stderr: str, with_password: bool, target: SshTarget) -> S
         )
     if "Permission denied" in stderr or "Too many authentication failures" in stderr or (
             with_password and rc == 5):
-        tried = "the provisioner key and the root password" if with_password else "the provisioner key"
+        tried = ("the provisioner key and the root password" if with_password
+                 else "the provisioner key")
         return SshError(
             "auth",
             f"SSH login to {where} was refused ({tried} tried); check the credentials in the "

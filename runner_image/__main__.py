@@ -1,0 +1,259 @@
+"""``python -m runner_image [run|migrate|register-server]`` (``run`` is the default).
+
+``run`` is what the Kubernetes Job executes: it reads PROVISIONER_MESSAGE and the settings
+from the environment, provisions the server, writes its status and publishes the result.
+The process exit code says how it ended (see exit_codes.py / README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from pydantic import ValidationError
+
+from dispatcher.connections import RedisSettings, create_redis
+from dispatcher.logs import configure_logging
+from dispatcher.messages import InvalidMessage, ProvisionerMessage, parse_message
+from dispatcher.results import ResultEntry, now
+from runner_image import outcome as out
+from runner_image import redaction
+from runner_image.exit_codes import ExitCode
+from runner_image.settings import (
+    SECRET_VARIABLES,
+    ConfigError,
+    DatabaseSettings,
+    RunnerSettings,
+    describe_validation_error,
+    load,
+    scrub_secret_environment,
+)
+
+log = logging.getLogger("runner_image")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runner_image", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the job described by PROVISIONER_MESSAGE (default)")
+    sub.add_parser("migrate", help="apply pending database migrations")
+    reg = sub.add_parser("register-server", help="add or update a server in the servers table")
+    reg.add_argument("--handle", required=True)
+    reg.add_argument("--address", required=True, help="IP address or DNS name")
+    reg.add_argument("--port", type=int, default=22)
+    reg.add_argument("--user", default="root", help="SSH login user")
+    reg.add_argument("--provider", default="time4vps")
+    reg.add_argument("--provider-server-id")
+    reg.add_argument("--password-env", default="SERVER_ROOT_PASSWORD",
+                     help="environment variable holding the root password (never pass it as an "
+                          "argument)")
+    reg.add_argument("--clear-password", action="store_true")
+    reg.add_argument("--forget-host-key", action="store_true",
+                     help="accept a new host key on the next run (after an out-of-band reinstall)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging("runner", os.environ.get("LOG_LEVEL", "INFO"))
+    if args.command == "migrate":
+        return asyncio.run(_migrate())
+    if args.command == "register-server":
+        return asyncio.run(_register(args))
+    return asyncio.run(_run())
+
+
+# -- migrate / register-server ---------------------------------------------------------------
+async def _migrate() -> int:
+    from runner_image.db import connect
+    from runner_image.migrations import MigrationError, apply_migrations
+
+    try:
+        db = load(DatabaseSettings)
+        conn = await connect(db)
+    except (ConfigError, OSError) as exc:
+        log.error("migrate failed", extra={"error": str(exc)})
+        return ExitCode.REJECTED
+    try:
+        applied = await apply_migrations(conn)
+    except MigrationError as exc:
+        log.error("migrate failed", extra={"error": str(exc)})
+        return ExitCode.FAILED
+    finally:
+        await conn.close()
+    log.info("migrations up to date", extra={"applied": applied})
+    return ExitCode.SUCCESS
+
+
+async def _register(args: argparse.Namespace) -> int:
+    from runner_image.db import connect
+    from runner_image.register import Registration, register
+
+    names = (*SECRET_VARIABLES, args.password_env)
+    redact = redaction.Redactor(os.environ.get(n, "") for n in names)
+    redaction.install({"server_handle": args.handle}, redact)
+    reg = Registration(handle=args.handle, address=args.address, port=args.port, user=args.user,
+                       provider=args.provider, provider_server_id=args.provider_server_id,
+                       password_env=args.password_env, clear_password=args.clear_password,
+                       forget_host_key=args.forget_host_key)
+    try:
+        db = load(DatabaseSettings)
+        conn = await connect(db)
+    except (ConfigError, OSError) as exc:
+        log.error("register-server failed", extra={"error": str(exc)})
+        return ExitCode.REJECTED
+    try:
+        inserted = await register(conn, db, reg)
+    except ConfigError as exc:
+        log.error("register-server failed", extra={"error": str(exc)})
+        return ExitCode.REJECTED
+    finally:
+        await conn.close()
+    log.info("server registered" if inserted else "server updated",
+             extra={"address": args.address, "port": args.port})
+    return ExitCode.SUCCESS
+
+
+# -- run ----------------------------------------------------------------------------------------
+async def _run() -> int:
+    from runner_image.report import build_entry, publish
+
+    t0 = time.monotonic()
+    started_at = now()
+    job_name = os.environ.get("JOB_NAME") or None
+    redact = redaction.Redactor(os.environ.get(name, "") for name in SECRET_VARIABLES)
+    context: dict[str, object] = {"job_name": job_name}
+    redaction.install(context, redact)
+
+    try:
+        redis_settings = RedisSettings()
+    except ValidationError as exc:
+        log.error("configuration error; cannot report", extra={
+            "error": describe_validation_error(exc, "REDIS_")})
+        return ExitCode.REJECTED
+    redis = create_redis(redis_settings)
+
+    async def report_only(outcome: out.Outcome, message: ProvisionerMessage | None,
+                          request_id: str | None, handle: str | None) -> int:
+        entry = build_entry(outcome, request_id=request_id, handle=handle,
+                            action=message.action if message else None, job_name=job_name,
+                            started_at=started_at, duration=time.monotonic() - t0, redact=redact)
+        try:
+            await publish(redis, redis_settings.keys, entry, attempts=3, backoff=0.5)
+        except Exception as exc:
+            log.error("could not publish the result", extra={"error": str(exc)})
+            return ExitCode.COULD_NOT_REPORT
+        return outcome.exit_code
+
+    try:
+        raw = os.environ.get("PROVISIONER_MESSAGE")
+        if not raw:
+            log.error("PROVISIONER_MESSAGE is not set; nothing to do")
+            return ExitCode.REJECTED
+        try:
+            message = parse_message(raw)
+        except InvalidMessage as exc:
+            context.update(server_handle=exc.server_handle, request_id=exc.request_id)
+            log.error("invalid message", extra={"reason": exc.reason, "error": exc.detail})
+            return await report_only(out.rejected("invalid_message", exc.detail), None,
+                                     exc.request_id, exc.server_handle)
+        message = message.with_identity()
+        context.update(server_handle=message.server_handle, request_id=message.request_id)
+        try:
+            settings = load(RunnerSettings)
+            db_settings = load(DatabaseSettings)
+        except ConfigError as exc:
+            log.error("configuration error", extra={"error": str(exc)})
+            return await report_only(out.rejected("config_error", f"configuration: {exc}"),
+                                     message, message.request_id, message.server_handle)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        scrub_secret_environment()
+        return await _run_job(message, settings, db_settings, job_name, redact, redis,
+                              redis_settings, started_at, t0)
+    finally:
+        await redis.aclose()
+
+
+async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
+                   db_settings: DatabaseSettings, job_name: str | None,
+                   redact: redaction.Redactor, redis: object, redis_settings: RedisSettings,
+                   started_at: object, t0: float) -> int:
+    from runner_image.job import Job, RunContext, open_store
+    from runner_image.report import build_entry, publish, write_status
+
+    cancelled = threading.Event()
+    ctx = RunContext(message, settings, db_settings, job_name, redact, cancelled)
+    log.info("run started", extra={"action": message.action.value})
+    loop = asyncio.get_running_loop()
+    job_task: asyncio.Task[out.Outcome] | None = None
+
+    def on_signal(signum: int) -> None:
+        log.warning("signal received; cancelling", extra={"signal": signal.Signals(signum).name})
+        cancelled.set()
+        if job_task is not None and not job_task.done():
+            job_task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    attempts, backoff = settings.report_attempts, settings.report_backoff_base
+    store_cm = open_store(db_settings, attempts, backoff)
+    store = None
+    claimed = False
+    try:
+        try:
+            store = await store_cm.__aenter__()
+        except Exception as exc:
+            outcome = out.failed("database_unavailable",
+                                 f"cannot reach the database at DATABASE_URL: {exc}",
+                                 server_status=None)
+        else:
+            job = Job(ctx, store)
+            job_task = asyncio.create_task(job.execute())
+            try:
+                outcome = await job_task
+            except asyncio.CancelledError:
+                outcome = job._cancelled("before the run started")
+            except Exception as exc:
+                log.exception("run failed unexpectedly")
+                outcome = out.failed("internal", f"unexpected error: {type(exc).__name__}: {exc}")
+            claimed = job.claimed
+        ok = True
+        if claimed and outcome.server_status is not None:
+            try:
+                await write_status(store, db_settings, message.server_handle,
+                                   ctx.request_id, outcome.server_status, outcome.reason,
+                                   attempts=attempts, backoff=backoff)
+            except Exception as exc:
+                log.error("could not write the server status", extra={"error": str(exc)})
+                ok = False
+        entry: ResultEntry = build_entry(
+            outcome, request_id=message.request_id, handle=message.server_handle,
+            action=message.action, job_name=job_name, started_at=started_at,  # type: ignore[arg-type]
+            duration=time.monotonic() - t0, redact=redact)
+        try:
+            await publish(redis, redis_settings.keys, entry, attempts=attempts,  # type: ignore[arg-type]
+                          backoff=backoff)
+        except Exception as exc:
+            log.error("could not publish the result", extra={"error": str(exc)})
+            ok = False
+    finally:
+        if store is not None:
+            await store_cm.__aexit__(None, None, None)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    code = outcome.exit_code if ok else ExitCode.COULD_NOT_REPORT
+    log.info("run finished", extra={"status": outcome.status.value, "exit_code": int(code),
+                                    "error_kind": outcome.error.kind if outcome.error else None,
+                                    "duration_seconds": round(time.monotonic() - t0, 3)})
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""One run for one ProvisionerMessage: from the source of truth to a finished play.
+
+Order of steps (each step's failure ends the run with a specific outcome):
+validate inputs -> lock and claim the server -> [provider reinstall] -> SSH check
+(record/verify the host key) -> install keys -> play(s). Reporting is done by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pydantic import SecretStr
+
+from dispatcher.messages import Action, ProvisionerMessage
+from dispatcher.results import ResultError, ResultStatus
+from runner_image import outcome as out
+from runner_image.agent import AgentError, SshAgent
+from runner_image.db import (
+    MissingCredentialsKey,
+    ServerBusy,
+    ServerRecord,
+    ServerStatus,
+    ServerStore,
+)
+from runner_image.deploy_key import PublicKey, install_script, parse_public_key
+from runner_image.exit_codes import ExitCode
+from runner_image.play import PlayOutcome, prepare_environment, run_playbooks
+from runner_image.redaction import Redactor
+from runner_image.settings import DatabaseSettings, RunnerSettings
+from runner_image.ssh import SshClient, SshError, SshTarget
+
+log = logging.getLogger(__name__)
+
+_START_STATUS = {Action.SETUP: ServerStatus.PROVISIONING, Action.RECOVERY: ServerStatus.RECOVERING,
+                 Action.REINSTALL: ServerStatus.REINSTALLING}
+
+
+@dataclass
+class RunContext:
+    message: ProvisionerMessage
+    settings: RunnerSettings
+    db_settings: DatabaseSettings
+    job_name: str | None
+    redact: Redactor
+    cancelled: threading.Event
+
+    @property
+    def request_id(self) -> str:
+        assert self.message.request_id is not None
+        return self.message.request_id
+
+    @property
+    def log_context(self) -> dict[str, Any]:
+        return {"server_handle": self.message.server_handle, "request_id": self.request_id,
+                "job_name": self.job_name}
+
+
+def fingerprint(host_key: str) -> str:
+    blob = base64.b64decode(host_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+class Job:
+    def __init__(self, ctx: RunContext, store: ServerStore) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.settings = ctx.settings
+        self.handle = ctx.message.server_handle
+        self.claimed = False
+        self.details: out.Details = {}
+
+    # -- entry point -------------------------------------------------------------------
+    async def execute(self) -> out.Outcome:
+        try:
+            outcome = await self._execute()
+        except asyncio.CancelledError:
+            outcome = self._cancelled("before the play started")
+        outcome.details = {**self.details, **outcome.details}
+        return outcome
+
+    def _cancelled(self, where: str) -> out.Outcome:
+        outcome = out.failed("cancelled", f"the run was cancelled (SIGTERM) {where}")
+        outcome.exit_code = ExitCode.CANCELLED
+        if not self.claimed:
+            outcome.server_status = None
+        return outcome
+
+    async def _execute(self) -> out.Outcome:
+        message = self.ctx.message
+        server = await self.store.load(self.handle)
+        if server is None:
+            return out.failed("unknown_server",
+                              f"server {self.handle} is not in the servers table; register it "
+                              "first (python -m runner_image register-server)", server_status=None)
+        problem = self._check_inputs(server)
+        if problem:
+            return problem
+        try:
+            await self.store.lock(self.handle, self.settings.server_lock_timeout)
+        except ServerBusy as exc:
+            return out.failed("server_busy", str(exc), server_status=None)
+        password: SecretStr | None = None
+        if server.has_password:
+            try:
+                password = await self.store.root_password(self.handle)
+            except MissingCredentialsKey as exc:
+                return out.rejected("config_error", str(exc))
+            except asyncpg.PostgresError:
+                return out.rejected("config_error",
+                                    f"the root password of {self.handle} cannot be decrypted with "
+                                    "CREDENTIALS_KEY; set the key it was stored with")
+            if password is not None:
+                self.ctx.redact.add(password.get_secret_value())
+        self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
+                                              _START_STATUS[message.action])
+        log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
+                                          "action": message.action.value})
+        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.settings.runner_scratch_dir))
+        agent: SshAgent | None = None
+        client: SshClient | None = None
+        try:
+            try:
+                agent = await SshAgent.start(scratch / "agent.sock", self.settings.ssh_private_key)
+            except AgentError as exc:
+                return out.failed("config_error", str(exc))
+            target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
+            client = SshClient(scratch, agent.socket, target, self.settings.ssh_connect_timeout)
+            return await self._run_steps(server, password, agent, client, scratch)
+        finally:
+            if client is not None:
+                await client.close()
+            if agent is not None:
+                await agent.stop()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _check_inputs(self, server: ServerRecord) -> out.Outcome | None:
+        """Configuration problems found before anything is touched."""
+        for playbook in self.settings.playbooks_for(self.ctx.message.is_recovery):
+            if not playbook.is_file():
+                return out.rejected("config_error", f"playbook {playbook} does not exist; check "
+                                    "PLAY_PROJECT_DIR / SETUP_PLAYBOOK / RECOVERY_PLAYBOOKS")
+        if self.ctx.message.force_reinstall:
+            missing = [name for name, value in (
+                ("PROVIDER_API_USERNAME", self.settings.provider_api_username),
+                ("PROVIDER_API_PASSWORD", self.settings.provider_api_password)) if value is None]
+            if missing:
+                return out.rejected("config_error",
+                                    f"force_reinstall needs {' and '.join(missing)}")
+            if not server.provider_server_id:
+                return out.rejected("config_error",
+                                    f"server {self.handle} has no provider_server_id; "
+                                    "set it with register-server --provider-server-id")
+        return None
+
+    async def _run_steps(self, server: ServerRecord, password: SecretStr | None,
+                         agent: SshAgent, client: SshClient, scratch: Path) -> out.Outcome:
+        own_key = parse_public_key(agent.public_key)
+        own_key = PublicKey(own_key.key_type, own_key.body, "infra-service-provisioner")
+        if self.ctx.message.force_reinstall:
+            failure = await self._reinstall(server, own_key)
+            if failure:
+                return failure
+            client.trust(None)
+            failure = await self._wait_for_ssh_after_reinstall(client, password)
+        else:
+            client.trust(server.host_key)
+            failure = await self._ssh_check(client, password, accept_new=server.host_key is None)
+        if failure:
+            return failure
+        seen = client.seen_host_key()
+        if seen and seen != server.host_key:
+            await self.store.record_host_key(self.handle, self.ctx.request_id, seen)
+            log.info("host key recorded", extra={"fingerprint": fingerprint(seen)})
+            self.details["host_key_recorded"] = True
+        if seen:
+            self.details["host_key_fingerprint"] = fingerprint(seen)
+        failure = await self._install_keys(client, server, own_key)
+        if failure:
+            return failure
+        if self.ctx.message.force_reinstall:
+            await self.store.set_status(self.handle, self.ctx.request_id,
+                                        ServerStatus.PROVISIONING, None)
+        return await self._play(server, client, scratch)
+
+    # -- steps ---------------------------------------------------------------------------
+    async def _reinstall(self, server: ServerRecord, own_key: PublicKey) -> out.Outcome | None:
+        from runner_image.provider import ProviderError, Time4VpsClient
+
+        s = self.settings
+        assert s.provider_api_username and s.provider_api_password and server.provider_server_id
+        self.ctx.redact.add(s.provider_api_username.get_secret_value(),
+                            s.provider_api_password.get_secret_value())
+        try:
+            async with Time4VpsClient(s.provider_api_url, s.provider_api_username,
+                                      s.provider_api_password, s.provider_request_timeout) as api:
+                task_id = await api.reinstall(server.provider_server_id, s.provider_reinstall_os,
+                                              own_key.line)
+                self.details["provider_task_id"] = task_id
+                log.info("reinstall requested", extra={"task_id": task_id,
+                                                       "os": s.provider_reinstall_os})
+                await api.wait_for_task(server.provider_server_id, task_id,
+                                        interval=s.provider_poll_interval,
+                                        limit=s.provider_task_timeout, context={})
+        except ProviderError as exc:
+            log.error("provider error", extra={"error": exc.message})
+            return out.failed("provider_error", self.ctx.redact(exc.message))
+        return None
+
+    async def _wait_for_ssh_after_reinstall(self, client: SshClient,
+                                            password: SecretStr | None) -> out.Outcome | None:
+        deadline = time.monotonic() + self.settings.reinstall_ssh_timeout
+        interval = max(0.2, min(self.settings.provider_poll_interval, 10.0))
+        attempt = 0
+        while True:
+            attempt += 1
+            client.trust(None)
+            try:
+                result = await client.run("true", password=password, accept_new=True,
+                                          limit=self.settings.ssh_command_timeout)
+            except SshError as exc:
+                log.info("waiting for SSH after reinstall",
+                         extra={"attempt": attempt, "error": exc.message})
+                if time.monotonic() + interval > deadline:
+                    return out.unreachable(
+                        "ssh_unreachable",
+                        f"SSH did not come back within REINSTALL_SSH_TIMEOUT="
+                        f"{self.settings.reinstall_ssh_timeout:g}s after the reinstall: "
+                        f"{exc.message}")
+                await asyncio.sleep(interval)
+                continue
+            self.details["auth_method"] = result.auth_method
+            log.info("ssh is back after reinstall", extra={"attempt": attempt,
+                                                           "auth_method": result.auth_method})
+            return None
+
+    async def _ssh_check(self, client: SshClient, password: SecretStr | None,
+                         accept_new: bool) -> out.Outcome | None:
+        s = self.settings
+        last: SshError | None = None
+        for attempt in range(1, s.ssh_attempts + 1):
+            try:
+                result = await client.run("true", password=password, accept_new=accept_new,
+                                          limit=s.ssh_command_timeout)
+            except SshError as exc:
+                last = exc
+                log.warning("ssh attempt failed", extra={"attempt": attempt, "kind": exc.kind,
+                                                          "error": exc.message})
+                if exc.kind == "host_key":
+                    return out.failed("host_key_mismatch", exc.message)
+                if exc.kind == "auth":
+                    # Repeating a refused login cannot succeed and may trip lockouts.
+                    return out.unreachable("ssh_auth_failed", exc.message)
+                if attempt < s.ssh_attempts:
+                    await asyncio.sleep(s.ssh_backoff_base * 2 ** (attempt - 1))
+                continue
+            self.details["auth_method"] = result.auth_method
+            log.info("ssh check passed", extra={"attempt": attempt,
+                                                "auth_method": result.auth_method})
+            return None
+        assert last is not None
+        return out.unreachable("ssh_unreachable",
+                               f"{last.message} (after {s.ssh_attempts} attempts)")
+
+    async def _install_keys(self, client: SshClient, server: ServerRecord,
+                            own_key: PublicKey) -> out.Outcome | None:
+        deploy_key = parse_public_key(self.settings.orchestrator_ssh_public_key)
+        deploy_user = self.settings.deploy_key_user
+        plan: dict[str, list[PublicKey]] = {server.ssh_user: [own_key]}
+        plan.setdefault(deploy_user, []).append(deploy_key)
+        sudo = "" if server.ssh_user == "root" else "sudo -n "
+        changed = False
+        for user, keys in plan.items():
+            try:
+                result = await client.run(f"{sudo}sh -s -- {user}", stdin=install_script(keys),
+                                          limit=self.settings.ssh_command_timeout)
+            except SshError as exc:
+                return out.failed("deploy_key_failed",
+                                  f"installing SSH keys for user {user} failed: {exc.message}")
+            changed = changed or "authorized_keys changed" in result.stdout
+        self.details["deploy_key_changed"] = changed
+        log.info("keys installed", extra={"deploy_key_user": deploy_user, "changed": changed})
+        return None
+
+    async def _play(self, server: ServerRecord, client: SshClient, scratch: Path) -> out.Outcome:
+        s = self.settings
+        message = self.ctx.message
+        host_vars = {
+            "ansible_host": server.address,
+            "ansible_port": server.ssh_port,
+            "ansible_user": server.ssh_user,
+            "ansible_python_interpreter": s.target_python,
+            "infra_server_handle": self.handle,
+            "infra_request_id": self.ctx.request_id,
+            "infra_action": message.action.value,
+            "infra_deploy_key_user": s.deploy_key_user,
+            "infra_orchestrator_public_key": s.orchestrator_ssh_public_key,
+        }
+        env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
+                                  client.control_dir, host_vars, self.handle)
+        played: PlayOutcome = await run_playbooks(
+            env, s.playbooks_for(message.is_recovery), budget=s.play_timeout,
+            cancelled=self.ctx.cancelled, context=self.ctx.log_context, redact=self.ctx.redact)
+        self.details["play_seconds"] = round(played.duration, 3)
+        self.details.update(played.details)
+        outcome = _from_play(played)
+        outcome.recap = played.recap
+        return outcome
+
+
+def _from_play(played: PlayOutcome) -> out.Outcome:
+    error = played.error or ResultError(kind="internal", message="play ended without detail")
+    if played.status == "successful":
+        return out.succeeded(played.recap, {})
+    if played.status == "unreachable":
+        return out.Outcome(ResultStatus.UNREACHABLE, ExitCode.UNREACHABLE,
+                           ServerStatus.UNREACHABLE, error)
+    if played.status == "timeout":
+        return out.Outcome(ResultStatus.TIMED_OUT, ExitCode.TIMED_OUT, ServerStatus.FAILED, error)
+    if played.status == "canceled":
+        return out.Outcome(ResultStatus.FAILED, ExitCode.CANCELLED, ServerStatus.FAILED, error)
+    return out.Outcome(ResultStatus.FAILED, ExitCode.FAILED, ServerStatus.FAILED, error)
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: DatabaseSettings, attempts: int, backoff: float):  # type: ignore[no-untyped-def]
+    from runner_image.db import connect
+
+    conn = await retry("database connect", lambda: connect(settings), attempts, backoff)
+    try:
+        yield ServerStore(conn, settings)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 5)
+
+
+TRANSIENT_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                       asyncpg.CannotConnectNowError, TimeoutError, ConnectionError)
+
+
+async def retry(what: str, action: Any, attempts: int, backoff: float,
+                errors: tuple[type[BaseException], ...] = TRANSIENT_DB_ERRORS) -> Any:
+    """Run ``action()`` (a coroutine factory) until it succeeds, with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await action()
+        except errors as exc:
+            if attempt == attempts:
+                raise
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning(f"{what} failed, retrying", extra={"attempt": attempt, "error": str(exc),
+                                                          "retry_in": delay})
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,79 @@
+"""Reporting a run: the server's status in PostgreSQL first, then exactly one result entry.
+
+Both writes are retried with exponential backoff while the database or Redis is briefly
+unavailable; if either still fails the caller exits with COULD_NOT_REPORT so that the
+dispatcher's Job watcher reports the request instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dispatcher.keys import Keys
+from dispatcher.messages import Action
+from dispatcher.reporting import publish_result
+from dispatcher.results import Reporter, ResultEntry, ResultError, now
+from runner_image.db import ServerStatus, ServerStore, connect
+from runner_image.job import TRANSIENT_DB_ERRORS, retry
+from runner_image.outcome import Outcome
+from runner_image.redaction import Redactor
+from runner_image.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_entry(outcome: Outcome, *, request_id: str | None, handle: str | None,
+                action: Action | None, job_name: str | None, started_at: datetime,
+                duration: float, redact: Redactor) -> ResultEntry:
+    error = outcome.error
+    if error is not None:
+        error = ResultError(**{k: redact(v) if isinstance(v, str) else v
+                               for k, v in error.model_dump().items()})
+    return ResultEntry(
+        request_id=request_id, server_handle=handle, action=action, status=outcome.status,
+        reported_by=Reporter.RUNNER, job_name=job_name, started_at=started_at,
+        finished_at=now(), duration_seconds=round(duration, 3), error=error,
+        recap=outcome.recap, details=outcome.details,
+    )
+
+
+async def write_status(store: ServerStore | None, db_settings: DatabaseSettings, handle: str,
+                       request_id: str, status: ServerStatus, reason: str | None, *,
+                       attempts: int, backoff: float) -> None:
+    """Compare-and-set the final status, reconnecting if the run's connection broke."""
+    current = {"store": store}
+
+    async def attempt() -> None:
+        st = current["store"]
+        if st is None or st.conn.is_closed():
+            st = current["store"] = ServerStore(await connect(db_settings), db_settings)
+        try:
+            written = await st.set_status(handle, request_id, status, reason, finished=True)
+        except TRANSIENT_DB_ERRORS:
+            current["store"] = None
+            raise
+        if written:
+            log.info("server status written", extra={"status": status.value})
+        else:
+            log.warning("server status not written: another run owns the server now",
+                        extra={"status": status.value})
+
+    try:
+        await retry("server status write", attempt, attempts, backoff)
+    finally:
+        fresh = current["store"]
+        if fresh is not None and fresh is not store:
+            await fresh.conn.close()
+
+
+async def publish(redis: aioredis.Redis, keys: Keys, entry: ResultEntry, *, attempts: int,
+                  backoff: float) -> None:
+    pushed = await retry("result publish", lambda: publish_result(redis, keys, entry), attempts,
+                         backoff, (RedisConnectionError, RedisTimeoutError, OSError))
+    log.info("result published" if pushed else "result already reported for this request",
+             extra={"status": entry.status.value})
