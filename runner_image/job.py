@@ -127,7 +127,7 @@ class Job:
                                               _START_STATUS[message.action])
         log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
                                           "action": message.action.value})
-        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.settings.runner_scratch_dir))
+        scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
         agent: SshAgent | None = None
         client: SshClient | None = None
         try:

@@ -19,6 +19,7 @@ from runner_image.deploy_key import USER_PATTERN, InvalidPublicKey, parse_public
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PLAY_PROJECT_DIR = PACKAGE_DIR.parent / "ansible"
+MAX_SCRATCH_PATH = 37
 DEFAULT_RECOVERY_PLAYBOOKS = ["playbooks/recovery_disk_space.yml", "playbooks/recovery_docker.yml"]
 
 # Every variable that may hold a secret; removed from os.environ after loading.
@@ -164,9 +165,11 @@ class RunnerSettings(BaseSettings):
     @field_validator("runner_scratch_dir")
     @classmethod
     def _scratch(cls, path: Path) -> Path:
-        # SSH control and agent sockets live below it (a Unix socket path has 108 bytes).
-        if len(str(path)) > 60:
-            raise ValueError("path is too long for SSH control sockets (at most 60 characters)")
+        # SSH control sockets live at DIR/rXXXXXXXX/c/<40 hex>.<16 chars while created>, and
+        # a Unix socket path has at most 107 bytes.
+        if len(str(path)) > MAX_SCRATCH_PATH:
+            raise ValueError(f"path is too long for SSH control sockets "
+                             f"(at most {MAX_SCRATCH_PATH} characters)")
         return path
 
     def playbooks_for(self, recovery: bool) -> list[Path]:

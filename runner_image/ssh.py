@@ -54,7 +54,7 @@ class SshClient:
         self.target = target
         self.config_file = directory / "ssh_config"
         self.known_hosts = directory / "known_hosts"
-        self.control_dir = directory / "cp"
+        self.control_dir = directory / "c"
         self.control_dir.mkdir(mode=0o700, exist_ok=True)
         self.config_file.write_text(
             "Host *\n"

@@ -40,6 +40,14 @@ class Entry:
             self._raw = dumps(self.full())
         return self._raw
 
+    @property
+    def item_raw(self) -> bytes:
+        """The object as list items show it: without kind and apiVersion."""
+        raw = self.raw
+        skip = len(b'{"kind":"%s","apiVersion":"%s",' % (
+            self.kind.kind.encode(), self.kind.api_version.encode()))
+        return b"{" + raw[skip:]
+
     def full(self) -> dict[str, Any]:
         return {"kind": self.kind.kind, "apiVersion": self.kind.api_version, **self.obj}
 
