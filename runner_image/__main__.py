@@ -39,11 +39,13 @@ log = logging.getLogger("runner_image")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m runner_image", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m runner_image", description=__doc__,
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the job described by PROVISIONER_MESSAGE (default)")
     sub.add_parser("migrate", help="apply pending database migrations")
-    reg = sub.add_parser("register-server", help="add or update a server in the servers table")
+    reg = sub.add_parser("register-server", help="add or update a server in the servers table",
+                         allow_abbrev=False)
     reg.add_argument("--handle", required=True)
     reg.add_argument("--address", required=True, help="IP address or DNS name")
     reg.add_argument("--port", type=int, default=22)

@@ -73,7 +73,7 @@ class _EventSink:
                       "play": data.get("play")}
             res = data.get("res") or {}
             if kind in {"runner_on_failed", "runner_on_unreachable"} and isinstance(res, dict):
-                fields["msg"] = self.redact(str(res.get("msg", ""))[:500])
+                fields["module_msg"] = self.redact(str(res.get("msg", ""))[:500])
                 fields["ignore_errors"] = bool(data.get("ignore_errors"))
             if kind == "runner_on_ok":
                 fields["changed"] = bool(isinstance(res, dict) and res.get("changed"))
@@ -154,7 +154,7 @@ def _run_one(env: PlayEnvironment, playbook: Path, timeout: float, sink: _EventS
              cancelled: threading.Event, context: dict[str, Any]) -> Any:
     import ansible_runner  # imported here: it is only needed once the play starts
 
-    def on_status(status: dict[str, Any], _config: Any) -> None:
+    def on_status(status: dict[str, Any], runner_config: Any = None) -> None:
         # The "starting" payload also has the command and environment: log the status only.
         log.info("ansible status", extra={**context, "ansible_status": status.get("status")})
 

@@ -5,11 +5,4 @@
 set -eu
 dpkg --purge --force-remove-essential --force-depends \
   apt libapt-pkg6.0 gpgv debian-archive-keyring libstdc++6 perl-base >/dev/null 2>&1
-# Fail the build if anything left behind needed one of the purged libraries.
-broken=$(find /usr /opt -xdev -type f \( -name '*.so*' -o -perm -u+x \) -exec ldd {} + 2>/dev/null \
-  | awk '/^\// {file=$1} /not found/ {print file, $1}')
-if [ -n "$broken" ]; then
-  echo "libraries missing after purging the package manager:" >&2
-  echo "$broken" >&2
-  exit 1
-fi
+"$(dirname "$0")/check-libraries.sh" /usr

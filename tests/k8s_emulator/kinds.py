@@ -137,6 +137,8 @@ def _validate_container(c: Any, path: str, seen: set[str]) -> list[FieldError]:
     name = c.get("name")
     if not name:
         errors.append(required(f"{path}.name"))
+    elif not isinstance(name, str):
+        errors.append(invalid_value(f"{path}.name", name, "must be a string"))
     else:
         errors += v.each(f"{path}.name", name, v.dns1123_label(name))
         if name in seen:
@@ -149,6 +151,8 @@ def _validate_container(c: Any, path: str, seen: set[str]) -> list[FieldError]:
         ename = env.get("name") if isinstance(env, dict) else None
         if not ename:
             errors.append(required(f"{epath}.name"))
+        elif not isinstance(ename, str):
+            errors.append(invalid_value(f"{epath}.name", ename, "must be a string"))
         else:
             errors += v.each(f"{epath}.name", ename, v.env_var_name(ename))
         if isinstance(env, dict) and env.get("value") and env.get("valueFrom") is not None:

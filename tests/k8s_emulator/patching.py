@@ -211,10 +211,10 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any) -> dict[s
             raise bad_request("json: cannot unmarshal into strategic merge patch: not an object")
         result = strategic_merge_patch(copy.deepcopy(target), patch)
     else:
-        raise ApiError(415, f"the body of the request was in an unknown format - accepted media "
-                       f"types include: application/json-patch+json, application/merge-patch+"
-                       f"json, application/apply-patch+yaml, application/strategic-merge-patch+"
-                       f"json", "UnsupportedMediaType")
+        raise ApiError(415, "the body of the request was in an unknown format - accepted media "
+                       "types include: application/json-patch+json, application/merge-patch+"
+                       "json, application/apply-patch+yaml, application/strategic-merge-patch+"
+                       "json", "UnsupportedMediaType")
     if not isinstance(result, dict):
         raise _patch_error("patch result is not an object")
     return result

@@ -447,9 +447,10 @@ class Registry:
         node = target.get("name")
         if not node:
             raise invalid(PODS.gr, name, [required("target.name")])
-        if current.obj["spec"].get("nodeName"):
+        assigned = current.obj["spec"].get("nodeName")
+        if assigned:
             raise ApiError(409, f'Operation cannot be fulfilled on pods/binding "{name}": pod '
-                           f'{name} is already assigned to node "{current.obj["spec"]["nodeName"]}"',
+                           f'{name} is already assigned to node "{assigned}"',
                            "Conflict", {"name": name, "kind": "pods/binding"})
         new = copy.deepcopy(current.obj)
         new["spec"]["nodeName"] = node

@@ -211,10 +211,7 @@ class FieldSelector:
                                if r.equal and r.field == "metadata.namespace"), None)
 
     def matches(self, obj: dict[str, Any], fields: Mapping[str, Callable[[dict], str]]) -> bool:
-        for r in self.requirements:
-            if (fields[r.field](obj) == r.value) != r.equal:
-                return False
-        return True
+        return all((fields[r.field](obj) == r.value) == r.equal for r in self.requirements)
 
     @property
     def empty(self) -> bool:

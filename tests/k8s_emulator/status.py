@@ -170,10 +170,7 @@ def conflict(gr: GroupResource, name: str) -> ApiError:
 
 
 def invalid(gr: GroupResource, name: str, errors: list[FieldError]) -> ApiError:
-    if len(errors) == 1:
-        summary = str(errors[0])
-    else:
-        summary = "[" + ", ".join(str(e) for e in errors) + "]"
+    summary = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(str(e) for e in errors) + "]"
     details = _details(gr, name, kind=gr.kind)
     details["causes"] = [
         {"reason": e.reason, "message": e.body, "field": e.field} for e in errors

@@ -7,6 +7,7 @@ keys and total size, and the ownerReferences shape. Spec rules per kind live in 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from .status import FieldError, invalid_value, required, too_long
@@ -66,25 +67,28 @@ def max_len_msg(limit: int) -> str:
     return f"must be no more than {limit} characters"
 
 
-def dns1123_subdomain(value: str) -> list[str]:
+@lru_cache(maxsize=8192)
+def dns1123_subdomain(value: str) -> tuple[str, ...]:
     problems = []
     if len(value) > DNS1123_SUBDOMAIN_MAX:
         problems.append(max_len_msg(DNS1123_SUBDOMAIN_MAX))
     if not _dns_subdomain_re.match(value):
         problems.append(DNS1123_SUBDOMAIN_MSG)
-    return problems
+    return tuple(problems)
 
 
-def dns1123_label(value: str) -> list[str]:
+@lru_cache(maxsize=8192)
+def dns1123_label(value: str) -> tuple[str, ...]:
     problems = []
     if len(value) > DNS1123_LABEL_MAX:
         problems.append(max_len_msg(DNS1123_LABEL_MAX))
     if not _dns_label_re.match(value):
         problems.append(DNS1123_LABEL_MSG)
-    return problems
+    return tuple(problems)
 
 
-def qualified_name(value: str) -> list[str]:
+@lru_cache(maxsize=8192)
+def qualified_name(value: str) -> tuple[str, ...]:
     """A label or annotation key: optional DNS-subdomain prefix, '/', then a name part."""
     parts = value.split("/")
     if len(parts) == 1:
@@ -92,15 +96,15 @@ def qualified_name(value: str) -> list[str]:
     elif len(parts) == 2:
         prefix, name = parts
         if not prefix:
-            return ["prefix part must be non-empty"]
+            return ("prefix part must be non-empty",)
     else:
-        return [
+        return (
             "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and "
             "must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  "
             "or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?"
             "[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. "
-            "'example.com/MyName')"
-        ]
+            "'example.com/MyName')",
+        )
     problems = [f"prefix part {p}" for p in dns1123_subdomain(prefix)] if prefix else []
     if not name:
         problems.append("name part must be non-empty")
@@ -109,32 +113,37 @@ def qualified_name(value: str) -> list[str]:
             problems.append("name part " + max_len_msg(QUALIFIED_NAME_MAX))
         if not _qualified_name_re.match(name):
             problems.append(QUALIFIED_NAME_MSG)
-    return problems
+    return tuple(problems)
 
 
-def label_value(value: str) -> list[str]:
+@lru_cache(maxsize=8192)
+def label_value(value: str) -> tuple[str, ...]:
     problems = []
     if len(value) > LABEL_VALUE_MAX:
         problems.append(max_len_msg(LABEL_VALUE_MAX))
     if not _label_value_re.match(value):
         problems.append(LABEL_VALUE_MSG)
-    return problems
+    return tuple(problems)
 
 
-def env_var_name(value: str) -> list[str]:
-    return [] if _env_var_re.match(value) else [ENV_VAR_MSG]
+@lru_cache(maxsize=8192)
+def env_var_name(value: str) -> tuple[str, ...]:
+    return () if _env_var_re.match(value) else (ENV_VAR_MSG,)
 
 
-def config_key(value: str) -> list[str]:
+@lru_cache(maxsize=8192)
+def config_key(value: str) -> tuple[str, ...]:
     problems = []
     if len(value) > DNS1123_SUBDOMAIN_MAX:
         problems.append(max_len_msg(DNS1123_SUBDOMAIN_MAX))
     if not _config_key_re.match(value):
         problems.append(CONFIG_KEY_MSG)
-    return problems
+    return tuple(problems)
 
 
-def each(path: str, value: Any, problems: list[str]) -> list[FieldError]:
+def each(path: str, value: Any, problems: tuple[str, ...]) -> list[FieldError]:
+    if not problems:
+        return []
     return [invalid_value(path, value, p) for p in problems]
 
 

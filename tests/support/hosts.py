@@ -101,8 +101,12 @@ def wait_for_ssh(host: Host, timeout: float = 60) -> None:
 
 @contextlib.contextmanager
 def vps_host(*, privileged: bool = True, publish: tuple[int, ...] = (),
-             name_prefix: str = "infra-test") -> Iterator[Host]:
-    """Start one disposable host; removed on exit whatever happens."""
+             name_prefix: str = "infra-test", extra_args: tuple[str, ...] = ()
+             ) -> Iterator[Host]:
+    """Start one disposable host; removed on exit whatever happens.
+
+    ``extra_args`` go to ``podman run`` as they are (for example ``--tmpfs`` mounts).
+    """
     image = ensure_vps_image()
     name = f"{name_prefix}-{uuid.uuid4().hex[:8]}"
     ssh_port = free_port()
@@ -115,6 +119,7 @@ def vps_host(*, privileged: bool = True, publish: tuple[int, ...] = (),
         args.append("--privileged")
     else:
         args += ["--cap-add", "NET_ADMIN"]
+    args += list(extra_args)
     podman(*args, image)
     host = Host(name=name, ssh_port=ssh_port, extra_ports=extra)
     try:

@@ -1,0 +1,128 @@
+{{/* Chart name, truncated to the 63 characters of a label value. */}}
+{{- define "infra-service.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name of the release's objects. */}}
+{{- define "infra-service.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "infra-service.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Recommended labels on every object. */}}
+{{- define "infra-service.labels" -}}
+helm.sh/chart: {{ include "infra-service.chart" . }}
+{{ include "infra-service.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: infra-service
+{{- end }}
+
+{{- define "infra-service.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "infra-service.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "infra-service.dispatcherSelectorLabels" -}}
+{{ include "infra-service.selectorLabels" . }}
+app.kubernetes.io/component: dispatcher
+{{- end }}
+
+{{/* Labels the dispatcher puts on runner Jobs and pods (dispatcher/naming.py). */}}
+{{- define "infra-service.runnerSelectorLabels" -}}
+app.kubernetes.io/name: infra-service-runner
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "infra-service.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "infra-service.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "infra-service.runnerServiceAccountName" -}}
+{{- if .Values.runner.serviceAccount.create }}
+{{- default (printf "%s-runner" (include "infra-service.fullname" .) | trunc 63 | trimSuffix "-") .Values.runner.serviceAccount.name }}
+{{- else }}
+{{- .Values.runner.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret every secret reference falls back to. */}}
+{{- define "infra-service.secretName" -}}
+{{- default (include "infra-service.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{- define "infra-service.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/*
+Secret references of the runner as the dispatcher reads them (DISPATCHER_JOB_SECRET_ENV):
+{"ENV": {"secret": name, "key": key, "optional": bool}}. An entry with an empty key is left out.
+*/}}
+{{- define "infra-service.runnerSecretEnv" -}}
+{{- $default := include "infra-service.secretName" . }}
+{{- $refs := dict
+  "REDIS_PASSWORD" .Values.redis.password
+  "DATABASE_PASSWORD" .Values.database.password
+  "CREDENTIALS_KEY" .Values.database.credentialsKey
+  "SSH_PRIVATE_KEY" .Values.runner.sshPrivateKey
+  "PROVIDER_API_USERNAME" .Values.runner.provider.username
+  "PROVIDER_API_PASSWORD" .Values.runner.provider.password }}
+{{- $refs = merge (deepCopy .Values.runner.secretEnv) $refs }}
+{{- $out := dict }}
+{{- range $env, $ref := $refs }}
+{{- if $ref.key }}
+{{- $_ := set $out $env (dict "secret" (default $default $ref.secret) "key" $ref.key "optional" (default false $ref.optional)) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* Plain environment of the runner (DISPATCHER_JOB_ENV). */}}
+{{- define "infra-service.runnerEnv" -}}
+{{- $env := dict
+  "REDIS_URL" .Values.redis.url
+  "REDIS_KEY_PREFIX" .Values.redis.keyPrefix
+  "DATABASE_URL" .Values.database.url
+  "DATABASE_CONNECT_TIMEOUT" (toString .Values.database.connectTimeoutSeconds)
+  "PLAY_TIMEOUT" (toString .Values.runner.playTimeoutSeconds)
+  "DEPLOY_KEY_USER" .Values.runner.deployKeyUser
+  "PROVIDER_API_URL" .Values.runner.provider.apiUrl
+  "PROVIDER_REINSTALL_OS" .Values.runner.provider.reinstallOs
+  "LOG_LEVEL" .Values.runner.logLevel }}
+{{- range $k, $v := .Values.runner.env }}
+{{- $_ := set $env $k (toString $v) }}
+{{- end }}
+{{- toJson $env }}
+{{- end }}
+
+{{/* Checks that stop a release that could never work. */}}
+{{- define "infra-service.validate" -}}
+{{- if ge (int .Values.runner.playTimeoutSeconds) (int .Values.runner.activeDeadlineSeconds) }}
+{{- fail "runner.playTimeoutSeconds must be below runner.activeDeadlineSeconds: the runner has to report a timeout before Kubernetes kills it" }}
+{{- end }}
+{{- if eq (int .Values.dispatcher.healthPort) (int .Values.dispatcher.metricsPort) }}
+{{- fail "dispatcher.healthPort and dispatcher.metricsPort must differ" }}
+{{- end }}
+{{- range $name := list "PROVISIONER_MESSAGE" "JOB_NAME" "ORCHESTRATOR_SSH_PUBLIC_KEY" }}
+{{- if hasKey $.Values.runner.env $name }}
+{{- fail (printf "runner.env.%s is set by the dispatcher itself; remove it" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}

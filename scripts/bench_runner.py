@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Benchmark: the runner end to end vs plain ``ansible-playbook`` on one converged host.
+
+Starts PostgreSQL, Redis and one disposable podman host, converges the play once, then
+alternates, for ``--rounds`` rounds:
+- the runner as the Job runs it (``python -m runner_image`` with the dispatcher's
+  environment): wall time from process start to exit;
+- ``ansible-playbook`` with default settings (an empty ansible.cfg, a fresh ANSIBLE_HOME so
+  no warm SSH master is reused, host key checking off as the only change) on the same play.
+Prints medians, the ratio (target <= 0.7) and the runner's own time outside the play
+(target <= 1 s), split into phases from the runner's log timestamps.
+
+Usage: .venv/bin/python scripts/bench_runner.py [--rounds 5] [--project-dir DIR]
+       [--playbook playbooks/bench.yml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.hosts import vps_host  # noqa: E402
+from tests.support.services import postgres_server, redis_server  # noqa: E402
+
+DEFAULT_PROJECT = REPO / "tests" / "runner" / "plays"
+CREDENTIALS_KEY = "bench-credentials-key"
+
+
+def keypair(directory: Path, name: str) -> tuple[Path, str]:
+    path = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
+                   check=True)
+    return path, (directory / f"{name}.pub").read_text().strip()
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runner_image", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=False)
+
+
+def create_database(dsn: str, password: str) -> None:
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(dsn, password=password)
+        await conn.execute("CREATE DATABASE bench")
+        await conn.close()
+
+    asyncio.run(create())
+
+
+def phases(stderr: str) -> dict[str, float]:
+    """Seconds between the runner's milestones, from its JSON log lines."""
+    marks: dict[str, float] = {}
+    for line in stderr.splitlines():
+        entry = json.loads(line)
+        marks.setdefault(entry["event"], datetime.fromisoformat(entry["ts"]).timestamp())
+    def gap(a: str, b: str) -> float:
+        return marks[b] - marks[a] if a in marks and b in marks else float("nan")
+    return {
+        "claim": gap("run started", "server claimed"),
+        "ssh check": gap("server claimed", "ssh check passed"),
+        "keys": gap("ssh check passed", "keys installed"),
+        "report": gap("play finished", "run finished"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--project-dir", type=Path, default=DEFAULT_PROJECT)
+    parser.add_argument("--playbook", default="playbooks/bench.yml")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
+    try:
+        return bench(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> int:
+    key_path, public = keypair(work, "provisioner")
+    _, orchestrator = keypair(work, "orchestrator")
+    scratch = work / "s"
+    scratch.mkdir()
+    with postgres_server() as pg, redis_server(password="bench-redis") as rds, \
+            vps_host(name_prefix="infra-bench") as host:
+        host.authorize_key(public)
+        create_database(pg.dsn(), pg.password)
+        env = {
+            "PATH": os.environ["PATH"], "PYTHONPATH": str(REPO),
+            "DATABASE_URL": pg.dsn("bench"), "DATABASE_PASSWORD": pg.password,
+            "CREDENTIALS_KEY": CREDENTIALS_KEY,
+            "REDIS_URL": rds.url, "REDIS_PASSWORD": rds.password or "",
+            "SSH_PRIVATE_KEY": key_path.read_text(), "ORCHESTRATOR_SSH_PUBLIC_KEY": orchestrator,
+            "PLAY_PROJECT_DIR": str(args.project_dir), "SETUP_PLAYBOOK": args.playbook,
+            "RUNNER_SCRATCH_DIR": str(scratch),
+        }
+        for command in (["migrate"], ["register-server", "--handle", "bench", "--address",
+                                      host.address, "--port", str(host.ssh_port)]):
+            done = cli(command, env)
+            if done.returncode:
+                print(done.stderr, file=sys.stderr)
+                return 1
+
+        def runner_once() -> tuple[float, float, dict[str, float]]:
+            msg = {"server_handle": "bench", "request_id": uuid.uuid4().hex,
+                   "enqueued_at": "2026-01-01T00:00:00+00:00"}
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "runner_image"], cwd=REPO,
+                                  env={**env, "PROVISIONER_MESSAGE": json.dumps(msg),
+                                       "JOB_NAME": "bench"},
+                                  capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - started
+            if done.returncode:
+                raise SystemExit(f"runner failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            play = next(json.loads(ln)["duration_seconds"] for ln in done.stderr.splitlines()
+                        if json.loads(ln)["event"] == "play finished")
+            return wall, play, phases(done.stderr)
+
+        empty_cfg = work / "empty.cfg"
+        empty_cfg.write_text("")
+        inventory = work / "inventory.ini"
+        inventory.write_text(f"bench ansible_host={host.address} ansible_port={host.ssh_port} "
+                             f"ansible_user=root\n")
+        ansible_playbook = str(Path(sys.executable).with_name("ansible-playbook"))
+
+        def plain_once() -> float:
+            home = Path(tempfile.mkdtemp(prefix="ah", dir=work))
+            plain_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+                         "ANSIBLE_CONFIG": str(empty_cfg), "ANSIBLE_HOME": str(home),
+                         "ANSIBLE_HOST_KEY_CHECKING": "False"}
+            started = time.perf_counter()
+            done = subprocess.run([ansible_playbook, "-i", str(inventory), "--private-key",
+                                   str(key_path), str(args.project_dir / args.playbook)],
+                                  cwd=work, env=plain_env, capture_output=True, text=True,
+                                  check=False)
+            wall = time.perf_counter() - started
+            if done.returncode:
+                raise SystemExit(f"ansible-playbook failed:\n{done.stdout[-3000:]}")
+            return wall
+
+        print(f"converging {args.playbook} on {host.name} ...", flush=True)
+        runner_once()
+        plain_once()
+        runner_walls, plays, overheads, plain_walls = [], [], [], []
+        phase_samples: dict[str, list[float]] = {}
+        for i in range(args.rounds):
+            order = (runner_once, plain_once) if i % 2 == 0 else (plain_once, runner_once)
+            for step in order:
+                if step is runner_once:
+                    wall, play, ph = runner_once()
+                    runner_walls.append(wall)
+                    plays.append(play)
+                    overheads.append(wall - play)
+                    for name, value in ph.items():
+                        phase_samples.setdefault(name, []).append(value)
+                else:
+                    plain_walls.append(plain_once())
+            print(f"round {i + 1}: runner {runner_walls[-1]:.2f}s (play {plays[-1]:.2f}s), "
+                  f"ansible-playbook {plain_walls[-1]:.2f}s", flush=True)
+
+    med = statistics.median
+    ratio = med(runner_walls) / med(plain_walls)
+    print()
+    print(f"play: {args.playbook} ({args.rounds} rounds, converged host, medians)")
+    print(f"  plain ansible-playbook (defaults)   {med(plain_walls):6.2f} s")
+    print(f"  runner end to end                   {med(runner_walls):6.2f} s")
+    print(f"    of which the play (ansible-runner) {med(plays):6.2f} s")
+    print(f"    runner's own work outside the play {med(overheads):6.2f} s   (target <= 1.0 s)")
+    for name, values in phase_samples.items():
+        print(f"      {name:<32} {med(values):6.3f} s")
+    print("      (the rest: interpreter start and imports, before the first log line)")
+    print(f"  ratio runner / ansible-playbook      {ratio:6.2f}     (target <= 0.70)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

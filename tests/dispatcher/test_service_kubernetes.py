@@ -1,0 +1,356 @@
+"""The dispatcher as a process, through the real kubernetes client, against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from kubernetes.client.exceptions import ApiException
+
+from dispatcher.keys import Keys
+from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
+from dispatcher.reporting import publish_result
+from dispatcher.results import Reporter, ResultEntry, ResultStatus
+from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
+from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until
+from tests.support.services import RedisServer
+
+SECRET_DB_PASSWORD = "db-Pa55-do-not-leak-7f3a"
+
+
+@pytest.fixture
+def k8s(tmp_path: Path) -> Iterator[Kube]:
+    with kube(tmp_path, bookmark_interval=1) as k:
+        yield k
+
+
+@pytest.fixture
+def start(k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis, tmp_path: Path):
+    started: list[DispatcherProcess] = []
+
+    def start(replica: str = "r1", ready: bool = True, **env: str) -> DispatcherProcess:
+        process = DispatcherProcess({
+            "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
+            "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
+            "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
+            "DISPATCHER_ORPHAN_GRACE_SECONDS": "3", "DISPATCHER_API_RETRY_MAX_SECONDS": "1",
+            # A secret in the dispatcher's own environment must never reach a Job.
+            "DATABASE_PASSWORD": SECRET_DB_PASSWORD,
+            "DISPATCHER_JOB_SECRET_ENV": json.dumps(
+                {"DATABASE_PASSWORD": {"secret": "infra-db", "key": "password"}}),
+            "DISPATCHER_JOB_ENV_FROM_SECRETS": '["infra-provider"]',
+            "ORCHESTRATOR_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB deploy",
+            **env,
+        }, tmp_path / f"dispatcher-{len(started)}.log", replica=replica).start()
+        started.append(process)
+        if ready:
+            process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+async def job_count(k8s: Kube, n: int) -> list[dict] | None:
+    jobs = await asyncio.to_thread(k8s.jobs)
+    return jobs if len(jobs) >= n else None
+
+
+def job_for(k8s: Kube, rid: str) -> dict:
+    matches = [j for j in k8s.jobs() if j["metadata"]["labels"][LABEL_REQUEST] == rid]
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
+async def result_for(redis: aioredis.Redis, keys: Keys, rid: str) -> dict | None:
+    return next((r for r in await results(redis, keys) if r["request_id"] == rid), None)
+
+
+async def runner_reports(redis: aioredis.Redis, keys: Keys, rid: str, handle: str) -> None:
+    entry = ResultEntry(request_id=rid, server_handle=handle, status=ResultStatus.SUCCEEDED,
+                        reported_by=Reporter.RUNNER, finished_at=datetime.now(UTC))
+    assert await publish_result(redis, keys, entry)
+
+
+async def test_job_carries_the_contract_and_no_secret(start, k8s: Kube, redis_client, keys,
+                                                      redis_srv: RedisServer) -> None:
+    dispatcher = start()
+    await redis_client.lpush(keys.queue, message("web-7", "req-1", is_recovery=True))
+    await wait_until(lambda: job_count(k8s, 1), what="Job")
+    job = job_for(k8s, "req-1")
+    assert job["metadata"]["labels"][LABEL_HANDLE] == "web-7"
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "infra-db"
+    assert json.loads(env["PROVISIONER_MESSAGE"]["value"])["is_recovery"] is True
+    # Job names are what the real API accepts: the emulator validates them like it.
+    assert len(job["metadata"]["name"]) <= 63
+    stored = k8s.everything()
+    for secret in (SECRET_DB_PASSWORD, redis_srv.password):
+        assert secret not in stored
+        assert secret not in dispatcher.logs()
+
+
+async def test_runner_result_is_the_only_result(start, k8s: Kube, redis_client, keys) -> None:
+    start()
+    await redis_client.lpush(keys.queue, message("srv-1", "r1"))
+    await wait_until(lambda: job_count(k8s, 1), what="Job")
+    await runner_reports(redis_client, keys, "r1", "srv-1")
+    await asyncio.to_thread(k8s.kubelet.succeed, NAMESPACE, job_for(k8s, "r1")["metadata"]["name"])
+    await wait_until(lambda: _slots_empty(redis_client, keys), what="slot released")
+    got = await results(redis_client, keys)
+    assert [(r["request_id"], r["reported_by"]) for r in got] == [("r1", "runner")]
+
+
+async def _slots_empty(redis: aioredis.Redis, keys: Keys) -> bool:
+    return await redis.hlen(keys.inflight) == 0
+
+
+def _config_error(k: Kube, job: str) -> None:
+    pod = k.kubelet.start_job(NAMESPACE, job)
+    k.kubelet.waiting(NAMESPACE, pod, "CreateContainerConfigError",
+                      'couldn\'t find key password in Secret infra/infra-db')
+
+
+def _image_pull(k: Kube, job: str) -> None:
+    pod = k.kubelet.start_job(NAMESPACE, job)
+    k.kubelet.waiting(NAMESPACE, pod, "ImagePullBackOff", 'Back-off pulling image "nope:1"')
+
+
+def _oom(k: Kube, job: str) -> None:
+    k.kubelet.fail(NAMESPACE, job, exit_code=137, reason="OOMKilled")
+
+
+def _deadline(k: Kube, job: str) -> None:
+    k.kubelet.start_job(NAMESPACE, job)
+    k.kubelet.exceed_deadline(NAMESPACE, job)
+
+
+def _evicted(k: Kube, job: str) -> None:
+    pod = k.kubelet.start_job(NAMESPACE, job)
+    k.kubelet.run(NAMESPACE, pod)
+    k.kubelet.evict(NAMESPACE, pod, "The node was low on resource: memory.")
+    k.kubelet.sync_job(NAMESPACE, job)
+
+
+def _deleted(k: Kube, job: str) -> None:
+    k.kubelet.start_job(NAMESPACE, job)
+    k.batch.delete_namespaced_job(job, NAMESPACE, propagation_policy="Background")
+
+
+def _unschedulable(k: Kube, job: str) -> None:
+    pod = k.kubelet.start_job(NAMESPACE, job)
+    k.kubelet.unschedulable(NAMESPACE, pod, "0/3 nodes are available: 3 Insufficient memory.")
+
+
+def _crashed(k: Kube, job: str) -> None:
+    k.kubelet.fail(NAMESPACE, job, exit_code=5)
+
+
+@pytest.mark.parametrize(("drive", "kind", "status", "job_deleted"), [
+    (_config_error, "config_error", "failed", True),
+    (_image_pull, "image_pull", "failed", True),
+    (_unschedulable, "unschedulable", "failed", True),
+    (_oom, "oom_killed", "failed", False),
+    (_deadline, "deadline_exceeded", "timed_out", False),
+    (_evicted, "evicted", "failed", False),
+    (_deleted, "job_deleted", "failed", True),
+    (_crashed, "job_failed", "failed", False),
+])
+async def test_job_that_ends_without_a_runner_result_is_reported(
+        start, k8s: Kube, redis_client, keys, drive, kind: str, status: str,
+        job_deleted: bool) -> None:
+    dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS="1",
+                       DISPATCHER_PENDING_TIMEOUT_SECONDS="1")
+    await redis_client.lpush(keys.queue, message("srv-1", "r1"))
+    await redis_client.lpush(keys.queue, message("srv-1", "r2"))  # waits for srv-1
+    await wait_until(lambda: job_count(k8s, 1), what="Job")
+    name = job_for(k8s, "r1")["metadata"]["name"]
+    status_code = 200
+    try:
+        await asyncio.to_thread(drive, k8s, name)
+    except ApiException as exc:
+        status_code = exc.status
+    # The dispatcher may delete a stuck Job before the kubelet's last status write.
+    assert status_code == 200 or (status_code == 404 and job_deleted)
+    got = await wait_until(lambda: result_for(redis_client, keys, "r1"), what="failure result")
+    assert (got["status"], got["reported_by"], got["error"]["kind"]) == \
+        (status, "dispatcher", kind)
+    assert got["job_name"] == name
+    # The server is free again: the waiting message gets its Job.
+    await wait_until(lambda: _has_job(k8s, "r2"), what="next Job for the server")
+    if job_deleted:
+        assert name not in {j["metadata"]["name"] for j in k8s.jobs()}
+    assert sum(metric_value(dispatcher.metrics(), "infra_jobs_failed_total", f'{{reason="{r}"}}')
+               for r in _reasons(dispatcher)) == 1
+
+
+def _reasons(dispatcher: DispatcherProcess) -> set[str]:
+    return {line.split('reason="')[1].split('"')[0] for line in dispatcher.metrics().splitlines()
+            if line.startswith("infra_jobs_failed_total{")}
+
+
+async def _has_job(k8s: Kube, rid: str) -> bool:
+    jobs = await asyncio.to_thread(k8s.jobs)
+    return any(j["metadata"]["labels"][LABEL_REQUEST] == rid for j in jobs)
+
+
+async def test_sigkill_at_random_moments_gives_exactly_one_job_per_message(
+        start, k8s: Kube, redis_client, keys) -> None:
+    total = 240
+    payloads = []
+    for i in range(total):
+        # Half carry no request id: the dispatcher must give them one that survives crashes.
+        payloads.append(message(f"srv-{i}", f"req-{i}" if i % 2 else None))
+    rng = random.Random(1234)
+    cap = {"DISPATCHER_MAX_IN_FLIGHT": "1000"}
+    replicas = [start("r1", **cap)]
+    # Slow creates down so that the kills land in the middle of the burst.
+    k8s.emulator.control.inject(verb="create", resource="jobs", delay=0.03, count=100_000)
+    await redis_client.lpush(keys.queue, *payloads)
+    jobs_at_kill = []
+    for round_ in range(6):
+        await asyncio.sleep(rng.uniform(0.2, 0.8))
+        victim = replicas.pop(0)
+        victim.kill()
+        jobs_at_kill.append(len(k8s.jobs()))
+        # Alternate between a restart under the same name and a new replica alongside.
+        replicas.append(start("r1" if round_ % 2 else f"r{round_ + 2}", ready=False, **cap))
+        if round_ == 3:
+            replicas.append(start("r-extra", ready=False, **cap))
+    await wait_until(lambda: job_count(k8s, total), timeout=120, what=f"{total} Jobs")
+    await wait_until(lambda: _drained(redis_client, keys), timeout=30, what="queue drained")
+    await asyncio.sleep(2)  # anything duplicated would show up now
+    jobs = k8s.jobs()
+    handles = [j["metadata"]["labels"][LABEL_HANDLE] for j in jobs]
+    assert len(jobs) == total
+    assert sorted(handles) == sorted(f"srv-{i}" for i in range(total))
+    assert await redis_client.llen(keys.dead_letter) == 0
+    # The crashes really happened mid-burst (not before or after it).
+    assert sum(1 for n in jobs_at_kill if 0 < n < total) >= 2, jobs_at_kill
+
+
+async def _drained(redis: aioredis.Redis, keys: Keys) -> bool:
+    if await redis.llen(keys.queue):
+        return False
+    for member in await redis.smembers(keys.replicas):
+        if await redis.llen(keys.processing(member.decode())):
+            return False
+    return True
+
+
+async def test_two_replicas_share_the_queue(start, k8s: Kube, redis_client, keys) -> None:
+    cap = {"DISPATCHER_MAX_IN_FLIGHT": "1000"}
+    first, second = start("a", **cap), start("b", **cap)
+    await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(120)])
+    await wait_until(lambda: job_count(k8s, 120), timeout=60, what="120 Jobs")
+    created = [sum(1 for e in p.log_events() if e["event"] == "Job created")
+               for p in (first, second)]
+    assert sum(created) == 120
+    assert all(created), created
+
+
+async def test_api_faults_are_retried_with_the_message_kept(start, k8s: Kube, redis_client,
+                                                            keys) -> None:
+    dispatcher = start()
+    control = k8s.emulator.control
+    control.inject(verb="create", resource="jobs", status=500, count=3)
+    control.inject(verb="create", resource="jobs", status=429, retry_after=1, count=2)
+    control.inject(verb="create", resource="jobs", drop=True, count=2)
+    await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(5)])
+    await wait_until(lambda: job_count(k8s, 5), timeout=60, what="5 Jobs")
+    metrics = dispatcher.metrics()
+    assert metric_value(metrics, "infra_kube_api_responses_total",
+                        '{code="500",verb="create"}') == 3
+    assert metric_value(metrics, "infra_kube_api_responses_total",
+                        '{code="429",verb="create"}') == 2
+    assert metric_value(metrics, "infra_kube_api_responses_total",
+                        '{code="201",verb="create"}') == 5
+    assert await redis_client.llen(keys.dead_letter) == 0
+
+
+async def test_readiness_follows_an_api_outage(start, k8s: Kube, redis_client, keys) -> None:
+    dispatcher = start()
+    k8s.emulator.down()
+    await redis_client.lpush(keys.queue, message("s1", "r1"))
+    await wait_until(lambda: _status(dispatcher, 503), timeout=30, what="readyz 503")
+    assert await redis_client.llen(keys.processing("r1")) == 1  # kept while the API is down
+    k8s.emulator.up()
+    await wait_until(lambda: job_count(k8s, 1), timeout=30, what="Job after outage")
+    await wait_until(lambda: _status(dispatcher, 200), timeout=30, what="readyz 200")
+
+
+async def _status(dispatcher: DispatcherProcess, code: int) -> bool:
+    return (await asyncio.to_thread(dispatcher.http, dispatcher.health_port, "/readyz"))[0] \
+        == code
+
+
+async def test_restart_readopts_jobs_and_reports_ends_missed_while_down(
+        start, k8s: Kube, redis_client, keys) -> None:
+    dispatcher = start()
+    await redis_client.lpush(keys.queue, message("srv-1", "first"))
+    await redis_client.lpush(keys.queue, message("srv-1", "second"))
+    await wait_until(lambda: job_count(k8s, 1), what="first Job")
+    dispatcher.kill()
+    await asyncio.to_thread(k8s.kubelet.fail, NAMESPACE, job_for(k8s, "first")["metadata"]["name"])
+    start()
+    got = await wait_until(lambda: result_for(redis_client, keys, "first"), what="readoption")
+    assert got["reported_by"] == "dispatcher"
+    await wait_until(lambda: _has_job(k8s, "second"), what="second Job")
+    assert len(k8s.jobs()) == 2
+
+
+async def test_watch_expiry_relists_without_missing_an_end(tmp_path: Path, redis_srv,
+                                                           redis_client, keys) -> None:
+    with kube(tmp_path, window=5, default_watch_timeout=1) as k8s:
+        dispatcher = DispatcherProcess({
+            "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
+            "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
+        }, tmp_path / "dispatcher.log").start()
+        try:
+            dispatcher.wait_ready()
+            await redis_client.lpush(keys.queue, message("srv-1", "r1"))
+            await wait_until(lambda: job_count(k8s, 1), what="Job")
+            name = job_for(k8s, "r1")["metadata"]["name"]
+            # Churn other Jobs past the watch window, then end ours while the watch is
+            # reconnecting from a compacted resourceVersion.
+            for i in range(12):
+                k8s.batch.create_namespaced_job("elsewhere", {
+                    "metadata": {"name": f"other-{i}"},
+                    "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                        {"name": "c", "image": "busybox"}]}}}})
+            await asyncio.to_thread(k8s.kubelet.fail, NAMESPACE, name)
+            k8s.emulator.control.compact()
+            got = await wait_until(lambda: result_for(redis_client, keys, "r1"), timeout=30,
+                                   what="result after relist")
+            assert got["error"]["kind"] == "job_failed"
+        finally:
+            dispatcher.kill()
+
+
+async def test_in_flight_cap_holds_with_jobs(start, k8s: Kube, redis_client, keys) -> None:
+    start(DISPATCHER_MAX_IN_FLIGHT="3")
+    await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(10)])
+    finished: set[str] = set()
+    while len(finished) < 10:
+        jobs = await wait_until(lambda: job_count(k8s, min(10, len(finished) + 3)),
+                                what="Jobs up to the cap")
+        active = [j for j in jobs if j["metadata"]["name"] not in finished]
+        assert len(active) <= 3
+        await asyncio.sleep(0.3)
+        assert len(k8s.jobs()) - len(finished) <= 3  # no Job beyond the cap appears
+        for job in active:
+            rid = job["metadata"]["labels"][LABEL_REQUEST]
+            await runner_reports(redis_client, keys, rid, job["metadata"]["labels"][LABEL_HANDLE])
+            await asyncio.to_thread(k8s.kubelet.succeed, NAMESPACE, job["metadata"]["name"])
+            finished.add(job["metadata"]["name"])
+    assert len(await results(redis_client, keys)) == 10

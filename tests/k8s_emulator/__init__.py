@@ -1,0 +1,43 @@
+"""A Kubernetes API emulator for tests, served over real HTTP and used through the
+official `kubernetes` client.
+
+Emulated: batch/v1 Jobs (+status) and core/v1 Pods (+status, log, binding, eviction),
+Secrets, ConfigMaps and Events, namespaced and cluster-wide; create / get / list / update /
+patch (merge, strategic merge, JSON patch, apply) / delete / deletecollection / watch;
+Status error bodies with the API server's reasons and texts; name, label, annotation and
+Job/Pod spec validation; server-set metadata, a global resourceVersion with optimistic
+concurrency; label and field selectors; paginated lists with consistent snapshots; watches
+from a resourceVersion with a bounded history (410 Expired past it), bookmarks and timeouts;
+finalizers, propagation policies and ownerReference garbage collection; fault injection,
+latency, dropped connections and outages; an optional built-in Job controller.
+
+Not emulated: authentication, RBAC, admission plugins (quotas, ServiceAccount tokens,
+namespace lifecycle - every namespace exists), scheduling decisions, graceful pod
+termination, managedFields, protobuf/CBOR, any other resource type.
+"""
+
+from .clientconfig import api_client, configuration, write_kubeconfig
+from .controller import ControllerConfig
+from .core import EmulatorConfig
+from .faults import FaultRule
+from .runtime import (
+    Emulator,
+    EmulatorControl,
+    EmulatorProcess,
+    emulator_process,
+    running_emulator,
+)
+
+__all__ = [
+    "ControllerConfig",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorControl",
+    "EmulatorProcess",
+    "FaultRule",
+    "api_client",
+    "configuration",
+    "emulator_process",
+    "running_emulator",
+    "write_kubeconfig",
+]

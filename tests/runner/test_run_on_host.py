@@ -1,0 +1,227 @@
+"""The runner against a real sshd host (one shared podman host for the module)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.results import ResultEntry
+from tests.runner.conftest import (
+    Keypair,
+    Runner,
+    make_keypair,
+    message,
+    result_for,
+    server_row,
+    unique_handle,
+)
+from tests.support.hosts import Host, vps_host
+
+pytestmark = pytest.mark.hosts
+
+
+@pytest.fixture(scope="module")
+def host(provisioner_key: Keypair) -> Iterator[Host]:
+    # As a provider leaves a VPS reinstalled with our key: root login by key.
+    with vps_host(name_prefix="infra-runner") as h:
+        h.authorize_key(provisioner_key.public)
+        yield h
+
+
+def registered(runner: Runner, host: Host, prefix: str) -> str:
+    handle = unique_handle(prefix)
+    runner.register(handle, host.address, host.ssh_port)
+    return handle
+
+
+def authorized_lines(host: Host, user: str = "root") -> list[str]:
+    home = "/root" if user == "root" else f"/home/{user}"
+    return host.exec(f"cat {home}/.ssh/authorized_keys").stdout.splitlines()
+
+
+async def test_happy_path(runner: Runner, host: Host, redis_client: aioredis.Redis, db,
+                          orchestrator_key: Keypair) -> None:
+    handle = registered(runner, host, "happy")
+    msg = message(handle)
+    res = runner.run(msg)
+    assert res.rc == 0, res.stderr
+
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    ResultEntry.model_validate(result)  # valid against the published contract
+    assert result["status"] == "succeeded"
+    assert result["reported_by"] == "runner"
+    assert result["action"] == "setup"
+    assert result["job_name"] == runner.environment(msg)["JOB_NAME"]
+    assert result["recap"]["failed"] == 0 and result["recap"]["ok"] >= 3
+    assert result["recap"]["changed"] >= 1
+    assert result["duration_seconds"] > 0
+    assert result["details"]["marker_written"] is True  # set_stats reaches the result
+    assert result["details"]["auth_method"] == "publickey"
+
+    row = await server_row(db, handle)
+    assert row["status"] == "READY" and row["status_reason"] is None
+    assert row["last_request_id"] == msg["request_id"]
+    assert row["host_key"] == " ".join(host.host_public_key().split()[:2])
+    assert row["last_run_finished_at"] is not None
+
+    # The play really ran on that host, and the deploy key is in place with safe modes.
+    assert host.exec("cat /var/lib/infra-test/setup-marker").stdout.strip() == msg["request_id"]
+    assert sum(orchestrator_key.body in line for line in authorized_lines(host)) == 1
+    modes = host.exec("stat -c '%a %U' /root/.ssh /root/.ssh/authorized_keys").stdout.split("\n")
+    assert modes[:2] == ["700 root", "600 root"]
+
+    # Every log line is JSON with the run's identity; play events were streamed.
+    assert res.logs and all(line["request_id"] == msg["request_id"] for line in res.logs)
+    assert all(line["server_handle"] == handle and line["job_name"] for line in res.logs)
+    tasks = [e.get("task") for e in res.events("ansible event")]
+    assert "Write the marker file" in tasks
+
+
+async def test_deploy_key_idempotent_and_other_keys_kept(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, orchestrator_key: Keypair,
+        keys_dir) -> None:
+    other = make_keypair(keys_dir, f"other-{time.monotonic_ns()}")
+    before = authorized_lines(host)
+    # Another admin's key, plus a stale variant of the deploy key (other comment, options).
+    host.write_file("/root/.ssh/authorized_keys", "\n".join([
+        *before, other.public,
+        f'from="10.0.0.1" {orchestrator_key.public.rsplit(" ", 1)[0]} stale-copy',
+    ]) + "\n", "0644")
+    host.exec("chmod 0755 /root/.ssh")
+    handle = registered(runner, host, "idem")
+    changed_flags = []
+    for _ in range(2):
+        msg = message(handle)
+        assert runner.run(msg).rc == 0
+        changed_flags.append(
+            (await result_for(redis_client, runner.keys, msg["request_id"]))["details"][
+                "deploy_key_changed"])
+    lines = authorized_lines(host)
+    assert [ln for ln in lines if orchestrator_key.body in ln] == [orchestrator_key.public]
+    assert other.public in lines
+    assert changed_flags == [True, False]
+    modes = host.exec("stat -c '%a' /root/.ssh /root/.ssh/authorized_keys").stdout.split()
+    assert modes == ["700", "600"]
+
+
+async def test_deploy_key_for_another_user(runner: Runner, host: Host,
+                                           orchestrator_key: Keypair) -> None:
+    host.exec("id deploy >/dev/null 2>&1 || useradd -m -s /bin/sh deploy")
+    handle = registered(runner, host, "user")
+    assert runner.run(message(handle), DEPLOY_KEY_USER="deploy").rc == 0
+    assert authorized_lines(host, "deploy") == [orchestrator_key.public]
+    stat = host.exec("stat -c '%a %U' /home/deploy/.ssh /home/deploy/.ssh/authorized_keys")
+    assert stat.stdout.split("\n")[:2] == ["700 deploy", "600 deploy"]
+
+
+async def test_failing_task_gives_structured_error(runner: Runner, host: Host,
+                                                   redis_client: aioredis.Redis, db) -> None:
+    handle = registered(runner, host, "fail")
+    msg = message(handle)
+    res = runner.run(msg, SETUP_PLAYBOOK="playbooks/failing.yml")
+    assert res.rc == 10
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "failed"
+    error = result["error"]
+    assert error["kind"] == "play_failed"
+    assert error["task"] == "Fail on purpose"
+    assert error["host"] == handle
+    assert error["return_code"] == 3
+    assert "disk on fire" in error["output_tail"] and "partial output" in error["output_tail"]
+    assert "Fail on purpose" in error["message"]
+    assert result["recap"]["failed"] == 1 and result["recap"]["ok"] == 1
+    row = await server_row(db, handle)
+    assert row["status"] == "FAILED" and "Fail on purpose" in row["status_reason"]
+
+
+async def test_play_timeout(runner: Runner, host: Host, redis_client: aioredis.Redis,
+                            db) -> None:
+    handle = registered(runner, host, "slow")
+    msg = message(handle)
+    started = time.monotonic()
+    res = runner.run(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_TIMEOUT="4",
+                     SLOW_SECONDS="60")
+    assert res.rc == 12, res.stderr
+    assert time.monotonic() - started < 40  # stopped, not waited out (the sleep is 60 s)
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "timed_out"
+    assert result["error"]["kind"] == "play_timeout"
+    assert "PLAY_TIMEOUT=4" in result["error"]["message"]
+    row = await server_row(db, handle)
+    assert row["status"] == "FAILED" and "PLAY_TIMEOUT" in row["status_reason"]
+
+
+async def test_sigterm_cancels_the_play_and_still_reports(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
+    handle = registered(runner, host, "term")
+    msg = message(handle)
+    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", SLOW_SECONDS="60")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the play runs on the host
+        if host.exec(f"grep -q {msg['request_id']} /var/lib/infra-test/slow-started",
+                     check=False).returncode == 0:
+            break
+        await asyncio.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 15, stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "failed" and result["error"]["kind"] == "cancelled"
+    row = await server_row(db, handle)
+    assert row["status"] == "FAILED" and "cancelled" in row["status_reason"]
+
+
+async def test_recovery_runs_the_recovery_playbooks_in_order(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
+    host.exec("rm -f /var/lib/infra-test/recovery.log")
+    handle = registered(runner, host, "recover")
+    msg = message(handle, is_recovery=True)
+    assert runner.run(msg).rc == 0
+    assert host.exec("cat /var/lib/infra-test/recovery.log").stdout.split() == ["one", "two"]
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["action"] == "recovery" and result["status"] == "succeeded"
+    assert result["recap"]["changed"] == 2  # summed over both plays
+    assert (await server_row(db, handle))["status"] == "READY"
+
+
+async def test_wrong_credentials(runner: Runner, host: Host, redis_client: aioredis.Redis,
+                                 db, keys_dir) -> None:
+    stranger = make_keypair(keys_dir, f"stranger-{time.monotonic_ns()}")
+    handle = registered(runner, host, "creds")
+    msg = message(handle)
+    res = runner.run(msg, SSH_PRIVATE_KEY=stranger.private)
+    assert res.rc == 11
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "unreachable"
+    assert result["error"]["kind"] == "ssh_auth_failed"
+    assert "refused" in result["error"]["message"]
+    assert len(res.events("ssh attempt failed")) == 1  # a refused login is not retried
+    row = await server_row(db, handle)
+    assert row["status"] == "UNREACHABLE" and "refused" in row["status_reason"]
+    assert not res.events("play starting")
+
+
+async def test_two_runners_never_interleave_on_one_server(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
+    handle = registered(runner, host, "pair")
+    first, second = message(handle), message(handle)
+    proc = runner.start(first, SETUP_PLAYBOOK="playbooks/slow.yml", SLOW_SECONDS="4")
+    deadline = time.monotonic() + 30
+    while (await server_row(db, handle))["last_request_id"] != first["request_id"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    res = runner.run(second, SERVER_LOCK_TIMEOUT="1")
+    assert res.rc == 10
+    busy = await result_for(redis_client, runner.keys, second["request_id"])
+    assert busy["error"]["kind"] == "server_busy"
+    row = await server_row(db, handle)
+    assert row["last_request_id"] == first["request_id"] and row["status"] == "PROVISIONING"
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    row = await server_row(db, handle)
+    assert row["status"] == "READY" and row["last_request_id"] == first["request_id"]

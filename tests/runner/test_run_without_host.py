@@ -1,0 +1,218 @@
+"""Runs that end before (or without) a working SSH host: unknown server, unreachable
+addresses, rejected input and configuration, and reporting when Redis is away."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+import redis as sync_redis
+import redis.asyncio as aioredis
+
+from dispatcher.results import ResultEntry
+from tests.runner.conftest import Runner, message, result_for, server_row, unique_handle
+from tests.support.services import free_port
+
+
+def ts(line: dict) -> float:
+    return datetime.fromisoformat(line["ts"]).timestamp()
+
+
+async def test_unknown_server(runner: Runner, redis_client: aioredis.Redis) -> None:
+    msg = message("no-such-server")
+    res = runner.run(msg)
+    assert res.rc == 10
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    ResultEntry.model_validate(result)
+    assert result["status"] == "failed"
+    assert result["error"]["kind"] == "unknown_server"
+    assert "no-such-server" in result["error"]["message"]
+    assert not res.events("ssh attempt failed") and not res.events("ssh check passed")
+
+
+async def test_closed_port_is_unreachable_after_spaced_attempts(
+        runner: Runner, redis_client: aioredis.Redis, db) -> None:
+    handle = unique_handle("closed")
+    runner.register(handle, "127.0.0.1", free_port())  # nothing listens there
+    msg = message(handle)
+    res = runner.run(msg, SSH_ATTEMPTS="3", SSH_BACKOFF_BASE="0.5")
+    assert res.rc == 11
+    attempts = res.events("ssh attempt failed")
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    gaps = [ts(b) - ts(a) for a, b in itertools.pairwise(attempts)]
+    # Exponential backoff: about 0.5 s, then about 1 s (plus the attempt's own time).
+    assert 0.5 <= gaps[0] < 3.0, gaps
+    assert 1.0 <= gaps[1] < 4.0, gaps
+    assert gaps[1] > gaps[0]
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "unreachable"
+    assert result["error"]["kind"] == "ssh_unreachable"
+    assert "Connection refused" in result["error"]["message"]
+    assert "after 3 attempts" in result["error"]["message"]
+    row = await server_row(db, handle)
+    assert row["status"] == "UNREACHABLE" and "Connection refused" in row["status_reason"]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections but never speaks SSH."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    sock.close()
+
+
+async def test_open_port_without_ssh_is_unreachable(
+        runner: Runner, redis_client: aioredis.Redis, silent_port: int) -> None:
+    handle = unique_handle("silent")
+    runner.register(handle, "127.0.0.1", silent_port)
+    msg = message(handle)
+    res = runner.run(msg, SSH_ATTEMPTS="2", SSH_CONNECT_TIMEOUT="1", SSH_BACKOFF_BASE="0.1")
+    assert res.rc == 11
+    assert len(res.events("ssh attempt failed")) == 2
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "unreachable"
+    text = result["error"]["message"]
+    assert "timed out" in text or "no SSH answer" in text
+
+
+async def test_invalid_message_is_rejected(runner: Runner, redis_client: aioredis.Redis) -> None:
+    msg = message("srv-1", is_recovry=True)  # a typo must not run a full setup
+    res = runner.run(msg)
+    assert res.rc == 13
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "rejected" and result["error"]["kind"] == "invalid_message"
+    assert "is_recovry" in result["error"]["message"]
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("SSH_PRIVATE_KEY", None, "SSH_PRIVATE_KEY is not set"),
+    ("DATABASE_URL", "postgresql://user:hunter2-db-secret@127.0.0.1/x",
+     "DATABASE_URL is invalid"),
+    ("SSH_ATTEMPTS", "0", "SSH_ATTEMPTS is invalid"),
+    ("RUNNER_SCRATCH_DIR", "/tmp/" + "x" * 60, "RUNNER_SCRATCH_DIR is invalid"),
+])
+async def test_bad_setting_is_named_without_its_value(
+        runner: Runner, redis_client: aioredis.Redis, variable: str, value: str | None,
+        expected: str) -> None:
+    msg = message("srv-1")
+    env = runner.environment(msg)
+    env.pop(variable, None)
+    if value is not None:
+        env[variable] = value
+    res = runner.run_env(env)
+    assert res.rc == 13
+    assert expected in res.stderr
+    assert "hunter2-db-secret" not in res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "rejected" and result["error"]["kind"] == "config_error"
+    assert expected in result["error"]["message"]
+    assert "hunter2-db-secret" not in json.dumps(result)
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGu3 one\nssh-ed25519 AAAA two", "exactly one line"),
+    ("ssh-dss AAAAB3NzaC1kc3MAAACBAP", "unknown key type"),
+    ('command="/bin/sh" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGu3', "options"),
+    ("ssh-ed25519 not*base64!", "not valid base64"),
+    ("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGu3dDw8NWrw6XYeUsvnqynze1mkSQCMaug3uv3wfE4W",
+     "does not match"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
+     "private key"),
+])
+async def test_bad_deploy_key_is_rejected_before_touching_the_server(
+        runner: Runner, redis_client: aioredis.Redis, db, key: str, expected: str) -> None:
+    handle = unique_handle("badkey")
+    runner.register(handle, "127.0.0.1", free_port())
+    msg = message(handle)
+    res = runner.run(msg, ORCHESTRATOR_SSH_PUBLIC_KEY=key)
+    assert res.rc == 13
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "rejected" and expected in result["error"]["message"]
+    assert "ORCHESTRATOR_SSH_PUBLIC_KEY" in result["error"]["message"]
+    row = await server_row(db, handle)
+    assert row["status"] == "NEW" and row["last_request_id"] is None  # untouched
+
+
+async def test_missing_playbook_is_a_configuration_error(
+        runner: Runner, redis_client: aioredis.Redis, db) -> None:
+    handle = unique_handle("noplay")
+    runner.register(handle, "127.0.0.1", free_port())
+    msg = message(handle)
+    res = runner.run(msg, SETUP_PLAYBOOK="playbooks/nope.yml")
+    assert res.rc == 13
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "config_error" and "nope.yml" in result["error"]["message"]
+    assert (await server_row(db, handle))["status"] == "NEW"
+
+
+def test_report_retries_until_redis_is_back(runner: Runner) -> None:
+    """Redis comes up on the configured port while the runner is retrying its publish."""
+    port = free_port()
+    msg = message("no-such-server")
+    proc = runner.start(msg, REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PASSWORD="",
+                        REPORT_ATTEMPTS="10", REPORT_BACKOFF_BASE="0.3")
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # wait until the runner is retrying
+        seen.append(line)
+        if "result publish failed, retrying" in line:
+            break
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _, rest = proc.communicate(timeout=60)
+        stderr = "".join(seen) + rest
+        assert proc.returncode == 10, stderr  # the run's own outcome: unknown server
+        assert "result publish failed, retrying" in stderr
+        client = sync_redis.Redis(port=port)
+        entries = [json.loads(e) for e in client.lrange("provisioner:results", 0, -1)]
+        assert [e["request_id"] for e in entries] == [msg["request_id"]]
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_could_not_report_exits_non_zero(runner: Runner) -> None:
+    msg = message("no-such-server")
+    res = runner.run(msg, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", REDIS_PASSWORD="",
+                     REPORT_ATTEMPTS="2", REPORT_BACKOFF_BASE="0.1")
+    assert res.rc == 14
+    assert res.events("could not publish the result")
+
+
+async def test_database_unavailable_is_reported(runner: Runner,
+                                                redis_client: aioredis.Redis) -> None:
+    msg = message("srv-1")
+    res = runner.run(msg, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+                     REPORT_ATTEMPTS="2", REPORT_BACKOFF_BASE="0.1")
+    assert res.rc == 10
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "database_unavailable"
+    assert "DATABASE_URL" in result["error"]["message"]
