@@ -38,7 +38,8 @@ class JobTemplateSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DISPATCHER_JOB_", extra="ignore")
 
     image: str = Field(default="infra-service-runner:latest", description="Runner image")
-    image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$",
+                                   description="imagePullPolicy of the runner container")
     command: list[str] = Field(
         default_factory=lambda: ["python", "-m", "runner_image"],
         description="Runner command (JSON list); the image's entrypoint (tini) wraps it",
@@ -152,7 +153,8 @@ class DispatcherSettings(BaseSettings):
     local_workdir: str | None = Field(
         default=None, description="local executor: where runner logs go (default: a temp dir)"
     )
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+                           description="DEBUG, INFO, WARNING or ERROR")
 
     @model_validator(mode="after")
     def _bounds(self) -> DispatcherSettings:

@@ -37,7 +37,8 @@ from tests.support.hosts import vps_host  # noqa: E402
 from tests.support.services import postgres_server, redis_server  # noqa: E402
 
 DEFAULT_PROJECT = REPO / "tests" / "runner" / "plays"
-CREDENTIALS_KEY = "bench-credentials-key"
+CREDENTIALS_KEY = "bench-credentials-key"  # noqa: S105 - throwaway, for this run only
+REDIS_PASSWORD = "bench-redis"  # noqa: S105 - throwaway, for this run only
 
 
 def keypair(directory: Path, name: str) -> tuple[Path, str]:
@@ -63,6 +64,25 @@ def create_database(dsn: str, password: str) -> None:
     asyncio.run(create())
 
 
+def task_times(stderr: str) -> list[tuple[str, float]]:
+    """Per-task seconds inside the play, from the streamed Ansible events."""
+    times: list[tuple[str, float]] = []
+    start: tuple[str, float] | None = None
+    for line in stderr.splitlines():
+        entry = json.loads(line)
+        if entry["event"] != "ansible event":
+            continue
+        stamp = datetime.fromisoformat(entry["ts"]).timestamp()
+        kind = entry.get("ansible_event")
+        if kind == "playbook_on_play_start":
+            start = ("(ansible start)", stamp)
+        if kind in {"playbook_on_task_start", "playbook_on_stats"} and start:
+            times.append((start[0], stamp - start[1]))
+        if kind == "playbook_on_task_start":
+            start = (entry.get("task") or "?", stamp)
+    return times
+
+
 def phases(stderr: str) -> dict[str, float]:
     """Seconds between the runner's milestones, from its JSON log lines."""
     marks: dict[str, float] = {}
@@ -84,6 +104,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--project-dir", type=Path, default=DEFAULT_PROJECT)
     parser.add_argument("--playbook", default="playbooks/bench.yml")
+    parser.add_argument("--tasks", action="store_true", help="print per-task times")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
@@ -98,7 +119,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     _, orchestrator = keypair(work, "orchestrator")
     scratch = work / "s"
     scratch.mkdir()
-    with postgres_server() as pg, redis_server(password="bench-redis") as rds, \
+    with postgres_server() as pg, redis_server(password=REDIS_PASSWORD) as rds, \
             vps_host(name_prefix="infra-bench") as host:
         host.authorize_key(public)
         create_database(pg.dsn(), pg.password)
@@ -118,6 +139,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                 print(done.stderr, file=sys.stderr)
                 return 1
 
+        last_log = {"stderr": ""}
+
         def runner_once() -> tuple[float, float, dict[str, float]]:
             msg = {"server_handle": "bench", "request_id": uuid.uuid4().hex,
                    "enqueued_at": "2026-01-01T00:00:00+00:00"}
@@ -127,6 +150,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                                        "JOB_NAME": "bench"},
                                   capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
+            last_log["stderr"] = done.stderr
             if done.returncode:
                 raise SystemExit(f"runner failed ({done.returncode}):\n{done.stderr[-3000:]}")
             play = next(json.loads(ln)["duration_seconds"] for ln in done.stderr.splitlines()
@@ -175,6 +199,10 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             print(f"round {i + 1}: runner {runner_walls[-1]:.2f}s (play {plays[-1]:.2f}s), "
                   f"ansible-playbook {plain_walls[-1]:.2f}s", flush=True)
 
+    if args.tasks:
+        print("\nper task, last runner round:")
+        for name, seconds in task_times(last_log["stderr"]):
+            print(f"  {seconds:6.2f} s  {name}")
     med = statistics.median
     ratio = med(runner_walls) / med(plain_walls)
     print()

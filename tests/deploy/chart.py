@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from helm_python.chart import Chart
+
+from dispatcher.jobspec import build_job
+from dispatcher.messages import parse_message
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "infra-service"
@@ -56,3 +63,17 @@ def container_env(deployment: dict[str, Any]) -> list[dict[str, Any]]:
 
 def plain_env(deployment: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container_env(deployment) if "value" in e}
+
+
+def job_from_chart(rendered: Rendered, monkeypatch: pytest.MonkeyPatch,
+                   server_handle: str = "srv-chart-1") -> dict[str, Any]:
+    """The Job the dispatcher of this Deployment creates for one message, built by the
+    dispatcher's own code from the environment the chart gives it."""
+    for name in list(os.environ):
+        if name.startswith(("DISPATCHER_", "REDIS_", "ORCHESTRATOR_")):
+            monkeypatch.delenv(name)
+    for name, value in plain_env(rendered.one("Deployment")).items():
+        monkeypatch.setenv(name, value)
+    message = parse_message(json.dumps({"server_handle": server_handle,
+                                        "enqueued_at": "2026-01-01T00:00:00+00:00"}))
+    return build_job(message.with_identity(), DispatcherSettings(), JobTemplateSettings())

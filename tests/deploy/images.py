@@ -26,6 +26,7 @@ BASE_IMAGE = "localhost/infra-python-base:bookworm"
 INPUTS = ("pyproject.toml", "README.md", ".dockerignore", "dispatcher", "runner_image",
           "ansible", "scripts/image")
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
+PODMAN_OWN = {"HOME", "TMPDIR", "PATH", "USER", "SHELL", "LANG", "LC_ALL"}
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def run(image: Image, *args: str, env: dict[str, str] | None = None, read_only: 
     """``podman run`` the image like Kubernetes runs it: read-only root, scratch on tmpfs.
 
     Values of ``env`` travel in podman's own environment (``-e NAME`` without a value), so
-    they never appear on a command line.
+    they never appear on a command line; the few variables podman itself reads (HOME,
+    TMPDIR, ...) hold no secrets and are given as ``-e NAME=VALUE``.
     """
     cmd = ["podman", "run", "--rm", "--pull=never", "--security-opt", "no-new-privileges",
            "--cap-drop", "ALL"]
@@ -124,8 +126,11 @@ def run(image: Image, *args: str, env: dict[str, str] | None = None, read_only: 
         cmd += ["--entrypoint", entrypoint]
     process_env = podman_env()
     for name, value in (env or {}).items():
-        cmd += ["-e", name]
-        process_env[name] = value
+        if name in PODMAN_OWN or name.startswith(("XDG_", "CONTAINER")):
+            cmd += ["-e", f"{name}={value}"]
+        else:
+            cmd += ["-e", name]
+            process_env[name] = value
     cmd += [*extra, image.ref, *args]
     return subprocess.run(cmd, env=process_env, capture_output=True, text=True, timeout=timeout)
 

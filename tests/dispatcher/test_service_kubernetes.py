@@ -13,10 +13,13 @@ import pytest
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
 
+from dispatcher.jobspec import build_job
 from dispatcher.keys import Keys
+from dispatcher.messages import parse_message
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.reporting import publish_result
 from dispatcher.results import Reporter, ResultEntry, ResultStatus
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until
 from tests.support.services import RedisServer
@@ -354,3 +357,25 @@ async def test_in_flight_cap_holds_with_jobs(start, k8s: Kube, redis_client, key
             await asyncio.to_thread(k8s.kubelet.succeed, NAMESPACE, job["metadata"]["name"])
             finished.add(job["metadata"]["name"])
     assert len(await results(redis_client, keys)) == 10
+
+
+async def test_existing_job_counts_as_dispatched_not_duplicated(start, k8s: Kube, redis_client,
+                                                                keys) -> None:
+    # A Job for the request already exists (a crash after create, before the ack).
+    body = build_job(parse_message(message("srv-1", "r1")).with_identity(),
+                     DispatcherSettings(instance="infra-service"), JobTemplateSettings())
+    k8s.batch.create_namespaced_job(NAMESPACE, body)
+    dispatcher = start()
+    await redis_client.lpush(keys.queue, message("srv-1", "r1"))
+    await wait_until(lambda: _processing_empty(redis_client, keys), what="ack")
+    assert len(k8s.jobs()) == 1
+    metrics = dispatcher.metrics()
+    assert metric_value(metrics, "infra_kube_api_responses_total",
+                        '{code="409",verb="create"}') == 1
+    assert metric_value(metrics, "infra_messages_dispatched_total") == 1
+    assert metric_value(metrics, "infra_jobs_created_total") == 0
+    assert metric_value(metrics, "infra_jobs_in_flight") == 1
+
+
+async def _processing_empty(redis: aioredis.Redis, keys: Keys) -> bool:
+    return await redis.llen(keys.queue) == 0 and await redis.llen(keys.processing("r1")) == 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from dispatcher.connections import RedisSettings, create_redis
 from dispatcher.keys import Keys
 from tests.dispatcher.support import (
     DispatcherProcess,
@@ -18,7 +21,7 @@ from tests.dispatcher.support import (
     results,
     wait_until,
 )
-from tests.support.services import RedisServer
+from tests.support.services import RedisServer, free_port, wait_for_port
 
 FAKE_RUNNER = [sys.executable, "-m", "tests.dispatcher.fake_runner"]
 
@@ -171,3 +174,40 @@ async def test_sigterm_stops_popping_and_loses_nothing(
 
 async def _slot_rids(redis: aioredis.Redis, keys: Keys) -> set[str]:
     return {json.loads(v)["rid"] for v in (await redis.hgetall(keys.inflight)).values()}
+
+
+async def test_redis_restart_is_survived(tmp_path: Path, run_log: Path) -> None:
+    """Readiness drops while Redis is gone; the dispatcher reconnects and carries on."""
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path)]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    wait_for_port(port)
+    url = f"redis://127.0.0.1:{port}/0"
+    dispatcher = DispatcherProcess({
+        "REDIS_URL": url, "REDIS_PASSWORD": "", "DISPATCHER_EXECUTOR": "local",
+        "DISPATCHER_JOB_COMMAND": json.dumps(FAKE_RUNNER), "FAKE_RUNNER_LOG": str(run_log),
+    }, tmp_path / "dispatcher.log").start()
+    try:
+        dispatcher.wait_ready()
+        server.terminate()
+        server.wait(10)
+        await wait_until(lambda: _ready_is(dispatcher, 503), timeout=30, what="readyz 503")
+        server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        wait_for_port(port)
+        redis = create_redis(RedisSettings(url=url))
+        await redis.lpush(Keys().queue, message("srv-1", "after-restart"))
+        await wait_until(lambda: _has_result(redis, Keys(), "after-restart"), timeout=30,
+                         what="result after Redis restart")
+        await wait_until(lambda: _ready_is(dispatcher, 200), timeout=30, what="readyz 200")
+        assert metric_value(dispatcher.metrics(), "infra_redis_reconnects_total") >= 1
+        await redis.aclose()
+    finally:
+        dispatcher.kill()
+        server.terminate()
+        server.wait(10)
+
+
+async def _ready_is(dispatcher: DispatcherProcess, code: int) -> bool:
+    status, _ = await asyncio.to_thread(dispatcher.http, dispatcher.health_port, "/readyz")
+    return status == code

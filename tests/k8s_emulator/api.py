@@ -154,6 +154,8 @@ class Api:
         self.watch_settings = watch
         self.control = control
         self.active_streams = 0
+        self.streams_idle = asyncio.Event()
+        self.streams_idle.set()
 
     # ---- entry point ----
 
@@ -382,6 +384,7 @@ class Api:
         table = self.store.table(watcher.kind)
         loop = asyncio.get_running_loop()
         self.active_streams += 1
+        self.streams_idle.clear()
         try:
             conn.start_stream(200, JSON, {"Audit-Id": audit_id()}, req.keep_alive)
             if error is not None:
@@ -421,6 +424,8 @@ class Api:
             return None
         finally:
             self.active_streams -= 1
+            if not self.active_streams:
+                self.streams_idle.set()
             if watcher in table.watchers:
                 table.watchers.remove(watcher)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -129,7 +128,7 @@ class AutoController:
 
     def _set_status(self, namespace: str, name: str, build: Any) -> None:
         pod = self.registry.get(PODS, namespace, name)
-        body = copy.deepcopy(pod.full())
+        body = pod.fresh_full()
         body["status"] = build(pod.obj)
         self.registry.replace(PODS, namespace, name, body, subresource="status")
 

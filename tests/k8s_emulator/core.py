@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
@@ -69,10 +70,8 @@ class EmulatorCore:
         for table in self.store.tables.values():
             for watcher in list(table.watchers):
                 watcher.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        while self.api.active_streams and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.api.streams_idle.wait(), 1.0)
         await self.http.stop_listening()
 
     # ---- operations shared by the in-process API and the control endpoints ----

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import json
 import random
 import time
@@ -263,7 +262,7 @@ class Registry:
                 return self.create(kind, namespace, patch, dry_run), True
         if current is None:
             raise not_found(kind.gr, name)
-        result = apply_patch(content_type, current.full(), patch)
+        result = apply_patch(content_type, current.fresh_full(), patch)
         meta = result.get("metadata")
         if not isinstance(meta, dict):
             raise bad_request("metadata must be an object")
@@ -280,8 +279,7 @@ class Registry:
                 subresource: str | None, dry_run: bool) -> Entry:
         old = current.obj
         if subresource == "status":
-            new = copy.deepcopy(old)
-            new["status"] = obj.get("status") or {}
+            new = {**old, "metadata": dict(old["metadata"]), "status": obj.get("status") or {}}
         else:
             new = obj
             meta = new["metadata"]
@@ -292,7 +290,7 @@ class Registry:
                     meta[key] = old["metadata"][key]
             meta.pop("managedFields", None)
             if kind.has_status:
-                new["status"] = copy.deepcopy(old.get("status"))
+                new["status"] = old.get("status")  # shared: stored parts are immutable
             kind.default(new)
             errors = validation.object_meta(meta) + kind.validate(new, old)
             if errors:
@@ -347,7 +345,7 @@ class Registry:
         if not finalizers:
             tomb = self._remove(kind, obj)
             return DeleteResult(200, self._deleted_body(kind, tomb))
-        new = copy.deepcopy(obj)
+        new = {**obj, "metadata": dict(obj["metadata"])}
         meta = new["metadata"]
         meta["deletionTimestamp"] = timestamp()
         meta["deletionGracePeriodSeconds"] = 0
@@ -407,7 +405,7 @@ class Registry:
             if entry is None:
                 continue
             if policy == "Orphan":
-                new = copy.deepcopy(entry.obj)
+                new = {**entry.obj, "metadata": dict(entry.obj["metadata"])}
                 new["metadata"]["ownerReferences"] = [
                     r for r in new["metadata"].get("ownerReferences") or []
                     if r.get("uid") != owner_uid]
@@ -428,7 +426,7 @@ class Registry:
         entry = self.store.table(kind).get(located[1], located[2])
         if entry is None:
             return
-        new = copy.deepcopy(entry.obj)
+        new = {**entry.obj, "metadata": dict(entry.obj["metadata"])}
         finalizer = ORPHAN if policy == "Orphan" else FOREGROUND
         new["metadata"]["finalizers"] = [f for f in new["metadata"].get("finalizers") or []
                                          if f != finalizer]
@@ -452,7 +450,7 @@ class Registry:
             raise ApiError(409, f'Operation cannot be fulfilled on pods/binding "{name}": pod '
                            f'{name} is already assigned to node "{assigned}"',
                            "Conflict", {"name": name, "kind": "pods/binding"})
-        new = copy.deepcopy(current.obj)
+        new = current.fresh()
         new["spec"]["nodeName"] = node
         conditions = [c for c in new["status"].get("conditions") or []
                       if c.get("type") != "PodScheduled"]

@@ -23,7 +23,8 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 class Entry:
-    """A stored object. The dict is never mutated after storing; writes replace the entry."""
+    """A stored object. The dict and everything in it are never mutated after storing
+    (writes build a new dict and may share unchanged parts), so readers need no copies."""
 
     __slots__ = ("_raw", "kind", "obj", "rv")
 
@@ -49,7 +50,16 @@ class Entry:
         return b"{" + raw[skip:]
 
     def full(self) -> dict[str, Any]:
+        """A shallow view with kind and apiVersion; do not change it."""
         return {"kind": self.kind.kind, "apiVersion": self.kind.api_version, **self.obj}
+
+    def fresh(self) -> dict[str, Any]:
+        """A private deep copy (without kind/apiVersion); decoding the cached JSON is
+        several times faster than copy.deepcopy."""
+        return json.loads(self.item_raw)
+
+    def fresh_full(self) -> dict[str, Any]:
+        return json.loads(self.raw)
 
 
 def dumps(obj: Any) -> bytes:

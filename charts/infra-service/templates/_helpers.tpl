@@ -44,6 +44,7 @@ app.kubernetes.io/component: dispatcher
 {{- define "infra-service.runnerSelectorLabels" -}}
 app.kubernetes.io/name: infra-service-runner
 app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: infra-service-dispatcher
 {{- end }}
 
 {{- define "infra-service.serviceAccountName" -}}

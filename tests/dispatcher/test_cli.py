@@ -1,0 +1,70 @@
+"""The CLI as SREs use it: enqueue, status, results, dead letters, settings, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import redis.asyncio as aioredis
+
+from dispatcher.keys import Keys
+from tests.dispatcher.support import REPO
+from tests.support.services import RedisServer
+
+
+def cli(redis_srv: RedisServer, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "REDIS_URL": redis_srv.url,
+                "REDIS_PASSWORD": redis_srv.password or "", **env}
+    return subprocess.run([sys.executable, "-m", "dispatcher", *args], env=full_env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_enqueue_then_status(redis_srv: RedisServer, redis_client: aioredis.Redis,
+                                   keys: Keys) -> None:
+    done = cli(redis_srv, "enqueue", "web-7", "--recovery")
+    assert done.returncode == 0, done.stderr
+    pushed = json.loads(await redis_client.lindex(keys.queue, 0))
+    assert pushed["server_handle"] == "web-7"
+    assert pushed["is_recovery"] is True
+    assert pushed["request_id"] == json.loads(done.stdout)["enqueued"]["request_id"]
+    status = json.loads(cli(redis_srv, "status").stdout)
+    assert status["queue"] == 1
+    assert status["dead_letter"] == 0
+
+
+def test_enqueue_rejects_a_bad_handle_without_touching_redis(redis_srv: RedisServer) -> None:
+    done = cli(redis_srv, "enqueue", "bad handle")
+    assert done.returncode == 2
+    assert "server_handle" in done.stderr
+
+
+async def test_dead_letter_show_and_requeue(redis_srv: RedisServer, redis_client: aioredis.Redis,
+                                            keys: Keys) -> None:
+    entry = {"reason": "job_rejected", "detail": "422", "payload": '{"server_handle": "s1"}'}
+    await redis_client.lpush(keys.dead_letter, json.dumps(entry))
+    shown = cli(redis_srv, "dead-letter")
+    assert json.loads(shown.stdout.splitlines()[0])["reason"] == "job_rejected"
+    moved = cli(redis_srv, "dead-letter", "--requeue", "-n", "5")
+    assert json.loads(moved.stdout) == {"requeued": 1}
+    assert await redis_client.lrange(keys.queue, 0, -1) == [entry["payload"].encode()]
+    assert await redis_client.llen(keys.dead_letter) == 0
+
+
+def test_invalid_setting_names_the_variable_not_the_value(redis_srv: RedisServer) -> None:
+    done = cli(redis_srv, "run", REDIS_URL="redis://user:hunter2-secret@127.0.0.1:1/0")
+    assert done.returncode == 2
+    assert "REDIS_URL" in done.stderr
+    assert "hunter2-secret" not in done.stderr
+    done = cli(redis_srv, "run", DISPATCHER_MAX_IN_FLIGHT="zero")
+    assert done.returncode == 2
+    assert "DISPATCHER_MAX_IN_FLIGHT" in done.stderr
+
+
+def test_settings_lists_every_variable(redis_srv: RedisServer) -> None:
+    rows = json.loads(cli(redis_srv, "settings").stdout)
+    names = {row["variable"] for row in rows}
+    assert {"DISPATCHER_MAX_IN_FLIGHT", "DISPATCHER_JOB_IMAGE", "REDIS_PASSWORD",
+            "ORCHESTRATOR_SSH_PUBLIC_KEY"} <= names
+    assert [row["variable"] for row in rows if not row["description"]] == []
