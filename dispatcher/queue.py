@@ -41,72 +41,99 @@ local function release(inflight, waiting, waiting_index, queue, handle, rid, now
 end
 """
 
-# KEYS: processing, inflight, waiting, waiting_index, queue, reported
-# ARGV: raw, new_raw, handle, rid, job, cap, now
+# Batch acquire, in claim order. KEYS: processing, inflight, waiting_index, queue, then per
+# message its waiting list and reported marker. ARGV: cap, now, then per message raw,
+# new_raw, handle, rid, job. Returns one outcome per message.
 _ACQUIRE = """
-local function keep()
-  if ARGV[1] ~= ARGV[2] then
-    redis.call('LREM', KEYS[1], 1, ARGV[1])
-    redis.call('LPUSH', KEYS[1], ARGV[2])
-  end
-end
-local function park()
-  redis.call('LREM', KEYS[1], 1, ARGV[1])
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-  redis.call('SADD', KEYS[4], ARGV[3])
-end
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  redis.call('LREM', KEYS[1], 1, ARGV[1])
-  return 'done'
-end
-local now = tonumber(ARGV[7])
-local cur = redis.call('HGET', KEYS[2], ARGV[3])
-if cur then
-  local slot = cjson.decode(cur)
-  if slot.rid == ARGV[4] then
-    if slot.state == 'reserved' then
-      redis.call('HSET', KEYS[2], ARGV[3],
-        cjson.encode({rid = ARGV[4], job = ARGV[5], since = now, state = 'acquired'}))
+local processing, inflight, waiting_index, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cap, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+local requeue = {}
+for i = 0, (#ARGV - 2) / 5 - 1 do
+  local raw, new_raw, handle, rid, job =
+    ARGV[3 + i * 5], ARGV[4 + i * 5], ARGV[5 + i * 5], ARGV[6 + i * 5], ARGV[7 + i * 5]
+  local waiting, reported = KEYS[5 + i * 2], KEYS[6 + i * 2]
+  local function keep()
+    if raw ~= new_raw then
+      redis.call('LREM', processing, 1, raw)
+      redis.call('LPUSH', processing, new_raw)
     end
-    keep()
-    return 'acquired'
   end
-  park()
-  return 'waiting'
+  local function park()
+    redis.call('LREM', processing, 1, raw)
+    redis.call('RPUSH', waiting, new_raw)
+    redis.call('SADD', waiting_index, handle)
+  end
+  local result
+  local cur = redis.call('HGET', inflight, handle)
+  if redis.call('EXISTS', reported) == 1 then
+    redis.call('LREM', processing, 1, raw)
+    result = 'done'
+  elseif cur then
+    local slot = cjson.decode(cur)
+    if slot.rid == rid then
+      if slot.state == 'reserved' then
+        redis.call('HSET', inflight, handle,
+          cjson.encode({rid = rid, job = job, since = now, state = 'acquired'}))
+      end
+      keep()
+      result = 'acquired'
+    else
+      park()
+      result = 'waiting'
+    end
+  elseif redis.call('LLEN', waiting) > 0 then
+    -- A waiting list without a slot (only after manual edits): queue behind it and hand
+    -- the slot to its oldest message so the server is not stuck.
+    park()
+    local nxt = redis.call('LPOP', waiting)
+    redis.call('HSET', inflight, handle,
+      cjson.encode({rid = cjson.decode(nxt).request_id, since = now, state = 'reserved'}))
+    redis.call('RPUSH', queue, nxt)
+    result = 'waiting'
+  elseif redis.call('HLEN', inflight) >= cap then
+    redis.call('LREM', processing, 1, raw)
+    requeue[#requeue + 1] = new_raw
+    result = 'full'
+  else
+    redis.call('HSET', inflight, handle,
+      cjson.encode({rid = rid, job = job, since = now, state = 'acquired'}))
+    keep()
+    result = 'acquired'
+  end
+  out[#out + 1] = result
 end
-if redis.call('LLEN', KEYS[3]) > 0 then
-  -- A waiting list without a slot (only after manual edits): queue behind it and hand
-  -- the slot to its oldest message so the server is not stuck.
-  park()
-  local nxt = redis.call('LPOP', KEYS[3])
-  redis.call('HSET', KEYS[2], ARGV[3],
-    cjson.encode({rid = cjson.decode(nxt).request_id, since = now, state = 'reserved'}))
-  redis.call('RPUSH', KEYS[5], nxt)
-  return 'waiting'
-end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then
-  redis.call('LREM', KEYS[1], 1, ARGV[1])
-  redis.call('RPUSH', KEYS[5], ARGV[2])
-  return 'full'
-end
-redis.call('HSET', KEYS[2], ARGV[3],
-  cjson.encode({rid = ARGV[4], job = ARGV[5], since = now, state = 'acquired'}))
-keep()
-return 'acquired'
+-- Back to the consuming end, earliest last, so it is taken first again.
+for j = #requeue, 1, -1 do redis.call('RPUSH', queue, requeue[j]) end
+return out
 """
 
-# KEYS: processing, inflight ; ARGV: raw, handle, rid
+# Batch ack. KEYS: processing, inflight ; ARGV: per message raw, handle, rid
 _ACK = """
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-local cur = redis.call('HGET', KEYS[2], ARGV[2])
-if cur then
-  local slot = cjson.decode(cur)
-  if slot.rid == ARGV[3] and slot.state ~= 'created' then
-    slot.state = 'created'
-    redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(slot))
+for i = 0, #ARGV / 3 - 1 do
+  local raw, handle, rid = ARGV[1 + i * 3], ARGV[2 + i * 3], ARGV[3 + i * 3]
+  redis.call('LREM', KEYS[1], 1, raw)
+  local cur = redis.call('HGET', KEYS[2], handle)
+  if cur then
+    local slot = cjson.decode(cur)
+    if slot.rid == rid and slot.state ~= 'created' then
+      slot.state = 'created'
+      redis.call('HSET', KEYS[2], handle, cjson.encode(slot))
+    end
   end
 end
 return 1
+"""
+
+# Claim up to ARGV[1] more messages without blocking. KEYS: queue, processing
+_CLAIM_MANY = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[#out + 1] = v
+end
+return out
 """
 
 # KEYS: inflight, waiting, waiting_index, queue ; ARGV: handle, rid, now
@@ -174,6 +201,15 @@ class Claim(StrEnum):
 
 
 @dataclass(frozen=True)
+class Acquisition:
+    raw: bytes
+    new_raw: str
+    handle: str
+    request_id: str
+    job_name: str
+
+
+@dataclass(frozen=True)
 class Slot:
     handle: str
     request_id: str
@@ -202,6 +238,7 @@ class QueueStore:
         self.processing = keys.processing(replica)
         self._acquire = redis.register_script(_ACQUIRE)
         self._ack = redis.register_script(_ACK)
+        self._claim_many = redis.register_script(_CLAIM_MANY)
         self._release = redis.register_script(_RELEASE)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._requeue_all = redis.register_script(_REQUEUE_ALL)
@@ -213,17 +250,32 @@ class QueueStore:
         return await blocking.blmove(self.keys.queue, self.processing, block_seconds,
                                      "RIGHT", "LEFT")
 
+    async def claim_many(self, count: int) -> list[bytes]:
+        """Up to ``count`` more messages, without blocking (a burst is claimed in batches)."""
+        return list(await self._claim_many(keys=[self.keys.queue, self.processing], args=[count]))
+
+    async def acquire_many(self, batch: list[Acquisition], cap: int) -> list[Claim]:
+        """Route claimed messages, in claim order, in one round trip."""
+        keys = [self.processing, self.keys.inflight, self.keys.waiting_index, self.keys.queue]
+        args: list[Any] = [cap, time.time()]
+        for item in batch:
+            keys += [self.keys.waiting(item.handle), self.keys.reported(item.request_id)]
+            args += [item.raw, item.new_raw, item.handle, item.request_id, item.job_name]
+        results = await self._acquire(keys=keys, args=args)
+        return [Claim(r.decode() if isinstance(r, bytes) else r) for r in results]
+
     async def acquire(self, raw: bytes, new_raw: str, handle: str, request_id: str,
                       job_name: str, cap: int) -> Claim:
-        result = await self._acquire(
-            keys=[self.processing, self.keys.inflight, self.keys.waiting(handle),
-                  self.keys.waiting_index, self.keys.queue, self.keys.reported(request_id)],
-            args=[raw, new_raw, handle, request_id, job_name, cap, time.time()],
-        )
-        return Claim(result.decode() if isinstance(result, bytes) else result)
+        return (await self.acquire_many(
+            [Acquisition(raw, new_raw, handle, request_id, job_name)], cap))[0]
+
+    async def ack_many(self, batch: list[tuple[str, str, str]]) -> None:
+        """Mark (payload, handle, request_id) as Jobs: out of the processing list."""
+        await self._ack(keys=[self.processing, self.keys.inflight],
+                        args=[v for item in batch for v in item])
 
     async def ack(self, raw: str, handle: str, request_id: str) -> None:
-        await self._ack(keys=[self.processing, self.keys.inflight], args=[raw, handle, request_id])
+        await self.ack_many([(raw, handle, request_id)])
 
     async def release(self, handle: str, request_id: str) -> bool:
         """Free the server's slot if ``request_id`` holds it; True if this call freed it."""

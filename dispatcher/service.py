@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from dispatcher.keys import Keys
 from dispatcher.messages import Action, InvalidMessage, ProvisionerMessage, parse_message
 from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
-from dispatcher.queue import Claim, QueueStore
+from dispatcher.queue import Acquisition, Claim, QueueStore
 from dispatcher.reporting import publish_result, was_reported
 from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.settings import DispatcherSettings
@@ -64,7 +65,11 @@ class Dispatcher:
         self.started = False
         self.redis_ok = False
         self.launch_failing = False
-        self._launch_slots = asyncio.Semaphore(settings.dispatch_concurrency)
+        self._free_slots = settings.dispatch_concurrency
+        self._slots_free = asyncio.Event()
+        self._slots_free.set()
+        self._acks: list[tuple[str, str, str, asyncio.Future[None]]] = []
+        self._acks_pending = asyncio.Event()
         self._launches: set[asyncio.Task[None]] = set()
         # Payloads this process is handling; anything else in our processing list for two
         # reconcile passes was orphaned (e.g. a BLMOVE whose reply a reconnect lost).
@@ -104,6 +109,7 @@ class Dispatcher:
         starting.result()
         self._loops += [
             asyncio.create_task(self._ends_loop(), name="ends"),
+            asyncio.create_task(self._ack_loop(), name="acks"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
         pop = asyncio.create_task(self._pop_loop(stop), name="pop")
@@ -177,59 +183,71 @@ class Dispatcher:
     # -- popping -----------------------------------------------------------------------
     async def _pop_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self._launch_slots.acquire()
-            try:
+            await self._slots_free.wait()
+            free = self._free_slots
+            # A burst is claimed in batches; an empty queue is waited on with a blocking pop.
+            raws = await self._redis(functools.partial(self.store.claim_many, free))
+            if not raws:
                 raw = await self._redis(
                     lambda: self.store.claim(self.blocking_redis, BLOCK_SECONDS))
-            except BaseException:
-                self._launch_slots.release()
-                raise
-            if raw is None:
-                self._launch_slots.release()
-                continue
-            self._claimed.add(raw)
-            launched = False
+                if raw is None:
+                    continue
+                raws = [raw]
+            self._claimed.update(raws)
+            owned: set[bytes] = set()
             try:
-                launched = await self._take(raw)
+                owned = await self._take(raws)
             finally:
-                if not launched:
-                    self._claimed.discard(raw)
-                    self._launch_slots.release()
+                self._claimed.difference_update(set(raws) - owned)
 
-    async def _take(self, raw: bytes) -> bool:
-        """Route one claimed message; True if a launch task now owns the launch slot."""
-        self.metrics.received.inc()
-        try:
-            message = parse_message(raw).with_identity()
-        except InvalidMessage as invalid:
-            await self._reject(raw, invalid)
-            return False
-        name = job_name_for(message)
-        rid = message.request_id or ""
-        new_raw = message.to_json()
-        claim = await self._redis(lambda: self.store.acquire(
-            raw, new_raw, message.server_handle, rid, name, self.settings.max_in_flight))
-        ctx = {"server_handle": message.server_handle, "request_id": rid, "job_name": name}
-        if claim is Claim.WAITING:
-            self.metrics.parked.inc()
-            log.info("server busy: message waits for its Job to end", extra=ctx)
-            return False
-        if claim is Claim.DONE:
-            log.info("request already has a result: dropped redelivery", extra=ctx)
-            return False
-        if claim is Claim.FULL:
+    async def _take(self, raws: list[bytes]) -> set[bytes]:
+        """Route claimed messages in claim order; returns the payloads launches now own."""
+        valid: list[tuple[ProvisionerMessage, Acquisition]] = []
+        for raw in raws:
+            self.metrics.received.inc()
+            try:
+                message = parse_message(raw).with_identity()
+            except InvalidMessage as invalid:
+                await self._reject(raw, invalid)
+                continue
+            valid.append((message, Acquisition(raw, message.to_json(), message.server_handle,
+                                               message.request_id or "",
+                                               job_name_for(message))))
+        if not valid:
+            return set()
+        claims = await self._redis(lambda: self.store.acquire_many(
+            [a for _, a in valid], self.settings.max_in_flight))
+        owned: set[bytes] = set()
+        full = False
+        for (message, item), claim in zip(valid, claims, strict=True):
+            ctx = {"server_handle": item.handle, "request_id": item.request_id,
+                   "job_name": item.job_name}
+            if claim is Claim.WAITING:
+                self.metrics.parked.inc()
+                log.info("server busy: message waits for its Job to end", extra=ctx)
+            elif claim is Claim.DONE:
+                log.info("request already has a result: dropped redelivery", extra=ctx)
+            elif claim is Claim.FULL:
+                full = True
+            else:
+                payload = item.new_raw.encode()
+                owned.add(payload)
+                self._claimed.add(payload)
+                self._free_slots -= 1
+                task = asyncio.create_task(self._launch(message, item.new_raw,
+                                                        item.job_name, ctx))
+                self._launches.add(task)
+                task.add_done_callback(self._launch_done)
+        if self._free_slots <= 0:
+            self._slots_free.clear()
+        if full:
             await self._wait_for_capacity()
-            return False
-        self._claimed.discard(raw)
-        self._claimed.add(new_raw.encode())
-        task = asyncio.create_task(self._launch(message, new_raw, name, ctx))
-        self._launches.add(task)
-        task.add_done_callback(self._launch_done)
-        return True
+        return owned
 
     def _launch_done(self, task: asyncio.Task[None]) -> None:
         self._launches.discard(task)
-        self._launch_slots.release()
+        self._free_slots += 1
+        self._slots_free.set()
         if not task.cancelled() and task.exception():
             log.error("launch task failed", exc_info=task.exception())
 
@@ -270,8 +288,7 @@ class Dispatcher:
                                    message.server_handle), message)
                 return
         self.launch_failing = False
-        await self._redis(lambda: self.store.ack(raw, message.server_handle,
-                                                 message.request_id or ""))
+        await self._ack(raw, message.server_handle, message.request_id or "")
         self.metrics.dispatched.inc()
         if created:
             self.metrics.jobs_created.inc()
@@ -280,6 +297,24 @@ class Dispatcher:
                 self.metrics.dispatch_latency.observe(max(latency, 0.0))
         log.info("Job created" if created else "Job already existed (redelivery)",
                  extra={**ctx, "action": message.action.value})
+
+    async def _ack(self, raw: str, handle: str, request_id: str) -> None:
+        """Acks of concurrent launches share one round trip (see _ack_loop)."""
+        done = asyncio.get_running_loop().create_future()
+        self._acks.append((raw, handle, request_id, done))
+        self._acks_pending.set()
+        await done
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._acks_pending.wait()
+            self._acks_pending.clear()
+            batch, self._acks = self._acks, []
+            items = [(r, h, i) for r, h, i, _ in batch]
+            await self._redis(functools.partial(self.store.ack_many, items))
+            for *_, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def _reject(self, raw: bytes, invalid: InvalidMessage,
                       message: ProvisionerMessage | None = None) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import importlib
 import logging
 import shutil
 import tempfile
@@ -80,6 +81,7 @@ class Job:
         self.handle = ctx.message.server_handle
         self.claimed = False
         self.details: out.Details = {}
+        self.preload: asyncio.Task[Any] | None = None
 
     # -- entry point -------------------------------------------------------------------
     async def execute(self) -> out.Outcome:
@@ -125,6 +127,9 @@ class Job:
                 self.ctx.redact.add(password.get_secret_value())
         self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
                                               _START_STATUS[message.action])
+        # Importing ansible-runner costs CPU time; overlap it with the network-bound steps.
+        self.preload = asyncio.create_task(
+            asyncio.to_thread(importlib.import_module, "ansible_runner"))
         log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
                                           "action": message.action.value})
         scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
@@ -307,6 +312,8 @@ class Job:
             "infra_deploy_key_user": s.deploy_key_user,
             "infra_orchestrator_public_key": s.orchestrator_ssh_public_key,
         }
+        if self.preload is not None:
+            await self.preload
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
                                   client.control_dir, host_vars, self.handle)
         played: PlayOutcome = await run_playbooks(

@@ -90,7 +90,7 @@ class _EventSink:
             for key, value in artifact.items():
                 if isinstance(value, str | int | float | bool) or value is None:
                     self.details[str(key)] = self.redact(value) if isinstance(value, str) else value
-        return True
+        return False  # everything needed is kept here; don't write event files to disk
 
     def _error(self, kind: str, data: dict[str, Any]) -> ResultError:
         res = data.get("res") if isinstance(data.get("res"), dict) else {}
@@ -144,6 +144,7 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_INVENTORY_ENABLED": "yaml",
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_FORCE_COLOR": "False",
     }

@@ -10,7 +10,10 @@ no work. For the emulator process, its own CPU time per request is shown as well
 
     .venv/bin/python scripts/bench_emulator.py [--jobs 5000] [--requests 1000] [--rounds 3]
 
-Each figure is the median over the rounds. Prints figures only; nothing is asserted.
+Each figure is the median over the rounds: the wall-clock rate, and the CPU time the client
+and the server spent per request (both processes, all threads), whose inverse is the rate a
+free core would give. On a shared machine the wall-clock rate moves with everybody else's
+load; the CPU figures hardly do. Prints figures only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,11 +50,11 @@ def job(name: str) -> dict:
                                 "env": [{"name": "SERVER_HANDLE", "value": name}]}]}}}}
 
 
-def rate(n: int, fn: Callable[[int], object]) -> float:
-    start = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return n / (time.perf_counter() - start)
+@dataclass
+class Figure:
+    wall_rate: float  # requests per wall-clock second
+    cpu_us: float  # client + server CPU microseconds per request
+    server_cpu_us: float | None  # the emulator process alone, when it has its own
 
 
 def cpu_seconds(pid: int) -> float:
@@ -58,33 +62,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def measure(n: int, fn: Callable[[int], object], pid: int | None) -> Figure:
+    server0 = cpu_seconds(pid) if pid else 0.0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        fn(i)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    server = cpu_seconds(pid) - server0 if pid else None
+    total = cpu + (server or 0.0)
+    return Figure(n / wall, total / n * 1e6, server / n * 1e6 if server is not None else None)
+
+
+def median(figures: list[Figure]) -> Figure:
+    server = [f.server_cpu_us for f in figures if f.server_cpu_us is not None]
+    return Figure(statistics.median(f.wall_rate for f in figures),
+                  statistics.median(f.cpu_us for f in figures),
+                  statistics.median(server) if server else None)
+
+
 def run_rounds(url: str, n: int, rounds: int, tag: str, canned: bool = False,
-               pid: int | None = None) -> tuple[dict[str, float], float | None]:
-    """Median rate per metric, and the server's CPU microseconds per request if known."""
+               pid: int | None = None) -> dict[str, Figure]:
     with api_client(url) as client:
         batch = kubernetes.client.BatchV1Api(client)
         for i in range(50):  # warm the connection pool and the client's caches
             batch.create_namespaced_job(NAMESPACE, job(f"{tag}warm-{i}"))
-        results: dict[str, list[float]] = {m: [] for m in METRICS}
-        cpu_start = cpu_seconds(pid) if pid else 0.0
-        requests = 0
+        results: dict[str, list[Figure]] = {m: [] for m in METRICS}
         for r in range(rounds):
             def name(i: int, kind: str, r: int = r) -> str:
-                return "canned" if canned and kind == "get" else f"{tag}{r}-{kind}-{i}"
-            results["typed creates/s"].append(rate(n, lambda i, name=name: (
-                batch.create_namespaced_job(NAMESPACE, job(name(i, "t"))))))
-            results["raw creates/s"].append(rate(n, lambda i, name=name: (
+                return "canned" if canned else f"{tag}{r}-{kind}-{i}"
+            results["typed creates/s"].append(measure(n, lambda i, name=name: (
+                batch.create_namespaced_job(NAMESPACE, job(name(i, "t")))), pid))
+            results["raw creates/s"].append(measure(n, lambda i, name=name: (
                 batch.create_namespaced_job(NAMESPACE, job(name(i, "r")),
-                                            _preload_content=False).data)))
-            results["typed gets/s"].append(rate(n, lambda i, name=name: (
-                batch.read_namespaced_job(name(i, "t") if not canned else "canned",
-                                          NAMESPACE))))
-            results["raw gets/s"].append(rate(n, lambda i, name=name: (
-                batch.read_namespaced_job(name(i, "r") if not canned else "canned",
-                                          NAMESPACE, _preload_content=False).data)))
-            requests += 4 * n
-        cpu = (cpu_seconds(pid) - cpu_start) / requests * 1e6 if pid else None
-    return {m: statistics.median(v) for m, v in results.items()}, cpu
+                                            _preload_content=False).data), pid))
+            results["typed gets/s"].append(measure(n, lambda i, name=name: (
+                batch.read_namespaced_job(name(i, "t"), NAMESPACE)), pid))
+            results["raw gets/s"].append(measure(n, lambda i, name=name: (
+                batch.read_namespaced_job(name(i, "r"), NAMESPACE,
+                                          _preload_content=False).data), pid))
+    return {m: median(v) for m, v in results.items()}
 
 
 def fill(url: str, count: int, tag: str) -> None:
@@ -123,17 +139,17 @@ def canned_server() -> Iterator[str]:
         thread.join(5)
 
 
-def show(label: str, figures: dict[str, float], baseline: dict[str, float] | None,
-         cpu: float | None) -> None:
-    parts = [f"{label:<30}"]
+def show(label: str, figures: dict[str, Figure], baseline: dict[str, Figure] | None) -> None:
+    print(label, flush=True)
     for metric in METRICS:
-        text = f"{metric} {figures[metric]:6.0f}"
+        fig = figures[metric]
+        line = (f"  {metric:<16} {fig.wall_rate:6.0f} wall   "
+                f"{fig.cpu_us:6.0f} us CPU/req = {1e6 / fig.cpu_us:6.0f} per CPU-s")
         if baseline:
-            text += f" ({figures[metric] / baseline[metric]:4.2f}x)"
-        parts.append(text)
-    if cpu is not None:
-        parts.append(f"server CPU {cpu:4.0f} us/req")
-    print("  ".join(parts), flush=True)
+            line += f" ({baseline[metric].cpu_us / fig.cpu_us:4.2f}x baseline)"
+        if fig.server_cpu_us is not None:
+            line += f"   emulator process {fig.server_cpu_us:4.0f} us CPU/req"
+        print(line, flush=True)
 
 
 def main() -> None:
@@ -146,21 +162,21 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; ratios are "
           "against the canned baseline", flush=True)
     with canned_server() as url:
-        baseline, _ = run_rounds(url, args.requests, args.rounds, "b-", canned=True)
-    show("baseline: canned answers", baseline, None, None)
+        baseline = run_rounds(url, args.requests, args.rounds, "b-", canned=True)
+    show("baseline: canned answers, server in a thread", baseline, None)
     with running_emulator() as emu:
         for stored in (0, args.jobs):
             if stored:
                 fill(emu.url, stored, "t-")
-            figures, _ = run_rounds(emu.url, args.requests, args.rounds, f"t{stored}-")
-            show(f"in-thread, {stored} Jobs stored", figures, baseline, None)
+            figures = run_rounds(emu.url, args.requests, args.rounds, f"t{stored}-")
+            show(f"emulator in a thread, {stored} Jobs stored", figures, baseline)
     with emulator_process() as proc:
         for stored in (0, args.jobs):
             if stored:
                 fill(proc.url, stored, "p-")
-            figures, cpu = run_rounds(proc.url, args.requests, args.rounds, f"p{stored}-",
-                                      pid=proc.pid)
-            show(f"own process, {stored} Jobs stored", figures, baseline, cpu)
+            figures = run_rounds(proc.url, args.requests, args.rounds, f"p{stored}-",
+                                 pid=proc.pid)
+            show(f"emulator in its own process, {stored} Jobs stored", figures, baseline)
 
 
 if __name__ == "__main__":

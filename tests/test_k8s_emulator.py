@@ -208,6 +208,51 @@ def test_job_restart_policy_and_containers_are_validated(batch, ns):
     assert code == 422 and status["details"]["causes"][0]["field"] == "spec.template.spec"
 
 
+def call(client: kubernetes.client.ApiClient, method: str, path: str,
+         body: Any = None) -> tuple[int, Obj]:
+    """A request the typed client has no method for; returns (status, JSON body)."""
+    try:
+        response = client.call_api(path, method, body=body, _preload_content=False,
+                                   header_params={"Content-Type": "application/json"},
+                                   auth_settings=[])
+    except ApiException as exc:
+        return exc.status, json.loads(exc.body)
+    return response[1], json.loads(response[0].data)
+
+
+def test_malformed_requests_answer_like_the_api_server(client, batch, ns):
+    code, status = call(client, "PUT", f"/apis/batch/v1/namespaces/{ns}/jobs", job_body("x"))
+    assert (code, status["reason"]) == (405, "MethodNotAllowed")
+    assert status["message"] == "the server does not allow this method on the requested resource"
+    code, status = call(client, "GET", "/apis/apps/v1/namespaces/x/deployments")
+    assert (code, status["reason"], status["kind"]) == (404, "NotFound", "Status")
+    batch.create_namespaced_job(ns, job_body("named"))
+    code, status = call(client, "PUT", f"/apis/batch/v1/namespaces/{ns}/jobs/named",
+                        job_body("other"))
+    assert (code, status["reason"]) == (400, "BadRequest")
+    assert status["message"] == (
+        "the name of the object (other) does not match the name on the URL (named)")
+    code, status = call(client, "POST", f"/apis/batch/v1/namespaces/{ns}/jobs", "{not json")
+    assert (code, status["reason"]) == (400, "BadRequest")
+    code, status = call(client, "POST", f"/api/v1/namespaces/{ns}/configmaps",
+                        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "c"}})
+    assert code == 400 and "does not match the expected API version (v1)" in status["message"]
+    # The storage layer refuses a resourceVersion on create with an unclassified error.
+    body = job_body("with-rv")
+    body["metadata"]["resourceVersion"] = "7"
+    code, status, _ = error(lambda: batch.create_namespaced_job(ns, body))
+    assert code == 500 and "reason" not in status
+    assert status["message"] == "resourceVersion should not be set on objects to be created"
+
+
+def test_dry_run_validates_without_storing(batch, ns):
+    dry = batch.create_namespaced_job(ns, job_body("dry"), dry_run="All")
+    assert dry.metadata.uid and dry.spec.selector is not None
+    assert batch.list_namespaced_job(ns).items == []
+    code, _, _ = error(lambda: batch.create_namespaced_job(ns, job_body("Dry"), dry_run="All"))
+    assert code == 422
+
+
 # ---- names, labels, annotations ----
 
 def test_names_must_be_dns_subdomains(batch, core, ns):
@@ -923,12 +968,17 @@ def test_injected_delay_and_scoping_by_name(emu, batch, ns):
     batch.create_namespaced_job(ns, job_body("fast"))
     emu.inject(verb="get", resource="jobs", name="slow", delay=0.4, count=None)
     started = time.monotonic()
-    batch.read_namespaced_job("fast", ns)
-    fast = time.monotonic() - started
-    started = time.monotonic()
     batch.read_namespaced_job("slow", ns)
-    slow = time.monotonic() - started
-    assert slow >= 0.4 > fast
+    assert time.monotonic() - started >= 0.4
+    emu.clear_faults()
+    emu.inject(verb="get", resource="jobs", name="slow", status=500, count=None)
+    assert batch.read_namespaced_job("fast", ns).metadata.name == "fast"
+    code, _, _ = error(lambda: batch.read_namespaced_job("slow", ns))
+    assert code == 500
+    emu.inject(verb="get", resource="jobs/status", status=503, count=None, skip=1)
+    batch.read_namespaced_job_status("fast", ns)  # skipped once, then failing
+    code, _, _ = error(lambda: batch.read_namespaced_job_status("fast", ns))
+    assert code == 503
 
 
 def test_dropped_connections(emu, batch, ns):
@@ -984,15 +1034,14 @@ def test_down_refuses_connections_and_up_serves_again_on_the_same_port(emu, ns):
         assert names(batch.list_namespaced_job(ns).items) == ["survives"]
 
 
-def test_down_over_http_comes_back_by_itself(emu, batch, ns):
-    EmulatorControl(emu.url).down(seconds=0.5)
-    time.sleep(0.2)
+def test_down_over_http_comes_back_by_itself(emu, ns):
     config = kubernetes.client.Configuration(host=emu.url)
     config.retries = 0
-    with kubernetes.client.ApiClient(config) as quick, pytest.raises(
-            urllib3.exceptions.MaxRetryError):
-        kubernetes.client.BatchV1Api(quick).list_namespaced_job(ns)
-    wait_for(lambda: _answers(batch))
+    with kubernetes.client.ApiClient(config) as quick:
+        batch = kubernetes.client.BatchV1Api(quick)
+        EmulatorControl(emu.url).down(seconds=1.5)
+        wait_for(lambda: not _answers(batch), timeout=1.5)
+        wait_for(lambda: _answers(batch))
 
 
 def test_down_ends_open_watches(emu, batch, ns):
@@ -1006,7 +1055,7 @@ def test_down_ends_open_watches(emu, batch, ns):
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    time.sleep(0.3)
+    wait_for(lambda: emu.call(lambda core: core.api.active_streams))
     started = time.monotonic()
     emu.down()
     watcher.join(5)
@@ -1045,15 +1094,15 @@ def test_process_mode_with_kubeconfig_and_clean_sigterm(tmp_path: Path):
             assert version.major == "1"
             groups = kubernetes.client.ApisApi(api).get_api_versions()
             assert "batch" in [g.name for g in groups.groups]
-            proc.down()
-            time.sleep(0.3)
             quick = copy.copy(config)
             quick.retries = 0
-            with kubernetes.client.ApiClient(quick) as q, pytest.raises(
-                    urllib3.exceptions.MaxRetryError):
-                kubernetes.client.BatchV1Api(q).list_job_for_all_namespaces()
-            proc.up()
-            wait_for(lambda: _answers(batch))
+            with kubernetes.client.ApiClient(quick) as q:
+                refusing = kubernetes.client.BatchV1Api(q)
+                proc.down()
+                wait_for(lambda: not _answers(refusing))
+                proc.up()
+                wait_for(lambda: _answers(refusing))
+            assert names(batch.list_job_for_all_namespaces().items) == ["remote"]
         proc.control.inject(verb="get", resource="jobs", status=500)
         assert proc.control.faults()[0]["status"] == 500
         proc.proc.send_signal(signal.SIGTERM)
@@ -1061,8 +1110,9 @@ def test_process_mode_with_kubeconfig_and_clean_sigterm(tmp_path: Path):
 
 
 def _answers(batch: kubernetes.client.BatchV1Api) -> bool:
+    """True when the server answers; False when connections are refused or reset."""
     try:
-        batch.list_job_for_all_namespaces()
+        batch.list_job_for_all_namespaces(_preload_content=False)
     except urllib3.exceptions.HTTPError:
         return False
     return True

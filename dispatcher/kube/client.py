@@ -34,6 +34,13 @@ def load_configuration(kubeconfig: str | None, pool_size: int) -> client.Configu
     return configuration
 
 
+def _read_and_release(call: Callable[[], T]) -> T:
+    response = call()
+    _ = response.data  # type: ignore[attr-defined]
+    response.release_conn()  # type: ignore[attr-defined]
+    return response
+
+
 class KubeClient:
     def __init__(self, configuration: client.Configuration, metrics: Metrics,
                  timeout_seconds: float, workers: int) -> None:
@@ -45,11 +52,19 @@ class KubeClient:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
     async def call(self, verb: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one API call off the loop, counting its response code by verb."""
+        """Run one API call off the loop, counting its response code by verb.
+
+        With ``_preload_content=False`` the body is read and the connection handed back to
+        the pool in the worker thread (an unread response would cost a new TCP connection
+        per request); the raw bytes are then in ``result.data``.
+        """
         kwargs.setdefault("_request_timeout", self.timeout)
         loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, **kwargs)
+        if kwargs.get("_preload_content") is False:
+            call = functools.partial(_read_and_release, call)
         try:
-            result = await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+            result = await loop.run_in_executor(self._pool, call)
         except ApiException as exc:
             self.metrics.api_responses.labels(verb, str(exc.status or 0)).inc()
             raise

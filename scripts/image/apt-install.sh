@@ -10,6 +10,6 @@ done
 [ -n "$missing" ] || exit 0
 apt-get update -qq
 # shellcheck disable=SC2086  # word splitting of the package list is intended
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends $missing >/dev/null
 apt-get clean
 rm -rf /var/lib/apt/lists/*

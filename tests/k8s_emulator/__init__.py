@@ -13,7 +13,23 @@ latency, dropped connections and outages; an optional built-in Job controller.
 
 Not emulated: authentication, RBAC, admission plugins (quotas, ServiceAccount tokens,
 namespace lifecycle - every namespace exists), scheduling decisions, graceful pod
-termination, managedFields, protobuf/CBOR, any other resource type.
+termination, the TTL-after-finished controller, managedFields and real server-side apply
+(apply is a strategic merge), server-side Table printing, protobuf/CBOR/YAML request
+bodies (so kubectl can read - get, describe, logs - but not write), any other resource type.
+
+Usage:
+
+    with running_emulator() as emu:                  # background thread of this process
+        batch = kubernetes.client.BatchV1Api(emu.api_client())
+        emu.inject(verb="create", resource="jobs", status=503, count=2)
+        Kubelet(emu.api_client()).succeed("ns", "job-name", log="done\n")
+
+    with emulator_process(controller_mode="succeed") as proc:   # its own process
+        write_kubeconfig(tmp_path / "kubeconfig", proc.url)  # for load_kube_config
+        proc.control.compact(); proc.down(); proc.up()
+
+`kubelet.Kubelet` plays Job controller, scheduler and kubelet over HTTP; the built-in auto
+controller (`controller_mode` / `configure_controller`) does the same without a driver.
 """
 
 from .clientconfig import api_client, configuration, write_kubeconfig

@@ -103,6 +103,12 @@ def _error_response(err: ApiError) -> Response:
 
 
 def _json_body(req: Request, kind: Kind) -> Any:
+    content_type = req.headers.get("content-type", "application/json").split(";")[0].strip()
+    if req.method != "PATCH" and content_type not in ("application/json", ""):
+        raise ApiError(415, f'the body of the request was in an unknown format - accepted '
+                       f'media types include: application/json (got "{content_type}"; '
+                       "protobuf, CBOR and YAML bodies are not emulated)",
+                       "UnsupportedMediaType")
     if not req.body:
         raise bad_request(f"the object provided is unrecognized (must be of type {kind.kind}): "
                           "couldn't get version/kind; json parse error: unexpected end of "

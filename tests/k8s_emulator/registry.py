@@ -193,7 +193,9 @@ class Registry:
             raise bad_request("the namespace of the provided object does not match the "
                               "namespace sent on the request")
         if meta.get("resourceVersion"):
-            raise bad_request("resourceVersion should not be set on objects to be created")
+            # The storage layer refuses this with an error nobody classified: a bare 500.
+            raise ApiError(500, "resourceVersion should not be set on objects to be created",
+                           unclassified=True)
         meta["namespace"] = namespace
         for key in (*_SERVER_META, "managedFields", "selfLink"):
             meta.pop(key, None)

@@ -121,9 +121,11 @@ class ApiError(Exception):
     reason: str = ""
     details: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # The server leaves `reason` out for errors its storage did not classify.
+    unclassified: bool = False
 
     def __post_init__(self) -> None:
-        if not self.reason:
+        if not self.reason and not self.unclassified:
             self.reason = REASONS.get(self.code, "Unknown")
         super().__init__(self.message)
 
@@ -134,8 +136,9 @@ class ApiError(Exception):
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
         }
+        if self.reason:
+            body["reason"] = self.reason
         if self.details:
             body["details"] = self.details
         body["code"] = self.code
