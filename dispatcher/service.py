@@ -49,6 +49,7 @@ ERROR_KINDS = {
     "JobDeleted": "job_deleted",
 }
 BLOCK_SECONDS = 5.0
+CLAIM_BATCH_FACTOR = 8
 
 
 class Dispatcher:
@@ -65,7 +66,10 @@ class Dispatcher:
         self.started = False
         self.redis_ok = False
         self.launch_failing = False
-        self._free_slots = settings.dispatch_concurrency
+        # Claimed-and-routed messages waiting for a create may outnumber the concurrent
+        # creates: claiming and routing in large batches is what makes a burst cheap.
+        self._free_slots = settings.dispatch_concurrency * CLAIM_BATCH_FACTOR
+        self._creates = asyncio.Semaphore(settings.dispatch_concurrency)
         self._slots_free = asyncio.Event()
         self._slots_free.set()
         self._acks: list[tuple[str, str, str, asyncio.Future[None]]] = []
@@ -271,7 +275,8 @@ class Dispatcher:
         backoff = 0.1
         while True:
             try:
-                created = await self.executor.launch(message, name)
+                async with self._creates:
+                    created = await self.executor.launch(message, name)
                 break
             except TransientLaunchError as exc:
                 self.launch_failing = True

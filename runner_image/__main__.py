@@ -167,13 +167,21 @@ async def _run() -> int:
                                      exc.request_id, exc.server_handle)
         message = message.with_identity()
         context.update(server_handle=message.server_handle, request_id=message.request_id)
-        try:
-            settings = load(RunnerSettings)
-            db_settings = load(DatabaseSettings)
-        except ConfigError as exc:
-            log.error("configuration error", extra={"error": str(exc)})
-            return await report_only(out.rejected("config_error", f"configuration: {exc}"),
+        problems: list[str] = []
+        loaded: dict[type, object] = {}
+        for cls in (RunnerSettings, DatabaseSettings):  # name every bad variable at once
+            try:
+                loaded[cls] = load(cls)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            text = "; ".join(problems)
+            log.error("configuration error", extra={"error": text})
+            return await report_only(out.rejected("config_error", f"configuration: {text}"),
                                      message, message.request_id, message.server_handle)
+        settings = loaded[RunnerSettings]
+        db_settings = loaded[DatabaseSettings]
+        assert isinstance(settings, RunnerSettings) and isinstance(db_settings, DatabaseSettings)
         logging.getLogger().setLevel(settings.log_level.upper())
         scrub_secret_environment()
         return await _run_job(message, settings, db_settings, job_name, redact, redis,

@@ -125,21 +125,25 @@ class Job:
                                     "CREDENTIALS_KEY; set the key it was stored with")
             if password is not None:
                 self.ctx.redact.add(password.get_secret_value())
-        self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
-                                              _START_STATUS[message.action])
-        # Importing ansible-runner costs CPU time; overlap it with the network-bound steps.
-        self.preload = asyncio.create_task(
-            asyncio.to_thread(importlib.import_module, "ansible_runner"))
-        log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
-                                          "action": message.action.value})
-        scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
+        except OSError as exc:
+            return out.rejected("config_error", f"RUNNER_SCRATCH_DIR is not a writable "
+                                f"directory: {exc.strerror}")
         agent: SshAgent | None = None
         client: SshClient | None = None
         try:
             try:
                 agent = await SshAgent.start(scratch / "agent.sock", self.settings.ssh_private_key)
             except AgentError as exc:
-                return out.failed("config_error", str(exc))
+                return out.rejected("config_error", str(exc))
+            self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
+                                                  _START_STATUS[message.action])
+            log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
+                                              "action": message.action.value})
+            # Importing ansible-runner costs CPU time; overlap it with the network-bound steps.
+            self.preload = asyncio.create_task(
+                asyncio.to_thread(importlib.import_module, "ansible_runner"))
             target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
             client = SshClient(scratch, agent.socket, target, self.settings.ssh_connect_timeout)
             return await self._run_steps(server, password, agent, client, scratch)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -134,6 +136,8 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
     inventory = directory / "inventory.json"
     inventory.write_text(json.dumps({"all": {"hosts": {host: host_vars}}}))
     envvars = {
+        # The ansible-playbook of this environment first, not whichever else is on PATH.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "HOME": str(home),
         "ANSIBLE_HOME": str(home / ".ansible"),
         "ANSIBLE_LOCAL_TEMP": str(local_tmp),

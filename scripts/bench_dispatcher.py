@@ -140,6 +140,7 @@ async def bench(args: argparse.Namespace) -> None:
         payloads = [json.dumps({"server_handle": f"burst-{i}", "request_id": f"burst-{i}"})
                     for i in range(args.burst)]
         cpu_before = cpu_seconds(dispatcher.proc.pid)
+        emulator_before = cpu_seconds(k8s.emulator.pid)
         start = time.perf_counter()
         for chunk in range(0, len(payloads), 500):
             await redis.lpush(keys.queue, *payloads[chunk:chunk + 500])
@@ -147,15 +148,25 @@ async def bench(args: argparse.Namespace) -> None:
         elapsed = last - start
         dispatcher_rate = args.burst / elapsed
         cpu_per_job = (cpu_seconds(dispatcher.proc.pid) - cpu_before) / args.burst * 1000
+        emulator_per_job = (cpu_seconds(k8s.emulator.pid) - emulator_before) / args.burst * 1000
         rss = peak_rss_mb(dispatcher.proc.pid)
+        idle_before = cpu_seconds(dispatcher.proc.pid)
+        await asyncio.sleep(5)
+        idle_cpu = (cpu_seconds(dispatcher.proc.pid) - idle_before) / 5 * 100
         dispatcher.terminate()
 
+        emulator_before = cpu_seconds(k8s.emulator.pid)
         baseline_rate = await asyncio.to_thread(raw_loop, api, "bench", args.burst)
+        emulator_raw = (cpu_seconds(k8s.emulator.pid) - emulator_before) / args.burst * 1000
         print(f"burst ({args.burst} messages): dispatcher {dispatcher_rate:.0f} Jobs/s, "
               f"raw create loop {baseline_rate:.0f} Jobs/s, ratio "
               f"{dispatcher_rate / baseline_rate:.2f}")
-        print(f"dispatcher CPU per Job during the burst: {cpu_per_job:.2f} ms")
+        print(f"dispatcher CPU per Job during the burst: {cpu_per_job:.2f} ms "
+              f"(emulator: {emulator_per_job:.2f} ms per Job with the dispatcher, "
+              f"{emulator_raw:.2f} ms with the raw loop)")
         print(f"dispatcher peak RSS during the run: {rss:.0f} MB")
+        print(f"dispatcher CPU while idle with {args.idle + args.burst} Jobs in flight: "
+              f"{idle_cpu:.1f} % of a core")
         await redis.aclose()
 
 

@@ -28,6 +28,7 @@ import urllib3
 from kubernetes.client.rest import ApiException
 
 from tests.k8s_emulator import (
+    ControllerConfig,
     Emulator,
     EmulatorControl,
     emulator_process,
@@ -53,7 +54,7 @@ def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
     if "emu" in request.fixturenames:
         emulator = request.getfixturevalue("emu")
         emulator.clear_faults()
-        emulator.configure_controller(mode="off")
+        emulator.call(lambda core: core.controller.configure(ControllerConfig()))
 
 
 @pytest.fixture
@@ -987,10 +988,15 @@ def test_dropped_connections(emu, batch, ns):
         batch.create_namespaced_job(ns, job_body("d1"))
     assert batch.list_namespaced_job(ns).items == []
     # The answer is lost after the create happened: the client cannot tell.
-    emu.inject(verb="create", resource="jobs", drop_after_apply=True)
+    emu.inject(verb="create", resource="jobs", drop=True, applied=True)
     with pytest.raises(urllib3.exceptions.HTTPError):
         batch.create_namespaced_job(ns, job_body("d2"))
     assert names(batch.list_namespaced_job(ns).items) == ["d2"]
+    # Likewise a server-side timeout after a successful write.
+    emu.inject(verb="create", resource="jobs", status=504, applied=True)
+    code, status, _ = error(lambda: batch.create_namespaced_job(ns, job_body("d3")))
+    assert (code, status["reason"]) == (504, "Timeout")
+    assert names(batch.list_namespaced_job(ns).items) == ["d2", "d3"]
     # urllib3 retries idempotent requests on a reset connection by itself.
     before = emu.request_count("get", "jobs", 0)
     emu.inject(verb="get", resource="jobs", drop=True, count=1)

@@ -59,6 +59,7 @@ class KubernetesExecutor:
         self._jobs: dict[str, dict[str, Any]] = {}
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
         self._emitted: set[str] = set()
+        self._started: set[str] = set()  # Jobs whose pod got past Pending
         self._synced = {"jobs": False, "pods": False}
         self._watch_ok = {"jobs": False, "pods": False}
         self._api_ok = True
@@ -158,6 +159,7 @@ class KubernetesExecutor:
         self._jobs.pop(name, None)
         self._pods.pop(name, None)
         self._emitted.discard(name)
+        self._started.discard(name)
 
     async def _consume(self) -> None:
         while True:
@@ -182,6 +184,9 @@ class KubernetesExecutor:
                 if job:
                     pods.setdefault(job, {})[pod["metadata"]["name"]] = _slim_pod(pod)
             self._pods = pods
+            self._started = {job for job, by_name in pods.items()
+                             if any(p["status"].get("phase") not in (None, "Pending")
+                                    for p in by_name.values())}
         self._synced[sync.kind] = True
         self._watch_ok[sync.kind] = True
         if all(self._synced.values()):
@@ -210,6 +215,8 @@ class KubernetesExecutor:
             return
         pod = _slim_pod(change.object)
         self._pods.setdefault(job, {})[pod_name] = pod
+        if pod["status"].get("phase") not in (None, "Pending"):
+            self._started.add(job)
         self._check_pod(job, pod)
         self._evaluate(job)
 
@@ -233,8 +240,11 @@ class KubernetesExecutor:
             if not all(self._synced.values()):
                 continue
             now = utcnow()
-            for name, job in list(self._jobs.items()):
-                if name in self._emitted or self._end_of(name, job) is not None:
+            # Only Jobs whose pod has not started can be stuck; with thousands of Jobs in
+            # flight this set difference keeps the pass cheap.
+            for name in self._jobs.keys() - self._started - self._emitted:
+                job = self._jobs[name]
+                if self._end_of(name, job) is not None:
                     continue
                 pods = self._pods.get(name)
                 if pods:

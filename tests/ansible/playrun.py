@@ -35,7 +35,6 @@ class Target:
     user: str = "root"
     key_file: Path | None = None
     password: str | None = None
-    extra_ports: dict[int, int] = field(default_factory=dict)
 
     @property
     def known_hosts(self) -> Path:
@@ -79,6 +78,7 @@ class PlayResult:
     artifact: dict[str, Any]
     failures: list[dict[str, Any]]
     output: str
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def count(self, kind: str) -> int:
         return sum(self.stats.get(kind, {}).values())
@@ -132,7 +132,8 @@ def run_play(playbook: str, target: Target, extravars: dict[str, Any] | None = N
     stats = {k: stats_event.get(k) or {} for k in
              ("ok", "changed", "failures", "dark", "skipped", "ignored", "rescued", "processed")}
     return PlayResult(playbook, result.status, result.rc, duration, stats,
-                      stats_event.get("artifact_data") or {}, failures, result.stdout.read())
+                      stats_event.get("artifact_data") or {}, failures, result.stdout.read(),
+                      list(result.events))
 
 
 def ssh_run(target: Target, command: str, *, user: str | None = None, key_file: Path | None = None,

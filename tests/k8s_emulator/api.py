@@ -208,19 +208,18 @@ class Api:
                        verb: str) -> Response | None:
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault.applied or not (fault.drop or fault.status):
+            result = self._respond(req, conn, route, verb)
+            if not isinstance(result, Response):
+                result = await result
+            if not (fault.drop or fault.status):
+                return result
         if fault.drop:
             self.stats.record(verb, route.resource, 0)
             raise Drop
-        if fault.status:
-            err = injected(fault.status, fault.message, fault.retry_after)
-            self.stats.record(verb, route.resource, fault.status)
-            return _error_response(err)
-        result = self._respond(req, conn, route, verb)
-        if not isinstance(result, Response):
-            result = await result
-        if fault.drop_after_apply:
-            raise Drop
-        return result
+        assert fault.status is not None
+        self.stats.record(verb, route.resource, fault.status)
+        return _error_response(injected(fault.status, fault.message, fault.retry_after))
 
     def _other(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"

@@ -9,7 +9,7 @@
     GET    /_emulator/objects             dump objects (?resource=jobs&namespace=ns)
     POST   /_emulator/logs                {"namespace","pod","text","container"?,"append"?}
     POST   /_emulator/down                {"seconds": N}: stop listening, back after N seconds
-    POST   /_emulator/controller          auto controller settings, see ControllerConfig
+    POST   /_emulator/controller          change auto controller settings (ControllerConfig)
     POST   /_emulator/config              {"window","bookmark_interval",
                                            "default_watch_timeout","gc_delay"}
 """
@@ -109,7 +109,8 @@ class Control:
             asyncio.get_running_loop().call_later(0.05, core._spawn, core.down(down.seconds))
             return _ok({"down_for": down.seconds})
         if action == "controller" and method == "POST":
-            core.controller.configure(ControllerConfig.model_validate(body))
+            current = core.controller.config.model_dump()
+            core.controller.configure(ControllerConfig.model_validate({**current, **body}))
             return _ok(core.controller.config.model_dump())
         if action == "config" and method == "POST":
             core.configure(**ConfigBody.model_validate(body).model_dump())

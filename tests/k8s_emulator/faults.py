@@ -3,9 +3,9 @@
 A rule matches requests by verb, resource (`jobs`, `jobs/status`, `pods/log`, `*`),
 namespace and name; the next `count` matching requests (after letting `skip` pass) then wait
 `delay` seconds and/or fail with `status` (a proper Status body; 429 and 503 carry
-Retry-After when `retry_after` is set), or are dropped: the connection is closed without an
-answer, before the request is applied (`drop`) or after it was applied (`drop_after_apply`,
-the "did my create happen?" case).
+Retry-After when `retry_after` is set) or are dropped: the connection is closed without an
+answer. With `applied`, the request takes effect first and only its answer fails or is lost
+- the "did my create happen?" case of a timeout after a successful write.
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ class FaultRule(BaseModel):
     retry_after: float | None = Field(None, ge=0, description="Retry-After seconds")
     delay: float = Field(0.0, ge=0, description="seconds to wait before answering")
     drop: bool = Field(False, description="close the connection instead of answering")
-    drop_after_apply: bool = Field(False, description="apply the request, then close")
+    applied: bool = Field(False, description="let the request take effect, then fail or drop "
+                                             "its answer (default: fail before applying)")
     count: int | None = Field(1, ge=1, description="matching requests affected; null = all")
     skip: int = Field(0, ge=0, description="matching requests let through first")
 
     @model_validator(mode="after")
     def _does_something(self) -> FaultRule:
-        if not (self.status or self.delay or self.drop or self.drop_after_apply):
-            raise ValueError("a fault needs status, delay, drop or drop_after_apply")
+        if not (self.status or self.delay or self.drop):
+            raise ValueError("a fault needs status, delay or drop")
         return self
 
     def matches(self, verb: str, resource: str, namespace: str | None, name: str | None) -> bool:

@@ -158,8 +158,11 @@ class Emulator:
         self.call(lambda core: core.configure(**settings))
 
     def configure_controller(self, **settings: Any) -> None:
-        parsed = ControllerConfig(**settings)
-        self.call(lambda core: core.controller.configure(parsed))
+        """Changes the given auto controller settings, e.g. mode="succeed"."""
+        def apply(core: EmulatorCore) -> None:
+            current = core.controller.config.model_dump()
+            core.controller.configure(ControllerConfig(**{**current, **settings}))
+        self.call(apply)
 
     def set_log(self, namespace: str, pod: str, text: str, container: str | None = None,
                 append: bool = False) -> None:

@@ -38,7 +38,8 @@ GENERIC_MESSAGES: dict[int, str] = {
     429: "Too many requests, please try again later.",
     500: "an error on the server has prevented the request from succeeding",
     503: "the server is currently unable to handle the request",
-    504: "the server was unable to return a response in the time allotted",
+    504: "Timeout: request did not complete within requested timeout - context deadline "
+         "exceeded",
 }
 
 

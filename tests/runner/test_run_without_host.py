@@ -216,3 +216,30 @@ async def test_database_unavailable_is_reported(runner: Runner,
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["error"]["kind"] == "database_unavailable"
     assert "DATABASE_URL" in result["error"]["message"]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"CREDENTIALS_KEY": "not-the-key"}, "cannot be decrypted with CREDENTIALS_KEY"),
+    ({"CREDENTIALS_KEY": None}, "CREDENTIALS_KEY is not set"),
+    ({"SSH_PRIVATE_KEY": "-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n"
+                         "-----END OPENSSH PRIVATE KEY-----\n"}, "SSH_PRIVATE_KEY could not be"),
+    ({"RUNNER_SCRATCH_DIR": "/nonexistent/scratch"}, "RUNNER_SCRATCH_DIR is not a writable"),
+], ids=["wrong-credentials-key", "no-credentials-key", "unusable-private-key", "no-scratch"])
+async def test_unusable_credentials_are_rejected_before_touching_the_server(
+        runner: Runner, redis_client: aioredis.Redis, db, env: dict[str, str | None],
+        expected: str) -> None:
+    handle = unique_handle("cred")
+    runner.register(handle, "127.0.0.1", free_port(), password="some-root-password")
+    msg = message(handle)
+    full = runner.environment(msg)
+    for name, value in env.items():
+        full.pop(name, None)
+        if value is not None:
+            full[name] = value
+    res = runner.run_env(full)
+    assert res.rc == 13, res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "rejected" and expected in result["error"]["message"]
+    assert "some-root-password" not in res.stderr + json.dumps(result)
+    row = await server_row(db, handle)
+    assert row["status"] == "NEW" and row["last_request_id"] is None
