@@ -23,15 +23,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kubernetes import client  # noqa: E402
+from kubernetes import client
 
-from dispatcher.connections import RedisSettings, create_redis  # noqa: E402
-from dispatcher.jobspec import build_job  # noqa: E402
-from dispatcher.messages import parse_message  # noqa: E402
-from dispatcher.settings import DispatcherSettings, JobTemplateSettings  # noqa: E402
-from tests.dispatcher.kube_support import kube  # noqa: E402
-from tests.dispatcher.support import DispatcherProcess  # noqa: E402
-from tests.support.services import redis_server  # noqa: E402
+from dispatcher.connections import RedisSettings, create_redis
+from dispatcher.jobspec import build_job
+from dispatcher.messages import parse_message
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from tests.dispatcher.kube_support import kube
+from tests.dispatcher.support import DispatcherProcess
+from tests.support.services import redis_server
 
 
 def percentile(values: list[float], q: float) -> float:

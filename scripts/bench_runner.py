@@ -6,7 +6,9 @@ alternates, for ``--rounds`` rounds:
 - the runner as the Job runs it (``python -m runner_image`` with the dispatcher's
   environment): wall time from process start to exit;
 - ``ansible-playbook`` with default settings (an empty ansible.cfg, a fresh ANSIBLE_HOME so
-  no warm SSH master is reused, host key checking off as the only change) on the same play.
+  no warm SSH master is reused, host key checking off as the only change) on the same play;
+- ``ansible-playbook`` alone with the settings the runner applies, to separate what the
+  settings gain from what ansible-runner itself costs.
 Prints medians, the ratio (target <= 0.7) and the runner's own time outside the play
 (target <= 1 s), split into phases from the runner's log timestamps.
 
@@ -33,12 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.hosts import vps_host  # noqa: E402
-from tests.support.services import postgres_server, redis_server  # noqa: E402
+from tests.support.hosts import vps_host
+from tests.support.services import postgres_server, redis_server
 
 DEFAULT_PROJECT = REPO / "tests" / "runner" / "plays"
 CREDENTIALS_KEY = "bench-credentials-key"
-REDIS_PASSWORD = "bench-redis"  # noqa: S105 - throwaway, for this run only
+REDIS_PASSWORD = "bench-redis"
 
 
 def keypair(directory: Path, name: str) -> tuple[Path, str]:
