@@ -13,12 +13,14 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.executors.base import (
     Executor,
@@ -49,6 +51,9 @@ ERROR_KINDS = {
     "JobDeleted": "job_deleted",
 }
 BLOCK_SECONDS = 5.0
+# Only these mean "Redis is unreachable for now"; any other error (a script error, a wrong
+# password) is a bug or misconfiguration and must surface instead of being retried forever.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 CLAIM_BATCH_FACTOR = 8
 
 
@@ -101,7 +106,7 @@ class Dispatcher:
         log.info("dispatcher starting", extra={"replica": self.settings.replica_id,
                                                "requeued_own": requeued,
                                                "executor": self.settings.executor.value})
-        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._loops.append(self._spawn(self._heartbeat_loop(), "heartbeat"))
         starting = asyncio.create_task(self.executor.start())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -112,16 +117,27 @@ class Dispatcher:
         stopped.cancel()
         starting.result()
         self._loops += [
-            asyncio.create_task(self._ends_loop(), name="ends"),
-            asyncio.create_task(self._ack_loop(), name="acks"),
-            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+            self._spawn(self._ends_loop(), "ends"),
+            self._spawn(self._ack_loop(), "acks"),
+            self._spawn(self._reconcile_loop(), "reconcile"),
         ]
-        pop = asyncio.create_task(self._pop_loop(stop), name="pop")
+        pop = self._spawn(self._pop_loop(stop), "pop")
         self._loops.append(pop)
         self.started = True
         log.info("dispatcher ready", extra={"replica": self.settings.replica_id})
         await stop.wait()
         await self._shutdown()
+
+    @staticmethod
+    def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background loop whose death is logged at once (and fails /healthz)."""
+        def report(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("background loop died; /healthz now fails so the pod restarts",
+                          extra={"loop": name}, exc_info=task.exception())
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(report)
+        return task
 
     async def _shutdown(self) -> None:
         log.info("shutting down: no more pops", extra={"in_progress": len(self._launches)})
@@ -158,7 +174,7 @@ class Dispatcher:
                 await self.redis.ping()
                 self.redis_ok = True
                 return
-            except RedisError as exc:
+            except UNAVAILABLE as exc:
                 log.warning("Redis unreachable; retrying (check REDIS_URL / REDIS_PASSWORD)",
                             extra={"error": str(exc), "retry_in": backoff})
                 with contextlib.suppress(TimeoutError):
@@ -172,7 +188,7 @@ class Dispatcher:
         while True:
             try:
                 result = await op()
-            except RedisError as exc:
+            except UNAVAILABLE as exc:
                 if self.redis_ok:
                     self.metrics.redis_reconnects.inc()
                     log.warning("Redis connection lost; reconnecting",

@@ -238,6 +238,12 @@ def test_malformed_requests_answer_like_the_api_server(client, batch, ns):
     code, status = call(client, "POST", f"/api/v1/namespaces/{ns}/configmaps",
                         {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "c"}})
     assert code == 400 and "does not match the expected API version (v1)" in status["message"]
+    typed_wrong = job_body("typed")
+    typed_wrong["spec"]["template"]["spec"]["containers"][0]["image"] = 5
+    code, status, _ = error(lambda: batch.create_namespaced_job(ns, typed_wrong))
+    assert (code, status["reason"]) == (400, "BadRequest")
+    assert status["message"].startswith('Job in version "v1" cannot be handled as a Job: json: '
+                                        "cannot unmarshal number into Go struct field")
     # The storage layer refuses a resourceVersion on create with an unclassified error.
     body = job_body("with-rv")
     body["metadata"]["resourceVersion"] = "7"

@@ -4,9 +4,9 @@
 #   finish-venv.sh deps      drop what only builds or tests need, compile the dependencies
 #   finish-venv.sh project   compile the project's packages, remove the installers
 # unchecked-hash pycs stay valid whatever the file times become after COPY, so a read-only
-# root never recompiles at start. SOURCELESS lists generated-code directories (relative to
-# site-packages) kept as bytecode only: tracebacks still name file and line, and the image
-# is smaller by their sources.
+# root never recompiles at start. SOURCELESS lists bulky directories of boilerplate code
+# (relative to site-packages, e.g. the Kubernetes client's model classes) kept as bytecode
+# only: tracebacks still name file and line, and the image is smaller by their sources.
 set -eu
 site=$(echo "$VENV"/lib/python3*/site-packages)
 compile() { "$VENV/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash "$@" >/dev/null; }

@@ -96,8 +96,9 @@ class PlayResult:
 
     def describe(self) -> str:
         tail = "\n".join(self.output.splitlines()[-60:])
+        failures = json.dumps(self.failures, indent=1)[:3000]
         return (f"{self.playbook}: status={self.status} rc={self.rc} stats={self.stats}\n"
-                f"failures={json.dumps(self.failures, indent=1)[:3000]}\n--- output tail ---\n{tail}")
+                f"failures={failures}\n--- output tail ---\n{tail}")
 
 
 def run_play(playbook: str, target: Target, extravars: dict[str, Any] | None = None, *,

@@ -89,7 +89,8 @@ def test_disk_recovery_frees_what_was_filled(converged: Converged) -> None:
     chatty_log = host.exec("docker inspect -f '{{.LogPath}}' chatty").stdout.strip()
     assert filled["chatty_log_size"] > 40 * MB
     journal_before = int(host.exec("du -sb /var/log/journal").stdout.split()[0])
-    variables = {**WATCHED, "recover_disk_log_max_size": "40m", "recover_disk_journal_max_size": "8M"}
+    variables = {**WATCHED, "recover_disk_log_max_size": "40m",
+                 "recover_disk_journal_max_size": "8M"}
 
     result = run_play("recovery_disk_space.yml", converged.target, variables)
     assert result.ok, result.describe()
@@ -108,7 +109,8 @@ def test_disk_recovery_frees_what_was_filled(converged: Converged) -> None:
     assert set(disk["actions"]) >= {"docker_images", "docker_build_cache", "logs", "journal"}
     assert sorted(disk["truncated_logs"]) == sorted(["/var/log/app-huge.log", chatty_log])
     # The free space measured on the filesystems themselves grew by what was removed.
-    on_watched = sum(reclaimed[k] for k in ("docker_images", "docker_build_cache", "logs", "journal"))
+    on_watched = sum(reclaimed[k] for k in
+                     ("docker_images", "docker_build_cache", "logs", "journal"))
     assert disk["freed_bytes"] == disk["free_bytes_after"] - disk["free_bytes_before"]
     assert disk["freed_bytes"] >= 0.9 * on_watched
     assert result.artifact["freed_bytes"] == disk["freed_bytes"]
@@ -121,7 +123,8 @@ def test_disk_recovery_frees_what_was_filled(converged: Converged) -> None:
     assert BUSYBOX_IMAGE in images and "local/fat:1" not in images
     assert host.exec("docker inspect -f '{{.State.Running}}' keeper").stdout.strip() == "true"
     assert host.exec("docker exec keeper cat /data/file").stdout.strip() == "precious"
-    assert sum(c["Size"] for c in json.loads(docker_json(host, "/system/df"))["BuildCache"] or []) == 0
+    build_cache = json.loads(docker_json(host, "/system/df"))["BuildCache"] or []
+    assert sum(entry["Size"] for entry in build_cache) == 0
 
     # Below the threshold again: a second run has nothing to do.
     again = run_play("recovery_disk_space.yml", converged.target, variables)

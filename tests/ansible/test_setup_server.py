@@ -29,7 +29,7 @@ def sshd_settings(converged: Converged) -> dict[str, str]:
 
 
 def http_get(port: int, timeout: float = 4) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as answer:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as answer:
         return answer.read().decode()
 
 
@@ -85,7 +85,8 @@ def test_sshd_runs_hardened_despite_cloud_init_drop_in(converged: Converged) -> 
                                    "aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr")
     assert settings["macs"] == ("hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,"
                                 "umac-128-etm@openssh.com")
-    assert settings["kexalgorithms"].startswith("sntrup761x25519-sha512@openssh.com,curve25519-sha256")
+    assert settings["kexalgorithms"].startswith(
+        "sntrup761x25519-sha512@openssh.com,curve25519-sha256")
     assert "diffie-hellman-group14-sha1" not in settings["kexalgorithms"]
 
 

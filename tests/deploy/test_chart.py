@@ -302,3 +302,14 @@ def test_notes_give_the_sre_commands() -> None:
     assert "SSH_PRIVATE_KEY <- prov-infra-service/ssh-private-key" in notes
     assert "WARNING: orchestratorSshPublicKey is empty" in notes
     assert "WARNING" not in render(FULL_VALUES).notes
+
+
+def test_schema_is_portable_draft7() -> None:
+    """Helm 3 releases before 3.18 only know drafts up to 7: keep the schema at draft 7."""
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    for values in ({}, FULL_VALUES, KIND_VALUES):
+        validator.validate(values)
+    assert not validator.is_valid({"runner": {"env": {"DATABASE_PASSWORD": "x"}}})

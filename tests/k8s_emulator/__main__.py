@@ -48,8 +48,8 @@ async def _serve(config: EmulatorConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: core._spawn(core.down()))
-    loop.add_signal_handler(signal.SIGUSR2, lambda: core._spawn(core.up()))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: core.spawn(core.down()))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: core.spawn(core.up()))
     await stop.wait()
     await core.stop()
 

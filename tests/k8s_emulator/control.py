@@ -106,7 +106,8 @@ class Control:
         if action == "down" and method == "POST":
             down = DownBody.model_validate(body)
             # Go down just after this answer has left.
-            asyncio.get_running_loop().call_later(0.05, core._spawn, core.down(down.seconds))
+            asyncio.get_running_loop().call_later(
+                0.05, lambda: core.spawn(core.down(down.seconds)))
             return _ok({"down_for": down.seconds})
         if action == "controller" and method == "POST":
             current = core.controller.config.model_dump()

@@ -104,12 +104,12 @@ class EmulatorCore:
         await self.http.stop_listening()
         if seconds:
             loop = asyncio.get_running_loop()
-            loop.call_later(seconds, self._spawn, self.up())
+            loop.call_later(seconds, lambda: self.spawn(self.up()))
 
     async def up(self) -> None:
         await self.http.listen()
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -178,7 +178,9 @@ def _validate_container(c: Any, path: str, seen: set[str]) -> list[FieldError]:
 # ---- Jobs ----
 
 def _default_job(job: dict[str, Any]) -> None:
-    spec = job.setdefault("spec", {})
+    spec = job.get("spec")
+    if not isinstance(spec, dict):
+        spec = job["spec"] = {}
     if spec.get("completions") is None and spec.get("parallelism") is None:
         spec["completions"] = 1
     spec.setdefault("parallelism", 1)
@@ -231,7 +233,7 @@ def _validate_job(job: dict[str, Any], old: dict[str, Any] | None) -> list[Field
     if not isinstance(spec, dict):
         return [required("spec")]
     template = spec.get("template")
-    if not isinstance(template, dict) or not template.get("spec"):
+    if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
         errors.append(required("spec.template.spec"))
         return errors
     tmeta = template.get("metadata") or {}
@@ -261,7 +263,9 @@ def _validate_job(job: dict[str, Any], old: dict[str, Any] | None) -> list[Field
 # ---- Pods ----
 
 def _default_pod(pod: dict[str, Any]) -> None:
-    default_pod_spec(pod.setdefault("spec", {}))
+    if not isinstance(pod.get("spec"), dict):
+        pod["spec"] = {}
+    default_pod_spec(pod["spec"])
 
 
 def _pod_status(pod: dict[str, Any]) -> dict[str, Any]:

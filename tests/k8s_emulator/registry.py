@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import validation
+from . import shapes, validation
 from .kinds import BY_PLURAL, PODS, Kind
 from .patching import apply_patch
 from .selectors import FieldSelector, LabelSelector
@@ -488,11 +488,9 @@ class Registry:
         if body_kind and body_kind != kind.kind:
             raise bad_request(f"the kind in the data ({body_kind}) does not match the expected "
                               f"kind ({kind.kind})")
-        meta = body.get("metadata")
-        if meta is None:
+        shapes.check(kind.kind, kind.version, body)
+        if body.get("metadata") is None:
             body["metadata"] = {}
-        elif not isinstance(meta, dict):
-            raise bad_request("metadata must be an object")
         return body
 
 
