@@ -47,9 +47,10 @@ def build_job(message: ProvisionerMessage, settings: DispatcherSettings,
                                template.active_deadline_seconds).items()
     ]
     env += [
+        # The emptyDir itself: subdirectories would not exist on a fresh volume.
         {"name": "RUNNER_SCRATCH_DIR", "value": SCRATCH_PATH},
-        {"name": "HOME", "value": f"{SCRATCH_PATH}/home"},
-        {"name": "TMPDIR", "value": f"{SCRATCH_PATH}/tmp"},  # noqa: S108 (an emptyDir)
+        {"name": "HOME", "value": SCRATCH_PATH},
+        {"name": "TMPDIR", "value": SCRATCH_PATH},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(template.env.items())]
@@ -62,7 +63,7 @@ def build_job(message: ProvisionerMessage, settings: DispatcherSettings,
         "name": "runner",
         "image": template.image,
         "imagePullPolicy": template.image_pull_policy,
-        "command": template.command,
+        "args": template.args,
         "env": env,
         "envFrom": [{"secretRef": {"name": s}} for s in template.env_from_secrets],
         "resources": template.resources,
@@ -75,6 +76,8 @@ def build_job(message: ProvisionerMessage, settings: DispatcherSettings,
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if template.command:
+        container["command"] = template.command
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,

@@ -8,6 +8,7 @@ Helm chart renders them.
 from __future__ import annotations
 
 import socket
+import sys
 from enum import StrEnum
 from typing import Any
 
@@ -40,9 +41,13 @@ class JobTemplateSettings(BaseSettings):
     image: str = Field(default="infra-service-runner:latest", description="Runner image")
     image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$",
                                    description="imagePullPolicy of the runner container")
-    command: list[str] = Field(
-        default_factory=lambda: ["python", "-m", "runner_image"],
-        description="Runner command (JSON list); the image's entrypoint (tini) wraps it",
+    command: list[str] | None = Field(
+        default=None,
+        description="Overrides the image's entrypoint (JSON list); leave unset so that tini "
+        "stays PID 1 and reaps the ssh children of Ansible",
+    )
+    args: list[str] = Field(
+        default_factory=lambda: ["run"], description="Arguments to the image's entrypoint"
     )
     active_deadline_seconds: int = Field(
         default=3600, gt=0, description="Kubernetes kills the Job after this; the runner's own "
@@ -149,6 +154,10 @@ class DispatcherSettings(BaseSettings):
         default="",
         validation_alias="ORCHESTRATOR_SSH_PUBLIC_KEY",
         description="Deploy key passed to every runner (public, not a secret)",
+    )
+    local_command: list[str] = Field(
+        default_factory=lambda: [sys.executable, "-m", "runner_image", "run"],
+        description="local executor: the runner command (JSON list)",
     )
     local_workdir: str | None = Field(
         default=None, description="local executor: where runner logs go (default: a temp dir)"

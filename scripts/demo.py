@@ -127,7 +127,7 @@ async def demo(args: argparse.Namespace) -> int:
             "SERVER_ROOT_PASSWORD": root_password,
             "DISPATCHER_EXECUTOR": "local", "DISPATCHER_REPLICA_ID": "demo",
             "DISPATCHER_HEALTH_PORT": "0", "DISPATCHER_METRICS_PORT": "0",
-            "DISPATCHER_JOB_COMMAND": json.dumps([sys.executable, "-m", "runner_image"]),
+            "DISPATCHER_LOCAL_COMMAND": json.dumps([sys.executable, "-m", "runner_image", "run"]),
         }
         if args.setup_playbook:
             env["SETUP_PLAYBOOK"] = args.setup_playbook

@@ -67,11 +67,11 @@ class LocalExecutor:
             stdout = (workdir / f"{job_name}.log").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.template.command, env=env, stdin=asyncio.subprocess.DEVNULL,
+                *self.settings.local_command, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout, stderr=asyncio.subprocess.STDOUT if stdout else None,
             )
         except OSError as exc:
-            raise LaunchRejected(f"cannot start runner command {self.template.command[0]!r}: "
+            raise LaunchRejected(f"cannot start runner command {self.settings.local_command[0]!r}: "
                                  f"{exc.strerror}") from None
         finally:
             if stdout:

@@ -200,8 +200,9 @@ def test_runner_job_from_the_rendered_settings(rendered: Rendered,
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    # The Job's command replaces the image entrypoint: tini must still be PID 1.
-    assert container["command"][:2] == ["/usr/bin/tini", "--"]
+    # No command override: the image's entrypoint (tini) stays PID 1.
+    assert "command" not in container
+    assert container["args"] == ["run"]
     env = {e["name"]: e for e in container["env"]}
     for name in SECRET_VARIABLES:
         assert "value" not in env.get(name, {}), name

@@ -2,7 +2,7 @@
 
 The container gets exactly what Kubernetes would give the pod: the Job is built by the
 dispatcher's own code from the settings the Helm chart renders, and its env (plain values,
-secretKeyRefs resolved from a stand-in Secret store, the pod-name fieldRef) and command are
+secretKeyRefs resolved from a stand-in Secret store, the pod-name fieldRef) and args are
 applied to ``podman run`` with a read-only root and an emptyDir-like /scratch.
 """
 
@@ -34,11 +34,6 @@ SECRET_NAME = "infra-service-test"
 # The play the image runs: the packaged tree's deploy-key play (the full setup play is
 # exercised by the Ansible suite; here the point is the image and its wiring).
 PLAYBOOK = "playbooks/provision_access.yml"
-KNOWN_SCRATCH_BUG = (
-    "the Job env (dispatcher/jobspec.py) sets TMPDIR=/scratch/tmp and HOME=/scratch/home, "
-    "which nobody creates on the fresh emptyDir, so ansible-playbook finds no usable temp "
-    "dir (rc 250). Fix: the runner creates both at start, or the Job points them at "
-    "/scratch; then drop this tolerance")
 
 
 @dataclass(frozen=True)
@@ -133,8 +128,10 @@ def test_full_run_from_the_image(runner_image: Image, host: Host, database: str,
     request_id = json.loads(env["PROVISIONER_MESSAGE"])["request_id"]
     user = job["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
 
-    done = run(runner_image, *container["command"][1:], entrypoint=container["command"][0],
-               env=env, network_host=True, timeout=300, extra=("--user", f"{user}:{user}"))
+    # As Kubernetes does: the image's entrypoint (tini) with the Job's args.
+    assert "command" not in container
+    done = run(runner_image, *container["args"], env=env, network_host=True, timeout=300,
+               extra=("--user", f"{user}:{user}"))
     everything = done.stdout + done.stderr
     client = redis.Redis.from_url(redis_srv.url, password=redis_srv.password)
     try:
@@ -142,9 +139,6 @@ def test_full_run_from_the_image(runner_image: Image, host: Host, database: str,
     finally:
         client.close()
     mine = [e for e in entries if e.get("request_id") == request_id]
-    if done.returncode != 0 and "No usable temporary directory" in json.dumps(mine):
-        # Only this known integration bug is tolerated; anything else fails below.
-        pytest.xfail(KNOWN_SCRATCH_BUG)
     assert done.returncode == 0, f"{everything}\nresult: {mine}"
     (result,) = mine
     assert result["status"] == "succeeded", result

@@ -84,7 +84,9 @@ def test_secrets_are_references_only(job: dict) -> None:
     assert env["DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "infra-db", "key": "password", "optional": False}
     assert container["envFrom"] == [{"secretRef": {"name": "infra-provider"}}]
-    assert not any("args" in c for c in job["spec"]["template"]["spec"]["containers"])
+    # Nothing travels on the command line: the entrypoint (tini) gets only "run".
+    assert container["args"] == ["run"]
+    assert "command" not in container
 
 
 def test_reserved_env_names_cannot_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,7 +40,7 @@ def start_dispatcher(redis_srv: RedisServer, redis_client: aioredis.Redis, tmp_p
         process = DispatcherProcess({
             "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
             "DISPATCHER_EXECUTOR": "local",
-            "DISPATCHER_JOB_COMMAND": json.dumps(FAKE_RUNNER),
+            "DISPATCHER_LOCAL_COMMAND": json.dumps(FAKE_RUNNER),
             "FAKE_RUNNER_LOG": str(run_log), "FAKE_RUNNER_PLAN": json.dumps(plan or {}),
             "DISPATCHER_HEARTBEAT_SECONDS": "0.5", **env,
         }, tmp_path / f"dispatcher-{len(started)}.log").start()
@@ -186,7 +186,7 @@ async def test_redis_restart_is_survived(tmp_path: Path, run_log: Path) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     dispatcher = DispatcherProcess({
         "REDIS_URL": url, "REDIS_PASSWORD": "", "DISPATCHER_EXECUTOR": "local",
-        "DISPATCHER_JOB_COMMAND": json.dumps(FAKE_RUNNER), "FAKE_RUNNER_LOG": str(run_log),
+        "DISPATCHER_LOCAL_COMMAND": json.dumps(FAKE_RUNNER), "FAKE_RUNNER_LOG": str(run_log),
     }, tmp_path / "dispatcher.log").start()
     try:
         dispatcher.wait_ready()

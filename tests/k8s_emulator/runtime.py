@@ -17,10 +17,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -284,13 +287,30 @@ class EmulatorProcess:
     def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
         return write_kubeconfig(path, self.url, namespace)
 
-    def down(self) -> None:
-        """Stops listening until `up()` (SIGUSR1)."""
+    def down(self, timeout: float = 10.0) -> None:
+        """Stops listening until `up()` (SIGUSR1); returns once connections are refused."""
         self.proc.send_signal(signal.SIGUSR1)
+        self._wait_listening(False, timeout)
 
-    def up(self) -> None:
-        """Listens again on the same port (SIGUSR2)."""
+    def up(self, timeout: float = 10.0) -> None:
+        """Listens again on the same port (SIGUSR2); returns once it accepts connections."""
         self.proc.send_signal(signal.SIGUSR2)
+        self._wait_listening(True, timeout)
+
+    def _wait_listening(self, wanted: bool, timeout: float) -> None:
+        address = urllib.parse.urlsplit(self.url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((address.hostname, address.port), timeout=1):
+                    listening = True
+            except OSError:
+                listening = False
+            if listening == wanted:
+                return
+            time.sleep(0.01)
+        state = "listening" if wanted else "refusing connections"
+        raise TimeoutError(f"k8s emulator (pid {self.pid}) not {state} after {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
