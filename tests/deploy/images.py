@@ -105,10 +105,12 @@ def ensure_image(component: str) -> Image:
         return Image(component, ref, time.monotonic() - started)
 
 
-def run(image: Image, *args: str, env: dict[str, str] | None = None, read_only: bool = True,
-        network_host: bool = False, entrypoint: str | None = None, timeout: float = 120,
-        extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """``podman run`` the image like Kubernetes runs it: read-only root, scratch on tmpfs.
+def run_command(image: Image, *args: str, env: dict[str, str] | None = None,
+                read_only: bool = True, network_host: bool = False,
+                entrypoint: str | None = None, extra: tuple[str, ...] = ()
+                ) -> tuple[list[str], dict[str, str]]:
+    """The ``podman run`` command line that runs the image like Kubernetes runs it (read-only
+    root, scratch on tmpfs), and the environment podman itself must be started with.
 
     Values of ``env`` travel in podman's own environment (``-e NAME`` without a value), so
     they never appear on a command line; the few variables podman itself reads (HOME,
@@ -132,5 +134,14 @@ def run(image: Image, *args: str, env: dict[str, str] | None = None, read_only: 
             cmd += ["-e", name]
             process_env[name] = value
     cmd += [*extra, image.ref, *args]
-    return subprocess.run(cmd, env=process_env, capture_output=True, text=True, timeout=timeout)
+    return cmd, process_env
 
+
+def run(image: Image, *args: str, env: dict[str, str] | None = None, read_only: bool = True,
+        network_host: bool = False, entrypoint: str | None = None, timeout: float = 120,
+        extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``podman run`` the image like Kubernetes runs it (see ``run_command``) and wait."""
+    cmd, process_env = run_command(image, *args, env=env, read_only=read_only,
+                                   network_host=network_host, entrypoint=entrypoint,
+                                   extra=extra)
+    return subprocess.run(cmd, env=process_env, capture_output=True, text=True, timeout=timeout)

@@ -211,3 +211,19 @@ async def test_redis_restart_is_survived(tmp_path: Path, run_log: Path) -> None:
 async def _ready_is(dispatcher: DispatcherProcess, code: int) -> bool:
     status, _ = await asyncio.to_thread(dispatcher.http, dispatcher.health_port, "/readyz")
     return status == code
+
+
+async def test_idle_dispatcher_blocks_instead_of_polling(start_dispatcher,
+                                                        redis_client: aioredis.Redis) -> None:
+    dispatcher = start_dispatcher()
+    assert dispatcher.http(dispatcher.health_port, "/healthz")[0] == 200
+
+    async def queue_commands() -> int:
+        stats = await redis_client.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0))
+                   for c in ("blmove", "lmove", "rpop", "lpop", "rpoplpush", "evalsha"))
+
+    before = await queue_commands()
+    await asyncio.sleep(3)
+    # One blocking pop waits up to 5 s; a polling loop would show dozens of calls here.
+    assert await queue_commands() - before <= 3
