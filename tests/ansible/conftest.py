@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.ansible.playrun import PlayResult, Target, make_key, run_play, ssh_run
+from tests.ansible.playrun import (
+    CommandLineWatch,
+    PlayResult,
+    Target,
+    make_key,
+    run_play,
+    ssh_run,
+)
 from tests.support.hosts import Host, vps_host
 
 ROOT_PASSWORD = "fresh-vps-root-pw"  # what a provider mails for a fresh VPS
@@ -54,28 +61,29 @@ class Converged:
     variables: dict[str, Any]
     keys: Keys
     password_login_worked_before: bool
+    password_watch: CommandLineWatch  # command lines seen while the password was in use
 
 
 @pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     directory = tmp_path_factory.mktemp("ssh-keys")
     made = {name: Key(*make_key(directory, name))
             for name in ("provisioner", "orchestrator", "admin", "stranger")}
     return Keys(**made)
 
 
-def setup_vars(keys: Keys) -> dict[str, Any]:
+def setup_vars(ssh_keys: Keys) -> dict[str, Any]:
     return {
         **HOST_DOCKER_VARS,
         "firewall_allowed_tcp_ports": [OPEN_PORT],
-        "admin_user_authorized_keys": [keys.admin.public],
-        "deploy_key_public_key": keys.orchestrator.public,
-        "deploy_key_additional_public_keys": [keys.provisioner.public],
+        "admin_user_authorized_keys": [ssh_keys.admin.public],
+        "deploy_key_public_key": ssh_keys.orchestrator.public,
+        "deploy_key_additional_public_keys": [ssh_keys.provisioner.public],
     }
 
 
 @pytest.fixture(scope="session")
-def converged(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Converged]:
+def converged(tmp_path_factory: pytest.TempPathFactory, ssh_keys: Keys) -> Iterator[Converged]:
     """A fresh VPS as a provider hands it over (root password, cloud-init's drop-in turning
     password login on), set up by setup_server.yml logging in with the password."""
     workdir = tmp_path_factory.mktemp("converged")
@@ -87,12 +95,13 @@ def converged(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[
         # The provisioner has its key at hand, but the fresh host does not know it yet:
         # the first login works through the password.
         first = Target(host=host, workdir=workdir, port=host.ssh_port,
-                       key_file=keys.provisioner.path, password=ROOT_PASSWORD)
+                       key_file=ssh_keys.provisioner.path, password=ROOT_PASSWORD)
         first.trust_host_key()
         password_before = ssh_run(first, "true", password=ROOT_PASSWORD).returncode == 0
-        variables = setup_vars(keys)
-        result = run_play("setup_server.yml", first, variables)
+        variables = setup_vars(ssh_keys)
+        with CommandLineWatch(ROOT_PASSWORD) as watch:
+            result = run_play("setup_server.yml", first, variables)
         if not result.ok:
             pytest.fail(f"setup_server.yml did not converge:\n{result.describe()}")
-        yield Converged(host, first.with_(password=None), result, variables, keys,
-                        password_before)
+        yield Converged(host, first.with_(password=None), result, variables, ssh_keys,
+                        password_before, watch)

@@ -166,3 +166,40 @@ def make_key(directory: Path, name: str) -> tuple[Path, str]:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
                    check=True)
     return path, (directory / f"{name}.pub").read_text().strip()
+
+
+class CommandLineWatch:
+    """Samples every process's command line on this machine while a play runs and records
+    the ones that contain a secret (ssh, sshpass and ansible children included)."""
+
+    def __init__(self, secret: str, interval: float = 0.05) -> None:
+        import threading
+
+        self.secret = secret.encode()
+        self.interval = interval
+        self.hits: list[str] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if self.secret in cmdline:
+                    self.hits.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> CommandLineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

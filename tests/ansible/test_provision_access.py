@@ -15,11 +15,11 @@ pytestmark = pytest.mark.hosts
 
 
 @pytest.fixture(scope="module")
-def access_host(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Target]:
+def access_host(tmp_path_factory: pytest.TempPathFactory, ssh_keys: Keys) -> Iterator[Target]:
     with vps_host(privileged=False, name_prefix="infra-access") as host:
-        host.authorize_key(keys.provisioner.public)
+        host.authorize_key(ssh_keys.provisioner.public)
         target = Target(host=host, workdir=tmp_path_factory.mktemp("access"), port=host.ssh_port,
-                        key_file=keys.provisioner.path)
+                        key_file=ssh_keys.provisioner.path)
         target.trust_host_key()
         yield target
 
@@ -28,17 +28,17 @@ def authorized_keys(host: Host, home: str = "/root") -> list[str]:
     return host.exec(f"cat {home}/.ssh/authorized_keys").stdout.splitlines()
 
 
-def test_deploy_key_ends_up_on_exactly_one_line(access_host: Target, keys: Keys,
+def test_deploy_key_ends_up_on_exactly_one_line(access_host: Target, ssh_keys: Keys,
                                                 tmp_path: Path) -> None:
     host = access_host.host
     other_a = make_key(tmp_path, "alice")[1]
     other_b = make_key(tmp_path, "bob")[1]
-    deploy = keys.orchestrator.public
+    deploy = ssh_keys.orchestrator.public
     deploy_type, deploy_body = deploy.split()[:2]
     # What years of hand edits leave behind: the key twice, once with options and an old
     # comment, in between other keys and a comment; permissions too open.
     host.write_file("/root/.ssh/authorized_keys", "\n".join([
-        keys.provisioner.public, other_a, "# ops: keep the keys below",
+        ssh_keys.provisioner.public, other_a, "# ops: keep the keys below",
         f'no-pty,from="10.0.0.0/8" {deploy_type} {deploy_body} old-comment',
         other_b, f"{deploy_type} {deploy_body}", ""]), mode="0644")
     host.exec("chmod 0755 /root/.ssh")
@@ -47,7 +47,7 @@ def test_deploy_key_ends_up_on_exactly_one_line(access_host: Target, keys: Keys,
     assert first.ok, first.describe()
     assert first.changed > 0
     lines = authorized_keys(host)
-    assert lines == [keys.provisioner.public, other_a, "# ops: keep the keys below", deploy,
+    assert lines == [ssh_keys.provisioner.public, other_a, "# ops: keep the keys below", deploy,
                      other_b]
     assert host.exec("stat -c '%a %U %G' /root/.ssh /root/.ssh/authorized_keys"
                      ).stdout.splitlines() == ["700 root root", "600 root root"]
@@ -56,42 +56,42 @@ def test_deploy_key_ends_up_on_exactly_one_line(access_host: Target, keys: Keys,
     assert again.ok, again.describe()
     assert again.changed == 0, again.describe()
     assert authorized_keys(host) == lines
-    login = ssh_run(access_host, "echo in", key_file=keys.orchestrator.path)
+    login = ssh_run(access_host, "echo in", key_file=ssh_keys.orchestrator.path)
     assert login.stdout.strip() == "in", login.stderr
 
 
 def test_deploy_key_for_another_user_through_the_runners_variables(access_host: Target,
-                                                                    keys: Keys) -> None:
+                                                                    ssh_keys: Keys) -> None:
     host = access_host.host
     host.exec("id deployer >/dev/null 2>&1 || useradd --create-home --shell /bin/sh deployer")
     # The names the runner passes as host variables.
-    variables = {"infra_orchestrator_public_key": keys.orchestrator.public,
+    variables = {"infra_orchestrator_public_key": ssh_keys.orchestrator.public,
                  "infra_deploy_key_user": "deployer"}
     result = run_play("provision_access.yml", access_host, variables)
     assert result.ok, result.describe()
-    assert authorized_keys(host, "/home/deployer") == [keys.orchestrator.public]
+    assert authorized_keys(host, "/home/deployer") == [ssh_keys.orchestrator.public]
     assert host.exec("stat -c '%a %U %G' /home/deployer/.ssh /home/deployer/.ssh/authorized_keys"
                      ).stdout.splitlines() == ["700 deployer deployer", "600 deployer deployer"]
-    login = ssh_run(access_host, "id -un", user="deployer", key_file=keys.orchestrator.path)
+    login = ssh_run(access_host, "id -un", user="deployer", key_file=ssh_keys.orchestrator.path)
     assert login.stdout.strip() == "deployer", login.stderr
 
 
-def test_revoked_key_is_removed_and_the_rest_kept(access_host: Target, keys: Keys,
+def test_revoked_key_is_removed_and_the_rest_kept(access_host: Target, ssh_keys: Keys,
                                                   tmp_path: Path) -> None:
     host = access_host.host
     old = make_key(tmp_path, "old-deploy")[1]
     host.write_file("/root/.ssh/authorized_keys",
-                    f"{keys.provisioner.public}\n{old}\n", mode="0600")
+                    f"{ssh_keys.provisioner.public}\n{old}\n", mode="0600")
     result = run_play("provision_access.yml", access_host, {
-        "deploy_key_public_key": keys.orchestrator.public,
+        "deploy_key_public_key": ssh_keys.orchestrator.public,
         "deploy_key_revoked_public_keys": [old]})
     assert result.ok, result.describe()
-    assert authorized_keys(host) == [keys.provisioner.public, keys.orchestrator.public]
+    assert authorized_keys(host) == [ssh_keys.provisioner.public, ssh_keys.orchestrator.public]
 
 
-def test_missing_user_fails_clearly(access_host: Target, keys: Keys) -> None:
+def test_missing_user_fails_clearly(access_host: Target, ssh_keys: Keys) -> None:
     result = run_play("provision_access.yml", access_host, {
-        "deploy_key_public_key": keys.orchestrator.public, "deploy_key_user": "ghost"})
+        "deploy_key_public_key": ssh_keys.orchestrator.public, "deploy_key_user": "ghost"})
     assert not result.ok
     assert "user 'ghost' does not exist" in result.failures[0]["msg"]
 
@@ -106,13 +106,13 @@ BAD_KEYS = {
 }
 
 
-def test_bad_keys_are_refused_before_the_server_is_touched(access_host: Target, keys: Keys
+def test_bad_keys_are_refused_before_the_server_is_touched(access_host: Target, ssh_keys: Keys
                                                            ) -> None:
     host = access_host.host
     before = host.exec("sha256sum /root/.ssh/authorized_keys").stdout
-    key = keys.orchestrator.public
+    key = ssh_keys.orchestrator.public
     body = key.split()[1]
-    bad = {name: shape.format(key=key, key2=keys.admin.public, body=body)
+    bad = {name: shape.format(key=key, key2=ssh_keys.admin.public, body=body)
            for name, shape in BAD_KEYS.items()}
     # One run checks them all: each is one item of the validation loop.
     result = run_play("provision_access.yml", access_host, {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.ansible.conftest import ROOT_PASSWORD, Keys
-from tests.ansible.playrun import Target, run_play, ssh_run
+from tests.ansible.playrun import CommandLineWatch, Target, run_play, ssh_run
 from tests.support.hosts import vps_host
 
 pytestmark = pytest.mark.hosts
@@ -18,17 +18,18 @@ NEW_PORT = 2222
 SSH_TAGS = "firewall,ssh"  # the roles involved; Docker is not needed here
 
 
-def test_without_a_working_key_passwords_stay_on(tmp_path: Path, keys: Keys) -> None:
+def test_without_a_working_key_passwords_stay_on(tmp_path: Path, ssh_keys: Keys) -> None:
     """A fresh VPS reached by password only, with no key of ours on it: the play refuses to
     turn passwords off, and password login still works afterwards."""
     with vps_host(privileged=False, name_prefix="infra-nolock") as host:
         host.set_root_password(ROOT_PASSWORD)
         target = Target(host=host, workdir=tmp_path, port=host.ssh_port,
-                        key_file=keys.stranger.path, password=ROOT_PASSWORD)
+                        key_file=ssh_keys.stranger.path, password=ROOT_PASSWORD)
         target.trust_host_key()
         config_before = host.exec("sha256sum /etc/ssh/sshd_config").stdout
 
-        result = run_play("setup_server.yml", target, tags="ssh")
+        with CommandLineWatch(ROOT_PASSWORD) as watch:
+            result = run_play("setup_server.yml", target, tags="ssh")
 
         assert not result.ok
         assert "so password authentication stays on" in result.failures[-1]["msg"]
@@ -36,6 +37,7 @@ def test_without_a_working_key_passwords_stay_on(tmp_path: Path, keys: Keys) -> 
         assert "passwordauthentication yes" in host.exec("sshd -T").stdout
         still = ssh_run(target, "echo in", password=ROOT_PASSWORD)
         assert still.stdout.strip() == "in", still.stderr
+        assert watch.hits == [], "the password showed on a command line"
 
 
 def socket_activated(host) -> None:  # type: ignore[no-untyped-def]
@@ -44,13 +46,13 @@ def socket_activated(host) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(params=["service", "socket"])
-def moving_host(request: pytest.FixtureRequest, tmp_path: Path, keys: Keys) -> Iterator[Target]:
+def moving_host(request: pytest.FixtureRequest, tmp_path: Path, ssh_keys: Keys) -> Iterator[Target]:
     with vps_host(privileged=False, publish=(NEW_PORT,), name_prefix="infra-port") as host:
-        host.authorize_key(keys.provisioner.public)
+        host.authorize_key(ssh_keys.provisioner.public)
         if request.param == "socket":
             socket_activated(host)
         target = Target(host=host, workdir=tmp_path, port=host.ssh_port,
-                        key_file=keys.provisioner.path)
+                        key_file=ssh_keys.provisioner.path)
         target.trust_host_key()
         yield target
 
