@@ -306,6 +306,7 @@ class Job:
         s = self.settings
         message = self.ctx.message
         host_vars = {
+            **s.play_vars,
             "ansible_host": server.address,
             "ansible_port": server.ssh_port,
             "ansible_user": server.ssh_user,
@@ -321,7 +322,7 @@ class Job:
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
                                   client.control_dir, host_vars, self.handle)
         played: PlayOutcome = await run_playbooks(
-            env, s.playbooks_for(message.is_recovery), budget=s.play_timeout,
+            env, s.playbooks_for(message.is_recovery), budget=s.play_budget,
             cancelled=self.ctx.cancelled, context=self.ctx.log_context, redact=self.ctx.redact)
         self.details["play_seconds"] = round(played.duration, 3)
         self.details.update(played.details)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,7 +18,20 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runner_image.deploy_key import USER_PATTERN, InvalidPublicKey, parse_public_key
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_PLAY_PROJECT_DIR = PACKAGE_DIR.parent / "ansible"
+IMAGE_PLAY_PROJECT_DIR = Path("/opt/infra-service/ansible")
+# Deadline margin: the runner ends its plays this long before Kubernetes would kill the pod,
+# so that it still writes the status and the result itself.
+DEADLINE_MARGIN_SECONDS = 60.0
+
+
+def _default_play_project_dir() -> Path:
+    """``ansible/`` of a source checkout, else where the runner image puts it (beside an
+    installed package, ``ansible`` would be ansible-core's own package)."""
+    beside = PACKAGE_DIR.parent / "ansible"
+    return beside if (beside / "playbooks").is_dir() else IMAGE_PLAY_PROJECT_DIR
+
+
+DEFAULT_PLAY_PROJECT_DIR = _default_play_project_dir()
 MAX_SCRATCH_PATH = 37
 DEFAULT_RECOVERY_PLAYBOOKS = ["playbooks/recovery_disk_space.yml", "playbooks/recovery_docker.yml"]
 
@@ -97,6 +110,16 @@ class RunnerSettings(BaseSettings):
         default=1500.0, gt=0,
         description="Seconds for all plays of a run; keep below the Job's activeDeadlineSeconds",
     )
+    job_active_deadline_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Set by the dispatcher: the Job's activeDeadlineSeconds; the play budget "
+        f"is capped {int(DEADLINE_MARGIN_SECONDS)} s below it",
+    )
+    play_vars: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra play variables as a JSON object (public values only, e.g. "
+        "firewall ports or docker_storage_driver); the runner's own infra_* variables win",
+    )
     play_project_dir: Path = Field(
         default=DEFAULT_PLAY_PROJECT_DIR, description="Ansible project directory (has ansible.cfg)"
     )
@@ -171,6 +194,14 @@ class RunnerSettings(BaseSettings):
             raise ValueError(f"path is too long for SSH control sockets "
                              f"(at most {MAX_SCRATCH_PATH} characters)")
         return path
+
+    @property
+    def play_budget(self) -> float:
+        """Seconds all plays may take: PLAY_TIMEOUT, capped below the Job's deadline."""
+        if self.job_active_deadline_seconds is None:
+            return self.play_timeout
+        return max(30.0, min(self.play_timeout,
+                             self.job_active_deadline_seconds - DEADLINE_MARGIN_SECONDS))
 
     def playbooks_for(self, recovery: bool) -> list[Path]:
         names = self.recovery_playbooks if recovery else [self.setup_playbook]
