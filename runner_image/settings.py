@@ -33,7 +33,8 @@ def _default_play_project_dir() -> Path:
 
 DEFAULT_PLAY_PROJECT_DIR = _default_play_project_dir()
 MAX_SCRATCH_PATH = 37
-DEFAULT_RECOVERY_PLAYBOOKS = ["playbooks/recovery_disk_space.yml", "playbooks/recovery_docker.yml"]
+# Docker first: pruning images and build cache needs a daemon that answers.
+DEFAULT_RECOVERY_PLAYBOOKS = ["playbooks/recovery_docker.yml", "playbooks/recovery_disk_space.yml"]
 
 # Every variable that may hold a secret; removed from os.environ after loading.
 SECRET_VARIABLES = (

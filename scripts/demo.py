@@ -188,9 +188,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setup-playbook", help="another play than playbooks/setup_server.yml")
-    parser.add_argument("--play-vars", type=json.loads, default={"docker_storage_driver": "vfs"},
-                        help="JSON of play variables (default: vfs storage for Docker in a "
-                             "container host)")
+    parser.add_argument("--play-vars", type=json.loads, default={
+        "docker_storage_driver": "vfs",
+        "docker_daemon_extra_options": {"default-cgroupns-mode": "private"}},
+        help="JSON of play variables (default: what Docker needs inside a container host)")
     raise SystemExit(asyncio.run(demo(parser.parse_args())))
 
 

@@ -118,7 +118,7 @@ def test_bad_keys_are_refused_before_the_server_is_touched(access_host: Target, 
     result = run_play("provision_access.yml", access_host, {
         "deploy_key_public_key": key, "deploy_key_additional_public_keys": list(bad.values())})
     assert not result.ok
-    refused = {event["event_data"]["res"]["deploy_key_line"]: event["event_data"]["res"]["msg"]
+    refused = {event["event_data"]["res"]["authorized_keys_line"]: event["event_data"]["res"]["msg"]
                for event in result.events if event["event"] == "runner_item_on_failed"}
     for name, line in bad.items():
         assert line in refused, f"{name} was accepted: {line!r}"
