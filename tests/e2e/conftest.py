@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -31,6 +31,7 @@ from tests.e2e.support import (
     RUNNER_SECRET,
     Cluster,
     ServerDb,
+    StartDispatcher,
 )
 from tests.runner.conftest import Keypair, make_keypair
 from tests.support.hosts import Host, vps_host
@@ -38,8 +39,6 @@ from tests.support.provider_api import ProviderApi, provider_api
 from tests.support.services import PostgresServer, RedisServer
 
 HOSTS = 2
-
-StartDispatcher = Callable[..., DispatcherProcess]
 
 
 @pytest.fixture(scope="package")
@@ -90,6 +89,17 @@ def _secret(name: str, data: dict[str, str]) -> dict[str, object]:
             "type": "Opaque", "stringData": data}
 
 
+def _leak_probes(*secrets: dict[str, str]) -> list[str]:
+    """Every secret value, and each line of multi-line ones (a leaked part of a key)."""
+    probes = []
+    for values in secrets:
+        for value in values.values():
+            probes += [value] if value else []
+            probes += [line for line in value.splitlines()
+                       if len(line) >= 16 and "PRIVATE KEY" not in line]
+    return probes
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, pg_srv: PostgresServer, redis_srv: RedisServer,
             ssh_keys: dict[str, Keypair], provider: ProviderApi) -> Iterator[Cluster]:
@@ -106,8 +116,7 @@ def cluster(tmp_path: Path, pg_srv: PostgresServer, redis_srv: RedisServer,
         node_client = k8s.emulator.api_client()
         try:
             with NodeAgent(node_client, NAMESPACE, mounts={PLAYS_MOUNT: PLAYS}) as node:
-                yield Cluster(k8s, node, [v for v in (*runner_secrets.values(),
-                                                      *provider_secrets.values()) if v])
+                yield Cluster(k8s, node, _leak_probes(runner_secrets, provider_secrets))
         finally:
             node_client.close()
         assert not node.errors, f"the node agent failed: {node.errors}"

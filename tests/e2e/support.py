@@ -3,8 +3,10 @@ node agent) and the waits on what the Scheduler would read (provisioner:results)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import redis.asyncio as aioredis
 
 from dispatcher.keys import Keys
 from tests.dispatcher.kube_support import NAMESPACE, Kube
-from tests.dispatcher.support import results, wait_until
+from tests.dispatcher.support import DispatcherProcess, results, wait_until
 from tests.e2e.node_agent import NodeAgent
 from tests.runner.conftest import base_process_env, run_cli
 from tests.support.services import PostgresServer
@@ -26,6 +28,9 @@ DB_NAME = "e2e_tests"
 RUNNER_SECRET = "infra-runner"
 PROVIDER_SECRET = "infra-provider"
 RESULT_TIMEOUT = 240  # a loaded 2-core machine runs a few runner containers at once
+
+# start_dispatcher(runner_env=..., secret_env=..., replica=..., **DISPATCHER_VARIABLES)
+StartDispatcher = Callable[..., DispatcherProcess]
 
 
 def unique(prefix: str) -> str:
@@ -125,3 +130,10 @@ async def wait_for_results(redis: aioredis.Redis, request_ids: list[str],
 
     return await wait_until(all_there, timeout=timeout, interval=0.2,
                             what=f"results of {request_ids}")
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Polls a blocking ``predicate`` (in a thread) until it returns something true."""
+    async def check() -> Any:
+        return await asyncio.to_thread(predicate)
+    return await wait_until(check, timeout=timeout, interval=0.2, what=what)

@@ -13,16 +13,22 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.keys import Keys
-from tests.dispatcher.support import DispatcherProcess, message, metric_value, wait_until
-from tests.e2e.conftest import StartDispatcher
+from tests.dispatcher.kube_support import NAMESPACE
+from tests.dispatcher.support import DispatcherProcess, message, metric_value
 from tests.e2e.node_agent import ContainerRun
-from tests.e2e.support import RUNNER_SECRET, Cluster, ServerDb, unique, wait_for_results
+from tests.e2e.support import (
+    RUNNER_SECRET,
+    Cluster,
+    ServerDb,
+    StartDispatcher,
+    unique,
+    wait_for,
+    wait_for_results,
+)
 from tests.runner.conftest import Keypair
 from tests.support.hosts import Host
 from tests.support.provider_api import ProviderApi
 from tests.support.services import free_port
-
-pytestmark = pytest.mark.hosts
 
 
 async def push(redis: aioredis.Redis, handle: str, request_id: str, **flags: bool) -> None:
@@ -31,20 +37,18 @@ async def push(redis: aioredis.Redis, handle: str, request_id: str, **flags: boo
 
 async def finished_job(cluster: Cluster, name: str) -> dict[str, Any]:
     """The Job once the node wrote its final status (the runner reports before it exits)."""
-    async def done() -> dict[str, Any] | None:
-        job = await asyncio.to_thread(cluster.job, name)
+    def done() -> dict[str, Any] | None:
+        job = cluster.job(name)
         conditions = {c["type"] for c in job["status"].get("conditions") or []
                       if c["status"] == "True"}
         return job if conditions & {"Complete", "Failed"} else None
-    return await wait_until(done, timeout=60, interval=0.1, what=f"Job {name} finished")
+    return await wait_for(done, timeout=60, what=f"Job {name} finished")
 
 
 async def metric_reaches(dispatcher: DispatcherProcess, name: str, value: float,
                          labels: str = "") -> None:
-    async def reached() -> bool:
-        text = await asyncio.to_thread(dispatcher.metrics)
-        return metric_value(text, name, labels) == value
-    await wait_until(reached, timeout=60, interval=0.2, what=f"{name}{labels} == {value}")
+    await wait_for(lambda: metric_value(dispatcher.metrics(), name, labels) == value,
+                   timeout=60, what=f"{name}{labels} == {value}")
 
 
 def trace(host: Host, handle: str) -> list[str]:
@@ -72,6 +76,7 @@ def assert_no_secret(cluster: Cluster, *texts: str) -> None:
             assert value not in text, "a secret value reached a log line or a result"
 
 
+@pytest.mark.hosts
 async def test_setup(start_dispatcher: StartDispatcher, cluster: Cluster, hosts: list[Host],
                      server_db: ServerDb, redis_client: aioredis.Redis,
                      ssh_keys: dict[str, Keypair]) -> None:
@@ -114,6 +119,7 @@ async def test_setup(start_dispatcher: StartDispatcher, cluster: Cluster, hosts:
     assert_no_secret(cluster, dispatcher.logs(), json.dumps(result))
 
 
+@pytest.mark.hosts
 async def test_recovery(start_dispatcher: StartDispatcher, cluster: Cluster, hosts: list[Host],
                         server_db: ServerDb, redis_client: aioredis.Redis) -> None:
     host, handle, rid = hosts[0], unique("recover"), unique("req")
@@ -130,6 +136,7 @@ async def test_recovery(start_dispatcher: StartDispatcher, cluster: Cluster, hos
     assert job["metadata"]["labels"]["infra-service.io/action"] == "recovery"
 
 
+@pytest.mark.hosts
 async def test_force_reinstall_through_the_provider_api(
         start_dispatcher: StartDispatcher, cluster: Cluster, hosts: list[Host],
         server_db: ServerDb, redis_client: aioredis.Redis, provider: ProviderApi,
@@ -184,6 +191,7 @@ async def test_unreachable_server(start_dispatcher: StartDispatcher, cluster: Cl
     assert list(await wait_for_results(redis_client, [rid])) == [rid]
 
 
+@pytest.mark.hosts
 async def test_failing_play(start_dispatcher: StartDispatcher, cluster: Cluster,
                             hosts: list[Host], server_db: ServerDb,
                             redis_client: aioredis.Redis) -> None:
@@ -210,6 +218,37 @@ async def test_failing_play(start_dispatcher: StartDispatcher, cluster: Cluster,
     assert list(await wait_for_results(redis_client, [rid])) == [rid]
 
 
+@pytest.mark.hosts
+async def test_deleting_a_running_job_stops_its_runner(
+        start_dispatcher: StartDispatcher, cluster: Cluster, hosts: list[Host],
+        server_db: ServerDb, redis_client: aioredis.Redis) -> None:
+    host, handle, rid = hosts[1], unique("deleted"), unique("req")
+    server_db.register(handle, host.address, host.ssh_port)
+    start_dispatcher(runner_env={"E2E_PLAY_SECONDS": "60"})
+    await push(redis_client, handle, rid)
+    started = f"start setup {rid}"
+    await wait_for(lambda: started in host.exec(f"cat /var/lib/infra-e2e/{handle}.log",
+                                                check=False).stdout,
+                   timeout=120, what="the play running on the server")
+
+    # kubectl delete job <name>: the pod goes, and the kubelet stops its container.
+    (job,) = cluster.objects("jobs")
+    await asyncio.to_thread(cluster.batch.delete_namespaced_job, job["metadata"]["name"],
+                            NAMESPACE, propagation_policy="Background")
+    result = (await wait_for_results(redis_client, [rid]))[rid]
+    # Whoever comes first reports: the dispatcher (the Job is gone) or the cancelled runner.
+    assert (result["status"], result["error"]["kind"]) in \
+        {("failed", "job_deleted"), ("failed", "cancelled")}, result
+    (run,) = cluster.node.runs
+    await wait_for(lambda: run.finished is not None, timeout=60,
+                   what="the runner container ended")
+    assert run.exit_code == 15  # SIGTERM: the runner cancelled its play, not killed
+    row = await server_db.row(handle)
+    assert row["status"] == "FAILED" and "cancel" in row["status_reason"]
+    assert f"end setup {rid}" not in trace(host, handle)
+    assert list(await wait_for_results(redis_client, [rid])) == [rid]
+
+
 async def test_image_that_does_not_exist(start_dispatcher: StartDispatcher, cluster: Cluster,
                                          server_db: ServerDb,
                                          redis_client: aioredis.Redis) -> None:
@@ -225,23 +264,17 @@ async def test_image_that_does_not_exist(start_dispatcher: StartDispatcher, clus
         ("failed", "dispatcher", "image_pull"), result
     assert image in result["error"]["message"]
     # The stuck Job is deleted, nothing ran, the server is untouched and free again.
-    await wait_until(lambda: asyncio.to_thread(lambda: not cluster.objects("jobs")),
-                     timeout=30, what="stuck Job deleted")
+    await wait_for(lambda: not cluster.objects("jobs"), timeout=30, what="stuck Job deleted")
     assert cluster.node.runs == []
     assert (await server_db.row(handle))["status"] == "NEW"
     assert await redis_client.hlen(Keys().inflight) == 0
     events = cluster.objects("events")
     assert any(e["reason"] == "Pulling" and image in e["message"] for e in events)
     assert {"Failed", "BackOff"} <= {e["reason"] for e in events}
-    reasons = {"ErrImagePull", "ImagePullBackOff"}
-    await wait_until(lambda: _failed_total(dispatcher, reasons), timeout=30,
-                     what="infra_jobs_failed_total for the image pull")
-
-
-async def _failed_total(dispatcher: DispatcherProcess, reasons: set[str]) -> bool:
-    text = await asyncio.to_thread(dispatcher.metrics)
-    return sum(metric_value(text, "infra_jobs_failed_total", f'{{reason="{r}"}}')
-               for r in reasons) == 1
+    await wait_for(lambda: sum(metric_value(dispatcher.metrics(), "infra_jobs_failed_total",
+                                            f'{{reason="{reason}"}}')
+                               for reason in ("ErrImagePull", "ImagePullBackOff")) == 1,
+                   timeout=30, what="infra_jobs_failed_total for the image pull")
 
 
 async def test_missing_secret_key_is_a_container_config_error(
@@ -262,6 +295,7 @@ async def test_missing_secret_key_is_a_container_config_error(
     assert (await server_db.row(handle))["status"] == "NEW"
 
 
+@pytest.mark.hosts
 async def test_two_messages_for_one_server_run_one_after_the_other(
         start_dispatcher: StartDispatcher, cluster: Cluster, hosts: list[Host],
         server_db: ServerDb, redis_client: aioredis.Redis) -> None:
@@ -285,6 +319,7 @@ async def test_two_messages_for_one_server_run_one_after_the_other(
     assert metric_value(dispatcher.metrics(), "infra_messages_waiting_total") == 1
 
 
+@pytest.mark.hosts
 async def test_ten_servers_with_an_in_flight_cap_of_three(
         start_dispatcher: StartDispatcher, cluster: Cluster, hosts: list[Host],
         server_db: ServerDb, redis_client: aioredis.Redis) -> None:
@@ -294,7 +329,7 @@ async def test_ten_servers_with_an_in_flight_cap_of_three(
         host = hosts[i % len(hosts)]
         server_db.register(handle, host.address, host.ssh_port)
     dispatcher = start_dispatcher(DISPATCHER_MAX_IN_FLIGHT="3",
-                                  runner_env={"E2E_PLAY_SECONDS": "1"})
+                                  runner_env={"E2E_PLAY_SECONDS": "0"})
     await redis_client.lpush(Keys().queue, *[message(h, rids[h]) for h in handles])
 
     got = await wait_for_results(redis_client, list(rids.values()), timeout=420)
@@ -308,6 +343,7 @@ async def test_ten_servers_with_an_in_flight_cap_of_three(
     await metric_reaches(dispatcher, "infra_jobs_succeeded_total", 10)
 
 
+@pytest.mark.hosts
 async def test_dispatcher_restart_in_the_middle(
         start_dispatcher: StartDispatcher, cluster: Cluster, hosts: list[Host],
         server_db: ServerDb, redis_client: aioredis.Redis) -> None:
@@ -321,13 +357,12 @@ async def test_dispatcher_restart_in_the_middle(
     await redis_client.lpush(Keys().queue, *[message(h, rids[h]) for h in handles])
     node = cluster.node
 
-    await wait_until(lambda: _async(len(node.running()) == 2), timeout=120,
-                     what="two runners running")
+    await wait_for(lambda: len(node.running()) == 2, timeout=120, what="two runners running")
     first.kill()  # SIGKILL: no shutdown of any kind
     adopted = {r.job_name for r in node.running()}
     # One Job ends while no dispatcher watches; the other is still running at the restart.
-    await wait_until(lambda: _async(any(r.finished for r in node.runs)), timeout=120,
-                     what="a runner finished during the outage")
+    await wait_for(lambda: any(r.finished for r in node.runs), timeout=120,
+                   what="a runner finished during the outage")
     second = start_dispatcher(**settings)
 
     got = await wait_for_results(redis_client, list(rids.values()), timeout=300)
@@ -344,7 +379,3 @@ async def test_dispatcher_restart_in_the_middle(
                           if e.get("event") == "Job finished"}
     assert adopted <= finished_by_second
     assert await redis_client.llen(Keys().results) == 4  # one result per server, no more
-
-
-async def _async(value: bool) -> bool:
-    return value
