@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -168,12 +169,17 @@ async def demo(args: argparse.Namespace) -> int:
                 env={**os.environ, "PGPASSWORD": pg.password}, capture_output=True, text=True)
             say("the server's row in PostgreSQL:")
             print(row.stdout or row.stderr)
-            say("look further (while the demo runs, or re-run it):")
-            print(f"  python -m dispatcher status     # with REDIS_URL={redis_srv.url}\n"
-                  f"  python -m dispatcher results -n 5\n"
-                  f"  ssh -p {host.ssh_port} -i <deploy key> root@127.0.0.1   "
-                  "# the deploy key now works\n"
+            say("look further" + (" (until Ctrl-C):" if args.keep else
+                                  " (re-run with --keep to keep everything up):"))
+            print(f"  REDIS_URL={redis_srv.url} REDIS_PASSWORD=<in the demo's env> "
+                  "python -m dispatcher status   # or: results -n 5\n"
+                  f"  ssh -p {host.ssh_port} -i {workdir}/orchestrator-deploy "
+                  "root@127.0.0.1   # the Orchestrator's deploy key now works\n"
+                  f"  podman exec -it {host.name} bash   # the provisioned host\n"
                   f"  logs: {workdir}/dispatcher-and-runner.log")
+            if args.keep:
+                with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+                    await asyncio.Event().wait()
             return 0 if result.get("status") == "succeeded" else 1
         finally:
             await redis.aclose()
@@ -187,6 +193,8 @@ async def demo(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep Redis, PostgreSQL, the host and the dispatcher until Ctrl-C")
     parser.add_argument("--setup-playbook", help="another play than playbooks/setup_server.yml")
     parser.add_argument("--play-vars", type=json.loads, default={
         "docker_storage_driver": "vfs",
