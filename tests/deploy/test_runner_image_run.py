@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,6 +22,7 @@ from dispatcher.keys import Keys
 from tests.deploy.chart import job_from_chart, render
 from tests.deploy.images import Image, run
 from tests.support.hosts import Host, vps_host
+from tests.support.keys import Keypair, make_keypair
 from tests.support.services import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.hosts
@@ -36,31 +34,9 @@ SECRET_NAME = "infra-service-test"
 PLAYBOOK = "playbooks/provision_access.yml"
 
 
-@dataclass(frozen=True)
-class Keypair:
-    private: str
-    public: str
-
-
-def make_keypair(directory: Path, name: str) -> Keypair:
-    path = directory / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
-                   check=True)
-    return Keypair(path.read_text(), path.with_suffix(".pub").read_text().strip())
-
-
 @pytest.fixture(scope="module")
 def database(pg_srv: PostgresServer) -> str:
-    async def create() -> None:
-        conn = await asyncpg.connect(pg_srv.dsn(), password=pg_srv.password)
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB_NAME):
-                await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return pg_srv.dsn(DB_NAME)
+    return pg_srv.ensure_database(DB_NAME)
 
 
 @pytest.fixture(scope="module")

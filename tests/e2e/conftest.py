@@ -8,13 +8,11 @@ configured the way the Helm chart configures them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import kubernetes.client
 import pytest
 import redis.asyncio as aioredis
@@ -33,8 +31,8 @@ from tests.e2e.support import (
     ServerDb,
     StartDispatcher,
 )
-from tests.runner.conftest import Keypair, make_keypair
 from tests.support.hosts import Host, vps_host
+from tests.support.keys import Keypair, make_keypair
 from tests.support.provider_api import ProviderApi, provider_api
 from tests.support.services import PostgresServer, RedisServer
 
@@ -54,15 +52,7 @@ def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Keypair]:
 
 @pytest.fixture(scope="package")
 def server_db(pg_srv: PostgresServer) -> ServerDb:
-    async def create() -> None:
-        conn = await asyncpg.connect(pg_srv.dsn(), password=pg_srv.password)
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB_NAME):
-                await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    pg_srv.ensure_database(DB_NAME)
     db = ServerDb(pg_srv)
     db.migrate()
     return db

@@ -3,7 +3,6 @@ subprocess with the environment the dispatcher gives it (the real interface)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.keys import Keys
+from tests.support.keys import Keypair, make_keypair
 from tests.support.provider_api import ProviderApi, provider_api
 from tests.support.services import PostgresServer, RedisServer
 
@@ -28,23 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYS = Path(__file__).resolve().parent / "plays"
 CREDENTIALS_KEY = "credentials-key-for-tests-7f3a"
 DB_NAME = "runner_tests"
-
-
-@dataclass(frozen=True)
-class Keypair:
-    private: str
-    public: str
-
-    @property
-    def body(self) -> str:
-        return self.public.split()[1]
-
-
-def make_keypair(directory: Path, name: str) -> Keypair:
-    path = directory / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
-                   check=True)
-    return Keypair(path.read_text(), (directory / f"{name}.pub").read_text().strip())
 
 
 @pytest.fixture(scope="session")
@@ -106,15 +89,7 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60
 
 @pytest.fixture(scope="session")
 def runner_db(pg_srv: PostgresServer) -> RunnerDb:
-    async def create() -> None:
-        conn = await asyncpg.connect(pg_srv.dsn(), password=pg_srv.password)
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB_NAME):
-                await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    pg_srv.ensure_database(DB_NAME)
     db = RunnerDb(pg_srv)
     done = run_cli(["migrate"], {**base_process_env(), **db_env(db)})
     assert done.returncode == 0, done.stderr

@@ -6,6 +6,7 @@ If REDIS_TEST_URL / POSTGRES_TEST_DSN are set, those running servers are used in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -17,6 +18,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncpg
 
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15")]
 
@@ -78,6 +81,19 @@ class PostgresServer:
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def ensure_database(self, name: str) -> str:
+        """Create database ``name`` unless it exists; returns its DSN."""
+        async def create() -> None:
+            conn = await asyncpg.connect(self.dsn(), password=self.password)
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                    await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return self.dsn(name)
 
 
 def _pg_bin() -> Path:
