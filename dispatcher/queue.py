@@ -274,9 +274,6 @@ class QueueStore:
         await self._ack(keys=[self.processing, self.keys.inflight],
                         args=[v for item in batch for v in item])
 
-    async def ack(self, raw: str, handle: str, request_id: str) -> None:
-        await self.ack_many([(raw, handle, request_id)])
-
     async def release(self, handle: str, request_id: str) -> bool:
         """Free the server's slot if ``request_id`` holds it; True if this call freed it."""
         freed = await self._release(

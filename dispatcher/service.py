@@ -88,11 +88,6 @@ class Dispatcher:
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
-    def ready(self) -> bool:
-        return (self.started and self.redis_ok and self.executor.healthy
-                and not self.launch_failing)
-
-    @property
     def alive(self) -> bool:
         return not any(t.done() and not t.cancelled() for t in self._loops)
 

@@ -62,7 +62,6 @@ class KubernetesExecutor:
         self._started: set[str] = set()  # Jobs whose pod got past Pending
         self._synced = {"jobs": False, "pods": False}
         self._watch_ok = {"jobs": False, "pods": False}
-        self._api_ok = True
         self._watches: list[ListWatch] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._first_sync = asyncio.Event()
@@ -99,17 +98,12 @@ class KubernetesExecutor:
 
     @property
     def healthy(self) -> bool:
-        return self._api_ok and all(self._watch_ok.values())
-
-    def mark_api(self, ok: bool) -> None:
-        self._api_ok = ok
+        return all(self._watch_ok.values())
 
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
         body = build_job(message, self.settings, self.template)
-        created = await create_job(self.kube, self.namespace, body)
-        self._api_ok = True
-        return created
+        return await create_job(self.kube, self.namespace, body)
 
     async def delete(self, job_name: str) -> None:
         await delete_job(self.kube, self.namespace, job_name)
