@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,14 +128,9 @@ class ListWatch:
         )
         self._response = response
         started = time.monotonic()
-        buffer = b""
         try:
-            for chunk in response.stream(65536, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        version = self._event(json.loads(line), version)
+            for event in watch_events(response):
+                version = self._event(event, version)
                 if self._stop.is_set():
                     break
         finally:
@@ -156,6 +151,16 @@ class ListWatch:
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             self.deliver(Change(self.kind, kind, obj))
         return new_version
+
+
+def watch_events(response: Any) -> Iterator[dict[str, Any]]:
+    """The JSON events of a raw (``_preload_content=False``) watch response, as they arrive."""
+    buffer = b""
+    for chunk in response.stream(65536, decode_content=True):
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
 
 
 def threadsafe_deliver(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Sync | Change]

@@ -38,6 +38,7 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.rest import ApiException
 
+from dispatcher.kube.watching import watch_events
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 from tests.deploy.images import Image, run_command
 from tests.e2e.pod_env import ContainerConfigError, resolve_env, secret_data
@@ -159,14 +160,9 @@ class NodeAgent:
             self.namespace, watch=True, resource_version=version, allow_watch_bookmarks=True,
             timeout_seconds=30, _preload_content=False, _request_timeout=(5, 60))
         self._response = response
-        buffer = b""
         try:
-            for chunk in response.stream(65536, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        version = self._on_event(json.loads(line), version)
+            for event in watch_events(response):
+                version = self._on_event(event, version)
         finally:
             self._response = None
             response.release_conn()
