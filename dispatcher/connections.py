@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatcher.keys import Keys
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 
 class RedisSettings(BaseSettings):
@@ -43,6 +43,13 @@ def create_redis(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> a
 
     ``blocking_timeout`` extends the socket timeout for clients that issue blocking pops.
     """
+    # Imported here: the runner loads settings long before it talks to Redis (at the end).
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     return aioredis.Redis.from_url(
         settings.url,
         password=settings.password.get_secret_value() if settings.password else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -123,9 +124,28 @@ async def _register(args: argparse.Namespace) -> int:
 
 
 # -- run ----------------------------------------------------------------------------------------
-async def _run() -> int:
-    from runner_image.report import build_entry, publish
+def _preload(*modules: str) -> None:
+    """Import what the run needs later (reporting, ansible-runner) in a thread, so that it
+    overlaps the steps that wait on the network instead of delaying the first one."""
+    def load() -> None:
+        for name in modules:
+            importlib.import_module(name)
 
+    threading.Thread(target=load, name="preload", daemon=True).start()
+
+
+async def _publish(redis_settings: RedisSettings, entry: ResultEntry, *, attempts: int,
+                   backoff: float) -> None:
+    from runner_image.report import publish
+
+    redis = create_redis(redis_settings)
+    try:
+        await publish(redis, redis_settings.keys, entry, attempts=attempts, backoff=backoff)
+    finally:
+        await redis.aclose()
+
+
+async def _run() -> int:
     t0 = time.monotonic()
     started_at = now()
     job_name = os.environ.get("JOB_NAME") or None
@@ -139,64 +159,65 @@ async def _run() -> int:
         log.error("configuration error; cannot report", extra={
             "error": describe_validation_error(exc, "REDIS_")})
         return ExitCode.REJECTED
-    redis = create_redis(redis_settings)
+    _preload("runner_image.report", "ansible_runner")
 
     async def report_only(outcome: out.Outcome, message: ProvisionerMessage | None,
                           request_id: str | None, handle: str | None) -> int:
+        from runner_image.report import build_entry
+
         entry = build_entry(outcome, request_id=request_id, handle=handle,
                             action=message.action if message else None, job_name=job_name,
                             started_at=started_at, duration=time.monotonic() - t0, redact=redact)
         try:
-            await publish(redis, redis_settings.keys, entry, attempts=3, backoff=0.5)
+            await _publish(redis_settings, entry, attempts=3, backoff=0.5)
         except Exception as exc:
             log.error("could not publish the result", extra={"error": str(exc)})
             return ExitCode.COULD_NOT_REPORT
         return outcome.exit_code
 
+    raw = os.environ.get("PROVISIONER_MESSAGE")
+    if not raw:
+        log.error("PROVISIONER_MESSAGE is not set; nothing to do")
+        return ExitCode.REJECTED
     try:
-        raw = os.environ.get("PROVISIONER_MESSAGE")
-        if not raw:
-            log.error("PROVISIONER_MESSAGE is not set; nothing to do")
-            return ExitCode.REJECTED
+        message = parse_message(raw)
+    except InvalidMessage as exc:
+        context.update(server_handle=exc.server_handle, request_id=exc.request_id)
+        log.error("invalid message", extra={"reason": exc.reason, "error": exc.detail})
+        return await report_only(out.rejected("invalid_message", exc.detail), None,
+                                 exc.request_id, exc.server_handle)
+    message = message.with_identity()
+    context.update(server_handle=message.server_handle, request_id=message.request_id)
+    problems: list[str] = []
+    loaded: dict[type, object] = {}
+    for cls in (RunnerSettings, DatabaseSettings):  # name every bad variable at once
         try:
-            message = parse_message(raw)
-        except InvalidMessage as exc:
-            context.update(server_handle=exc.server_handle, request_id=exc.request_id)
-            log.error("invalid message", extra={"reason": exc.reason, "error": exc.detail})
-            return await report_only(out.rejected("invalid_message", exc.detail), None,
-                                     exc.request_id, exc.server_handle)
-        message = message.with_identity()
-        context.update(server_handle=message.server_handle, request_id=message.request_id)
-        problems: list[str] = []
-        loaded: dict[type, object] = {}
-        for cls in (RunnerSettings, DatabaseSettings):  # name every bad variable at once
-            try:
-                loaded[cls] = load(cls)
-            except ConfigError as exc:
-                problems.append(str(exc))
-        if problems:
-            text = "; ".join(problems)
-            log.error("configuration error", extra={"error": text})
-            return await report_only(out.rejected("config_error", f"configuration: {text}"),
-                                     message, message.request_id, message.server_handle)
-        settings = loaded[RunnerSettings]
-        db_settings = loaded[DatabaseSettings]
-        assert isinstance(settings, RunnerSettings) and isinstance(db_settings, DatabaseSettings)
-        logging.getLogger().setLevel(settings.log_level.upper())
-        scrub_secret_environment()
-        return await _run_job(message, settings, db_settings, job_name, redact, redis,
-                              redis_settings, started_at, t0)
-    finally:
-        await redis.aclose()
+            loaded[cls] = load(cls)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        text = "; ".join(problems)
+        log.error("configuration error", extra={"error": text})
+        return await report_only(out.rejected("config_error", f"configuration: {text}"),
+                                 message, message.request_id, message.server_handle)
+    settings = loaded[RunnerSettings]
+    db_settings = loaded[DatabaseSettings]
+    assert isinstance(settings, RunnerSettings) and isinstance(db_settings, DatabaseSettings)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    scrub_secret_environment()
+    return await _run_job(message, settings, db_settings, job_name, redact, redis_settings,
+                          started_at, t0)
 
 
 async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
                    db_settings: DatabaseSettings, job_name: str | None,
-                   redact: redaction.Redactor, redis: object, redis_settings: RedisSettings,
+                   redact: redaction.Redactor, redis_settings: RedisSettings,
                    started_at: object, t0: float) -> int:
     from runner_image.job import Job, RunContext, open_store
-    from runner_image.report import build_entry, publish, write_status
+    from runner_image.reaping import become_subreaper
+    from runner_image.report import build_entry, write_status
 
+    become_subreaper()  # processes the play orphans are stopped at the end of the run
     cancelled = threading.Event()
     ctx = RunContext(message, settings, db_settings, job_name, redact, cancelled)
     log.info("run started", extra={"action": message.action.value})
@@ -248,8 +269,7 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
             action=message.action, job_name=job_name, started_at=started_at,  # type: ignore[arg-type]
             duration=time.monotonic() - t0, redact=redact)
         try:
-            await publish(redis, redis_settings.keys, entry, attempts=attempts,  # type: ignore[arg-type]
-                          backoff=backoff)
+            await _publish(redis_settings, entry, attempts=attempts, backoff=backoff)
         except Exception as exc:
             log.error("could not publish the result", extra={"error": str(exc)})
             ok = False

@@ -38,6 +38,7 @@ from runner_image.db import (
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
 from runner_image.exit_codes import ExitCode
 from runner_image.play import PlayOutcome, prepare_environment, run_playbooks
+from runner_image.reaping import stop_leftovers
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
 from runner_image.ssh import SshClient, SshError, SshTarget
@@ -141,7 +142,8 @@ class Job:
                                                   _START_STATUS[message.action])
             log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
                                               "action": message.action.value})
-            # Importing ansible-runner costs CPU time; overlap it with the network-bound steps.
+            # The import began at process start (CPU time, overlapping the network-bound
+            # steps); the play waits for it here without blocking the event loop.
             self.preload = asyncio.create_task(
                 asyncio.to_thread(importlib.import_module, "ansible_runner"))
             target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
@@ -152,6 +154,10 @@ class Job:
                 await client.close()
             if agent is not None:
                 await agent.stop()
+            stopped = await stop_leftovers()
+            if stopped:
+                log.warning("stopped processes the play left behind",
+                            extra={"processes": stopped})
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _check_inputs(self, server: ServerRecord) -> out.Outcome | None:
@@ -320,7 +326,8 @@ class Job:
         if self.preload is not None:
             await self.preload
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
-                                  client.control_dir, host_vars, self.handle)
+                                  client.control_dir, host_vars, self.handle,
+                                  mitogen=s.play_mitogen)
         played: PlayOutcome = await run_playbooks(
             env, s.playbooks_for(message.is_recovery), budget=s.play_budget,
             cancelled=self.ctx.cancelled, context=self.ctx.log_context, redact=self.ctx.redact)

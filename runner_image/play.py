@@ -127,8 +127,16 @@ class PlayEnvironment:
     envvars: dict[str, str]
 
 
+def mitogen_strategy_dir() -> Path:
+    """Where Mitogen's strategy plugins are installed (they ship inside the package)."""
+    import ansible_mitogen
+
+    return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+
+
 def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, control_dir: Path,
-                        host_vars: dict[str, Any], host: str) -> PlayEnvironment:
+                        host_vars: dict[str, Any], host: str, *, mitogen: bool = False
+                        ) -> PlayEnvironment:
     home = directory / "home"
     local_tmp = directory / "tmp"
     for path in (home, home / ".ansible", local_tmp):
@@ -152,6 +160,12 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_FORCE_COLOR": "False",
     }
+    if mitogen:
+        # One persistent interpreter on the server for the whole play instead of a fresh
+        # Python (and module upload) per task. Its ssh runs with the same ANSIBLE_SSH_ARGS,
+        # so it reuses the control master the SSH check opened.
+        envvars["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
+        envvars["ANSIBLE_STRATEGY"] = "mitogen_linear"
     return PlayEnvironment(directory, project_dir, inventory, envvars)
 
 

@@ -1,7 +1,8 @@
 """Run the project's playbooks for real, through ansible-runner, against disposable hosts.
 
 The plays run as the runner runs them: ansible-runner's Python API, a private data dir,
-variables in an inventory file and an extravars file (never on a command line).
+variables in an inventory file and an extravars file (never on a command line), and
+Mitogen's strategy unless PLAY_MITOGEN=false (the runner's setting of the same name).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner_image.play import mitogen_strategy_dir
 from tests.support.hosts import Host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +112,11 @@ def run_play(playbook: str, target: Target, extravars: dict[str, Any] | None = N
     run_dir.mkdir(parents=True)
     inventory = target.inventory(run_dir / "inventory.json")
     env = {"ANSIBLE_CONFIG": str(ANSIBLE_CFG), "ANSIBLE_NOCOLOR": "1",
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(envvars or {})}
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if os.environ.get("PLAY_MITOGEN", "true").lower() not in ("false", "0", "no"):
+        env |= {"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()),
+                "ANSIBLE_STRATEGY": "mitogen_linear"}
+    env |= envvars or {}
     started = time.monotonic()
     result = ansible_runner.run(
         private_data_dir=str(run_dir), project_dir=str(ANSIBLE_DIR),

@@ -240,6 +240,7 @@ def test_runner_job_carries_the_full_values(full: Rendered,
     assert refs["PROVIDER_API_PASSWORD"]["name"] == "time4vps-api"
     assert refs["EXTRA_TOKEN"] == {"name": "extra-tokens", "key": "token", "optional": False}
     assert env["PLAY_TIMEOUT"]["value"] == "1800"
+    assert env["PLAY_MITOGEN"]["value"] == "false"
     assert env["SSH_ATTEMPTS"]["value"] == "5"
     assert env["DEPLOY_KEY_USER"]["value"] == "deploy"
     assert env["ORCHESTRATOR_SSH_PUBLIC_KEY"]["value"] == FULL_VALUES["orchestratorSshPublicKey"]

@@ -123,6 +123,23 @@ def parse_logs(stderr: str) -> list[dict[str, Any]]:
     return lines
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (e.g. a run's scratch dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
 def message(handle: str, **flags: Any) -> dict[str, Any]:
     return {"server_handle": handle, "request_id": f"req-{uuid.uuid4().hex[:12]}",
             "enqueued_at": "2026-01-01T00:00:00+00:00", **flags}

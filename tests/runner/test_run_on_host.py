@@ -16,6 +16,7 @@ from tests.runner.conftest import (
     Runner,
     make_keypair,
     message,
+    processes_mentioning,
     result_for,
     server_row,
     unique_handle,
@@ -139,6 +140,25 @@ async def test_failing_task_gives_structured_error(runner: Runner, host: Host,
     assert row["status"] == "FAILED" and "Fail on purpose" in row["status_reason"]
 
 
+@pytest.mark.parametrize("mitogen", ["true", "false"])
+async def test_plays_run_through_mitogen_unless_turned_off(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, mitogen: str) -> None:
+    handle = registered(runner, host, "strategy")
+    msg = message(handle)
+    res = runner.run(msg, SETUP_PLAYBOOK="playbooks/strategy_probe.yml", PLAY_MITOGEN=mitogen)
+    assert res.rc == 0, res.stderr
+    # The task's parent on the server: Mitogen's persistent interpreter names itself
+    # "python3.11(mitogen:...)"; with Ansible's own strategy it is the per-task python3
+    # reading the pipelined AnsiballZ payload.
+    parent = host.exec("cat /var/lib/infra-test/task-parent").stdout.strip()
+    if mitogen == "true":
+        assert "(mitogen:root@" in parent
+    else:
+        assert parent == "/usr/bin/python3"
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "succeeded"
+
+
 async def test_play_timeout(runner: Runner, host: Host, redis_client: aioredis.Redis,
                             db) -> None:
     handle = registered(runner, host, "slow")
@@ -154,6 +174,8 @@ async def test_play_timeout(runner: Runner, host: Host, redis_client: aioredis.R
     assert "PLAY_TIMEOUT=4" in result["error"]["message"]
     row = await server_row(db, handle)
     assert row["status"] == "FAILED" and "PLAY_TIMEOUT" in row["status_reason"]
+    # Nothing the play started outlives the run (Mitogen's multiplexer detaches itself).
+    assert processes_mentioning(runner.env["RUNNER_SCRATCH_DIR"]) == []
 
 
 async def test_sigterm_cancels_the_play_and_still_reports(
@@ -174,6 +196,7 @@ async def test_sigterm_cancels_the_play_and_still_reports(
     assert result["status"] == "failed" and result["error"]["kind"] == "cancelled"
     row = await server_row(db, handle)
     assert row["status"] == "FAILED" and "cancelled" in row["status_reason"]
+    assert processes_mentioning(runner.env["RUNNER_SCRATCH_DIR"]) == []
 
 
 async def test_recovery_runs_the_recovery_playbooks_in_order(

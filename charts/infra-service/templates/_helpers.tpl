@@ -103,6 +103,7 @@ Secret references of the runner as the dispatcher reads them (DISPATCHER_JOB_SEC
   "DATABASE_URL" .Values.database.url
   "DATABASE_CONNECT_TIMEOUT" (toString .Values.database.connectTimeoutSeconds)
   "PLAY_TIMEOUT" (toString .Values.runner.playTimeoutSeconds)
+  "PLAY_MITOGEN" (toString .Values.runner.mitogen)
   "DEPLOY_KEY_USER" .Values.runner.deployKeyUser
   "PROVIDER_API_URL" .Values.runner.provider.apiUrl
   "PROVIDER_REINSTALL_OS" .Values.runner.provider.reinstallOs
