@@ -37,7 +37,12 @@ from runner_image.db import (
 )
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
 from runner_image.exit_codes import ExitCode
-from runner_image.play import PlayOutcome, prepare_environment, run_playbooks
+from runner_image.play import (
+    PlayOutcome,
+    mitogen_strategy_dir,
+    prepare_environment,
+    run_playbooks,
+)
 from runner_image.reaping import stop_leftovers
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
@@ -162,6 +167,13 @@ class Job:
 
     def _check_inputs(self, server: ServerRecord) -> out.Outcome | None:
         """Configuration problems found before anything is touched."""
+        if self.settings.play_mitogen:
+            try:
+                mitogen_strategy_dir()
+            except ImportError as exc:
+                return out.rejected("config_error", f"PLAY_MITOGEN is true but Mitogen cannot "
+                                    f"be imported ({exc}); install the runner's dependencies "
+                                    "or set PLAY_MITOGEN=false")
         for playbook in self.settings.playbooks_for(self.ctx.message.is_recovery):
             if not playbook.is_file():
                 return out.rejected("config_error", f"playbook {playbook} does not exist; check "

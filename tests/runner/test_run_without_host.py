@@ -170,6 +170,29 @@ async def test_missing_playbook_is_a_configuration_error(
     assert (await server_row(db, handle))["status"] == "NEW"
 
 
+async def test_missing_mitogen_is_a_configuration_error(
+        runner: Runner, redis_client: aioredis.Redis, db, tmp_path) -> None:
+    # A package of the same name that fails to import stands in for a broken install.
+    (tmp_path / "ansible_mitogen").mkdir()
+    (tmp_path / "ansible_mitogen" / "__init__.py").write_text(
+        "raise ImportError('ansible_mitogen is broken here')\n")
+    handle = unique_handle("nomitogen")
+    runner.register(handle, "127.0.0.1", free_port())
+    msg = message(handle)
+    pythonpath = f"{tmp_path}:{runner.env['PYTHONPATH']}"
+    res = runner.run(msg, PYTHONPATH=pythonpath)
+    assert res.rc == 13, res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "config_error"
+    assert "PLAY_MITOGEN=false" in result["error"]["message"]
+    assert not res.events("ssh attempt failed")  # stopped before touching the server
+    assert (await server_row(db, handle))["status"] == "NEW"
+    # The same run with Ansible's own strategy gets past the check (to the closed port).
+    res = runner.run(message(handle), PYTHONPATH=pythonpath, PLAY_MITOGEN="false",
+                     SSH_ATTEMPTS="1")
+    assert res.rc == 11, res.stderr
+
+
 def test_report_retries_until_redis_is_back(runner: Runner) -> None:
     """Redis comes up on the configured port while the runner is retrying its publish."""
     port = free_port()
