@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -285,5 +286,19 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
     return code
 
 
+def entrypoint() -> NoReturn:
+    """The console entry point: ``main()``, then an immediate exit.
+
+    By then every connection is closed, every child stopped, the result published and the
+    logs flushed below; the interpreter's own teardown of the ~2,000 modules ansible-runner,
+    pydantic and asyncpg bring would only add about 0.15 s to every Job.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()
