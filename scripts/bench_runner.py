@@ -7,8 +7,8 @@ alternates, for ``--rounds`` rounds:
   environment): wall time from process start to exit;
 - ``ansible-playbook`` with default settings (an empty ansible.cfg, a fresh ANSIBLE_HOME so
   no warm SSH master is reused, host key checking off as the only change) on the same play;
-- ``ansible-playbook`` alone with the settings the runner applies, to separate what the
-  settings gain from what ansible-runner itself costs.
+- ``ansible-playbook`` alone with the runner's SSH settings but Ansible's own strategy (no
+  Mitogen), to separate what those settings gain from what Mitogen gains.
 Prints medians, the ratio (target <= 0.7) and the runner's own time outside the play
 (target <= 1 s), split into phases from the runner's log timestamps.
 
@@ -278,7 +278,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     print(f"play: {args.playbook} ({args.rounds} rounds, converged host, medians)")
     print(f"  plain ansible-playbook (defaults)   {med(plain_walls):6.2f} s")
     print(f"  ansible-playbook, runner's settings {med(tuned_walls):6.2f} s   (pipelining, "
-          "ControlMaster, fixed interpreter)")
+          "ControlMaster, fixed interpreter; no Mitogen)")
     print(f"  runner end to end                   {med(runner_walls):6.2f} s")
     print(f"    of which ansible-playbook ran      {med(plays):6.2f} s")
     print(f"    runner's own work outside the play {med(overheads):6.2f} s   (target <= 1.0 s)")
