@@ -87,7 +87,6 @@ class Job:
         self.handle = ctx.message.server_handle
         self.claimed = False
         self.details: out.Details = {}
-        self.preload: asyncio.Task[Any] | None = None
 
     # -- entry point -------------------------------------------------------------------
     async def execute(self) -> out.Outcome:
@@ -147,10 +146,6 @@ class Job:
                                                   _START_STATUS[message.action])
             log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
                                               "action": message.action.value})
-            # The import began at process start (CPU time, overlapping the network-bound
-            # steps); the play waits for it here without blocking the event loop.
-            self.preload = asyncio.create_task(
-                asyncio.to_thread(importlib.import_module, "ansible_runner"))
             target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
             client = SshClient(scratch, agent.socket, target, self.settings.ssh_connect_timeout)
             return await self._run_steps(server, password, agent, client, scratch)
@@ -335,8 +330,8 @@ class Job:
             "infra_deploy_key_user": s.deploy_key_user,
             "infra_orchestrator_public_key": s.orchestrator_ssh_public_key,
         }
-        if self.preload is not None:
-            await self.preload
+        # Its import began in a thread at start-up; wait for it without blocking the loop.
+        await asyncio.to_thread(importlib.import_module, "ansible_runner")
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
                                   client.control_dir, host_vars, self.handle,
                                   mitogen=s.play_mitogen)
