@@ -126,8 +126,7 @@ async def _register(args: argparse.Namespace) -> int:
 
 # -- run ----------------------------------------------------------------------------------------
 def _preload(*modules: str) -> None:
-    """Import what the run needs later (reporting, ansible-runner) in a thread, so that it
-    overlaps the steps that wait on the network instead of delaying the first one."""
+    """Import modules in a thread, to overlap steps that wait on the network."""
     def load() -> None:
         for name in modules:
             importlib.import_module(name)
@@ -160,7 +159,6 @@ async def _run() -> int:
         log.error("configuration error; cannot report", extra={
             "error": describe_validation_error(exc, "REDIS_")})
         return ExitCode.REJECTED
-    _preload("runner_image.report", "ansible_runner")
 
     async def report_only(outcome: out.Outcome, message: ProvisionerMessage | None,
                           request_id: str | None, handle: str | None) -> int:
@@ -216,12 +214,14 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
                    started_at: object, t0: float) -> int:
     from runner_image.job import Job, RunContext, open_store
     from runner_image.reaping import become_subreaper
-    from runner_image.report import build_entry, write_status
 
     become_subreaper()  # processes the play orphans are stopped at the end of the run
     cancelled = threading.Event()
     ctx = RunContext(message, settings, db_settings, job_name, redact, cancelled)
     log.info("run started", extra={"action": message.action.value})
+    # From here the run mostly waits (database, ssh-agent, SSH): import what comes later
+    # meanwhile. Started earlier, the imports would only compete with start-up for the GIL.
+    _preload("runner_image.report", "ansible_runner")
     loop = asyncio.get_running_loop()
     job_task: asyncio.Task[out.Outcome] | None = None
 
@@ -256,6 +256,8 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
                 log.exception("run failed unexpectedly")
                 outcome = out.failed("internal", f"unexpected error: {type(exc).__name__}: {exc}")
             claimed = job.claimed
+        from runner_image.report import build_entry, write_status
+
         ok = True
         if claimed and outcome.server_status is not None:
             try:

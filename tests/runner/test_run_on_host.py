@@ -81,6 +81,9 @@ async def test_happy_path(runner: Runner, host: Host, redis_client: aioredis.Red
     assert all(line["server_handle"] == handle and line["job_name"] for line in res.logs)
     tasks = [e.get("task") for e in res.events("ansible event")]
     assert "Write the marker file" in tasks
+    # A play that ends normally leaves nothing behind to be stopped.
+    assert not res.events("stopped processes the play left behind")
+    assert processes_mentioning(runner.env["RUNNER_SCRATCH_DIR"]) == []
 
 
 async def test_deploy_key_idempotent_and_other_keys_kept(
@@ -192,6 +195,7 @@ async def test_sigterm_cancels_the_play_and_still_reports(
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 15, stderr
+    assert "stopped processes the play left behind" in stderr  # Mitogen's multiplexer
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "failed" and result["error"]["kind"] == "cancelled"
     row = await server_row(db, handle)
