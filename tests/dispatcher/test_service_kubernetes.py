@@ -172,8 +172,11 @@ def _crashed(k: Kube, job: str) -> None:
 async def test_job_that_ends_without_a_runner_result_is_reported(
         start, k8s: Kube, redis_client, keys, drive, kind: str, status: str,
         job_deleted: bool) -> None:
-    dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS="1",
-                       DISPATCHER_PENDING_TIMEOUT_SECONDS="1")
+    # Short grace periods only where the case needs them: elsewhere a slow machine could
+    # let the dispatcher give up on a pod-less Job before the case drives it.
+    grace = "1" if job_deleted else "120"
+    dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS=grace,
+                       DISPATCHER_PENDING_TIMEOUT_SECONDS=grace)
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await redis_client.lpush(keys.queue, message("srv-1", "r2"))  # waits for srv-1
     await wait_until(lambda: job_count(k8s, 1), what="Job")
