@@ -201,46 +201,36 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                              f"ansible_user=root\n")
         ansible_playbook = str(Path(sys.executable).with_name("ansible-playbook"))
 
-        def plain_once() -> float:
-            home = Path(tempfile.mkdtemp(prefix="ah", dir=work))
-            plain_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-                         "ANSIBLE_CONFIG": str(empty_cfg), "ANSIBLE_HOME": str(home),
-                         "ANSIBLE_HOST_KEY_CHECKING": "False"}
-            cpu["start"] = children_cpu()
-            started = time.perf_counter()
-            done = subprocess.run([ansible_playbook, "-i", str(inventory), "--private-key",
-                                   str(key_path), str(args.project_dir / args.playbook)],
-                                  cwd=work, env=plain_env, capture_output=True, text=True,
-                                  check=False)
-            wall = time.perf_counter() - started
-            cpu["plain"].append(children_cpu() - cpu["start"])
-            if done.returncode:
-                raise SystemExit(f"ansible-playbook failed:\n{done.stdout[-3000:]}")
-            return wall
-
         tuned_inventory = work / "tuned.ini"
         tuned_inventory.write_text(inventory.read_text().strip()
                                    + " ansible_python_interpreter=/usr/bin/python3\n")
 
-        def tuned_once() -> float:
-            """ansible-playbook alone with the settings the runner applies (no ansible-runner)."""
+        def playbook_once(samples: str, inventory_file: Path, settings: dict[str, str]) -> float:
+            """ansible-playbook alone (no ansible-runner), fresh ANSIBLE_HOME, empty config."""
             home = Path(tempfile.mkdtemp(prefix="ah", dir=work))
-            tuned_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-                         "ANSIBLE_CONFIG": str(empty_cfg), "ANSIBLE_HOME": str(home),
-                         "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True",
-                         "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
-                         "ANSIBLE_INVENTORY_ENABLED": "ini"}
+            env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+                   "ANSIBLE_CONFIG": str(empty_cfg), "ANSIBLE_HOME": str(home),
+                   "ANSIBLE_HOST_KEY_CHECKING": "False", **settings}
             cpu["start"] = children_cpu()
             started = time.perf_counter()
-            done = subprocess.run([ansible_playbook, "-i", str(tuned_inventory), "--private-key",
+            done = subprocess.run([ansible_playbook, "-i", str(inventory_file), "--private-key",
                                    str(key_path), str(args.project_dir / args.playbook)],
-                                  cwd=work, env=tuned_env, capture_output=True, text=True,
-                                  check=False)
+                                  cwd=work, env=env, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
-            cpu["tuned"].append(children_cpu() - cpu["start"])
+            cpu[samples].append(children_cpu() - cpu["start"])
             if done.returncode:
                 raise SystemExit(f"ansible-playbook failed:\n{done.stdout[-3000:]}")
             return wall
+
+        def plain_once() -> float:
+            return playbook_once("plain", inventory, {})
+
+        def tuned_once() -> float:
+            """The runner's SSH settings, Ansible's own strategy."""
+            return playbook_once("tuned", tuned_inventory, {
+                "ANSIBLE_PIPELINING": "True",
+                "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+                "ANSIBLE_INVENTORY_ENABLED": "ini"})
 
         print(f"converging {args.playbook} on {host.name} ...", flush=True)
         runner_once()
