@@ -134,6 +134,12 @@ def mitogen_strategy_dir() -> Path:
     return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
 
 
+def mitogen_envvars() -> dict[str, str]:
+    """Ansible settings that make Mitogen's linear strategy the default of a run."""
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()),
+            "ANSIBLE_STRATEGY": "mitogen_linear"}
+
+
 def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, control_dir: Path,
                         host_vars: dict[str, Any], host: str, *, mitogen: bool = False
                         ) -> PlayEnvironment:
@@ -164,8 +170,7 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
         # One persistent interpreter on the server for the whole play instead of a fresh
         # Python (and module upload) per task. Its ssh runs with the same ANSIBLE_SSH_ARGS,
         # so it reuses the control master the SSH check opened.
-        envvars["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
-        envvars["ANSIBLE_STRATEGY"] = "mitogen_linear"
+        envvars |= mitogen_envvars()
     return PlayEnvironment(directory, project_dir, inventory, envvars)
 
 

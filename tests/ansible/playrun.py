@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner_image.play import mitogen_strategy_dir
+from runner_image.play import mitogen_envvars
 from tests.support.hosts import Host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,8 +114,7 @@ def run_play(playbook: str, target: Target, extravars: dict[str, Any] | None = N
     env = {"ANSIBLE_CONFIG": str(ANSIBLE_CFG), "ANSIBLE_NOCOLOR": "1",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     if os.environ.get("PLAY_MITOGEN", "true").lower() not in ("false", "0", "no"):
-        env |= {"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()),
-                "ANSIBLE_STRATEGY": "mitogen_linear"}
+        env |= mitogen_envvars()
     env |= envvars or {}
     started = time.monotonic()
     result = ansible_runner.run(
