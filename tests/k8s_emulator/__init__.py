@@ -14,7 +14,8 @@ latency, dropped connections and outages; an optional built-in Job controller.
 Not emulated: authentication, RBAC, admission plugins (quotas, ServiceAccount tokens,
 namespace lifecycle - every namespace exists), scheduling decisions, graceful pod
 termination, the TTL-after-finished controller, managedFields and real server-side apply
-(apply is a strategic merge), server-side Table printing, protobuf/CBOR/YAML request
+(apply is a strategic merge), Table printing of kinds other than Jobs, Pods and Events
+(`printing.py`; watches are never Tables), protobuf/CBOR/YAML request
 bodies (so kubectl can read - get, describe, logs - but not write), any other resource type.
 
 Usage:

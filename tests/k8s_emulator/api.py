@@ -22,6 +22,8 @@ from .faults import FaultRule, Faults, Stats
 from .httpserver import Connection, Drop, Request, Response
 from .jobsim import LOG_WAIT_REASONS
 from .kinds import BY_PATH, PODS, Kind
+from .printing import printable, wants_table
+from .printing import table as print_table
 from .registry import Registry
 from .selectors import parse_field_selector, parse_label_selector
 from .status import ApiError, bad_request, injected, method_not_allowed, too_old_resource_version
@@ -258,10 +260,16 @@ class Api:
         dry_run = query.get("dryRun") == "All"
         if sub is not None:
             return self._subresource(req, conn, route, verb, dry_run)
+        as_table = printable(kind) and wants_table(req.headers.get("accept", ""))
         if verb == "get":
-            return Response(200, self.registry.get(kind, ns, name).raw)
+            entry = self.registry.get(kind, ns, name)
+            if as_table:
+                return Response(200, dumps(print_table(kind, [entry.obj], {
+                    "resourceVersion": entry.obj["metadata"].get("resourceVersion", "")},
+                    query.get("includeObject"))))
+            return Response(200, entry.raw)
         if verb == "list":
-            return self._list(route, query)
+            return self._list(route, query, as_table)
         if verb == "watch":
             return self._watch(conn, req, route)
         if verb == "create":
@@ -328,7 +336,7 @@ class Api:
                                         "status": "Success", "code": 201}))
         raise ApiError(404, "the server could not find the requested resource", "NotFound", {})
 
-    def _list(self, route: Route, query: dict[str, str]) -> Response:
+    def _list(self, route: Route, query: dict[str, str], as_table: bool = False) -> Response:
         kind = route.kind
         labels = parse_label_selector(query.get("labelSelector"))
         fields = parse_field_selector(query.get("fieldSelector"), kind.fields)
@@ -342,6 +350,9 @@ class Api:
             meta["continue"] = result.continue_token
         if result.remaining is not None:
             meta["remainingItemCount"] = result.remaining
+        if as_table:
+            return Response(200, dumps(print_table(kind, [e.obj for e in result.items], meta,
+                                             query.get("includeObject"))))
         head = b'{"kind":"%s","apiVersion":"%s","metadata":%s,"items":[' % (
             kind.list_kind.encode(), kind.api_version.encode(), dumps(meta))
         return Response(200, head + b",".join(e.item_raw for e in result.items) + b"]}")
