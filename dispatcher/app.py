@@ -10,9 +10,10 @@ import signal
 from dispatcher.connections import RedisSettings, create_redis
 from dispatcher.executors.base import Executor
 from dispatcher.executors.local import LocalExecutor
-from dispatcher.http import serve
+from dispatcher.http import close_metrics, serve, serve_metrics
 from dispatcher.metrics import Metrics
 from dispatcher.queue import QueueStore
+from dispatcher.queue_state import QueueStateExporter
 from dispatcher.service import BLOCK_SECONDS, Dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
 
@@ -57,24 +58,27 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
         metrics.ready.set(1 if ready else 0)
         return (200 if ready else 503), "application/json", json.dumps(checks).encode() + b"\n"
 
-    async def metrics_page() -> tuple[int, str, bytes]:
-        try:
-            metrics.observe_depths(await asyncio.wait_for(store.depths(), 2))
-        except Exception as exc:  # a scrape must still answer while Redis is down
-            log.warning("queue depths unavailable for /metrics", extra={"error": str(exc)})
-        return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()
-
     servers = []
     if settings.health_port:
         servers.append(await serve(settings.bind_address, settings.health_port,
                                    {"/healthz": healthz, "/readyz": readyz}))
+    metrics_server = None
+    exporter_task = None
     if settings.metrics_port:
-        servers.append(await serve(settings.bind_address, settings.metrics_port,
-                                   {"/metrics": metrics_page}))
+        metrics_server = serve_metrics(settings.bind_address, settings.metrics_port,
+                                       metrics.registry)
+        exporter = QueueStateExporter(redis, redis_settings.keys, settings.replica_id, metrics,
+                                      store, settings.metrics_refresh_seconds)
+        exporter_task = asyncio.create_task(exporter.run(stop), name="queue-state-exporter")
     try:
         await dispatcher.run(stop)
     finally:
         for server in servers:
             server.close()
+        if exporter_task is not None:
+            stop.set()
+            await asyncio.gather(exporter_task, return_exceptions=True)
+        if metrics_server is not None:
+            close_metrics(metrics_server)
         await redis.aclose()
         await blocking.aclose()

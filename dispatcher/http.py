@@ -1,7 +1,11 @@
-"""A minimal HTTP/1.1 server for /metrics, /healthz and /readyz (GET only).
+"""HTTP endpoints: a minimal HTTP/1.1 server for /healthz and /readyz (GET only), and
+/metrics served by prometheus-client's own exposition server.
 
-Small on purpose: the dispatcher needs three read-only endpoints, and this keeps a web
-framework out of the image.
+The health server is small on purpose (two read-only endpoints, no web framework in the
+image). /metrics uses prometheus-client so content negotiation (text 0.0.4 or OpenMetrics by
+`Accept`), gzip by `Accept-Encoding`, HEAD and `name[]` filtering behave exactly as
+Prometheus expects. It runs in a thread of its own: collecting reads only in-memory values
+(the Redis-derived ones are refreshed by queue_state.py), so a scrape never waits on Redis.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, start_http_server
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]  # status, content type, body
 log = logging.getLogger(__name__)
@@ -47,3 +54,19 @@ async def serve(host: str, port: int, routes: dict[str, Handler]) -> asyncio.Ser
                 await writer.wait_closed()
 
     return await asyncio.start_server(handle, host, port)
+
+
+class MetricsServer(Protocol):
+    def shutdown(self) -> None: ...
+    def server_close(self) -> None: ...
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> MetricsServer:
+    """Start /metrics (any path answers, as prometheus-client does); stop with close_metrics."""
+    server, _thread = start_http_server(port, host, registry)
+    return server
+
+
+def close_metrics(server: MetricsServer) -> None:
+    server.shutdown()
+    server.server_close()

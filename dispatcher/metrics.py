@@ -1,20 +1,114 @@
-"""Prometheus metrics of one dispatcher process (own registry: no global state)."""
+"""Prometheus metrics of one dispatcher process (own registry: no global state).
+
+Two kinds of series:
+- per-replica counters and histograms (what this process did): sum them across replicas;
+- cluster-wide state read from Redis (queue depths, oldest message, results by status). Every
+  replica could read it, but then `sum()` would count it once per replica, so only the replica
+  holding a short Redis lease (`queue_state.py`) exports those series; the others export none.
+  `sum()` and `max()` both give the right answer, and a replica that dies loses the lease
+  within three refresh intervals.
+
+Every labelled series with a known label value starts at zero, so `increase()` and `rate()`
+see the first event and alerts need no `or vector(0)`.
+"""
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Info,
     disable_created_metrics,
-    generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from dispatcher.queue import Depths
+from dispatcher.results import ResultStatus
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                    60, 300)
+
+# Label values known in advance (initialised at zero). Others still appear when they occur.
+DEAD_LETTER_REASONS = ("not_json", "not_object", "unknown_field", "missing_field", "bad_handle",
+                       "conflicting_flags", "wrong_type", "job_rejected")
+JOB_FAILURE_REASONS = ("Error", "BackoffLimitExceeded", "DeadlineExceeded", "OOMKilled",
+                       "Evicted", "CreateContainerConfigError", "CreateContainerError",
+                       "InvalidImageName", "ErrImagePull", "ImagePullBackOff",
+                       "ErrImageNeverPull", "ImageInspectError", "Unschedulable",
+                       "PendingTimeout", "PodNotCreated", "JobDeleted")
+# ResultError.kind vocabulary (dispatcher/results.py); anything else is counted as "other".
+RESULT_KINDS = ("invalid_message", "unknown_server", "ssh_unreachable", "ssh_auth_failed",
+                "host_key_mismatch", "play_failed", "play_timeout", "provider_error",
+                "cancelled", "job_failed", "image_pull", "config_error", "unschedulable",
+                "deadline_exceeded", "oom_killed", "evicted", "job_deleted", "internal",
+                "other")
+NO_KIND = "none"  # results without an error (succeeded)
+API_VERBS = ("create", "delete", "list", "watch")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("infra-service")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
+@dataclass
+class ClusterState:
+    """What the lease holder read from Redis; `None` depths = this replica does not export."""
+
+    depths: Depths | None = None
+    oldest_queued_seconds: float = 0.0
+    results: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class _ClusterCollector(Collector):
+    """Exports the Redis-derived series only while this replica holds the exporter lease."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed set: the series come and go with the lease
+
+    def collect(self) -> Iterator[Metric]:
+        depths = self.state.depths
+        if depths is None:
+            return
+        for name, doc, value in (
+            ("infra_queue_depth", "Messages waiting in the queue", depths.queue),
+            ("infra_processing_depth", "Messages claimed by replicas, not yet Jobs",
+             depths.processing),
+            ("infra_waiting_depth", "Messages waiting for their server's Job to end",
+             depths.waiting),
+            ("infra_dead_letter_depth", "Entries in the dead-letter list", depths.dead_letter),
+            ("infra_jobs_in_flight", "Servers with a Job in flight (all replicas)",
+             depths.in_flight),
+            ("infra_oldest_in_flight_seconds", "Age of the oldest message in flight",
+             depths.oldest_in_flight_seconds),
+            ("infra_queue_oldest_age_seconds",
+             "Age of the oldest queued message (by its enqueued_at; 0 when empty or unknown)",
+             self.state.oldest_queued_seconds),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        results = CounterMetricFamily(
+            "infra_results", "Results published on the results list, by status and error "
+            "kind, counted by the exporting replica since it took the lease",
+            labels=["status", "kind"])
+        for (status, kind), n in sorted(self.state.results.items()):
+            results.add_metric([status, kind], n)
+        yield results
 
 
 class Metrics:
@@ -23,6 +117,11 @@ class Metrics:
         disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)  # process_*, python_info, python_gc_* like the default
+        Info("infra_build", "Version of the running dispatcher", registry=r).info({
+            "version": _version(), "component": "dispatcher",
+            "python_version": platform.python_version()})
         self.received = Counter("infra_messages_received", "Messages taken from the queue",
                                 registry=r)
         self.dispatched = Counter("infra_messages_dispatched",
@@ -46,28 +145,36 @@ class Metrics:
                                      ["verb", "code"], registry=r)
         self.redis_reconnects = Counter("infra_redis_reconnects",
                                         "Redis connection losses recovered from", registry=r)
-        self.queue_depth = Gauge("infra_queue_depth", "Messages waiting in the queue",
-                                 registry=r)
-        self.processing_depth = Gauge("infra_processing_depth",
-                                      "Messages claimed by replicas, not yet Jobs", registry=r)
-        self.waiting_depth = Gauge("infra_waiting_depth",
-                                   "Messages waiting for their server's Job to end", registry=r)
-        self.dead_letter_depth = Gauge("infra_dead_letter_depth", "Entries in the dead-letter list",
-                                       registry=r)
-        self.jobs_in_flight = Gauge("infra_jobs_in_flight",
-                                    "Servers with a Job in flight (all replicas)", registry=r)
-        self.oldest_in_flight = Gauge("infra_oldest_in_flight_seconds",
-                                      "Age of the oldest message in flight", registry=r)
         self.ready = Gauge("infra_ready", "1 when Redis and the executor are reachable",
                            registry=r)
+        self.queue_exporter = Gauge(
+            "infra_queue_exporter", "1 on the replica holding the lease that exports the "
+            "Redis-derived series (queue depths, results)", registry=r)
+        self.cluster = ClusterState()
+        r.register(_ClusterCollector(self.cluster))
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason)
+        for reason in JOB_FAILURE_REASONS:
+            self.jobs_failed.labels(reason)
 
-    def observe_depths(self, depths: Depths) -> None:
-        self.queue_depth.set(depths.queue)
-        self.processing_depth.set(depths.processing)
-        self.waiting_depth.set(depths.waiting)
-        self.dead_letter_depth.set(depths.dead_letter)
-        self.jobs_in_flight.set(depths.in_flight)
-        self.oldest_in_flight.set(depths.oldest_in_flight_seconds)
+    def observe_depths(self, depths: Depths | None, oldest_queued_seconds: float = 0.0) -> None:
+        """Redis-derived state to export (None: this replica does not hold the lease)."""
+        self.cluster.depths = depths
+        self.cluster.oldest_queued_seconds = oldest_queued_seconds
+        self.queue_exporter.set(0 if depths is None else 1)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def start_result_counts(self) -> None:
+        """Zero counts for every known status and kind, when this replica takes the lease."""
+        counts = {(ResultStatus.SUCCEEDED.value, NO_KIND): 0}
+        for status in ResultStatus:
+            if status is not ResultStatus.SUCCEEDED:
+                counts.update({(status.value, kind): 0 for kind in RESULT_KINDS})
+        self.cluster.results = counts
+
+    def count_result(self, status: str, kind: str | None) -> None:
+        known = {s.value for s in ResultStatus}
+        status = status if status in known else "other"
+        kind = NO_KIND if not kind else (kind if kind in RESULT_KINDS else "other")
+        key = (status, kind)
+        self.cluster.results[key] = self.cluster.results.get(key, 0) + 1
+

@@ -145,6 +145,10 @@ class DispatcherSettings(BaseSettings):
         default=8, ge=1, le=64, description="Job creations running at once"
     )
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="Prometheus /metrics")
+    metrics_refresh_seconds: float = Field(
+        default=5.0, gt=0, le=60,
+        description="How often the exporting replica reads queue state from Redis for /metrics",
+    )
     health_port: int = Field(default=8080, ge=0, le=65535, description="/healthz and /readyz")
     bind_address: str = Field(default="0.0.0.0", description="Address of both HTTP listeners")  # noqa: S104
     kubeconfig: str | None = Field(

@@ -379,7 +379,10 @@ async def test_existing_job_counts_as_dispatched_not_duplicated(start, k8s: Kube
                         '{code="409",verb="create"}') == 1
     assert metric_value(metrics, "infra_messages_dispatched_total") == 1
     assert metric_value(metrics, "infra_jobs_created_total") == 0
-    assert metric_value(metrics, "infra_jobs_in_flight") == 1
+
+    async def in_flight_exported() -> bool:  # Redis-derived: refreshed in the background
+        return metric_value(dispatcher.metrics(), "infra_jobs_in_flight") == 1
+    await wait_until(in_flight_exported, what="infra_jobs_in_flight == 1")
 
 
 async def _processing_empty(redis: aioredis.Redis, keys: Keys) -> bool:
