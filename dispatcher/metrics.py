@@ -54,7 +54,9 @@ RESULT_KINDS = ("invalid_message", "unknown_server", "ssh_unreachable", "ssh_aut
                 "deadline_exceeded", "oom_killed", "evicted", "job_deleted", "internal",
                 "other")
 NO_KIND = "none"  # results without an error (succeeded)
-API_VERBS = ("create", "delete", "list", "watch")
+# The verbs KubeClient.call counts with their expected codes (0: no response); other codes
+# (429, 5xx, ...) appear when they happen.
+API_CODES = {"create": ("201", "409", "0"), "delete": ("200", "404", "0")}
 
 
 def _version() -> str:
@@ -156,6 +158,9 @@ class Metrics:
             self.dead_lettered.labels(reason)
         for reason in JOB_FAILURE_REASONS:
             self.jobs_failed.labels(reason)
+        for verb, codes in API_CODES.items():
+            for code in codes:
+                self.api_responses.labels(verb, code)
 
     def observe_depths(self, depths: Depths | None, oldest_queued_seconds: float = 0.0) -> None:
         """Redis-derived state to export (None: this replica does not hold the lease)."""

@@ -35,10 +35,8 @@ from tests.deploy.chart import (
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 VALUE_SETS = {"defaults": {}, "full": FULL_VALUES, "kind": KIND_VALUES}
 EXPECTED_RULES = {
-    ("batch", "jobs"): ["create", "get", "list", "watch", "delete"],
-    ("", "pods"): ["get", "list", "watch"],
-    ("", "pods/log"): ["get"],
-    ("", "events"): ["get", "list", "watch"],
+    ("batch", "jobs"): ["create", "list", "watch", "delete"],
+    ("", "pods"): ["list", "watch"],
 }
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
                       "app.kubernetes.io/version", "app.kubernetes.io/managed-by",

@@ -403,6 +403,8 @@ class Api:
         self.streams_idle.clear()
         try:
             conn.start_stream(200, JSON, {"Audit-Id": audit_id()}, req.keep_alive)
+            # Streams answer None, so they are counted here, when they start.
+            self.stats.record("watch", watcher.kind.plural, 200)
             if error is not None:
                 await conn.send_chunk(_event_line("ERROR", dumps(error.status())))
                 conn.end_stream()
