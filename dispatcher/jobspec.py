@@ -6,6 +6,7 @@ dispatcher copies into the Job are the message itself, the Job name and the publ
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dispatcher.messages import ProvisionerMessage
@@ -18,6 +19,16 @@ from dispatcher.naming import (
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 SCRATCH_PATH = "/scratch"
+LABEL_VERSION = "app.kubernetes.io/version"
+
+
+def image_version(image: str) -> str | None:
+    """The runner image's tag as a label value (`repo:1.2.3` -> `1.2.3`); None for an image
+    named only by digest or without a tag, whose version the name does not tell."""
+    name = image.split("@", 1)[0]
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
+    value = re.sub(r"[^A-Za-z0-9._-]", "_", tag)[:63].strip("._-")
+    return value or None
 
 
 def runner_env(message: ProvisionerMessage, job_name: str, public_key: str,
@@ -36,6 +47,8 @@ def build_job(message: ProvisionerMessage, settings: DispatcherSettings,
               template: JobTemplateSettings) -> dict[str, Any]:
     name = job_name_for(message)
     labels = {**template.labels, **job_labels(message, settings.instance)}
+    if version := image_version(template.image):
+        labels[LABEL_VERSION] = version
     annotations = {
         **template.annotations,
         ANNOTATION_MESSAGE: message.to_json(),

@@ -96,8 +96,8 @@ def test_every_object_is_valid_kubernetes(rendered: Rendered) -> None:
 
 def test_objects_rendered_by_default_and_with_everything_on(full: Rendered) -> None:
     kinds = sorted(o["kind"] for o in render().objects)
-    assert kinds == ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
-                     "ServiceAccount", "ServiceAccount"]
+    assert kinds == ["Deployment", "Job", "Pod", "Pod", "Pod", "PodDisruptionBudget", "Role",
+                     "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
     extra = sorted(o["kind"] for o in full.objects)
     assert extra == sorted([*kinds, "NetworkPolicy", "NetworkPolicy", "ServiceMonitor"])
 

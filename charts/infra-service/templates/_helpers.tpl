@@ -57,7 +57,7 @@ app.kubernetes.io/managed-by: infra-service-dispatcher
 
 {{- define "infra-service.runnerServiceAccountName" -}}
 {{- if .Values.runner.serviceAccount.create }}
-{{- default (printf "%s-runner" (include "infra-service.fullname" .) | trunc 63 | trimSuffix "-") .Values.runner.serviceAccount.name }}
+{{- default (printf "%s-runner" (include "infra-service.shortname" .)) .Values.runner.serviceAccount.name }}
 {{- else }}
 {{- .Values.runner.serviceAccount.name }}
 {{- end }}
@@ -126,5 +126,74 @@ Secret references of the runner as the dispatcher reads them (DISPATCHER_JOB_SEC
 {{- if hasKey $.Values.runner.env $name }}
 {{- fail (printf "runner.env.%s is set by the dispatcher itself; remove it" $name) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Full name shortened so that "<shortname>-<suffix>" fits 63 characters for every suffix the
+chart uses (longest: "-dispatcher", "-dashboard", "-migrate", "-test-postgres": 14): 49
+characters, with a hash of the full name when cut so two long release names stay distinct.
+*/}}
+{{- define "infra-service.shortname" -}}
+{{- $full := include "infra-service.fullname" . }}
+{{- if le (len $full) 49 }}
+{{- $full }}
+{{- else }}
+{{- printf "%s-%s" ($full | trunc 42 | trimSuffix "-") ($full | sha256sum | trunc 6) }}
+{{- end }}
+{{- end }}
+
+{{/* The port of a URL (dict "url" u "default" p): explicit port, else the default. */}}
+{{- define "infra-service.urlPort" -}}
+{{- $host := (urlParse .url).host }}
+{{- if regexMatch ":[0-9]+$" $host }}
+{{- regexFind "[0-9]+$" $host }}
+{{- else }}
+{{- .default }}
+{{- end }}
+{{- end }}
+
+{{/* One egress rule: TCP to the given ports, to the given peers (none: any destination). */}}
+{{- define "infra-service.egressRule" -}}
+{{- $ports := list }}
+{{- range .ports }}
+{{- $ports = append $ports (dict "port" (int .) "protocol" "TCP") }}
+{{- end }}
+{{- if .to }}
+{{- toYaml (dict "to" .to "ports" $ports) }}
+{{- else }}
+{{- toYaml (dict "ports" $ports) }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level securityContext of every pod the chart runs besides the dispatcher: the
+runner's (dispatcher/jobspec.py). */}}
+{{- define "infra-service.hardenedPodSecurity" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.runner.runAsUser }}
+runAsGroup: {{ .Values.runner.runAsUser }}
+fsGroup: {{ .Values.runner.runAsUser }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "infra-service.hardenedContainerSecurity" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.runner.runAsUser }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/* A secretKeyRef env entry (dict "name" ENV "ref" {secret,key,optional} "root" .). */}}
+{{- define "infra-service.secretEnvVar" -}}
+{{- if .ref.key }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "infra-service.secretName" .root) .ref.secret }}
+      key: {{ .ref.key }}
+      optional: {{ default false .ref.optional }}
 {{- end }}
 {{- end }}
