@@ -5,6 +5,7 @@
     python -m dispatcher status                   # queue / processing / waiting / dead-letter
     python -m dispatcher results [-n 10]
     python -m dispatcher dead-letter [-n 10] [--requeue]
+    python -m dispatcher check                    # Redis and the Kubernetes API answer?
     python -m dispatcher settings                 # every setting, its variable and default
     python -m dispatcher schemas [--out DIR]      # JSON Schemas of message and result
 """
@@ -31,6 +32,28 @@ from dispatcher.schemas import write_schemas
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3  # Redis or the Kubernetes API did not answer (one line on stderr says which)
+REDIS_HINT = ("check REDIS_URL, REDIS_PASSWORD, that Redis is up, and that a NetworkPolicy "
+              "lets this pod reach it")
+API_HINT = ("check DISPATCHER_KUBECONFIG (or the in-cluster ServiceAccount), that the API "
+            "server is up, and that a NetworkPolicy lets this pod reach it")
+
+
+class Unreachable(Exception):
+    """A service the command needs did not answer: one line naming it, its URL and what to
+    check; never a traceback."""
+
+    def __init__(self, service: str, url: str, error: BaseException | str, hint: str) -> None:
+        detail = error if isinstance(error, str) else (str(error) or type(error).__name__)
+        first = detail.splitlines()[0].rstrip(". ") if detail.strip() else type(error).__name__
+        super().__init__(f"cannot reach {service} at {url}: {first}; {hint}")
+
+
+def _redis_url() -> str:
+    try:
+        return RedisSettings().url
+    except ValidationError:
+        return "REDIS_URL (invalid)"
 
 
 def _settings_error(exc: ValidationError, prefix: str) -> str:
@@ -58,7 +81,15 @@ def cmd_run(_: argparse.Namespace) -> int:
     template = _load(JobTemplateSettings, "DISPATCHER_JOB_")
     redis_settings = _load(RedisSettings, "REDIS_")
     configure_logging("dispatcher", settings.log_level)
-    asyncio.run(run_dispatcher(settings, template, redis_settings))
+    try:
+        asyncio.run(run_dispatcher(settings, template, redis_settings))
+    except Exception as exc:
+        # A kubeconfig that cannot be loaded stops the service at start (an unreachable API
+        # server or Redis does not: the service retries and reports not ready).
+        if type(exc).__module__ != "kubernetes.config.config_exception":
+            raise
+        raise Unreachable("the Kubernetes API", settings.kubeconfig or
+                          "the in-cluster configuration or KUBECONFIG", exc, API_HINT) from None
     return 0
 
 
@@ -139,6 +170,68 @@ async def _dead_letter(args: argparse.Namespace) -> int:
         await redis.aclose()
 
 
+async def _check_redis() -> str:
+    redis_settings = _load(RedisSettings, "REDIS_")
+    redis = create_redis(redis_settings)
+    try:
+        await redis.ping()
+    finally:
+        await redis.aclose()
+    return f"Redis at {redis_settings.url} answers"
+
+
+def _check_api() -> str:
+    import kubernetes.client
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    from dispatcher.kube.client import load_configuration
+
+    settings = _load(DispatcherSettings, "DISPATCHER_")
+    where = settings.kubeconfig or "the in-cluster configuration or KUBECONFIG"
+    try:
+        configuration = load_configuration(settings.kubeconfig, pool_size=1)
+    except (ConfigException, OSError, ValueError) as exc:
+        raise Unreachable("the Kubernetes API", where, exc, API_HINT) from None
+    configuration.retries = 0
+    with kubernetes.client.ApiClient(configuration) as api:
+        try:
+            kubernetes.client.BatchV1Api(api).list_namespaced_job(
+                settings.namespace, limit=1, _request_timeout=settings.api_timeout_seconds)
+        except ApiException as exc:
+            raise Unreachable("the Kubernetes API", configuration.host,
+                              f"HTTP {exc.status} {exc.reason} listing Jobs in "
+                              f"{settings.namespace}", API_HINT) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unreachable("the Kubernetes API", configuration.host,
+                              getattr(exc, "reason", None) or exc, API_HINT) from None
+    return f"Kubernetes API at {configuration.host} answers (Jobs in {settings.namespace})"
+
+
+def cmd_check(_: argparse.Namespace) -> int:
+    """Every dependency, one line each; exit 3 if any does not answer."""
+    failed = False
+    for check in (lambda: asyncio.run(_check_redis()), _check_api):
+        try:
+            print(f"ok: {check()}")
+        except Unreachable as exc:
+            print(f"FAIL: {exc}")
+            failed = True
+        except Exception as exc:
+            if not _is_redis_error(exc):
+                raise
+            print(f"FAIL: {Unreachable('Redis', _redis_url(), exc, REDIS_HINT)}")
+            failed = True
+    return EXIT_UNREACHABLE if failed else 0
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    from redis.exceptions import RedisError
+
+    return isinstance(exc, RedisError | OSError | TimeoutError)
+
+
 def cmd_settings(_: argparse.Namespace) -> int:
     rows = []
     for kind, prefix in ((DispatcherSettings, "DISPATCHER_"), (JobTemplateSettings,
@@ -182,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--requeue", action="store_true",
                       help="move the oldest N back onto the queue")
     dead.set_defaults(func=lambda a: asyncio.run(_dead_letter(a)))
+    sub.add_parser("check", help="do Redis and the Kubernetes API answer?").set_defaults(
+        func=cmd_check)
     sub.add_parser("settings", help="list every setting").set_defaults(func=cmd_settings)
     schemas = sub.add_parser("schemas", help="write the JSON Schemas")
     schemas.add_argument("--out")
@@ -191,7 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Unreachable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except Exception as exc:
+        # The Redis commands (enqueue, status, results, dead-letter): a connection,
+        # authentication or timeout failure is one line, not a traceback.
+        if args.command == "run" or not _is_redis_error(exc):
+            raise
+        print(Unreachable("Redis", _redis_url(), exc, REDIS_HINT), file=sys.stderr)
+        return EXIT_UNREACHABLE
 
 
 __all__ = ["ProvisionerMessage", "main"]
