@@ -131,15 +131,15 @@ Secret references of the runner as the dispatcher reads them (DISPATCHER_JOB_SEC
 
 {{/*
 Full name shortened so that "<shortname>-<suffix>" fits 63 characters for every suffix the
-chart uses (longest: "-dispatcher", "-dashboard", "-migrate", "-test-postgres": 14): 49
-characters, with a hash of the full name when cut so two long release names stay distinct.
+chart uses (longest: "-test-dispatcher", 16): 47 characters, ending in a hash of the full
+name when cut, so two long release names stay distinct.
 */}}
 {{- define "infra-service.shortname" -}}
 {{- $full := include "infra-service.fullname" . }}
-{{- if le (len $full) 49 }}
+{{- if le (len $full) 47 }}
 {{- $full }}
 {{- else }}
-{{- printf "%s-%s" ($full | trunc 42 | trimSuffix "-") ($full | sha256sum | trunc 6) }}
+{{- printf "%s-%s" ($full | trunc 40 | trimSuffix "-") ($full | sha256sum | trunc 6) }}
 {{- end }}
 {{- end }}
 
