@@ -9,6 +9,7 @@
 # BASE_IMAGE   podman default: localhost/infra-python-base:bookworm (made by
 #              scripts/build-images.sh python, as no registry is reachable there);
 #              docker default: the Dockerfiles' own (debian:bookworm-slim)
+# IMAGE_SOURCE org.opencontainers.image.source (default: the git remote "origin", no credentials)
 # PIP_CA_BUNDLE  CA bundle handed to pip inside podman builds (default: the system bundle)
 # Prints one line per image: name, seconds taken.
 set -euo pipefail
@@ -22,7 +23,12 @@ IMAGE_PREFIX=${IMAGE_PREFIX:-localhost/infra-service-}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
 revision=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 
-args=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision")
+# Build time (RFC 3339; SOURCE_DATE_EPOCH pins it for reproducible builds) and where the
+# source lives (IMAGE_SOURCE, else the git remote without any credentials in it).
+created=$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
+source_url=${IMAGE_SOURCE:-$(git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*@#//#' || true)}
+args=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision"
+      --build-arg "CREATED=$created" --build-arg "SOURCE=${source_url:-unknown}")
 if [ "$ENGINE" = podman ]; then
   BASE_IMAGE=${BASE_IMAGE:-localhost/infra-python-base:bookworm}
   if [ "$BASE_IMAGE" = localhost/infra-python-base:bookworm ]; then

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tomllib
 import uuid
+from datetime import datetime
 
 import pytest
 import redis
@@ -172,6 +173,9 @@ def test_labels_and_user(image: Image) -> None:
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert labels["org.opencontainers.image.revision"]
     assert labels["org.opencontainers.image.base.name"]
+    created = labels["org.opencontainers.image.created"]
+    assert datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ"), created
+    assert labels["org.opencontainers.image.source"]
     assert image.inspect("{{.Config.User}}") == f"{UID}:{UID}"
 
 
