@@ -33,7 +33,7 @@ from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from tests.deploy.chart import RELEASE, render
 from tests.deploy.test_alerts import dashboard_queries
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
-from tests.dispatcher.support import DispatcherProcess, message, wait_until
+from tests.dispatcher.support import REPO, DispatcherProcess, message, wait_until
 from tests.k8s_emulator.kinds import BY_PLURAL
 from tests.support.services import RedisServer, free_port
 
@@ -86,6 +86,12 @@ def notes_commands(namespace: str) -> list[str]:
     notes = render(namespace=namespace).notes
     section = notes.split("Why did a server's run fail", 1)[1].split("\n\n", 1)[0]
     return [line.strip() for line in section.splitlines()[1:] if line.strip()]
+
+
+def test_readme_gives_the_notes_commands() -> None:
+    readme = (REPO / "README.md").read_text()
+    for command in notes_commands(NAMESPACE):
+        assert command.replace("<server-handle>", "web-7") in readme, command
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
