@@ -126,7 +126,7 @@ def _without_annotations(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     names = {r["alert"] for g in rule_groups() for r in g["rules"]}
     assert names == set(ALERTS)
-    tested = {c["alert_rule_test"][0]["alertname"]: set() for _, c in CASES}
+    tested: dict[str, set[bool]] = {c["alert_rule_test"][0]["alertname"]: set() for _, c in CASES}
     for _, c in CASES:
         test = c["alert_rule_test"][0]
         tested[test["alertname"]].add(bool(test["exp_alerts"]))
