@@ -4,8 +4,9 @@
 #   1. creates a kind cluster (or reuses KIND_CLUSTER if it exists),
 #   2. builds both images and a disposable SSH target with docker, loads them into the node,
 #   3. runs Redis, PostgreSQL and the target in the cluster (scripts/kind/services.yaml),
-#   4. helm-installs charts/infra-service with scripts/kind/values.yaml,
-#   5. migrates the database and registers the target (scripts/kind/prepare-job.yaml),
+#   4. helm-installs charts/infra-service with scripts/kind/values.yaml (its pre-install hook
+#      applies the migrations) and runs `helm test`,
+#   5. registers the target (scripts/kind/prepare-job.yaml, which also migrates: idempotent),
 #   6. pushes one ProvisionerMessage, waits for its result and the server's DB status,
 #   7. checks what must hold (result succeeded, status READY, deploy key on the target, no
 #      secret value in the Job object, no service account token in the runner pod),
@@ -119,6 +120,9 @@ helm --kube-context "kind-$CLUSTER" upgrade --install "$RELEASE" charts/infra-se
   --set-string orchestratorSshPublicKey="$(cat "$work/orchestrator.pub")" \
   --set-string runner.env.SETUP_PLAYBOOK="$PLAYBOOK" \
   --wait --timeout 5m
+
+say "helm test: dispatcher ready, Redis and PostgreSQL answer with the configured credentials"
+helm --kube-context "kind-$CLUSTER" test "$RELEASE" --namespace "$NS" --logs --timeout 3m
 
 say "database: migrations and the target server"
 "${KUBECTL[@]}" delete job e2e-prepare --ignore-not-found >/dev/null
