@@ -74,7 +74,8 @@ def human_duration(seconds: float) -> str:
 def _seconds(ts: str | None) -> float | None:
     if not ts:
         return None
-    return datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    # fromisoformat is several times faster than strptime (a Table of 400 Jobs parses 800).
+    return datetime.fromisoformat(ts[:19]).replace(tzinfo=UTC).timestamp()
 
 
 def _since(ts: str | None, now: float) -> str:
