@@ -111,6 +111,15 @@ def test_network_policy_dns_destinations_and_ports_from_urls() -> None:
     assert "to" not in runner[4]  # provider API: any destination, port 443 only
 
 
+def test_helm_test_pod_may_scrape_when_metrics_sources_are_restricted() -> None:
+    rendered = render(FULL_VALUES)  # metricsFrom: the monitoring namespace only
+    peers = rendered.one("NetworkPolicy", "-dispatcher")["spec"]["ingress"][0]["from"]
+    test_pod = rendered.one("Pod", "-test-dispatcher")["metadata"]["labels"]
+    assert any("podSelector" in p and "namespaceSelector" not in p
+               and p["podSelector"]["matchLabels"].items() <= test_pod.items() for p in peers)
+    assert any("namespaceSelector" in p for p in peers)
+
+
 def test_runner_jobs_carry_the_app_version(monkeypatch: pytest.MonkeyPatch) -> None:
     job = job_from_chart(render(), monkeypatch)
     assert job["metadata"]["labels"]["app.kubernetes.io/version"] == APP_VERSION
