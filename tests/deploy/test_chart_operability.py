@@ -15,6 +15,8 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.deploy.chart import CHART_DIR, FULL_VALUES, Rendered, job_from_chart, render
 from tests.dispatcher.support import REPO
@@ -59,6 +61,21 @@ def test_names_fit_and_stay_unique(length: int) -> None:
     assert metrics.endswith("-metrics")
     assert f'job="{metrics}"' in rendered.one("PrometheusRule")["spec"]["groups"][0][
         "rules"][0]["expr"]
+
+
+# Helm release names: DNS-1123 labels of at most 53 characters.
+RELEASE_NAMES = st.from_regex(r"[a-z]([a-z0-9-]{0,51}[a-z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(RELEASE_NAMES, min_size=2, max_size=2, unique=True))
+def test_any_two_releases_fit_and_do_not_collide(releases: list[str]) -> None:
+    rendered = [_names(render(EVERYTHING, name=r)) for r in releases]
+    for names in rendered:
+        assert all(len(n) <= 63 for _, n in names), names
+        assert len(set(names)) == len(names)
+    # Two releases in one namespace never share an object name (Helm would refuse).
+    assert not {n for _, n in rendered[0]} & {n for _, n in rendered[1]}
 
 
 def test_two_long_releases_get_distinct_names() -> None:
