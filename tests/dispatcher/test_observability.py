@@ -170,7 +170,7 @@ class Prometheus:
         self.log.close()
 
 
-def test_rules() -> list[dict[str, Any]]:
+def short_window_rules() -> list[dict[str, Any]]:
     """The chart's rules with windows short enough for a test, for this job/namespace."""
     rendered = render({"prometheusRule": {
         "enabled": True, "selector": f'job="{JOB_NAME}", namespace="{NAMESPACE}"',
@@ -178,9 +178,6 @@ def test_rules() -> list[dict[str, Any]]:
         "deadLetterWindow": "2m", "failureWindow": "2m", "failureMinResults": 1,
         "unreachableWindow": "2m", "unreachableThreshold": 1}})
     return rendered.one("PrometheusRule")["spec"]["groups"]
-
-
-test_rules.__test__ = False  # type: ignore[attr-defined]
 
 
 async def _unreachable(redis: aioredis.Redis, keys: Keys, n: int) -> None:
@@ -198,7 +195,7 @@ async def _unreachable(redis: aioredis.Redis, keys: Keys, n: int) -> None:
 async def test_real_prometheus_alerts_and_dashboard(
         dispatcher: DispatcherProcess, k8s: Kube, redis_client: aioredis.Redis, keys: Keys,
         tmp_path: Path) -> None:
-    prom = Prometheus(tmp_path, f"127.0.0.1:{dispatcher.metrics_port}", test_rules())
+    prom = Prometheus(tmp_path, f"127.0.0.1:{dispatcher.metrics_port}", short_window_rules())
     try:
         await wait_until(lambda: asyncio.to_thread(prom.ready), timeout=60,
                          what="Prometheus ready")
