@@ -245,14 +245,23 @@ async def test_real_prometheus_alerts_and_dashboard(
             if not prom.api("query", query=query)["result"]:
                 empty.append(query)
         assert not empty, empty
+
+        # Least privilege, exactly: also let the dispatcher delete a Job whose pod never
+        # starts, then compare every call it made with the Role.
+        k8s.emulator.control.configure_controller(mode="pending")
+        await redis_client.lpush(keys.queue, message("stuck-1", "req-stuck"))
+        await wait_until(lambda: _deleted_once(k8s), timeout=60, what="stuck Job deleted")
+        assert_role_matches(k8s.emulator.control.stats()["requests"])
+
+        # The dispatcher dies: its scrape fails and InfraDispatcherDown fires (for: 5s).
+        dispatcher.kill()
+
+        async def down_firing() -> bool:
+            states = await asyncio.to_thread(alert_states)
+            return "firing" in states.get("InfraDispatcherDown", set())
+        await wait_until(down_firing, timeout=90, interval=1, what="InfraDispatcherDown firing")
     finally:
         prom.stop()
-
-    # Least privilege, exactly: also let the dispatcher delete a Job whose pod never starts.
-    k8s.emulator.control.configure_controller(mode="pending")
-    await redis_client.lpush(keys.queue, message("stuck-1", "req-stuck"))
-    await wait_until(lambda: _deleted_once(k8s), timeout=60, what="stuck Job deleted")
-    assert_role_matches(k8s.emulator.control.stats()["requests"])
 
 
 async def _deleted_once(k8s: Kube) -> bool:
