@@ -229,7 +229,10 @@ async def test_real_prometheus_alerts_and_dashboard(
             return states if expected <= set(states) else None
         states = await wait_until(all_active, timeout=120, interval=1,
                                   what=f"alerts {sorted(expected)}")
-        assert "InfraDispatcherDown" not in states and "InfraDispatcherNotReady" not in states
+        # A scrape slower than the 1 s interval on a loaded machine may make these pending
+        # for a moment; firing needs 5 s of it.
+        for healthy in ("InfraDispatcherDown", "InfraDispatcherNotReady"):
+            assert "firing" not in states.get(healthy, set()), states
         alerts = prom.api("alerts")["alerts"]
         by_name = {a["labels"]["alertname"]: a for a in alerts}
         assert by_name["InfraJobFailureRatioHigh"]["labels"]["reason"] == "Error"
