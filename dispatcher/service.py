@@ -29,7 +29,13 @@ from dispatcher.executors.base import (
     TransientLaunchError,
 )
 from dispatcher.keys import Keys
-from dispatcher.messages import Action, InvalidMessage, ProvisionerMessage, parse_message
+from dispatcher.messages import (
+    Action,
+    InvalidMessage,
+    ProvisionerMessage,
+    RejectReason,
+    parse_message,
+)
 from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
 from dispatcher.queue import Acquisition, Claim, QueueStore
@@ -300,7 +306,7 @@ class Dispatcher:
                 self.launch_failing = False
                 log.error("Job rejected: message dead-lettered",
                           extra={**ctx, "error": str(exc)})
-                await self._reject(raw.encode(), InvalidMessage("job_rejected", str(exc),
+                await self._reject(raw.encode(), InvalidMessage(RejectReason.JOB_REJECTED, str(exc),
                                    message.server_handle), message)
                 return
         self.launch_failing = False
