@@ -48,10 +48,12 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
 
     async def healthz() -> tuple[int, str, bytes]:
         ok = dispatcher.alive
-        return (200 if ok else 503), "text/plain", b"ok\n" if ok else b"a loop died\n"
+        return (200 if ok else 503), "text/plain", \
+            b"ok\n" if ok else b"a background loop keeps dying; see the logs\n"
 
     async def readyz() -> tuple[int, str, bytes]:
-        checks = {"started": dispatcher.started, "redis": dispatcher.redis_ok,
+        checks = {"started": dispatcher.started, "loops": dispatcher.loops_up,
+                  "redis": dispatcher.redis_ok,
                   "executor": executor.healthy, "job_creation": not dispatcher.launch_failing}
         ready = all(checks.values())
         metrics.ready.set(1 if ready else 0)

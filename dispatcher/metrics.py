@@ -46,6 +46,9 @@ class Metrics:
                                      ["verb", "code"], registry=r)
         self.redis_reconnects = Counter("infra_redis_reconnects",
                                         "Redis connection losses recovered from", registry=r)
+        self.loop_restarts = Counter("infra_loop_restarts",
+                                     "Background loops that crashed and were restarted",
+                                     ["loop"], registry=r)
         self.queue_depth = Gauge("infra_queue_depth", "Messages waiting in the queue",
                                  registry=r)
         self.processing_depth = Gauge("infra_processing_depth",

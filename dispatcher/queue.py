@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -71,7 +72,11 @@ for i = 0, (#ARGV - 2) / 5 - 1 do
     result = 'done'
   elseif cur then
     local slot = cjson.decode(cur)
-    if slot.rid == rid then
+    if slot.rid == rid and slot.state == 'created' then
+      -- Its Job exists and its message was acked: this copy was pushed again, it is not a
+      -- redelivery (an acked message is in no list). The caller dead-letters it.
+      result = 'duplicate'
+    elseif slot.rid == rid then
       if slot.state == 'reserved' then
         redis.call('HSET', inflight, handle,
           cjson.encode({rid = rid, job = job, since = now, state = 'acquired'}))
@@ -125,13 +130,64 @@ end
 return 1
 """
 
-# Claim up to ARGV[1] more messages without blocking. KEYS: queue, processing
+# Claim up to ARGV[1] more messages without blocking. KEYS: queue, processing, dead_letter,
+# inflight ; ARGV: count, max_bytes, prefix_bytes, cap, replica, at.
+# Returns {oversize count, 1 if stopped by the in-flight cap with nothing claimed, payloads}.
+# Capacity is checked here: a message for a server without a slot is claimed only while
+# slots + such claims stay below the cap; one for a server that has a slot (it will wait,
+# or the slot is reserved for it) needs no capacity. So a replica at the cap waits for
+# capacity instead of claiming and putting back (which reorders against other replicas).
+# Oversize payloads are dead-lettered here, inside Redis, so they never enter the
+# dispatcher's memory; the entry keeps a bounded prefix (bytes outside ASCII replaced, so
+# the entry stays valid UTF-8 JSON) and the size.
 _CLAIM_MANY = """
-local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not v then break end
-  out[#out + 1] = v
+local queue, processing, dead, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local count, max_bytes, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local used = redis.call('HLEN', inflight)
+local new_servers = {}
+local out = {0, 0}
+local claimed = 0
+local function handle_of(v)
+  local ok, msg = pcall(cjson.decode, v)
+  if ok and type(msg) == 'table' and type(msg.server_handle) == 'string' then
+    return msg.server_handle
+  end
+  return nil
+end
+while claimed < count do
+  local v = redis.call('LINDEX', queue, -1)
+  if not v then
+    -- At the cap with an empty queue: wait for capacity, not on a blocking pop that
+    -- would claim a message it cannot route.
+    if claimed == 0 and used >= cap then out[2] = 1 end
+    break
+  end
+  if #v > max_bytes then
+    redis.call('RPOP', queue)
+    local head = string.gsub(string.sub(v, 1, prefix), '[\\128-\\255]', '?')
+    redis.call('LPUSH', dead, cjson.encode({
+      reason = 'oversize',
+      detail = 'payload is ' .. #v .. ' bytes; the limit is ' .. max_bytes,
+      payload = head, payload_bytes = #v, payload_truncated = true,
+      replica = ARGV[5], at = ARGV[6]}))
+    out[1] = out[1] + 1
+  else
+    local handle = handle_of(v)
+    if handle and not new_servers[handle]
+        and redis.call('HEXISTS', inflight, handle) == 0 then
+      if used >= cap then
+        if claimed == 0 then out[2] = 1 end
+        break
+      end
+      new_servers[handle] = true
+      used = used + 1
+    end
+    redis.call('RPOP', queue)
+    redis.call('LPUSH', processing, v)
+    out[#out + 1] = v
+    claimed = claimed + 1
+  end
 end
 return out
 """
@@ -142,19 +198,50 @@ return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], tonumber(AR
 """
 
 # KEYS: processing, dead_letter, results, reported, inflight, waiting, waiting_index, queue
-# ARGV: raw, dead_letter_entry, result ('' for none), rid ('' for none), handle, now, ttl
+# ARGV: raw, dead_letter_entry, result ('' for none), rid ('' for none), handle, now, ttl,
+#       holder ('1' when this claim acquired the server slot), duplicate_entry
+# Only the holder releases the server slot. A message that never acquired it must not
+# free a busy server nor mark its request reported: when its request id holds any slot it
+# is a duplicate, dead-lettered without a result. Returns 'duplicate' or 'dead_lettered'.
 _DEAD_LETTER = _RELEASE_FN + """
 redis.call('LREM', KEYS[1], 1, ARGV[1])
+local holder = ARGV[8] == '1'
+if not holder and ARGV[4] ~= '' then
+  for _, slot in ipairs(redis.call('HVALS', KEYS[5])) do
+    if cjson.decode(slot).rid == ARGV[4] then
+      redis.call('LPUSH', KEYS[2], ARGV[9])
+      return 'duplicate'
+    end
+  end
+end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 if ARGV[3] ~= '' then
   if ARGV[4] == '' or redis.call('SET', KEYS[4], 'dispatcher', 'NX', 'EX', tonumber(ARGV[7])) then
     redis.call('LPUSH', KEYS[3], ARGV[3])
   end
 end
-if ARGV[4] ~= '' and ARGV[5] ~= '' then
+if holder and ARGV[4] ~= '' and ARGV[5] ~= '' then
   release(KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[5], ARGV[4], tonumber(ARGV[6]))
 end
-return 1
+return 'dead_lettered'
+"""
+
+# Which of ARGV (request ids) appear in a queued or claimed payload. KEYS: the lists.
+# Scanned inside Redis in chunks, so a queue of large payloads never enters the process.
+_PENDING = """
+local found = {}
+for i = 1, #ARGV do found[i] = 0 end
+for _, list in ipairs(KEYS) do
+  local len = redis.call('LLEN', list)
+  for start = 0, len - 1, 64 do
+    for _, v in ipairs(redis.call('LRANGE', list, start, start + 63)) do
+      for i = 1, #ARGV do
+        if found[i] == 0 and string.find(v, ARGV[i], 1, true) then found[i] = 1 end
+      end
+    end
+  end
+end
+return found
 """
 
 # KEYS: source list, queue. Newest first off the source, each to the consuming end, so the
@@ -198,6 +285,14 @@ class Claim(StrEnum):
     WAITING = "waiting"  # server busy: parked on its waiting list
     FULL = "full"  # in-flight cap reached: back at the front of the queue
     DONE = "done"  # a result already exists for this request: dropped
+    DUPLICATE = "duplicate"  # its request id's Job exists and was acked: a second push
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    payloads: list[bytes]
+    oversize: int  # dead-lettered inside Redis by the claim
+    at_cap: bool  # nothing claimed: the in-flight cap is reached
 
 
 @dataclass(frozen=True)
@@ -244,15 +339,22 @@ class QueueStore:
         self._requeue_all = redis.register_script(_REQUEUE_ALL)
         self._recover = redis.register_script(_RECOVER)
         self._requeue_one = redis.register_script(_REQUEUE_ONE)
+        self._pending = redis.register_script(_PENDING)
 
     async def claim(self, blocking: aioredis.Redis, block_seconds: float) -> bytes | None:
         """Block until a message moves from the queue into our processing list."""
         return await blocking.blmove(self.keys.queue, self.processing, block_seconds,
                                      "RIGHT", "LEFT")
 
-    async def claim_many(self, count: int) -> list[bytes]:
-        """Up to ``count`` more messages, without blocking (a burst is claimed in batches)."""
-        return list(await self._claim_many(keys=[self.keys.queue, self.processing], args=[count]))
+    async def claim_many(self, count: int, cap: int, max_bytes: int,
+                         prefix_bytes: int) -> ClaimBatch:
+        """Up to ``count`` more messages, without blocking (a burst is claimed in batches);
+        nothing at the in-flight cap; oversize payloads dead-lettered inside Redis."""
+        out = await self._claim_many(
+            keys=[self.keys.queue, self.processing, self.keys.dead_letter, self.keys.inflight],
+            args=[count, max_bytes, prefix_bytes, cap, self.replica,
+                  datetime.now(UTC).isoformat()])
+        return ClaimBatch(list(out[2:]), int(out[0]), bool(int(out[1])))
 
     async def acquire_many(self, batch: list[Acquisition], cap: int) -> list[Claim]:
         """Route claimed messages, in claim order, in one round trip."""
@@ -284,14 +386,21 @@ class QueueStore:
         return bool(freed)
 
     async def dead_letter(self, raw: bytes, entry: dict[str, Any], result_json: str | None,
-                          request_id: str | None, handle: str | None) -> None:
-        await self._dead_letter(
+                          request_id: str | None, handle: str | None, *, holder: bool) -> bool:
+        """Dead-letter a claimed payload; ``holder`` when this claim acquired the server
+        slot (then it is released). False when it was dead-lettered as a duplicate."""
+        duplicate = {**entry, "reason": "duplicate",
+                     "detail": f"request id {request_id} is held by a Job in flight; this "
+                               "second message with the same request id changed nothing"}
+        outcome = await self._dead_letter(
             keys=[self.processing, self.keys.dead_letter, self.keys.results,
                   self.keys.reported(request_id or "-"), self.keys.inflight,
                   self.keys.waiting(handle or "-"), self.keys.waiting_index, self.keys.queue],
             args=[raw, json.dumps(entry), result_json or "", request_id or "", handle or "",
-                  time.time(), REPORTED_TTL_SECONDS],
+                  time.time(), REPORTED_TTL_SECONDS, "1" if holder else "0",
+                  json.dumps(duplicate)],
         )
+        return (outcome.decode() if isinstance(outcome, bytes) else outcome) != "duplicate"
 
     async def heartbeat(self, ttl_seconds: float) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -343,15 +452,16 @@ class QueueStore:
     async def slot_count(self) -> int:
         return int(await self.redis.hlen(self.keys.inflight))
 
-    async def pending_payloads(self) -> list[bytes]:
-        """Everything that is queued or claimed by any replica (for reconciliation)."""
+    async def pending_requests(self, request_ids: list[str]) -> set[str]:
+        """Which of ``request_ids`` are still queued or claimed by any replica (checked
+        inside Redis: payloads are never copied here)."""
+        if not request_ids:
+            return set()
         replicas = [m.decode() for m in await self.redis.smembers(self.keys.replicas)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(self.keys.queue, 0, -1)
-            for replica in {*replicas, self.replica}:
-                pipe.lrange(self.keys.processing(replica), 0, -1)
-            lists = await pipe.execute()
-        return [item for items in lists for item in items]
+        lists = [self.keys.queue] + [self.keys.processing(r) for r in {*replicas, self.replica}]
+        needles = [f'"request_id":"{rid}"' for rid in request_ids]
+        found = await self._pending(keys=lists, args=needles)
+        return {rid for rid, hit in zip(request_ids, found, strict=True) if int(hit)}
 
     async def depths(self) -> Depths:
         replicas = [m.decode() for m in await self.redis.smembers(self.keys.replicas)]
