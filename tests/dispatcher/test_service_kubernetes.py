@@ -259,10 +259,16 @@ async def test_two_replicas_share_the_queue(start, k8s: Kube, redis_client, keys
     first, second = start("a", **cap), start("b", **cap)
     await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(120)])
     await wait_until(lambda: job_count(k8s, 120), timeout=60, what="120 Jobs")
-    created = [sum(1 for e in p.log_events() if e["event"] == "Job created")
-               for p in (first, second)]
-    assert sum(created) == 120
-    assert all(created), created
+
+    async def created() -> list[int] | None:
+        # A Job is visible before its replica logs it (the log line follows the ack).
+        counts = [sum(1 for e in p.log_events() if e["event"] == "Job created")
+                  for p in (first, second)]
+        return counts if sum(counts) >= 120 else None
+
+    counts = await wait_until(created, timeout=30, what="120 'Job created' log lines")
+    assert sum(counts) == 120
+    assert all(counts), counts
 
 
 async def test_api_faults_are_retried_with_the_message_kept(start, k8s: Kube, redis_client,
