@@ -29,7 +29,8 @@ def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
 
     workers = settings.dispatch_concurrency + 2
     configuration = load_configuration(settings.kubeconfig, pool_size=workers + 2)
-    kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers)
+    kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers,
+                      kubeconfig=settings.kubeconfig)
     return KubernetesExecutor(kube, settings, template)
 
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import Any
 
-from dispatcher.executors.base import JobEnd, JobView
+from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
 from dispatcher.jobspec import build_job
 from dispatcher.kube.classify import job_outcome, job_without_pod, parse_time, stuck_reason, utcnow
 from dispatcher.kube.client import KubeClient
@@ -65,6 +65,8 @@ class KubernetesExecutor:
         self._watches: list[ListWatch] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._first_sync = asyncio.Event()
+        # Jobs whose create got no answer: a later 409 may be our own create (metrics).
+        self._unanswered: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,7 +76,8 @@ class KubernetesExecutor:
         for kind, fn in (("jobs", self.kube.batch.list_namespaced_job),
                          ("pods", self.kube.core.list_namespaced_pod)):
             watch = ListWatch(kind, fn, self.namespace, sel, deliver,
-                              on_health=self._health_setter(loop, kind))
+                              on_health=self._health_setter(loop, kind),
+                              on_unauthorized=self.kube.reload_credentials)
             self._watches.append(watch)
             watch.start()
         self._tasks = [asyncio.create_task(self._consume(), name="kube-events"),
@@ -103,7 +106,18 @@ class KubernetesExecutor:
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
         body = build_job(message, self.settings, self.template)
-        return await create_job(self.kube, self.namespace, body)
+        try:
+            created = await create_job(self.kube, self.namespace, body,
+                                       after_lost_reply=job_name in self._unanswered)
+        except TransientLaunchError as exc:
+            if exc.maybe_applied:
+                self._unanswered.add(job_name)
+            raise
+        except LaunchRejected:
+            self._unanswered.discard(job_name)
+            raise
+        self._unanswered.discard(job_name)
+        return created
 
     async def delete(self, job_name: str) -> None:
         await delete_job(self.kube, self.namespace, job_name)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -43,7 +45,11 @@ def _read_and_release(call: Callable[[], T]) -> T:
 
 class KubeClient:
     def __init__(self, configuration: client.Configuration, metrics: Metrics,
-                 timeout_seconds: float, workers: int) -> None:
+                 timeout_seconds: float, workers: int, kubeconfig: str | None = None) -> None:
+        self.configuration = configuration
+        self.kubeconfig = kubeconfig
+        self._reload_lock = threading.Lock()
+        self._reloaded_at = 0.0
         self.api_client = client.ApiClient(configuration)
         self.batch = client.BatchV1Api(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
@@ -74,6 +80,21 @@ class KubeClient:
         status = getattr(result, "status", 200)
         self.metrics.api_responses.labels(verb, str(status)).inc()
         return result
+
+    def reload_credentials(self) -> bool:
+        """After a 401: read the credentials again (kubeconfig, or the in-cluster token
+        file, which the kubelet rotates) into the live configuration, which every request
+        and watch reads its Authorization header from. At most once a second; True if
+        reloaded now. Never logs the credentials themselves."""
+        with self._reload_lock:
+            if time.monotonic() - self._reloaded_at < 1.0:
+                return False
+            self._reloaded_at = time.monotonic()
+            fresh = load_configuration(self.kubeconfig, self.configuration.connection_pool_maxsize)
+            for attr in ("api_key", "api_key_prefix", "refresh_api_key_hook", "username",
+                         "password"):
+                setattr(self.configuration, attr, getattr(fresh, attr))
+            return True
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
