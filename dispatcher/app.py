@@ -54,6 +54,7 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
 
     async def readyz() -> tuple[int, str, bytes]:
         checks = {"started": dispatcher.started, "loops": dispatcher.loops_up,
+                  "job_config": dispatcher.config_refusal is None,
                   "redis": dispatcher.redis_ok,
                   "executor": executor.healthy, "job_creation": not dispatcher.launch_failing}
         ready = all(checks.values())

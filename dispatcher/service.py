@@ -91,6 +91,10 @@ class Dispatcher:
         self._claimed: set[bytes] = set()
         self._suspects: set[bytes] = set()
         self.supervisor = Supervisor(metrics)
+        # Set while the API accepts Jobs built from the settings (dry-run preflight); the
+        # pop loop consumes nothing while it is clear.
+        self.config_accepted = asyncio.Event()
+        self.config_refusal: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -123,6 +127,8 @@ class Dispatcher:
             return
         stopped.cancel()
         starting.result()
+        await self._preflight()
+        self.supervisor.start("preflight", self._preflight_loop)
         self.supervisor.start("ends", self._ends_loop)
         self.supervisor.start("acks", self._ack_loop)
         self.supervisor.start("reconcile", self._reconcile_loop)
@@ -195,9 +201,44 @@ class Dispatcher:
             self.redis_ok = True
             return result
 
+    # -- configuration preflight -------------------------------------------------------
+    async def _preflight(self) -> bool:
+        """Dry-run create of a Job built from the settings; True if the API accepts it.
+        Unanswered (API down): the last verdict stands, the API outage shows elsewhere."""
+        try:
+            refusal = await self.executor.preflight()
+        except TransientLaunchError as exc:
+            log.warning("Job preflight (dry run) could not reach the API; retried later",
+                        extra={"error": str(exc)})
+            if self.config_refusal is None:
+                self.config_accepted.set()  # no verdict yet: creates will tell
+            return self.config_refusal is None
+        if refusal is None:
+            if self.config_refusal is not None:
+                log.info("the API accepts Jobs built from the settings again: consuming")
+            self.config_refusal = None
+            self.config_accepted.set()
+            return True
+        if refusal != self.config_refusal:
+            log.error("the Kubernetes API refuses Jobs built from the settings (dry run); "
+                      "no message is consumed until the DISPATCHER_JOB_* settings (chart "
+                      "values runner.*) are fixed", extra={"error": refusal})
+        self.config_refusal = refusal
+        self.config_accepted.clear()
+        return False
+
+    async def _preflight_loop(self) -> None:
+        while True:
+            period = self.settings.preflight_seconds
+            if self.config_refusal is not None:
+                period = min(period, 10.0)  # refused: notice the fix quickly
+            await asyncio.sleep(period)
+            await self._preflight()
+
     # -- popping -----------------------------------------------------------------------
     async def _pop_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            await self.config_accepted.wait()
             await self._slots_free.wait()
             # A burst is claimed in batches; an empty queue is waited on with a blocking pop.
             # At the in-flight cap nothing is claimed: wait for capacity (claiming and putting
@@ -321,6 +362,12 @@ class Dispatcher:
                             extra={**ctx, "error": str(exc), "retry_in": delay})
                 await asyncio.sleep(delay)
             except LaunchRejected as exc:
+                if not await self._preflight():
+                    # The settings, not this message, are refused: keep it claimed and
+                    # wait for the fix instead of dead-lettering every message.
+                    self.launch_failing = True
+                    await self.config_accepted.wait()
+                    continue
                 self.launch_failing = False
                 log.error("Job rejected: message dead-lettered",
                           extra={**ctx, "error": str(exc)})

@@ -64,6 +64,13 @@ class Executor(Protocol):
         Raises LaunchRejected or TransientLaunchError.
         """
 
+    async def preflight(self) -> str | None:
+        """Check that Jobs built from the settings are accepted (server-side dry run).
+
+        None when accepted; the refusal (naming the offending field) otherwise. Raises
+        TransientLaunchError when the backend cannot tell now.
+        """
+
     async def delete(self, job_name: str) -> None:
         """Stop and remove a Job (used for stuck pods); absent is fine."""
 

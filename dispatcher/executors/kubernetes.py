@@ -119,6 +119,19 @@ class KubernetesExecutor:
         self._unanswered.discard(job_name)
         return created
 
+    async def preflight(self) -> str | None:
+        """A Job built from the settings, created with ``dryRun=All``: validated and
+        admitted by the API server like a real one, never stored."""
+        sample = ProvisionerMessage(server_handle="preflight",
+                                    request_id=f"preflight-{self.settings.replica_id}"[:63]
+                                    ).with_identity()
+        body = build_job(sample, self.settings, self.template)
+        try:
+            await create_job(self.kube, self.namespace, body, dry_run=True)
+        except LaunchRejected as exc:
+            return str(exc)
+        return None
+
     async def delete(self, job_name: str) -> None:
         await delete_job(self.kube, self.namespace, job_name)
 

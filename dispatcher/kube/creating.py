@@ -26,7 +26,9 @@ async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any],
     the Job already existed (a redelivery: an earlier incarnation created it)."""
     kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
     try:
-        await kube.call("create", kube.batch.create_namespaced_job, namespace, body,
+        # Dry runs are counted apart: "create" responses are real Job creations.
+        await kube.call("create_dry_run" if dry_run else "create",
+                        kube.batch.create_namespaced_job, namespace, body,
                         _preload_content=False, **kwargs)
     except ApiException as exc:
         if exc.status == 409:
