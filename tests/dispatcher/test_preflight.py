@@ -142,3 +142,40 @@ async def _refusal_logged(process: DispatcherProcess) -> bool:
 
 async def _jobs(k8s: Kube, n: int) -> bool:
     return len(await asyncio.to_thread(k8s.jobs)) >= n
+
+
+CHART_SCHEMA = Path(__file__).resolve().parents[2] / "charts/infra-service/values.schema.json"
+
+
+@pytest.mark.parametrize(("values", "where"), [
+    ({"runner": {"resources": {"limits": {"memory": "1 GB"}}}}, "memory"),
+    ({"runner": {"scratchSizeLimit": "1 Gi"}}, "scratchSizeLimit"),
+    ({"runner": {"labels": {"team": "platform ops"}}}, "labels"),
+    ({"runner": {"labels": {"bad key": "x"}}}, "labels"),
+    ({"runner": {"nodeSelector": {"zone": "eu west"}}}, "nodeSelector"),
+    ({"runner": {"tolerations": [{"key": "k", "operator": "Sometimes"}]}}, "operator"),
+    ({"runner": {"tolerations": [{"key": "k", "effect": "Never"}]}}, "effect"),
+    ({"dispatcher": {"resources": {"requests": {"cpu": "half"}}}}, "cpu"),
+])
+def test_the_chart_schema_refuses_what_it_can_check_offline(values: dict[str, Any],
+                                                            where: str) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(json.loads(CHART_SCHEMA.read_text()))
+    errors = list(validator.iter_errors(values))
+    assert errors, values
+    assert any(where in "/".join(map(str, e.absolute_path)) or where in e.message
+               for e in errors), [e.message for e in errors]
+
+
+def test_the_chart_schema_accepts_real_kubernetes_values() -> None:
+    import jsonschema
+
+    jsonschema.Draft7Validator(json.loads(CHART_SCHEMA.read_text())).validate({"runner": {
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                      "limits": {"memory": "1Gi", "cpu": 2, "ephemeral-storage": "1.5G"}},
+        "scratchSizeLimit": "2Gi",
+        "labels": {"example.com/team": "platform", "tier": ""},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "prov",
+                         "effect": "NoSchedule"}, {"operator": "Exists"}]}})
