@@ -37,7 +37,7 @@ from dispatcher.messages import (
 )
 from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
-from dispatcher.queue import Acquisition, Claim, QueueStore
+from dispatcher.queue import Acquisition, Claim, QueueStore, Slot
 from dispatcher.redis_errors import is_transient
 from dispatcher.reporting import publish_result, was_reported
 from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
@@ -240,7 +240,8 @@ class Dispatcher:
         while not stop.is_set():
             await self.config_accepted.wait()
             await self._slots_free.wait()
-            # A burst is claimed in batches; an empty queue is waited on with a blocking pop.
+            # A burst is claimed in batches; an empty queue is waited on with a blocking
+            # command (no polling) that claims nothing itself.
             # At the in-flight cap nothing is claimed: wait for capacity (claiming and putting
             # back would reorder a server's messages against other replicas).
             batch = await self._redis(functools.partial(
@@ -257,13 +258,10 @@ class Dispatcher:
                 continue
             raws = batch.payloads
             if not raws:
-                if batch.oversize:
-                    continue
-                raw = await self._redis(
-                    lambda: self.store.claim(self.blocking_redis, BLOCK_SECONDS))
-                if raw is None:
-                    continue
-                raws = [raw]
+                if not batch.oversize:
+                    await self._redis(lambda: self.store.wait_for_message(
+                        self.blocking_redis, BLOCK_SECONDS))
+                continue
             self._claimed.update(raws)
             owned: set[bytes] = set()
             try:
@@ -309,6 +307,8 @@ class Dispatcher:
                     item.handle), message)
             elif claim is Claim.FULL:
                 full = True
+                log.warning("in-flight cap reached after the claim: message put back at the "
+                            "front of the queue", extra=ctx)
             else:
                 payload = item.new_raw.encode()
                 owned.add(payload)
@@ -543,8 +543,9 @@ class Dispatcher:
             return
         now = time.time()
         grace = self.settings.orphan_grace_seconds
-        pending: set[str] | None = None
-        for slot in await self.store.slots():
+        pending: set[Slot] | None = None
+        slots = await self.store.slots()
+        for slot in slots:
             view = jobs.get(slot.job_name or "")
             if view is not None and view.end is not None:
                 await self._finish(view.end)  # ended while its end went unhandled
@@ -558,10 +559,9 @@ class Dispatcher:
                 continue
             # Claimed or reserved but no Job: fine while its message is still queued/claimed.
             if pending is None:
-                pending = await self.store.pending_requests(
-                    [s.request_id for s in await self.store.slots() if s.state != "created"])
-            if slot.request_id not in pending:
-                released = await self.store.release(slot.handle, slot.request_id)
+                pending = await self.store.pending([s for s in slots if s.state != "created"])
+            if slot not in pending:
+                released = await self.store.release_slot(slot)
                 if released:
                     self.capacity.set()
                     log.warning("released an orphaned server slot",
