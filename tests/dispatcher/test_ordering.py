@@ -41,9 +41,9 @@ def _out_of_order_pairs(seen: list[int]) -> int:
     return sum(1 for i, a in enumerate(seen) for b in seen[i + 1:] if a > b)
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize(("replicas", "crash"), [(2, False), (3, False), (3, True)])
 async def test_each_servers_messages_run_in_push_order(
-        replicas: int, k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis,
+        replicas: int, crash: bool, k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis,
         keys: Keys, tmp_path: Path) -> None:
     servers, per_server = 15, 8  # more servers than the default cap of 10
     processes = [DispatcherProcess({
@@ -75,11 +75,19 @@ async def test_each_servers_messages_run_in_push_order(
                 await runner_reports(redis_client, keys, rid, handle)
                 await asyncio.to_thread(k8s.kubelet.succeed, NAMESPACE, job["metadata"]["name"])
                 done.add(job["metadata"]["name"])
+            if crash and len(done) >= len(payloads) // 3 and processes[0].proc and \
+                    processes[0].proc.poll() is None:
+                processes[0].kill()  # SIGKILL mid-stream; its heartbeat expires, others recover
             await asyncio.sleep(0.05)
         pairs = {h: _out_of_order_pairs(order) for h, order in seen.items()}
-        print(f"{replicas} replicas: out-of-order pairs per server {pairs}, "
-              f"peak Jobs in flight {peak}")
-        assert all(order == list(range(per_server)) for order in seen.values()), seen
+        print(f"{replicas} replicas{' with a SIGKILL' if crash else ''}: out-of-order pairs "
+              f"{sum(pairs.values())} ({pairs}), peak Jobs in flight {peak}")
+        # Every message ran exactly once.
+        assert all(sorted(order) == list(range(per_server)) for order in seen.values()), seen
+        if not crash:
+            assert all(order == list(range(per_server)) for order in seen.values()), seen
+        # With a crash, strict order can break only in the case the README names (a
+        # replica killed between claiming a batch and routing it); measured, printed.
         assert peak <= 10
         put_back = [e for p in processes for e in p.log_events()
                     if e["event"].startswith("in-flight cap reached after the claim")]
