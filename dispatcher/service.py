@@ -207,9 +207,9 @@ class Dispatcher:
         Unanswered (API down): the last verdict stands, the API outage shows elsewhere."""
         try:
             refusal = await self.executor.preflight()
-        except TransientLaunchError as exc:
-            log.warning("Job preflight (dry run) could not reach the API; retried later",
-                        extra={"error": str(exc)})
+        except Exception as exc:  # unanswered (or a bug here): no verdict, never a crash
+            log.warning("Job preflight (dry run) got no verdict; retried later",
+                        extra={"error": str(exc)[:500], "error_type": type(exc).__name__})
             if self.config_refusal is None:
                 self.config_accepted.set()  # no verdict yet: creates will tell
             return self.config_refusal is None

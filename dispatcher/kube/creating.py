@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
@@ -24,12 +25,12 @@ async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any],
     """True if created by this call, or by an earlier call of ours whose reply was lost
     (``after_lost_reply``, and the existing Job carries our request-id label); False if
     the Job already existed (a redelivery: an earlier incarnation created it)."""
-    kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    path = f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs"
     try:
         # Dry runs are counted apart: "create" responses are real Job creations.
-        await kube.call("create_dry_run" if dry_run else "create",
-                        kube.batch.create_namespaced_job, namespace, body,
-                        _preload_content=False, **kwargs)
+        await kube.call("create_dry_run" if dry_run else "create", kube.post_json, path,
+                        payload, "dryRun=All" if dry_run else "")
     except ApiException as exc:
         if exc.status == 409:
             return after_lost_reply and await _is_ours(kube, namespace, body)
