@@ -21,10 +21,10 @@ SCRATCH_PATH = "/scratch"
 
 
 def runner_env(message: ProvisionerMessage, job_name: str, public_key: str,
-               deadline_seconds: int) -> dict[str, str]:
+               deadline_seconds: int, message_json: str | None = None) -> dict[str, str]:
     """Environment every runner gets, whichever executor starts it."""
     return {
-        "PROVISIONER_MESSAGE": message.to_json(),
+        "PROVISIONER_MESSAGE": message_json or message.to_json(),
         "JOB_NAME": job_name,
         "ORCHESTRATOR_SSH_PUBLIC_KEY": public_key,
         # The runner ends its play before Kubernetes kills the pod, so it reports itself.
@@ -33,18 +33,19 @@ def runner_env(message: ProvisionerMessage, job_name: str, public_key: str,
 
 
 def build_job(message: ProvisionerMessage, settings: DispatcherSettings,
-              template: JobTemplateSettings) -> dict[str, Any]:
-    name = job_name_for(message)
+              template: JobTemplateSettings, job_name: str | None = None) -> dict[str, Any]:
+    name = job_name or job_name_for(message)
+    message_json = message.to_json()  # serialised once, used twice
     labels = {**template.labels, **job_labels(message, settings.instance)}
     annotations = {
         **template.annotations,
-        ANNOTATION_MESSAGE: message.to_json(),
+        ANNOTATION_MESSAGE: message_json,
         ANNOTATION_REPLICA: settings.replica_id,
     }
     env: list[dict[str, Any]] = [
         {"name": k, "value": v}
         for k, v in runner_env(message, name, settings.orchestrator_ssh_public_key,
-                               template.active_deadline_seconds).items()
+                               template.active_deadline_seconds, message_json).items()
     ]
     env += [
         # The emptyDir itself: subdirectories would not exist on a fresh volume.

@@ -59,7 +59,7 @@ ERROR_KINDS = {
 }
 BLOCK_SECONDS = 5.0
 CLAIM_BATCH_FACTOR = 8
-# Dead-letter entries keep at most this much of a payload (plus its size).
+# Dead-letter entries of oversize payloads keep this much of it (plus its size).
 DEAD_LETTER_PREFIX_BYTES = 512
 
 
@@ -418,11 +418,12 @@ class Dispatcher:
         it a duplicate, with no result and nothing else changed."""
         handle = message.server_handle if message else invalid.server_handle
         rid = message.request_id if message else invalid.request_id
-        # Bounded: a dead-letter entry never holds more than a prefix of the payload.
-        payload = raw[:DEAD_LETTER_PREFIX_BYTES].decode("utf-8", errors="backslashreplace")
+        # Bounded: payloads here are at most MAX_PAYLOAD_BYTES (the claim script
+        # dead-letters bigger ones); kept whole so `dead-letter --requeue` can retry them.
+        payload = raw[:MAX_PAYLOAD_BYTES].decode("utf-8", errors="backslashreplace")
         entry: dict[str, Any] = {
             "reason": invalid.reason, "detail": invalid.detail, "payload": payload,
-            "payload_bytes": len(raw), "payload_truncated": len(raw) > DEAD_LETTER_PREFIX_BYTES,
+            "payload_bytes": len(raw), "payload_truncated": len(raw) > MAX_PAYLOAD_BYTES,
             "server_handle": handle, "request_id": rid, "replica": self.settings.replica_id,
             "at": datetime.now(UTC).isoformat(),
         }

@@ -105,7 +105,7 @@ class KubernetesExecutor:
 
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
-        body = build_job(message, self.settings, self.template)
+        body = build_job(message, self.settings, self.template, job_name)
         try:
             created = await create_job(self.kube, self.namespace, body,
                                        after_lost_reply=job_name in self._unanswered)
