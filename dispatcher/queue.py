@@ -62,7 +62,7 @@ end
 # Batch acquire, in claim order. KEYS: processing, inflight, waiting_index, queue, then per
 # message its waiting list and reported marker. ARGV: cap, now, then per message raw,
 # new_raw, handle, rid, job. Returns one outcome per message.
-_ACQUIRE = """
+_ACQUIRE = _RELEASE_FN + """
 local processing, inflight, waiting_index, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cap, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
@@ -86,6 +86,14 @@ for i = 0, (#ARGV - 2) / 5 - 1 do
   local cur = redis.call('HGET', inflight, handle)
   if redis.call('EXISTS', reported) == 1 then
     redis.call('LREM', processing, 1, raw)
+    if cur then
+      local slot = cjson.decode(cur)
+      if slot.state == 'claimed' and slot.sha == redis.sha1hex(raw) then
+        -- Dropped, so the slot it took at claim time goes to the next in line.
+        redis.call('HDEL', inflight, handle)
+        hand_over(inflight, waiting, waiting_index, queue, handle, now)
+      end
+    end
     result = 'done'
   elseif cur then
     local slot = cjson.decode(cur)

@@ -5,8 +5,10 @@ Transient: the connection is gone or timed out; the server is loading its datase
 talk to a replica that was just demoted (``READONLY``); the server restarted and forgot
 its Lua scripts (``NOSCRIPT``: the next call loads the script again); the server is busy
 running a script (``BUSY``); it is out of memory (``OOM``: the operator frees memory; the
-message waits in Redis meanwhile). Anything else (a wrong password, a script bug) is a
-misconfiguration or a bug and surfaces.
+message waits in Redis meanwhile). A refused password is retried too (redis-py reports it
+as a connection error; a rotated secret is fixed without a restart, and the log names
+REDIS_PASSWORD). Anything else (a script bug, a wrong key type) is a bug and surfaces: its
+loop crashes, is logged and restarted by the supervisor.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ class Dispatcher:
                 if self.redis_ok:
                     self.metrics.redis_reconnects.inc()
                     log.warning("Redis unavailable (connection lost, restarting, failing "
-                                "over or read-only); retrying",
+                                "over, read-only, or REDIS_PASSWORD refused); retrying",
                                 extra={"error": str(exc), "error_type": type(exc).__name__})
                 self.redis_ok = False
                 await asyncio.sleep(backoff)

@@ -233,3 +233,18 @@ async def test_claims_stop_at_the_cap(redis_client: aioredis.Redis, keys: Keys) 
     assert [json.loads(p)["request_id"] for p in batch.payloads] == ["d"]
     batch = await store.claim_many(10, cap=2, max_bytes=4096, prefix_bytes=100)
     assert (batch.payloads, batch.at_cap) == ([], True)
+
+
+async def test_a_dropped_redelivery_gives_back_the_slot_it_claimed(
+        redis_client: aioredis.Redis, keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.set(keys.reported("old"), "runner")
+    await redis_client.lpush(keys.queue, msg("s1", "old"))
+    batch = await store.claim_many(10, cap=10, max_bytes=4096, prefix_bytes=100)
+    assert [s.state for s in await store.slots()] == ["claimed"]
+    raw = batch.payloads[0]
+    message = parse_message(raw)
+    claim = await store.acquire(raw, raw.decode(), "s1", "old", job_name_for(message), 10)
+    assert claim is Claim.DONE
+    assert await store.slots() == []
+    assert await redis_client.llen(keys.processing("r1")) == 0
