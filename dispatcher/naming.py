@@ -53,11 +53,16 @@ def selector(instance: str) -> str:
 
 
 def job_labels(message: ProvisionerMessage, instance: str) -> dict[str, str]:
+    return labels_for(message.server_handle, message.request_id or "", message.action.value,
+                      instance)
+
+
+def labels_for(handle: str, request_id: str, action: str, instance: str) -> dict[str, str]:
     return {
         **selector_labels(instance),
         "app.kubernetes.io/component": "runner",
         "app.kubernetes.io/part-of": "infra-service",
-        LABEL_HANDLE: message.server_handle,
-        LABEL_REQUEST: message.request_id or "",
-        LABEL_ACTION: message.action.value,
+        LABEL_HANDLE: handle,
+        LABEL_REQUEST: request_id,
+        LABEL_ACTION: action,
     }

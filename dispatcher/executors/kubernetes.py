@@ -8,10 +8,10 @@ import logging
 from typing import Any
 
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
-from dispatcher.jobspec import build_job
+from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import job_outcome, job_without_pod, parse_time, stuck_reason, utcnow
 from dispatcher.kube.client import KubeClient
-from dispatcher.kube.creating import create_job
+from dispatcher.kube.creating import JobPayload, create_job
 from dispatcher.kube.deleting import delete_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.messages import ProvisionerMessage
@@ -51,6 +51,7 @@ class KubernetesExecutor:
         self.kube = kube
         self.settings = settings
         self.template = template
+        self._body = JobBodyTemplate(settings, template)
         self.namespace = settings.namespace
         self.pull_grace = settings.image_pull_grace_seconds
         self.check_interval = check_interval
@@ -105,7 +106,8 @@ class KubernetesExecutor:
 
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
-        body = build_job(message, self.settings, self.template, job_name)
+        fields = JobFields.of(message, job_name)
+        body = JobPayload(job_name, fields.request_id, self._body.render(fields))
         try:
             created = await create_job(self.kube, self.namespace, body,
                                        after_lost_reply=job_name in self._unanswered)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -20,12 +21,24 @@ from dispatcher.naming import LABEL_REQUEST
 log = logging.getLogger(__name__)
 
 
-async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any],
+@dataclass(frozen=True)
+class JobPayload:
+    """A Job body already serialised (see jobspec.JobBodyTemplate)."""
+
+    name: str
+    request_id: str
+    payload: bytes
+
+
+async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any] | JobPayload,
                      dry_run: bool = False, after_lost_reply: bool = False) -> bool:
     """True if created by this call, or by an earlier call of ours whose reply was lost
     (``after_lost_reply``, and the existing Job carries our request-id label); False if
     the Job already existed (a redelivery: an earlier incarnation created it)."""
-    payload = json.dumps(body, separators=(",", ":")).encode()
+    if not isinstance(body, JobPayload):
+        body = JobPayload(body["metadata"]["name"], body["metadata"]["labels"][LABEL_REQUEST],
+                          json.dumps(body, separators=(",", ":")).encode())
+    payload = body.payload
     path = f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs"
     try:
         # Dry runs are counted apart: "create" responses are real Job creations.
@@ -41,7 +54,7 @@ async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any],
                         "the message stays claimed and is retried (check the service "
                         "account token or kubeconfig if this persists)",
                         extra={"reloaded": reloaded})
-        text = f"creating Job {body['metadata']['name']}: HTTP {failure.status} " \
+        text = f"creating Job {body.name}: HTTP {failure.status} " \
                f"{failure.reason}: {failure.message}"
         if failure.retryable:
             # A 5xx may come after the write was stored (a timeout between API server and
@@ -56,10 +69,10 @@ async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any],
     return True
 
 
-async def _is_ours(kube: KubeClient, namespace: str, body: dict[str, Any]) -> bool:
+async def _is_ours(kube: KubeClient, namespace: str, body: JobPayload) -> bool:
     """A 409: the Job exists. Ours when it carries our request id (a create whose reply was
     lost, or a redelivery): it counts as created by us."""
-    name = body["metadata"]["name"]
+    name = body.name
     try:
         response = await kube.call("get", kube.batch.read_namespaced_job, name, namespace,
                                    _preload_content=False)
@@ -68,9 +81,9 @@ async def _is_ours(kube: KubeClient, namespace: str, body: dict[str, Any]) -> bo
         log.warning("Job exists; could not read it to tell whose it is",
                     extra={"job_name": name, "error": str(exc)[:300]})
         return False
-    ours = labels.get(LABEL_REQUEST) == body["metadata"]["labels"].get(LABEL_REQUEST)
+    ours = labels.get(LABEL_REQUEST) == body.request_id
     if not ours:
         log.error("a Job with this name exists for another request; not creating it",
-                  extra={"job_name": name, "request_id": body["metadata"]["labels"].get(
-                      LABEL_REQUEST), "other_request_id": labels.get(LABEL_REQUEST)})
+                  extra={"job_name": name, "request_id": body.request_id,
+                         "other_request_id": labels.get(LABEL_REQUEST)})
     return ours
