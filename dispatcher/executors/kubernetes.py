@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
@@ -65,6 +66,7 @@ class KubernetesExecutor:
         self._watch_ok = {"jobs": False, "pods": False}
         self._watches: list[ListWatch] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._down: set[str] = set()
         self._first_sync = asyncio.Event()
         # Jobs whose create got no answer: a later 409 may be our own create (metrics).
         self._unanswered: set[str] = set()
@@ -81,8 +83,8 @@ class KubernetesExecutor:
                               on_unauthorized=self.kube.reload_credentials)
             self._watches.append(watch)
             watch.start()
-        self._tasks = [asyncio.create_task(self._consume(), name="kube-events"),
-                       asyncio.create_task(self._check_stuck(), name="kube-stuck")]
+        self._tasks = [asyncio.create_task(self._supervised("kube-events", self._consume)),
+                       asyncio.create_task(self._supervised("kube-stuck", self._check_stuck))]
         await self._first_sync.wait()
 
     def _health_setter(self, loop: asyncio.AbstractEventLoop, kind: str):  # type: ignore[no-untyped-def]
@@ -102,7 +104,26 @@ class KubernetesExecutor:
 
     @property
     def healthy(self) -> bool:
-        return all(self._watch_ok.values())
+        return all(self._watch_ok.values()) and not self._down
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """An event or stuck-pod loop that raises (an object it cannot read) is logged and
+        restarted with backoff; not ready meanwhile. Its state lives in this object, and
+        the next listing repairs anything the crash skipped."""
+        backoff = 0.1
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("executor loop crashed; restarting it",
+                          extra={"loop": name, "error": str(exc)[:500], "retry_in": backoff},
+                          exc_info=exc)
+            self._down.add(name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            self._down.discard(name)
 
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:

@@ -79,3 +79,22 @@ async def test_a_crashing_loop_is_restarted_counted_and_surfaced(
     assert metric_value(text, "infra_loop_restarts_total", '{loop="pop"}') == \
         supervision.FAILURES_FOR_UNHEALTHY
     await supervisor.stop_all()
+
+
+async def test_the_executor_event_loop_survives_an_object_it_cannot_read() -> None:
+    from dispatcher.executors.kubernetes import KubernetesExecutor
+    from dispatcher.kube.watching import Change
+    from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+
+    executor = KubernetesExecutor(None, DispatcherSettings(), JobTemplateSettings())  # type: ignore[arg-type]
+    executor._watch_ok = {"jobs": True, "pods": True}
+    await executor._events.put(Change("jobs", "ADDED", {"metadata": None}))  # unreadable
+    good = {"metadata": {"name": "prov-a-1", "labels": {}}, "status": {}}
+    await executor._events.put(Change("jobs", "ADDED", good))
+    task = asyncio.create_task(executor._supervised("kube-events", executor._consume))
+    await asyncio.sleep(0.02)
+    assert not executor.healthy  # down until restarted: /readyz 503
+    await asyncio.sleep(0.3)
+    assert executor.healthy
+    assert "prov-a-1" in executor._jobs  # the loop went on after the bad object
+    task.cancel()
