@@ -30,7 +30,8 @@ def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
 
     workers = settings.dispatch_concurrency + 2
     configuration = load_configuration(settings.kubeconfig, pool_size=workers + 2)
-    kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers)
+    kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers,
+                      kubeconfig=settings.kubeconfig)
     return KubernetesExecutor(kube, settings, template)
 
 
@@ -49,10 +50,13 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
 
     async def healthz() -> tuple[int, str, bytes]:
         ok = dispatcher.alive
-        return (200 if ok else 503), "text/plain", b"ok\n" if ok else b"a loop died\n"
+        return (200 if ok else 503), "text/plain", \
+            b"ok\n" if ok else b"a background loop keeps dying; see the logs\n"
 
     async def readyz() -> tuple[int, str, bytes]:
-        checks = {"started": dispatcher.started, "redis": dispatcher.redis_ok,
+        checks = {"started": dispatcher.started, "loops": dispatcher.loops_up,
+                  "job_config": dispatcher.config_refusal is None,
+                  "redis": dispatcher.redis_ok,
                   "executor": executor.healthy, "job_creation": not dispatcher.launch_failing}
         ready = all(checks.values())
         metrics.ready.set(1 if ready else 0)

@@ -156,15 +156,21 @@ async def _dead_letter(args: argparse.Namespace) -> int:
             for raw in await redis.lrange(keys.dead_letter, 0, args.count - 1):
                 print(raw.decode(errors="backslashreplace"))
             return 0
-        moved = 0
+        moved, kept = 0, []
         for _ in range(args.count):
             # Oldest first; the payload goes back as it came, to be validated again.
             raw = await redis.rpop(keys.dead_letter)
             if raw is None:
                 break
-            await redis.lpush(keys.queue, json.loads(raw)["payload"])
+            entry = json.loads(raw)
+            if entry.get("payload_truncated"):
+                kept.append(raw)  # only a prefix was kept (oversize): nothing to retry
+                continue
+            await redis.lpush(keys.queue, entry["payload"])
             moved += 1
-        print(json.dumps({"requeued": moved}))
+        for raw in reversed(kept):
+            await redis.rpush(keys.dead_letter, raw)
+        print(json.dumps({"requeued": moved, "kept_truncated": len(kept)}))
         return 0
     finally:
         await redis.aclose()

@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dispatcher.messages import RejectReason
 from dispatcher.queue import Depths
 from dispatcher.results import ResultStatus
 
@@ -40,8 +41,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
                    60, 300)
 
 # Label values known in advance (initialised at zero). Others still appear when they occur.
-DEAD_LETTER_REASONS = ("not_json", "not_object", "unknown_field", "missing_field", "bad_handle",
-                       "conflicting_flags", "wrong_type", "job_rejected")
+DEAD_LETTER_REASONS = tuple(reason.value for reason in RejectReason)
 JOB_FAILURE_REASONS = ("Error", "BackoffLimitExceeded", "DeadlineExceeded", "OOMKilled",
                        "Evicted", "CreateContainerConfigError", "CreateContainerError",
                        "InvalidImageName", "ErrImagePull", "ImagePullBackOff",
@@ -56,7 +56,8 @@ RESULT_KINDS = ("invalid_message", "unknown_server", "ssh_unreachable", "ssh_aut
 NO_KIND = "none"  # results without an error (succeeded)
 # The verbs KubeClient.call counts with their expected codes (0: no response); other codes
 # (429, 5xx, ...) appear when they happen.
-API_CODES = {"create": ("201", "409", "0"), "delete": ("200", "404", "0")}
+API_CODES = {"create": ("201", "409", "0"), "create_dry_run": ("201", "0"),
+             "delete": ("200", "404", "0")}
 
 
 def _version() -> str:
@@ -147,6 +148,9 @@ class Metrics:
                                      ["verb", "code"], registry=r)
         self.redis_reconnects = Counter("infra_redis_reconnects",
                                         "Redis connection losses recovered from", registry=r)
+        self.loop_restarts = Counter("infra_loop_restarts",
+                                     "Background loops that crashed and were restarted",
+                                     ["loop"], registry=r)
         self.ready = Gauge("infra_ready", "1 when Redis and the executor are reachable",
                            registry=r)
         self.queue_exporter = Gauge(

@@ -17,6 +17,8 @@ MANAGED_BY = "infra-service-dispatcher"
 
 JOB_NAME_PREFIX = "prov"
 _HANDLE_PART = 40  # prefix(4) + '-' + 40 + '-' + hash(12) = 58 <= 63
+_NOT_SLUG = re.compile(r"[^a-z0-9-]+")
+_DASHES = re.compile(r"-{2,}")
 
 
 def job_name(server_handle: str, request_id: str) -> str:
@@ -25,8 +27,8 @@ def job_name(server_handle: str, request_id: str) -> str:
     The handle part is for humans only; the request-id hash makes it unique, so a
     redelivered message maps to the same Job and its create answers 409.
     """
-    slug = re.sub(r"[^a-z0-9-]+", "-", server_handle.lower())
-    slug = re.sub(r"-{2,}", "-", slug).strip("-")[:_HANDLE_PART].rstrip("-") or "server"
+    slug = _NOT_SLUG.sub("-", server_handle.lower())
+    slug = _DASHES.sub("-", slug).strip("-")[:_HANDLE_PART].rstrip("-") or "server"
     digest = hashlib.sha256(request_id.encode()).hexdigest()[:12]
     return f"{JOB_NAME_PREFIX}-{slug}-{digest}"
 
@@ -51,11 +53,16 @@ def selector(instance: str) -> str:
 
 
 def job_labels(message: ProvisionerMessage, instance: str) -> dict[str, str]:
+    return labels_for(message.server_handle, message.request_id or "", message.action.value,
+                      instance)
+
+
+def labels_for(handle: str, request_id: str, action: str, instance: str) -> dict[str, str]:
     return {
         **selector_labels(instance),
         "app.kubernetes.io/component": "runner",
         "app.kubernetes.io/part-of": "infra-service",
-        LABEL_HANDLE: message.server_handle,
-        LABEL_REQUEST: message.request_id or "",
-        LABEL_ACTION: message.action.value,
+        LABEL_HANDLE: handle,
+        LABEL_REQUEST: request_id,
+        LABEL_ACTION: action,
     }

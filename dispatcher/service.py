@@ -13,14 +13,12 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import BusyLoadingError, RedisError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from dispatcher.executors.base import (
     Executor,
@@ -29,13 +27,22 @@ from dispatcher.executors.base import (
     TransientLaunchError,
 )
 from dispatcher.keys import Keys
-from dispatcher.messages import Action, InvalidMessage, ProvisionerMessage, parse_message
+from dispatcher.messages import (
+    MAX_PAYLOAD_BYTES,
+    Action,
+    InvalidMessage,
+    ProvisionerMessage,
+    RejectReason,
+    parse_message,
+)
 from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
-from dispatcher.queue import Acquisition, Claim, QueueStore
+from dispatcher.queue import Acquisition, Claim, QueueStore, Slot
+from dispatcher.redis_errors import is_transient
 from dispatcher.reporting import publish_result, was_reported
 from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.settings import DispatcherSettings
+from dispatcher.supervision import Supervisor
 
 log = logging.getLogger("dispatcher")
 T = TypeVar("T")
@@ -51,10 +58,9 @@ ERROR_KINDS = {
     "JobDeleted": "job_deleted",
 }
 BLOCK_SECONDS = 5.0
-# Only these mean "Redis is unreachable for now"; any other error (a script error, a wrong
-# password) is a bug or misconfiguration and must surface instead of being retried forever.
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 CLAIM_BATCH_FACTOR = 8
+# Dead-letter entries of oversize payloads keep this much of it (plus its size).
+DEAD_LETTER_PREFIX_BYTES = 512
 
 
 class Dispatcher:
@@ -84,12 +90,22 @@ class Dispatcher:
         # reconcile passes was orphaned (e.g. a BLMOVE whose reply a reconnect lost).
         self._claimed: set[bytes] = set()
         self._suspects: set[bytes] = set()
-        self._loops: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor(metrics)
+        # Set while the API accepts Jobs built from the settings (dry-run preflight); the
+        # pop loop consumes nothing while it is clear.
+        self.config_accepted = asyncio.Event()
+        self.config_refusal: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
     def alive(self) -> bool:
-        return not any(t.done() and not t.cancelled() for t in self._loops)
+        """False only when a loop keeps dying (restarts do not heal it): /healthz."""
+        return self.supervisor.healthy
+
+    @property
+    def loops_up(self) -> bool:
+        """False while any loop is down (between a crash and its restart): /readyz."""
+        return self.supervisor.all_up
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down within the configured bound."""
@@ -101,7 +117,7 @@ class Dispatcher:
         log.info("dispatcher starting", extra={"replica": self.settings.replica_id,
                                                "requeued_own": requeued,
                                                "executor": self.settings.executor.value})
-        self._loops.append(self._spawn(self._heartbeat_loop(), "heartbeat"))
+        self.supervisor.start("heartbeat", self._heartbeat_loop)
         starting = asyncio.create_task(self.executor.start())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -111,43 +127,28 @@ class Dispatcher:
             return
         stopped.cancel()
         starting.result()
-        self._loops += [
-            self._spawn(self._ends_loop(), "ends"),
-            self._spawn(self._ack_loop(), "acks"),
-            self._spawn(self._reconcile_loop(), "reconcile"),
-        ]
-        pop = self._spawn(self._pop_loop(stop), "pop")
-        self._loops.append(pop)
+        await self._preflight()
+        self.supervisor.start("preflight", self._preflight_loop)
+        self.supervisor.start("ends", self._ends_loop)
+        self.supervisor.start("acks", self._ack_loop)
+        self.supervisor.start("reconcile", self._reconcile_loop)
+        self.supervisor.start("pop", lambda: self._pop_loop(stop))
         self.started = True
         log.info("dispatcher ready", extra={"replica": self.settings.replica_id})
         await stop.wait()
         await self._shutdown()
 
-    @staticmethod
-    def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """A background loop whose death is logged at once (and fails /healthz)."""
-        def report(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("background loop died; /healthz now fails so the pod restarts",
-                          extra={"loop": name}, exc_info=task.exception())
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(report)
-        return task
-
     async def _shutdown(self) -> None:
         log.info("shutting down: no more pops", extra={"in_progress": len(self._launches)})
         self.started = False
-        for task in self._loops:
-            if task.get_name() == "pop":
-                task.cancel()
+        await self.supervisor.stop("pop")
         if self._launches:
             _, pending = await asyncio.wait(self._launches,
                                             timeout=self.settings.shutdown_timeout_seconds)
             for task in pending:
                 task.cancel()  # its message stays claimed and is requeued just below
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, *self._launches, return_exceptions=True)
+        await self.supervisor.stop_all()
+        await asyncio.gather(*self._launches, return_exceptions=True)
         try:
             await self.store.leave()
         except RedisError as exc:
@@ -169,7 +170,9 @@ class Dispatcher:
                 await self.redis.ping()
                 self.redis_ok = True
                 return
-            except UNAVAILABLE as exc:
+            except RedisError as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("Redis unreachable; retrying (check REDIS_URL / REDIS_PASSWORD)",
                             extra={"error": str(exc), "retry_in": backoff})
                 with contextlib.suppress(TimeoutError):
@@ -183,11 +186,14 @@ class Dispatcher:
         while True:
             try:
                 result = await op()
-            except UNAVAILABLE as exc:
+            except RedisError as exc:
+                if not is_transient(exc):
+                    raise
                 if self.redis_ok:
                     self.metrics.redis_reconnects.inc()
-                    log.warning("Redis connection lost; reconnecting",
-                                extra={"error": str(exc)})
+                    log.warning("Redis unavailable (connection lost, restarting, failing "
+                                "over, read-only, or REDIS_PASSWORD refused); retrying",
+                                extra={"error": str(exc), "error_type": type(exc).__name__})
                 self.redis_ok = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -195,19 +201,67 @@ class Dispatcher:
             self.redis_ok = True
             return result
 
+    # -- configuration preflight -------------------------------------------------------
+    async def _preflight(self) -> bool:
+        """Dry-run create of a Job built from the settings; True if the API accepts it.
+        Unanswered (API down): the last verdict stands, the API outage shows elsewhere."""
+        try:
+            refusal = await self.executor.preflight()
+        except Exception as exc:  # unanswered (or a bug here): no verdict, never a crash
+            log.warning("Job preflight (dry run) got no verdict; retried later",
+                        extra={"error": str(exc)[:500], "error_type": type(exc).__name__})
+            if self.config_refusal is None:
+                self.config_accepted.set()  # no verdict yet: creates will tell
+            return self.config_refusal is None
+        if refusal is None:
+            if self.config_refusal is not None:
+                log.info("the API accepts Jobs built from the settings again: consuming")
+            self.config_refusal = None
+            self.config_accepted.set()
+            return True
+        if refusal != self.config_refusal:
+            log.error("the Kubernetes API refuses Jobs built from the settings (dry run); "
+                      "no message is consumed until the DISPATCHER_JOB_* settings (chart "
+                      "values runner.*) are fixed", extra={"error": refusal})
+        self.config_refusal = refusal
+        self.config_accepted.clear()
+        return False
+
+    async def _preflight_loop(self) -> None:
+        while True:
+            period = self.settings.preflight_seconds
+            if self.config_refusal is not None:
+                period = min(period, 10.0)  # refused: notice the fix quickly
+            await asyncio.sleep(period)
+            await self._preflight()
+
     # -- popping -----------------------------------------------------------------------
     async def _pop_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            await self.config_accepted.wait()
             await self._slots_free.wait()
-            free = self._free_slots
-            # A burst is claimed in batches; an empty queue is waited on with a blocking pop.
-            raws = await self._redis(functools.partial(self.store.claim_many, free))
+            # A burst is claimed in batches; an empty queue is waited on with a blocking
+            # command (no polling) that claims nothing itself.
+            # At the in-flight cap nothing is claimed: wait for capacity (claiming and putting
+            # back would reorder a server's messages against other replicas).
+            batch = await self._redis(functools.partial(
+                self.store.claim_many, self._free_slots, self.settings.max_in_flight,
+                MAX_PAYLOAD_BYTES, DEAD_LETTER_PREFIX_BYTES))
+            if batch.oversize:
+                self.metrics.received.inc(batch.oversize)
+                self.metrics.dead_lettered.labels(RejectReason.OVERSIZE.value).inc(
+                    batch.oversize)
+                log.warning("oversize payloads dead-lettered inside Redis",
+                            extra={"count": batch.oversize, "limit_bytes": MAX_PAYLOAD_BYTES})
+            if batch.at_cap:
+                await self._wait_for_capacity()
+                continue
+            raws = batch.payloads
             if not raws:
-                raw = await self._redis(
-                    lambda: self.store.claim(self.blocking_redis, BLOCK_SECONDS))
-                if raw is None:
-                    continue
-                raws = [raw]
+                if not batch.oversize:
+                    await self._redis(lambda: self.store.wait_for_message(
+                        self.blocking_redis, BLOCK_SECONDS))
+                continue
             self._claimed.update(raws)
             owned: set[bytes] = set()
             try:
@@ -224,6 +278,11 @@ class Dispatcher:
                 message = parse_message(raw).with_identity()
             except InvalidMessage as invalid:
                 await self._reject(raw, invalid)
+                continue
+            except Exception as exc:  # parse_message promises not to; a payload still must
+                # never stop the loop (a restart would meet the same payload again)
+                await self._reject(raw, InvalidMessage(
+                    RejectReason.UNPARSEABLE, f"{type(exc).__name__} while parsing"))
                 continue
             valid.append((message, Acquisition(raw, message.to_json(), message.server_handle,
                                                message.request_id or "",
@@ -242,8 +301,14 @@ class Dispatcher:
                 log.info("server busy: message waits for its Job to end", extra=ctx)
             elif claim is Claim.DONE:
                 log.info("request already has a result: dropped redelivery", extra=ctx)
+            elif claim is Claim.DUPLICATE:
+                await self._reject(item.raw, InvalidMessage(
+                    RejectReason.DUPLICATE, "its request id holds a Job in flight",
+                    item.handle), message)
             elif claim is Claim.FULL:
                 full = True
+                log.warning("in-flight cap reached after the claim: message put back at the "
+                            "front of the queue", extra=ctx)
             else:
                 payload = item.new_raw.encode()
                 owned.add(payload)
@@ -297,11 +362,18 @@ class Dispatcher:
                             extra={**ctx, "error": str(exc), "retry_in": delay})
                 await asyncio.sleep(delay)
             except LaunchRejected as exc:
+                if not await self._preflight():
+                    # The settings, not this message, are refused: keep it claimed and
+                    # wait for the fix instead of dead-lettering every message.
+                    self.launch_failing = True
+                    await self.config_accepted.wait()
+                    continue
                 self.launch_failing = False
                 log.error("Job rejected: message dead-lettered",
                           extra={**ctx, "error": str(exc)})
-                await self._reject(raw.encode(), InvalidMessage("job_rejected", str(exc),
-                                   message.server_handle), message)
+                await self._reject(raw.encode(), InvalidMessage(
+                    RejectReason.JOB_REJECTED, str(exc), message.server_handle), message,
+                    holder=True)
                 return
         self.launch_failing = False
         await self._ack(raw, message.server_handle, message.request_id or "")
@@ -327,23 +399,36 @@ class Dispatcher:
             self._acks_pending.clear()
             batch, self._acks = self._acks, []
             items = [(r, h, i) for r, h, i, _ in batch]
-            await self._redis(functools.partial(self.store.ack_many, items))
+            try:
+                await self._redis(functools.partial(self.store.ack_many, items))
+            except BaseException:
+                # Kept for the restarted loop: the launches wait on these acks.
+                self._acks[:0] = batch
+                self._acks_pending.set()
+                raise
             for *_, done in batch:
                 if not done.done():
                     done.set_result(None)
 
     async def _reject(self, raw: bytes, invalid: InvalidMessage,
-                      message: ProvisionerMessage | None = None) -> None:
+                      message: ProvisionerMessage | None = None, *, holder: bool = False
+                      ) -> None:
+        """Dead-letter a claimed payload. ``holder``: this claim acquired the server slot
+        (only then is the slot released); otherwise a request id that is in flight makes
+        it a duplicate, with no result and nothing else changed."""
         handle = message.server_handle if message else invalid.server_handle
         rid = message.request_id if message else invalid.request_id
-        payload = raw.decode("utf-8", errors="backslashreplace")
+        # Bounded: payloads here are at most MAX_PAYLOAD_BYTES (the claim script
+        # dead-letters bigger ones); kept whole so `dead-letter --requeue` can retry them.
+        payload = raw[:MAX_PAYLOAD_BYTES].decode("utf-8", errors="backslashreplace")
         entry: dict[str, Any] = {
             "reason": invalid.reason, "detail": invalid.detail, "payload": payload,
+            "payload_bytes": len(raw), "payload_truncated": len(raw) > MAX_PAYLOAD_BYTES,
             "server_handle": handle, "request_id": rid, "replica": self.settings.replica_id,
             "at": datetime.now(UTC).isoformat(),
         }
         result = None
-        if handle or rid:
+        if (handle or rid) and invalid.reason is not RejectReason.DUPLICATE:
             result = ResultEntry(
                 request_id=rid, server_handle=handle,
                 action=message.action if message else None,
@@ -351,11 +436,14 @@ class Dispatcher:
                 finished_at=datetime.now(UTC),
                 error=ResultError(kind="invalid_message", message=str(invalid)),
             ).to_json()
-        await self._redis(lambda: self.store.dead_letter(raw, entry, result, rid, handle))
-        self.metrics.dead_lettered.labels(invalid.reason).inc()
+        plain = await self._redis(lambda: self.store.dead_letter(raw, entry, result, rid, handle,
+                                                                holder=holder))
+        reason = invalid.reason if plain else RejectReason.DUPLICATE
+        self.metrics.dead_lettered.labels(str(reason)).inc()
         log.warning("message dead-lettered", extra={
-            "server_handle": handle, "request_id": rid, "reason": invalid.reason,
-            "detail": invalid.detail})
+            "server_handle": handle, "request_id": rid, "reason": str(reason),
+            "detail": invalid.detail if plain else "its request id holds a Job in flight",
+            "payload_bytes": len(raw)})
 
     # -- Job ends ----------------------------------------------------------------------
     async def _ends_loop(self) -> None:
@@ -435,6 +523,8 @@ class Dispatcher:
             try:
                 await self.reconcile()
             except RedisError as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("reconcile skipped: Redis unavailable", extra={"error": str(exc)})
             await asyncio.sleep(self.settings.reconcile_seconds)
 
@@ -454,8 +544,9 @@ class Dispatcher:
             return
         now = time.time()
         grace = self.settings.orphan_grace_seconds
-        pending: str | None = None
-        for slot in await self.store.slots():
+        pending: set[Slot] | None = None
+        slots = await self.store.slots()
+        for slot in slots:
             view = jobs.get(slot.job_name or "")
             if view is not None and view.end is not None:
                 await self._finish(view.end)  # ended while its end went unhandled
@@ -469,10 +560,9 @@ class Dispatcher:
                 continue
             # Claimed or reserved but no Job: fine while its message is still queued/claimed.
             if pending is None:
-                pending = "\n".join(p.decode(errors="replace")
-                                    for p in await self.store.pending_payloads())
-            if f'"request_id":"{slot.request_id}"' not in pending:
-                released = await self.store.release(slot.handle, slot.request_id)
+                pending = await self.store.pending([s for s in slots if s.state != "created"])
+            if slot not in pending:
+                released = await self.store.release_slot(slot)
                 if released:
                     self.capacity.set()
                     log.warning("released an orphaned server slot",

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dispatcher import k8s_formats
+from dispatcher.k8s_formats import CONFIG_KEY_PATTERN, DNS_SUBDOMAIN_PATTERN
 from dispatcher.messages import HANDLE_PATTERN
 
 
@@ -28,8 +30,10 @@ class SecretKeyRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    secret: str = Field(description="Secret name")
-    key: str = Field(description="Key inside the Secret")
+    secret: str = Field(description="Secret name", pattern=DNS_SUBDOMAIN_PATTERN,
+                        max_length=253)
+    key: str = Field(description="Key inside the Secret", pattern=CONFIG_KEY_PATTERN,
+                     max_length=253)
     optional: bool = False
 
 
@@ -86,6 +90,49 @@ class JobTemplateSettings(BaseSettings):
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on Jobs/Pods")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations")
 
+    # What the API server would refuse, refused here already, naming the setting (the
+    # dry-run preflight at start catches the rest).
+    @field_validator("resources")
+    @classmethod
+    def _quantities(cls, resources: dict[str, Any]) -> dict[str, Any]:
+        problems = k8s_formats.resources_problems(resources)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return resources
+
+    @field_validator("scratch_size_limit")
+    @classmethod
+    def _scratch_quantity(cls, value: str) -> str:
+        problem = k8s_formats.quantity_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("labels", "node_selector")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        problems = k8s_formats.labels_problems(labels)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return labels
+
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations(cls, tolerations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        problems = [f"toleration {i}: {p}" for i, t in enumerate(tolerations)
+                    for p in k8s_formats.toleration_problems(t)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tolerations
+
+    @field_validator("env_from_secrets", "image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, names: list[str]) -> list[str]:
+        problems = [p for p in map(k8s_formats.dns_subdomain_problem, names) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return names
+
     @field_validator("env")
     @classmethod
     def _no_reserved_env(cls, env: dict[str, str]) -> dict[str, str]:
@@ -136,6 +183,11 @@ class DispatcherSettings(BaseSettings):
     )
     shutdown_timeout_seconds: float = Field(
         default=20, gt=0, description="SIGTERM: finish the dispatch in progress within this"
+    )
+    preflight_seconds: float = Field(
+        default=300, gt=0, description="Period of the dry-run create of a Job built from the "
+        "settings (also run at start): while the API refuses it, the dispatcher is not ready "
+        "and consumes no message"
     )
     api_timeout_seconds: float = Field(default=10, gt=0, description="Per Kubernetes request")
     api_retry_max_seconds: float = Field(

@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -139,6 +141,14 @@ async def bench(args: argparse.Namespace) -> None:
         # Burst: N messages at once; the dispatcher's Jobs/s.
         payloads = [json.dumps({"server_handle": f"burst-{i}", "request_id": f"burst-{i}"})
                     for i in range(args.burst)]
+        profiler = None
+        if args.profile:
+            # py-spy samples the dispatcher during the burst only (collapsed stacks).
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                 str(dispatcher.proc.pid), "--rate", "250", "--format", "raw", "--gil",
+                 "--output", args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await asyncio.sleep(1.0)
         cpu_before = cpu_seconds(dispatcher.proc.pid)
         emulator_before = cpu_seconds(k8s.emulator.pid)
         start = time.perf_counter()
@@ -150,6 +160,10 @@ async def bench(args: argparse.Namespace) -> None:
         cpu_per_job = (cpu_seconds(dispatcher.proc.pid) - cpu_before) / args.burst * 1000
         emulator_per_job = (cpu_seconds(k8s.emulator.pid) - emulator_before) / args.burst * 1000
         rss = peak_rss_mb(dispatcher.proc.pid)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+            print(f"profile of the burst (collapsed stacks): {args.profile}")
         idle_before = cpu_seconds(dispatcher.proc.pid)
         await asyncio.sleep(5)
         idle_cpu = (cpu_seconds(dispatcher.proc.pid) - idle_before) / 5 * 100
@@ -167,6 +181,7 @@ async def bench(args: argparse.Namespace) -> None:
         print(f"dispatcher peak RSS during the run: {rss:.0f} MB")
         print(f"dispatcher CPU while idle with {args.idle + args.burst} Jobs in flight: "
               f"{idle_cpu:.1f} % of a core")
+        print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         await redis.aclose()
 
 
@@ -174,6 +189,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--idle", type=int, default=200)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record a py-spy profile of the dispatcher during the burst")
     asyncio.run(bench(parser.parse_args()))
 
 

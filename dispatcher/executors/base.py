@@ -42,9 +42,12 @@ class LaunchRejected(Exception):
 class TransientLaunchError(Exception):
     """The launch failed in a way that may pass (API down, throttled, RBAC being fixed)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None,
+                 maybe_applied: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # No answer (or a 5xx): the create may have been stored all the same.
+        self.maybe_applied = maybe_applied
 
 
 class Executor(Protocol):
@@ -59,6 +62,13 @@ class Executor(Protocol):
         """Start the runner; True if created now, False if it already existed.
 
         Raises LaunchRejected or TransientLaunchError.
+        """
+
+    async def preflight(self) -> str | None:
+        """Check that Jobs built from the settings are accepted (server-side dry run).
+
+        None when accepted; the refusal (naming the offending field) otherwise. Raises
+        TransientLaunchError when the backend cannot tell now.
         """
 
     async def delete(self, job_name: str) -> None:

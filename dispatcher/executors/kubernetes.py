@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dispatcher.executors.base import JobEnd, JobView
-from dispatcher.jobspec import build_job
+from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
+from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import job_outcome, job_without_pod, parse_time, stuck_reason, utcnow
 from dispatcher.kube.client import KubeClient
-from dispatcher.kube.creating import create_job
+from dispatcher.kube.creating import JobPayload, create_job
 from dispatcher.kube.deleting import delete_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.messages import ProvisionerMessage
@@ -51,6 +52,7 @@ class KubernetesExecutor:
         self.kube = kube
         self.settings = settings
         self.template = template
+        self._body = JobBodyTemplate(settings, template)
         self.namespace = settings.namespace
         self.pull_grace = settings.image_pull_grace_seconds
         self.check_interval = check_interval
@@ -64,7 +66,10 @@ class KubernetesExecutor:
         self._watch_ok = {"jobs": False, "pods": False}
         self._watches: list[ListWatch] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._down: set[str] = set()
         self._first_sync = asyncio.Event()
+        # Jobs whose create got no answer: a later 409 may be our own create (metrics).
+        self._unanswered: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,11 +79,12 @@ class KubernetesExecutor:
         for kind, fn in (("jobs", self.kube.batch.list_namespaced_job),
                          ("pods", self.kube.core.list_namespaced_pod)):
             watch = ListWatch(kind, fn, self.namespace, sel, deliver,
-                              on_health=self._health_setter(loop, kind))
+                              on_health=self._health_setter(loop, kind),
+                              on_unauthorized=self.kube.reload_credentials)
             self._watches.append(watch)
             watch.start()
-        self._tasks = [asyncio.create_task(self._consume(), name="kube-events"),
-                       asyncio.create_task(self._check_stuck(), name="kube-stuck")]
+        self._tasks = [asyncio.create_task(self._supervised("kube-events", self._consume)),
+                       asyncio.create_task(self._supervised("kube-stuck", self._check_stuck))]
         await self._first_sync.wait()
 
     def _health_setter(self, loop: asyncio.AbstractEventLoop, kind: str):  # type: ignore[no-untyped-def]
@@ -98,12 +104,56 @@ class KubernetesExecutor:
 
     @property
     def healthy(self) -> bool:
-        return all(self._watch_ok.values())
+        return all(self._watch_ok.values()) and not self._down
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """An event or stuck-pod loop that raises (an object it cannot read) is logged and
+        restarted with backoff; not ready meanwhile. Its state lives in this object, and
+        the next listing repairs anything the crash skipped."""
+        backoff = 0.1
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("executor loop crashed; restarting it",
+                          extra={"loop": name, "error": str(exc)[:500], "retry_in": backoff},
+                          exc_info=exc)
+            self._down.add(name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            self._down.discard(name)
 
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
-        body = build_job(message, self.settings, self.template)
-        return await create_job(self.kube, self.namespace, body)
+        fields = JobFields.of(message, job_name)
+        body = JobPayload(job_name, fields.request_id, self._body.render(fields))
+        try:
+            created = await create_job(self.kube, self.namespace, body,
+                                       after_lost_reply=job_name in self._unanswered)
+        except TransientLaunchError as exc:
+            if exc.maybe_applied:
+                self._unanswered.add(job_name)
+            raise
+        except LaunchRejected:
+            self._unanswered.discard(job_name)
+            raise
+        self._unanswered.discard(job_name)
+        return created
+
+    async def preflight(self) -> str | None:
+        """A Job built from the settings, created with ``dryRun=All``: validated and
+        admitted by the API server like a real one, never stored."""
+        sample = ProvisionerMessage(server_handle="preflight",
+                                    request_id=f"preflight-{self.settings.replica_id}"[:63]
+                                    ).with_identity()
+        body = build_job(sample, self.settings, self.template)
+        try:
+            await create_job(self.kube, self.namespace, body, dry_run=True)
+        except LaunchRejected as exc:
+            return str(exc)
+        return None
 
     async def delete(self, job_name: str) -> None:
         await delete_job(self.kube, self.namespace, job_name)

@@ -53,6 +53,9 @@ class LocalExecutor:
                 with contextlib.suppress(asyncio.CancelledError, ProcessLookupError):
                     await asyncio.wait_for(asyncio.shield(run.waiter), 30)
 
+    async def preflight(self) -> str | None:
+        return None  # a subprocess has no API to refuse it
+
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
         if job_name in self._runs:
             return False

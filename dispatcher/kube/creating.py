@@ -1,32 +1,89 @@
-"""Creating Jobs: 201 is created, 409 AlreadyExists is success (a redelivery)."""
+"""Creating Jobs: 201 is created, 409 AlreadyExists is success (a redelivery), 401 reloads
+the credentials and is retried."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from dispatcher.executors.base import LaunchRejected, TransientLaunchError
 from dispatcher.kube.client import KubeClient
-from dispatcher.kube.errors import describe
+from dispatcher.kube.errors import UNAUTHORIZED, describe
+from dispatcher.naming import LABEL_REQUEST
+
+log = logging.getLogger(__name__)
 
 
-async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any]) -> bool:
-    """True if created now, False if a Job of that name already existed."""
+@dataclass(frozen=True)
+class JobPayload:
+    """A Job body already serialised (see jobspec.JobBodyTemplate)."""
+
+    name: str
+    request_id: str
+    payload: bytes
+
+
+async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any] | JobPayload,
+                     dry_run: bool = False, after_lost_reply: bool = False) -> bool:
+    """True if created by this call, or by an earlier call of ours whose reply was lost
+    (``after_lost_reply``, and the existing Job carries our request-id label); False if
+    the Job already existed (a redelivery: an earlier incarnation created it)."""
+    if not isinstance(body, JobPayload):
+        body = JobPayload(body["metadata"]["name"], body["metadata"]["labels"][LABEL_REQUEST],
+                          json.dumps(body, separators=(",", ":")).encode())
+    payload = body.payload
+    path = f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs"
     try:
-        await kube.call("create", kube.batch.create_namespaced_job, namespace, body,
-                        _preload_content=False)
+        # Dry runs are counted apart: "create" responses are real Job creations.
+        await kube.call("create_dry_run" if dry_run else "create", kube.post_json, path,
+                        payload, "dryRun=All" if dry_run else "")
     except ApiException as exc:
         if exc.status == 409:
-            return False
+            return after_lost_reply and await _is_ours(kube, namespace, body)
         failure = describe(exc)
-        text = f"creating Job {body['metadata']['name']}: HTTP {failure.status} " \
+        if failure.status == UNAUTHORIZED:
+            reloaded = await asyncio.to_thread(kube.reload_credentials)
+            log.warning("Kubernetes API answered 401 Unauthorized: credentials reloaded, "
+                        "the message stays claimed and is retried (check the service "
+                        "account token or kubeconfig if this persists)",
+                        extra={"reloaded": reloaded})
+        text = f"creating Job {body.name}: HTTP {failure.status} " \
                f"{failure.reason}: {failure.message}"
         if failure.retryable:
-            raise TransientLaunchError(text, failure.retry_after) from None
+            # A 5xx may come after the write was stored (a timeout between API server and
+            # etcd): the next 409 may then be our own Job.
+            raise TransientLaunchError(text, failure.retry_after,
+                                       maybe_applied=failure.status >= 500) from None
         raise LaunchRejected(text) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         failure = describe(exc)
-        raise TransientLaunchError(f"creating Job: {failure.reason}: {failure.message}") from None
+        raise TransientLaunchError(f"creating Job: {failure.reason}: {failure.message}",
+                                   maybe_applied=True) from None
     return True
+
+
+async def _is_ours(kube: KubeClient, namespace: str, body: JobPayload) -> bool:
+    """A 409: the Job exists. Ours when it carries our request id (a create whose reply was
+    lost, or a redelivery): it counts as created by us."""
+    name = body.name
+    try:
+        response = await kube.call("get", kube.batch.read_namespaced_job, name, namespace,
+                                   _preload_content=False)
+        labels = (json.loads(response.data).get("metadata") or {}).get("labels") or {}
+    except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        log.warning("Job exists; could not read it to tell whose it is",
+                    extra={"job_name": name, "error": str(exc)[:300]})
+        return False
+    ours = labels.get(LABEL_REQUEST) == body.request_id
+    if not ours:
+        log.error("a Job with this name exists for another request; not creating it",
+                  extra={"job_name": name, "request_id": body.request_id,
+                         "other_request_id": labels.get(LABEL_REQUEST)})
+    return ours

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-# 403/404 on create usually mean RBAC or a missing namespace: the operator fixes them, so
-# the message waits in Redis instead of being dead-lettered.
-RETRYABLE_STATUSES = {0, 403, 404, 408, 429, 500, 502, 503, 504}
+# 401 means expired or rotated credentials (in-cluster token files rotate): reload them
+# and retry. 403/404 on create usually mean RBAC or a missing namespace: the operator fixes
+# them, so the message waits in Redis instead of being dead-lettered.
+UNAUTHORIZED = 401
+RETRYABLE_STATUSES = {0, UNAUTHORIZED, 403, 404, 408, 429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from dispatcher.kube.errors import describe
+from dispatcher.kube.errors import UNAUTHORIZED, describe
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class ListWatch:
     def __init__(self, kind: str, list_fn: Callable[..., Any], namespace: str,
                  label_selector: str, deliver: Callable[[Sync | Change], None],
                  on_health: Callable[[bool], None], timeout_seconds: int = 300,
-                 page_size: int = 500, backoff_max: float = 10.0) -> None:
+                 page_size: int = 500, backoff_max: float = 10.0,
+                 on_unauthorized: Callable[[], object] | None = None) -> None:
+        self.on_unauthorized = on_unauthorized
         self.kind = kind
         self.list_fn = list_fn
         self.namespace = namespace
@@ -92,6 +94,8 @@ class ListWatch:
                     return
                 failure = describe(exc) if not isinstance(exc, ValueError) else None
                 self.on_health(False)
+                if failure and failure.status == UNAUTHORIZED and self.on_unauthorized:
+                    self.on_unauthorized()  # rotated token: read it again before retrying
                 log.warning(
                     "watch failed; will list again",
                     extra={"kind": self.kind, "error": failure.message if failure else str(exc),

@@ -35,7 +35,7 @@ from tests.deploy.chart import (
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 VALUE_SETS = {"defaults": {}, "full": FULL_VALUES, "kind": KIND_VALUES}
 EXPECTED_RULES = {
-    ("batch", "jobs"): ["create", "list", "watch", "delete"],
+    ("batch", "jobs"): ["create", "get", "list", "watch", "delete"],
     ("", "pods"): ["list", "watch"],
 }
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",

@@ -42,14 +42,19 @@ def test_enqueue_rejects_a_bad_handle_without_touching_redis(redis_srv: RedisSer
 
 async def test_dead_letter_show_and_requeue(redis_srv: RedisServer, redis_client: aioredis.Redis,
                                             keys: Keys) -> None:
+    oversize = {"reason": "oversize", "detail": "big", "payload": '{"server_handle": "s',
+                "payload_bytes": 2 << 20, "payload_truncated": True}
     entry = {"reason": "job_rejected", "detail": "422", "payload": '{"server_handle": "s1"}'}
+    await redis_client.lpush(keys.dead_letter, json.dumps(oversize))
     await redis_client.lpush(keys.dead_letter, json.dumps(entry))
     shown = cli(redis_srv, "dead-letter")
     assert json.loads(shown.stdout.splitlines()[0])["reason"] == "job_rejected"
     moved = cli(redis_srv, "dead-letter", "--requeue", "-n", "5")
-    assert json.loads(moved.stdout) == {"requeued": 1}
+    # A truncated prefix is not a message: it stays where it is.
+    assert json.loads(moved.stdout) == {"requeued": 1, "kept_truncated": 1}
     assert await redis_client.lrange(keys.queue, 0, -1) == [entry["payload"].encode()]
-    assert await redis_client.llen(keys.dead_letter) == 0
+    assert [json.loads(d)["reason"] for d in await redis_client.lrange(keys.dead_letter, 0, -1)
+            ] == ["oversize"]
 
 
 def test_invalid_setting_names_the_variable_not_the_value(redis_srv: RedisServer) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dispatcher.jobspec import build_job
+from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.messages import parse_message
 from dispatcher.naming import ANNOTATION_MESSAGE, LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
@@ -93,3 +93,21 @@ def test_reserved_env_names_cannot_be_overridden(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("DISPATCHER_JOB_ENV", '{"JOB_NAME": "x"}')
     with pytest.raises(ValueError, match="JOB_NAME"):
         JobTemplateSettings()
+
+
+@pytest.mark.parametrize("body", [
+    '{"server_handle": "srv-1", "request_id": "r-1"}',
+    '{"server_handle": "Web.7_b", "is_recovery": true, "enqueued_at": "2026-01-01T00:00:00Z"}',
+    '{"server_handle": "x", "force_reinstall": true}',
+])
+def test_the_serialised_template_is_the_job_body(body: str) -> None:
+    """The per-settings template renders byte for byte what serialising build_job gives."""
+    settings = DispatcherSettings(instance="prod", replica_id="r-2",
+                                  orchestrator_ssh_public_key='ssh-ed25519 AAAA "quoted"')
+    template = JobTemplateSettings(labels={"team": "ops"}, annotations={"a": "b\u00e9"},
+                                   env={"X": "\u00e9\n\"y\""},
+                                   secret_env={"P": {"secret": "s", "key": "k"}})
+    message = parse_message(body).with_identity()
+    expected = json.dumps(build_job(message, settings, template), separators=(",", ":"))
+    rendered = JobBodyTemplate(settings, template).render(JobFields.of(message))
+    assert rendered == expected.encode()

@@ -254,6 +254,12 @@ async def test_real_prometheus_alerts_and_dashboard(
         k8s.emulator.control.configure_controller(mode="pending")
         await redis_client.lpush(keys.queue, message("stuck-1", "req-stuck"))
         await wait_until(lambda: _deleted_once(k8s), timeout=60, what="stuck Job deleted")
+        # ... and a create whose reply is lost: the retry meets 409 and reads the Job to
+        # tell whether it is ours (jobs get).
+        k8s.emulator.control.inject(verb="create", resource="jobs", drop=True, applied=True,
+                                    count=1)
+        await redis_client.lpush(keys.queue, message("lost-1", "req-lost"))
+        await wait_until(lambda: _called(k8s, "get", "jobs"), timeout=60, what="Job read")
         assert_role_matches(k8s.emulator.control.stats()["requests"])
 
         # The dispatcher dies: its scrape fails and InfraDispatcherDown fires (for: 5s).
@@ -270,6 +276,11 @@ async def test_real_prometheus_alerts_and_dashboard(
 async def _deleted_once(k8s: Kube) -> bool:
     stats = await asyncio.to_thread(k8s.emulator.control.stats)
     return any(r["verb"] == "delete" and r["resource"] == "jobs" for r in stats["requests"])
+
+
+async def _called(k8s: Kube, verb: str, resource: str) -> bool:
+    stats = await asyncio.to_thread(k8s.emulator.control.stats)
+    return any(r["verb"] == verb and r["resource"] == resource for r in stats["requests"])
 
 
 def role_rules() -> set[tuple[str, str, str]]:

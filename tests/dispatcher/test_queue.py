@@ -133,13 +133,15 @@ async def test_dead_letter_is_atomic_and_releases_the_slot(redis_client: aioredi
     await redis_client.lpush(keys.queue, msg("s1", "b"))
     _, raw_a = await claim_and_acquire(store, redis_client)
     await claim_and_acquire(store, redis_client)  # b waits
-    await store.dead_letter(raw_a.encode(), {"reason": "job_rejected"}, '{"r": 1}', "a", "s1")
+    await store.dead_letter(raw_a.encode(), {"reason": "job_rejected"}, '{"r": 1}', "a", "s1",
+                            holder=True)
     assert await redis_client.llen(keys.processing("r1")) == 0
     assert json.loads(await redis_client.lindex(keys.dead_letter, 0))["reason"] == "job_rejected"
     assert await redis_client.lrange(keys.results, 0, -1) == [b'{"r": 1}']
     assert {s.handle: s.request_id for s in await store.slots()} == {"s1": "b"}
     # The same result is never pushed twice for one request.
-    await store.dead_letter(raw_a.encode(), {"reason": "again"}, '{"r": 2}', "a", "s1")
+    await store.dead_letter(raw_a.encode(), {"reason": "again"}, '{"r": 2}', "a", "s1",
+                            holder=True)
     assert await redis_client.llen(keys.results) == 1
 
 
@@ -155,3 +157,94 @@ async def test_depths(redis_client: aioredis.Redis, keys: Keys, count: int) -> N
     assert depths.queue == max(count - 1, 0)
     assert depths.processing == (1 if count else 0)
     assert depths.in_flight == (1 if count else 0)
+
+
+async def test_a_rejected_message_never_frees_a_busy_server(redis_client: aioredis.Redis,
+                                                             keys: Keys) -> None:
+    """A malformed message carrying the request id of a running Job is a duplicate: the
+    slot stays, no result and no reported marker are written."""
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.lpush(keys.queue, msg("s1", "a"))
+    await redis_client.lpush(keys.queue, msg("s1", "b"))
+    _, raw_a = await claim_and_acquire(store, redis_client)
+    await store.ack_many([(raw_a, "s1", "a")])
+    await claim_and_acquire(store, redis_client)  # b waits behind a
+    bad = b'{"server_handle": "s1", "request_id": "a", "typo": 1}'
+    await redis_client.lpush(keys.processing("r1"), bad)
+    plain = await store.dead_letter(bad, {"reason": "unknown_field"}, '{"r": 1}', "a", "s1",
+                                    holder=False)
+    assert plain is False
+    assert json.loads(await redis_client.lindex(keys.dead_letter, 0))["reason"] == "duplicate"
+    assert {s.handle: (s.request_id, s.state) for s in await store.slots()} == \
+        {"s1": ("a", "created")}
+    assert await redis_client.llen(keys.results) == 0
+    assert not await redis_client.exists(keys.reported("a"))
+    assert await redis_client.llen(keys.waiting("s1")) == 1
+    assert await redis_client.llen(keys.processing("r1")) == 0
+
+
+async def test_a_second_push_of_an_acked_request_is_a_duplicate(redis_client: aioredis.Redis,
+                                                                  keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.lpush(keys.queue, msg("s1", "a"))
+    _, raw_a = await claim_and_acquire(store, redis_client)
+    await store.ack_many([(raw_a, "s1", "a")])
+    await redis_client.lpush(keys.queue, msg("s1", "a"))
+    claim, _ = await claim_and_acquire(store, redis_client)
+    assert claim is Claim.DUPLICATE
+
+
+async def test_oversize_payloads_are_dead_lettered_inside_redis(redis_client: aioredis.Redis,
+                                                                keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    big = b'{"server_handle": "s1", "pad": "' + "\u00e9".encode() * 300_000 + b'"}'
+    await redis_client.lpush(keys.queue, big)
+    await redis_client.lpush(keys.queue, msg("s2", "ok"))
+    batch = await store.claim_many(10, cap=10, max_bytes=4096, prefix_bytes=100)
+    assert (batch.oversize, batch.at_cap) == (1, False)
+    assert [json.loads(p)["request_id"] for p in batch.payloads] == ["ok"]
+    entry = json.loads(await redis_client.lindex(keys.dead_letter, 0))
+    assert entry["reason"] == "oversize"
+    assert entry["payload_bytes"] == len(big)
+    assert entry["payload_truncated"] is True
+    assert len(entry["payload"]) == 100
+    assert entry["payload"].startswith('{"server_handle": "s1"')
+
+
+async def test_claims_stop_at_the_cap(redis_client: aioredis.Redis, keys: Keys) -> None:
+    """At the cap nothing that needs a new slot is claimed (so nothing is put back);
+    messages for servers that hold a slot still are (they wait without capacity)."""
+    store = QueueStore(redis_client, keys, "r1")
+    for rid, handle in (("a", "s1"), ("b", "s2"), ("c", "s3"), ("d", "s1")):
+        await redis_client.lpush(keys.queue, msg(handle, rid))
+    batch = await store.claim_many(10, cap=2, max_bytes=4096, prefix_bytes=100)
+    assert [json.loads(p)["request_id"] for p in batch.payloads] == ["a", "b"]
+    assert await redis_client.llen(keys.queue) == 2
+    for raw in batch.payloads:
+        message = parse_message(raw)
+        assert await store.acquire(raw, raw.decode(), message.server_handle,
+                                   message.request_id or "", job_name_for(message), 2) \
+            is Claim.ACQUIRED
+    batch = await store.claim_many(10, cap=2, max_bytes=4096, prefix_bytes=100)
+    assert (batch.payloads, batch.at_cap) == ([], True)
+    # "c" (a new server) heads the queue: FIFO, nothing behind it is claimed either.
+    await redis_client.rpop(keys.queue)
+    batch = await store.claim_many(10, cap=2, max_bytes=4096, prefix_bytes=100)
+    assert [json.loads(p)["request_id"] for p in batch.payloads] == ["d"]
+    batch = await store.claim_many(10, cap=2, max_bytes=4096, prefix_bytes=100)
+    assert (batch.payloads, batch.at_cap) == ([], True)
+
+
+async def test_a_dropped_redelivery_gives_back_the_slot_it_claimed(
+        redis_client: aioredis.Redis, keys: Keys) -> None:
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.set(keys.reported("old"), "runner")
+    await redis_client.lpush(keys.queue, msg("s1", "old"))
+    batch = await store.claim_many(10, cap=10, max_bytes=4096, prefix_bytes=100)
+    assert [s.state for s in await store.slots()] == ["claimed"]
+    raw = batch.payloads[0]
+    message = parse_message(raw)
+    claim = await store.acquire(raw, raw.decode(), "s1", "old", job_name_for(message), 10)
+    assert claim is Claim.DONE
+    assert await store.slots() == []
+    assert await redis_client.llen(keys.processing("r1")) == 0

@@ -259,10 +259,16 @@ async def test_two_replicas_share_the_queue(start, k8s: Kube, redis_client, keys
     first, second = start("a", **cap), start("b", **cap)
     await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(120)])
     await wait_until(lambda: job_count(k8s, 120), timeout=60, what="120 Jobs")
-    created = [sum(1 for e in p.log_events() if e["event"] == "Job created")
-               for p in (first, second)]
-    assert sum(created) == 120
-    assert all(created), created
+
+    async def created() -> list[int] | None:
+        # A Job is visible before its replica logs it (the log line follows the ack).
+        counts = [sum(1 for e in p.log_events() if e["event"] == "Job created")
+                  for p in (first, second)]
+        return counts if sum(counts) >= 120 else None
+
+    counts = await wait_until(created, timeout=30, what="120 'Job created' log lines")
+    assert sum(counts) == 120
+    assert all(counts), counts
 
 
 async def test_api_faults_are_retried_with_the_message_kept(start, k8s: Kube, redis_client,
@@ -387,3 +393,38 @@ async def test_existing_job_counts_as_dispatched_not_duplicated(start, k8s: Kube
 
 async def _processing_empty(redis: aioredis.Redis, keys: Keys) -> bool:
     return await redis.llen(keys.queue) == 0 and await redis.llen(keys.processing("r1")) == 0
+
+
+async def test_unauthorized_reloads_credentials_and_keeps_the_message(start, k8s: Kube,
+                                                                      redis_client,
+                                                                      keys) -> None:
+    """401 means rotated or expired credentials: reload and retry, never dead-letter."""
+    dispatcher = start()
+    k8s.emulator.control.inject(verb="create", resource="jobs", status=401, count=3)
+    await redis_client.lpush(keys.queue, message("srv-1", "r-401"))
+    await wait_until(lambda: job_count(k8s, 1), timeout=60, what="Job after 401s")
+    assert await redis_client.llen(keys.dead_letter) == 0
+    metrics = dispatcher.metrics()
+    assert metric_value(metrics, "infra_kube_api_responses_total",
+                        '{code="401",verb="create"}') == 3
+    assert any(e["event"].startswith("Kubernetes API answered 401") and e["reloaded"] is True
+               for e in dispatcher.log_events())
+
+
+async def test_a_create_whose_reply_was_lost_counts_as_created(start, k8s: Kube, redis_client,
+                                                               keys) -> None:
+    """The create is stored but its answer is lost; the retry meets 409 on our own Job."""
+    dispatcher = start(DISPATCHER_MAX_IN_FLIGHT="100")
+    k8s.emulator.control.inject(verb="create", resource="jobs", drop=True, applied=True,
+                                count=5)
+    await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(12)])
+    await wait_until(lambda: job_count(k8s, 12), timeout=60, what="12 Jobs")
+    await wait_until(lambda: _processing_empty(redis_client, keys), what="acks")
+
+    async def counted() -> float | None:
+        value = metric_value(dispatcher.metrics(), "infra_jobs_created_total")
+        return value if value >= 12 else None
+
+    assert await wait_until(counted, timeout=30, what="12 created") == 12
+    assert metric_value(dispatcher.metrics(), "infra_kube_api_responses_total",
+                        '{code="409",verb="create"}') == 5

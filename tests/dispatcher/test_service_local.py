@@ -109,7 +109,7 @@ async def test_one_server_runs_one_job_at_a_time_in_arrival_order(
 
 async def test_in_flight_cap_holds_and_everything_finishes(
         start_dispatcher, redis_client: aioredis.Redis, keys: Keys, run_log: Path) -> None:
-    plan = {f"srv-{i}": "sleep:0.4" for i in range(7)}
+    plan = {f"srv-{i}": "sleep:1.5" for i in range(7)}
     start_dispatcher(plan, DISPATCHER_MAX_IN_FLIGHT="3")
     for i in range(7):
         await redis_client.lpush(keys.queue, message(f"srv-{i}", f"r{i}"))

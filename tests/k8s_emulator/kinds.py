@@ -127,6 +127,41 @@ def validate_pod_spec(spec: Any, path: str) -> list[FieldError]:
     if policy not in ("Always", "OnFailure", "Never"):
         errors.append(not_supported(f"{path}.restartPolicy", policy,
                                     ["Always", "OnFailure", "Never"]))
+    for i, toleration in enumerate(spec.get("tolerations") or []):
+        errors += _validate_toleration(toleration, f"{path}.tolerations[{i}]")
+    errors += v.labels(f"{path}.nodeSelector", spec.get("nodeSelector"))
+    return errors
+
+
+_TOLERATION_EFFECTS = ["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+def _validate_toleration(t: Any, path: str) -> list[FieldError]:
+    """ValidateTolerations of kube-apiserver (core/validation)."""
+    if not isinstance(t, dict):
+        return [invalid_value(path, str(t), "must be an object")]
+    errors: list[FieldError] = []
+    key, operator, value = t.get("key") or "", t.get("operator") or "", t.get("value") or ""
+    effect = t.get("effect") or ""
+    if key:
+        errors += v.each(f"{path}.key", key, v.qualified_name(key))
+    elif operator != "Exists":
+        errors.append(invalid_value(f"{path}.operator", operator,
+                                    "operator must be Exists when `key` is empty, which "
+                                    "means \"match all values and all keys\""))
+    if t.get("tolerationSeconds") is not None and effect != "NoExecute":
+        errors.append(invalid_value(f"{path}.effect", effect,
+                                    "effect must be 'NoExecute' when `tolerationSeconds` is set"))
+    if operator in ("", "Equal"):
+        errors += v.each(f"{path}.value", value, v.label_value(value)) if value else []
+    elif operator == "Exists":
+        if value:
+            errors.append(invalid_value(f"{path}.operator", t,
+                                        "value must be empty when `operator` is 'Exists'"))
+    else:
+        errors.append(not_supported(f"{path}.operator", operator, ["Equal", "Exists"]))
+    if effect and effect not in _TOLERATION_EFFECTS:
+        errors.append(not_supported(f"{path}.effect", effect, _TOLERATION_EFFECTS))
     return errors
 
 
@@ -170,8 +205,15 @@ def _validate_container(c: Any, path: str, seen: set[str]) -> list[FieldError]:
                                             "or `secretKeyRef`"))
             for ref in ("secretKeyRef", "configMapKeyRef"):
                 sel = source.get(ref)
-                if isinstance(sel, dict) and not sel.get("key"):
+                if not isinstance(sel, dict):
+                    continue
+                if not sel.get("name"):
+                    errors.append(required(f"{epath}.valueFrom.{ref}.name"))
+                if not sel.get("key"):
                     errors.append(required(f"{epath}.valueFrom.{ref}.key"))
+                elif isinstance(sel["key"], str):
+                    errors += v.each(f"{epath}.valueFrom.{ref}.key", sel["key"],
+                                     v.config_key(sel["key"]))
     return errors
 
 

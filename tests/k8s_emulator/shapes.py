@@ -8,6 +8,7 @@ fields are not checked (the server drops them; here they are kept).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .status import bad_request
@@ -16,6 +17,33 @@ from .status import bad_request
 class MapOf:
     def __init__(self, item: Any) -> None:
         self.item = item
+
+
+class Quantity:
+    """resource.Quantity: a string (or number) the decoder parses, like "100m" or "1Gi"."""
+
+
+QUANTITY = Quantity()
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+_quantity_re = re.compile(QUANTITY_PATTERN)
+_SUFFIXES = {"", "n", "u", "m", "k", "M", "G", "T", "P", "E",
+             "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
+_exponent_re = re.compile(r"^[eE][-+]?[0-9]+$")
+
+
+def quantity_error(value: Any) -> str | None:
+    """Why kube-apiserver's decoder refuses a quantity, in its words; None when it parses."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return None
+    if not isinstance(value, str):
+        return None  # a wrong JSON type is the shape check's business
+    match = _quantity_re.match(value)
+    if not match or value.count(".") > 1:
+        return f"quantities must match the regular expression '{QUANTITY_PATTERN}'"
+    suffix = match.group(2)
+    if suffix not in _SUFFIXES and not _exponent_re.match(suffix):
+        return "unable to parse quantity's suffix"
+    return None
 
 
 META = {
@@ -27,12 +55,14 @@ META = {
 ENV = {"name": str, "value": str, "valueFrom": dict}
 CONTAINER = {
     "name": str, "image": str, "imagePullPolicy": str, "command": [str], "args": [str],
-    "workingDir": str, "env": [ENV], "envFrom": [dict], "resources": dict,
+    "workingDir": str, "env": [ENV], "envFrom": [dict],
+    "resources": {"limits": MapOf(QUANTITY), "requests": MapOf(QUANTITY), "claims": [dict]},
     "volumeMounts": [dict], "ports": [dict], "securityContext": dict,
 }
 POD_SPEC = {
     "containers": [CONTAINER], "initContainers": [CONTAINER], "restartPolicy": str,
-    "nodeName": str, "serviceAccountName": str, "volumes": [dict],
+    "nodeName": str, "serviceAccountName": str,
+    "volumes": [{"name": str, "emptyDir": {"medium": str, "sizeLimit": QUANTITY}}],
     "terminationGracePeriodSeconds": int, "activeDeadlineSeconds": int,
     "nodeSelector": MapOf(str), "tolerations": [dict], "imagePullSecrets": [dict],
     "securityContext": dict, "affinity": dict,
@@ -78,6 +108,15 @@ def _fail(kind: str, version: str, value: Any, path: str, expected: str) -> None
 
 def _check(kind: str, version: str, value: Any, shape: Any, path: str) -> None:
     if value is None:
+        return
+    if isinstance(shape, Quantity):
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            _fail(kind, version, value, path, "resource.Quantity")
+        problem = quantity_error(value)
+        if problem:
+            # The decoder's own message: it does not name the field.
+            raise bad_request(f'{kind} in version "{version}" cannot be handled as a {kind}: '
+                              f"{problem}")
         return
     if isinstance(shape, dict):
         if not isinstance(value, dict):

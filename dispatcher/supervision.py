@@ -1,0 +1,93 @@
+"""Supervised background loops: a loop that raises is logged, counted and restarted.
+
+A crashed loop is "down" until its restart (``/readyz`` 503 meanwhile); a loop that keeps
+dying (``FAILURES_FOR_UNHEALTHY`` crashes within ``FAILURE_WINDOW_SECONDS``) makes
+``/healthz`` fail so the kubelet restarts the pod: one bad moment is absorbed, a crash loop
+is surfaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from dispatcher.metrics import Metrics
+
+log = logging.getLogger("dispatcher")
+
+LoopFactory = Callable[[], Coroutine[Any, Any, None]]
+FAILURES_FOR_UNHEALTHY = 5
+FAILURE_WINDOW_SECONDS = 300.0
+BACKOFF_START_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 10.0
+
+
+class Supervisor:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._down: set[str] = set()
+        self._failures: dict[str, deque[float]] = {}
+
+    def start(self, name: str, factory: LoopFactory) -> None:
+        self._failures[name] = deque(maxlen=FAILURES_FOR_UNHEALTHY)
+        self._tasks[name] = asyncio.create_task(self._supervise(name, factory), name=name)
+
+    async def _supervise(self, name: str, factory: LoopFactory) -> None:
+        backoff = BACKOFF_START_SECONDS
+        while True:
+            started = time.monotonic()
+            try:
+                await factory()
+                log.error("background loop returned; restarting it", extra={"loop": name})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("background loop crashed; restarting it",
+                          extra={"loop": name, "error": str(exc)[:500],
+                                 "error_type": type(exc).__name__, "retry_in": backoff},
+                          exc_info=exc)
+            self._down.add(name)
+            self._failures[name].append(time.monotonic())
+            self.metrics.loop_restarts.labels(name).inc()
+            if time.monotonic() - started > 60:
+                backoff = BACKOFF_START_SECONDS  # it ran fine for a while: start over
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+            self._down.discard(name)
+
+    @property
+    def all_up(self) -> bool:
+        return not self._down and all(not t.done() for t in self._tasks.values())
+
+    @property
+    def down(self) -> list[str]:
+        return sorted(self._down)
+
+    @property
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        for name, failures in self._failures.items():
+            recent = [t for t in failures if now - t < FAILURE_WINDOW_SECONDS]
+            if len(recent) >= FAILURES_FOR_UNHEALTHY:
+                log.error("a background loop keeps dying; /healthz fails so the pod restarts",
+                          extra={"loop": name, "crashes": len(recent),
+                                 "window_seconds": FAILURE_WINDOW_SECONDS})
+                return False
+        return True
+
+    async def stop(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop_all(self) -> None:
+        for name in list(self._tasks):
+            await self.stop(name)

@@ -1,0 +1,100 @@
+"""Supervised loops and the classification of Redis errors (no processes needed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from dispatcher import supervision
+from dispatcher.metrics import Metrics
+from dispatcher.redis_errors import is_transient
+from dispatcher.supervision import Supervisor
+from tests.dispatcher.support import metric_value
+
+
+@pytest.mark.parametrize("exc", [
+    RedisConnectionError("Connection closed by server."), BusyLoadingError("LOADING"),
+    NoScriptError("No matching script. Please use EVAL."), ReadOnlyError("READONLY replica"),
+    ResponseError("MASTERDOWN Link with MASTER is down"), ResponseError("TRYAGAIN"),
+    ResponseError("Error running script: @user_script:3: READONLY You can't write"),
+    ResponseError("LOADING Redis is loading the dataset in memory"),
+    AuthenticationError("invalid username-password pair"),  # a rotated secret
+])
+def test_transient_redis_states_are_retried(exc: Exception) -> None:
+    assert is_transient(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+    ResponseError("ERR Error running script: attempt to compare nil with number"),
+])
+def test_bugs_and_misconfiguration_surface(exc: Exception) -> None:
+    assert not is_transient(exc)
+
+
+async def test_a_script_forgotten_by_redis_is_a_transient_state(
+        redis_client: aioredis.Redis) -> None:
+    """What a Redis restart does to loaded scripts, on a real server."""
+    sha = await redis_client.script_load("return 1")
+    await redis_client.script_flush()
+    with pytest.raises(NoScriptError) as caught:
+        await redis_client.evalsha(sha, 0)
+    assert is_transient(caught.value)
+
+
+async def test_a_crashing_loop_is_restarted_counted_and_surfaced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervision, "BACKOFF_START_SECONDS", 0.2)
+    metrics = Metrics()
+    supervisor = Supervisor(metrics)
+    runs = 0
+    release, survived = asyncio.Event(), asyncio.Event()
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= supervision.FAILURES_FOR_UNHEALTHY:
+            raise RecursionError("a payload the loop could not handle")
+        survived.set()
+        await release.wait()
+
+    supervisor.start("pop", flaky)
+    await asyncio.sleep(0.05)
+    assert not supervisor.all_up  # down between the crash and its restart: /readyz 503
+    assert supervisor.healthy  # one crash is absorbed: /healthz stays 200
+    await asyncio.wait_for(survived.wait(), 60)
+    assert supervisor.all_up  # running again
+    assert not supervisor.healthy  # but it kept dying: /healthz fails, the pod restarts
+    text = metrics.render().decode()
+    assert metric_value(text, "infra_loop_restarts_total", '{loop="pop"}') == \
+        supervision.FAILURES_FOR_UNHEALTHY
+    await supervisor.stop_all()
+
+
+async def test_the_executor_event_loop_survives_an_object_it_cannot_read() -> None:
+    from dispatcher.executors.kubernetes import KubernetesExecutor
+    from dispatcher.kube.watching import Change
+    from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+
+    executor = KubernetesExecutor(None, DispatcherSettings(), JobTemplateSettings())  # type: ignore[arg-type]
+    executor._watch_ok = {"jobs": True, "pods": True}
+    await executor._events.put(Change("jobs", "ADDED", {"metadata": None}))  # unreadable
+    good = {"metadata": {"name": "prov-a-1", "labels": {}}, "status": {}}
+    await executor._events.put(Change("jobs", "ADDED", good))
+    task = asyncio.create_task(executor._supervised("kube-events", executor._consume))
+    await asyncio.sleep(0.02)
+    assert not executor.healthy  # down until restarted: /readyz 503
+    await asyncio.sleep(0.3)
+    assert executor.healthy
+    assert "prov-a-1" in executor._jobs  # the loop went on after the bad object
+    task.cancel()
