@@ -82,6 +82,16 @@ class ResultEntry(BaseModel):
         default_factory=dict,
         description="Facts reported by the play (e.g. freed_bytes, docker_restarted)",
     )
+    ssh_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="The server's SSH port after the run, as stored in the servers table: "
+        "the port the runner connected on, or the one the play moved sshd to (null when the "
+        "run did not get as far as the server)",
+    )
+    ssh_port_changed: bool | None = Field(
+        default=None,
+        description="True when the play moved sshd and ssh_port is the new port",
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json()

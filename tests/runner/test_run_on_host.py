@@ -168,7 +168,7 @@ async def test_play_timeout(runner: Runner, host: Host, redis_client: aioredis.R
     msg = message(handle)
     started = time.monotonic()
     res = runner.run(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_TIMEOUT="4",
-                     SLOW_SECONDS="60")
+                     PLAY_VARS='{"slow_seconds": 60}')
     assert res.rc == 12, res.stderr
     assert time.monotonic() - started < 40  # stopped, not waited out (the sleep is 60 s)
     result = await result_for(redis_client, runner.keys, msg["request_id"])
@@ -185,7 +185,7 @@ async def test_sigterm_cancels_the_play_and_still_reports(
         runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
     handle = registered(runner, host, "term")
     msg = message(handle)
-    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", SLOW_SECONDS="60")
+    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_VARS='{"slow_seconds": 60}')
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until the play runs on the host
         if host.exec(f"grep -q {msg['request_id']} /var/lib/infra-test/slow-started",
@@ -237,7 +237,7 @@ async def test_two_runners_never_interleave_on_one_server(
         runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
     handle = registered(runner, host, "pair")
     first, second = message(handle), message(handle)
-    proc = runner.start(first, SETUP_PLAYBOOK="playbooks/slow.yml", SLOW_SECONDS="4")
+    proc = runner.start(first, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_VARS='{"slow_seconds": 4}')
     deadline = time.monotonic() + 30
     while (await server_row(db, handle))["last_request_id"] != first["request_id"]:
         assert time.monotonic() < deadline
