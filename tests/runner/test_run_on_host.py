@@ -195,7 +195,6 @@ async def test_sigterm_cancels_the_play_and_still_reports(
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 15, stderr
-    assert "stopped processes the play left behind" in stderr  # Mitogen's multiplexer
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "failed" and result["error"]["kind"] == "cancelled"
     row = await server_row(db, handle)
@@ -252,3 +251,59 @@ async def test_two_runners_never_interleave_on_one_server(
     assert proc.returncode == 0
     row = await server_row(db, handle)
     assert row["status"] == "READY" and row["last_request_id"] == first["request_id"]
+
+
+@pytest.mark.parametrize(("setup", "expected", "untouched"), [
+    # ~/.ssh is a symlink to a directory of root's
+    ("useradd -m -s /bin/sh {u} && mkdir -p /etc/{u}-dir && ln -s /etc/{u}-dir /home/{u}/.ssh",
+     "/home/{u}/.ssh is a symlink", "/etc/{u}-dir"),
+    # authorized_keys is a symlink to a file of root's
+    ("useradd -m -s /bin/sh {u} && install -d -m 700 -o {u} -g {u} /home/{u}/.ssh"
+     " && echo original > /etc/{u}-file && ln -s /etc/{u}-file /home/{u}/.ssh/authorized_keys",
+     "/home/{u}/.ssh/authorized_keys is a symlink", "/etc/{u}-file"),
+    # ~/.ssh belongs to someone else
+    ("useradd -m -s /bin/sh {u} && install -d -m 755 -o root -g root /home/{u}/.ssh"
+     " && echo original > /home/{u}/.ssh/authorized_keys",
+     "/home/{u}/.ssh is owned by uid 0", "/home/{u}/.ssh/authorized_keys"),
+    # authorized_keys belongs to someone else
+    ("useradd -m -s /bin/sh {u} && install -d -m 700 -o {u} -g {u} /home/{u}/.ssh"
+     " && echo original > /home/{u}/.ssh/authorized_keys",
+     "/home/{u}/.ssh/authorized_keys is owned by uid 0", "/home/{u}/.ssh/authorized_keys"),
+], ids=["ssh-dir-symlink", "authorized-keys-symlink", "ssh-dir-not-owned", "file-not-owned"])
+async def test_key_installation_follows_no_symlink(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, db, setup: str,
+        expected: str, untouched: str) -> None:
+    user = f"u{time.monotonic_ns() % 10**8}"
+    host.exec(setup.format(u=user))
+    target = untouched.format(u=user)
+    before = host.exec(f"stat -c '%a %U %G' {target}; ls -la {target}").stdout
+    handle = registered(runner, host, "symlink")
+    msg = message(handle)
+    res = runner.run(msg, DEPLOY_KEY_USER=user)
+    assert res.rc == 10, res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "deploy_key_failed"
+    assert expected.format(u=user) in result["error"]["message"]
+    assert "refusing to install SSH keys" in result["error"]["message"]
+    # Nothing was chmod-ed, chown-ed or written through the link.
+    assert host.exec(f"stat -c '%a %U %G' {target}; ls -la {target}").stdout == before
+    assert (await server_row(db, handle))["status"] == "FAILED"
+    assert not res.events("play starting")
+
+
+async def test_root_ssh_directory_symlink_is_refused_too(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, provisioner_key: Keypair
+        ) -> None:
+    # sshd still reads root's keys through the link; only the runner refuses to write there.
+    host.exec("cp -a /root/.ssh /etc/root-ssh && rm -rf /root/.ssh && ln -s /etc/root-ssh /root/.ssh")
+    try:
+        handle = registered(runner, host, "rootlink")
+        msg = message(handle)
+        res = runner.run(msg)
+        assert res.rc == 10, res.stderr
+        result = await result_for(redis_client, runner.keys, msg["request_id"])
+        assert result["error"]["kind"] == "deploy_key_failed"
+        assert "/root/.ssh is a symlink" in result["error"]["message"]
+    finally:
+        host.exec("rm -f /root/.ssh && mv /etc/root-ssh /root/.ssh")
+    assert provisioner_key.body in host.exec("cat /root/.ssh/authorized_keys").stdout

@@ -143,6 +143,13 @@ async def test_bad_setting_is_named_without_its_value(
      "does not match"),
     ("-----BEGIN OPENSSH " "PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
      "private key"),
+    # Seen installed with "succeeded" before keys were decoded: a 20-character truncated
+    # body, an ed25519 key of 31 bytes, a 20 KB body.
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", "not a valid ssh-ed25519"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAHwEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+     "not a valid ssh-ed25519"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB"
+     + "A" * 20000, "too long"),
 ])
 async def test_bad_deploy_key_is_rejected_before_touching_the_server(
         runner: Runner, redis_client: aioredis.Redis, db, key: str, expected: str) -> None:
