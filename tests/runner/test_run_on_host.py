@@ -295,7 +295,8 @@ async def test_root_ssh_directory_symlink_is_refused_too(
         runner: Runner, host: Host, redis_client: aioredis.Redis, provisioner_key: Keypair
         ) -> None:
     # sshd still reads root's keys through the link; only the runner refuses to write there.
-    host.exec("cp -a /root/.ssh /etc/root-ssh && rm -rf /root/.ssh && ln -s /etc/root-ssh /root/.ssh")
+    host.exec("cp -a /root/.ssh /etc/root-ssh && rm -rf /root/.ssh"
+              " && ln -s /etc/root-ssh /root/.ssh")
     try:
         handle = registered(runner, host, "rootlink")
         msg = message(handle)
