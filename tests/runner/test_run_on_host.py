@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -308,3 +310,54 @@ async def test_root_ssh_directory_symlink_is_refused_too(
     finally:
         host.exec("rm -f /root/.ssh && mv /etc/root-ssh /root/.ssh")
     assert provisioner_key.body in host.exec("cat /root/.ssh/authorized_keys").stdout
+
+
+async def test_secrets_are_masked_before_the_output_is_cut(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, provisioner_key: Keypair
+        ) -> None:
+    secret_line = provisioner_key.private.splitlines()[1]  # 70 characters of the key
+    host.write_file("/root/leak.txt", secret_line + "\n", "0600")
+    handle = registered(runner, host, "mask")
+    msg = message(handle)
+    # The tail keeps the last 2000 characters: 35 of the secret, the newline, the filler.
+    res = runner.run(msg, SETUP_PLAYBOOK="playbooks/leak.yml",
+                     PLAY_VARS=json.dumps({"leak_file": "/root/leak.txt", "filler": 1964}))
+    assert res.rc == 10, res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    tail = result["error"]["output_tail"]
+    assert tail.endswith("y" * 1964) and len(tail) <= 2000
+    for size in (35, 20, 16):
+        assert secret_line[-size:] not in tail
+        assert secret_line[-size:] not in res.stderr
+    assert "***" in tail
+
+
+async def test_play_processes_cannot_read_the_runners_secrets(
+        runner: Runner, host: Host, tmp_path: Path) -> None:
+    probe = tmp_path / "probe.txt"
+    handle = registered(runner, host, "probe")
+    msg = message(handle)
+    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/local_probe.yml",
+                        PLAY_VARS=json.dumps({"probe_file": str(probe)}))
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    text = probe.read_text()
+    # Child first: the task's shell, its Ansible parents, ansible-playbook, the runner, ...
+    chain = [(int(b.split()[0]), b) for b in ("\n" + text).split("\n@@PROC@@ ")[1:]]
+    blocks = dict(chain)
+    assert proc.pid in blocks, text[:2000]  # the runner's own environment was read
+    secrets = [runner.env[n] for n in ("DATABASE_PASSWORD", "CREDENTIALS_KEY", "REDIS_PASSWORD",
+                                       "PROVIDER_API_PASSWORD", "PROVIDER_API_USERNAME")]
+    secrets += [ln for ln in runner.env["SSH_PRIVATE_KEY"].splitlines() if len(ln) > 20]
+    for secret in secrets:
+        assert secret not in text
+    # The runner's own block still names the variables (their values are wiped)...
+    assert "\nDATABASE_PASSWORD=\n" in blocks[proc.pid]
+    # ...and the play's processes (everything below the runner) got none of the runner's
+    # environment beyond what the play needs.
+    below = [b for _, b in chain[:[pid for pid, _ in chain].index(proc.pid)]]
+    assert any("ansible-playbook" in b.split("\n", 1)[0] for b in below)
+    for block in below:
+        for name in ("PROVISIONER_MESSAGE=", "DATABASE_URL=", "REDIS_URL=", "JOB_NAME=",
+                     "ORCHESTRATOR_SSH_PUBLIC_KEY=", "PYTHONPATH=", "PROVIDER_API_URL="):
+            assert name not in block, block[:300]
