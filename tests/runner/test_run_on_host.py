@@ -361,3 +361,36 @@ async def test_play_processes_cannot_read_the_runners_secrets(
         for name in ("PROVISIONER_MESSAGE=", "DATABASE_URL=", "REDIS_URL=", "JOB_NAME=",
                      "ORCHESTRATOR_SSH_PUBLIC_KEY=", "PYTHONPATH=", "PROVIDER_API_URL="):
             assert name not in block, block[:300]
+
+
+AUDIT_HOOK = '''
+import os
+import sys
+
+_out = os.environ.get("FORK_AUDIT_FILE")
+if _out:
+    def _hook(event, args):
+        if event in ("os.fork", "os.forkpty", "subprocess.Popen"):
+            what = os.fsdecode(args[0]) if event == "subprocess.Popen" else ""
+            with open(_out, "a") as f:
+                f.write(f"{os.getpid()} {event} {what}\\n")
+    sys.addaudithook(_hook)
+'''
+
+
+async def test_the_play_starts_without_a_python_level_fork(
+        runner: Runner, host: Host, tmp_path: Path) -> None:
+    """Python's audit events in the runner's process: the play (and every ssh) is started
+    through subprocess (fork and exec in C), never os.fork / os.forkpty beside threads."""
+    (tmp_path / "sitecustomize.py").write_text(AUDIT_HOOK)
+    audit = tmp_path / "audit.txt"
+    handle = registered(runner, host, "nofork")
+    proc = runner.start(message(handle), PYTHONPATH=f"{tmp_path}:{runner.env['PYTHONPATH']}",
+                        FORK_AUDIT_FILE=str(audit))
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    mine = [line.split(" ", 2)[1:] for line in audit.read_text().splitlines()
+            if line.split(" ", 1)[0] == str(proc.pid)]
+    assert [event for event, _ in mine if event != "subprocess.Popen"] == []
+    started = [what for event, what in mine if event == "subprocess.Popen"]
+    assert any(what.endswith("ansible-playbook") for what in started), started
