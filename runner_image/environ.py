@@ -8,7 +8,6 @@ it there. So the values are also overwritten in that block, through ``/proc/self
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 
@@ -50,11 +49,3 @@ def wipe_initial_environment(names: Iterable[str]) -> int:
         return wiped
     return wiped
 
-
-def keep_only(allowed: Iterable[str], prefixes: tuple[str, ...] = ()) -> None:
-    """Remove every variable not in ``allowed`` (or starting with ``prefixes``) from
-    ``os.environ``, so that children inherit only those."""
-    keep = set(allowed)
-    for name in list(os.environ):
-        if name not in keep and not name.startswith(prefixes):
-            del os.environ[name]
