@@ -251,6 +251,10 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
         loop.add_signal_handler(sig, on_signal, sig)
 
     attempts, backoff = settings.report_attempts, settings.report_backoff_base
+    # The deploy key is decoded in a thread while the database connection is set up; a
+    # bad key still ends the run before anything is touched.
+    key_check = asyncio.ensure_future(asyncio.to_thread(
+        _deploy_key_problem, settings.orchestrator_ssh_public_key))
     store_cm = open_store(db_settings, attempts, backoff)
     store = None
     claimed = False
@@ -261,7 +265,11 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
             outcome = out.failed("database_unavailable",
                                  f"cannot reach the database at DATABASE_URL: {exc}",
                                  server_status=None)
-        else:
+        key_problem = await key_check
+        if key_problem:
+            log.error("configuration error", extra={"error": key_problem})
+            outcome = out.rejected("config_error", f"configuration: {key_problem}")
+        elif store is not None:
             job = Job(ctx, store)
             job_task = asyncio.create_task(job.execute())
             try:
@@ -309,6 +317,17 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
                                     "error_kind": outcome.error.kind if outcome.error else None,
                                     "duration_seconds": round(time.monotonic() - t0, 3)})
     return code
+
+
+def _deploy_key_problem(line: str) -> str | None:
+    from runner_image.deploy_key import InvalidPublicKey, check_key_material
+
+    key_type, body = line.split()[:2]
+    try:
+        check_key_material(key_type, body)
+    except InvalidPublicKey as exc:
+        return f"ORCHESTRATOR_SSH_PUBLIC_KEY is invalid: {exc}"
+    return None
 
 
 def _report_time(deadline: RunDeadline, share: float) -> float | None:

@@ -51,8 +51,13 @@ class PublicKey:
         return f"{self.key_type} {self.body}" + (f" {self.comment}" if self.comment else "")
 
 
-def parse_public_key(text: str) -> PublicKey:
-    """Validate one OpenSSH public key line (as in a ``.pub`` file)."""
+def parse_public_key(text: str, *, decode: bool = True) -> PublicKey:
+    """Validate one OpenSSH public key line (as in a ``.pub`` file).
+
+    ``decode=False`` checks only the line's structure; ``check_key_material`` then decodes
+    the key (the runner does that in a thread while it connects to the database, as
+    importing ``cryptography`` takes a noticeable part of its start-up).
+    """
     if "PRIVATE KEY" in text:
         raise InvalidPublicKey("this is a private key; give the public key (the .pub file)")
     stripped = text.strip()
@@ -85,14 +90,15 @@ def parse_public_key(text: str) -> PublicKey:
     (name_len,) = struct.unpack(">I", blob[:4])
     if blob[4:4 + name_len].decode("ascii", "replace") != first:
         raise InvalidPublicKey("the key body does not match its declared key type")
-    _check_key_material(first, body)
+    if decode:
+        check_key_material(first, body)
     comment = fields[2] if len(fields) == 3 else ""
     if not _COMMENT_OK.match(comment):
         raise InvalidPublicKey("the key comment contains non-printable characters")
     return PublicKey(first, body, comment)
 
 
-def _check_key_material(key_type: str, body: str) -> None:
+def check_key_material(key_type: str, body: str) -> None:
     """Decode the key for real: a valid point/modulus of an allowed size, nothing extra."""
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import rsa

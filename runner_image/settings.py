@@ -173,7 +173,8 @@ class RunnerSettings(BaseSettings):
     @classmethod
     def _deploy_key(cls, value: str) -> str:
         try:
-            return parse_public_key(value).line
+            # The key material itself is decoded when the run starts (check_key_material).
+            return parse_public_key(value, decode=False).line
         except InvalidPublicKey as exc:
             raise ValueError(str(exc)) from None
 
