@@ -386,7 +386,7 @@ class Job:
         await asyncio.to_thread(importlib.import_module, "ansible_runner")
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
                                   client.control_dir, host_vars, self.handle,
-                                  mitogen=s.play_mitogen)
+                                  mitogen=s.play_mitogen, passthrough=s.play_env_passthrough)
         self.deadline.require("the play", needed=1.0)
         by_deadline = self.deadline.capped(s.play_timeout)
         budget = self.deadline.cap(s.play_timeout)

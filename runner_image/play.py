@@ -157,8 +157,8 @@ def mitogen_envvars() -> dict[str, str]:
 
 
 def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, control_dir: Path,
-                        host_vars: dict[str, Any], host: str, *, mitogen: bool = False
-                        ) -> PlayEnvironment:
+                        host_vars: dict[str, Any], host: str, *, mitogen: bool = False,
+                        passthrough: list[str] | None = None) -> PlayEnvironment:
     home = directory / "home"
     local_tmp = directory / "tmp"
     for path in (home, home / ".ansible", local_tmp):
@@ -182,6 +182,8 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_FORCE_COLOR": "False",
     }
+    # Variables the operator chose to hand to the plays (PLAY_ENV_PASSTHROUGH).
+    envvars |= {name: os.environ[name] for name in passthrough or () if name in os.environ}
     if mitogen:
         # One persistent interpreter on the server for the whole play instead of a fresh
         # Python (and module upload) per task. Its ssh runs with the same ANSIBLE_SSH_ARGS,

@@ -123,6 +123,11 @@ class RunnerSettings(BaseSettings):
         description="Extra play variables as a JSON object (public values only, e.g. "
         "firewall ports or docker_storage_driver); the runner's own infra_* variables win",
     )
+    play_env_passthrough: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated names of the runner's own (non-secret) environment "
+        "variables the plays may read; the plays get no other variable of the runner's",
+    )
     play_project_dir: Path = Field(
         default=DEFAULT_PLAY_PROJECT_DIR, description="Ansible project directory (has ansible.cfg)"
     )
@@ -188,7 +193,15 @@ class RunnerSettings(BaseSettings):
             return SecretStr(text + "\n")
         return value
 
-    @field_validator("recovery_playbooks", mode="before")
+    @field_validator("play_env_passthrough")
+    @classmethod
+    def _passthrough(cls, names: list[str]) -> list[str]:
+        secret = sorted(set(names) & set(SECRET_VARIABLES))
+        if secret:
+            raise ValueError(f"{', '.join(secret)} hold secrets and are never passed to plays")
+        return names
+
+    @field_validator("recovery_playbooks", "play_env_passthrough", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

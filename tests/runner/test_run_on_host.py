@@ -338,7 +338,8 @@ async def test_play_processes_cannot_read_the_runners_secrets(
     handle = registered(runner, host, "probe")
     msg = message(handle)
     proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/local_probe.yml",
-                        PLAY_VARS=json.dumps({"probe_file": str(probe)}))
+                        PLAY_VARS=json.dumps({"probe_file": str(probe)}),
+                        PROBE_MARKER="handed-to-the-play", PLAY_ENV_PASSTHROUGH="PROBE_MARKER")
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr
     text = probe.read_text()
@@ -357,6 +358,8 @@ async def test_play_processes_cannot_read_the_runners_secrets(
     # environment beyond what the play needs.
     below = [b for _, b in chain[:[pid for pid, _ in chain].index(proc.pid)]]
     assert any("ansible-playbook" in b.split("\n", 1)[0] for b in below)
+    # What the operator names in PLAY_ENV_PASSTHROUGH does reach the play.
+    assert all("\nPROBE_MARKER=handed-to-the-play\n" in b for b in below)
     for block in below:
         for name in ("PROVISIONER_MESSAGE=", "DATABASE_URL=", "REDIS_URL=", "JOB_NAME=",
                      "ORCHESTRATOR_SSH_PUBLIC_KEY=", "PYTHONPATH=", "PROVIDER_API_URL="):

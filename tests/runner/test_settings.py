@@ -70,3 +70,11 @@ def test_play_vars_are_a_json_object(base_env: pytest.MonkeyPatch) -> None:
 def test_project_dir_default_is_never_ansible_cores_package() -> None:
     default = RunnerSettings.model_fields["play_project_dir"].default
     assert (default / "playbooks").is_dir() or default == IMAGE_PLAY_PROJECT_DIR
+
+
+def test_play_env_passthrough_never_passes_a_secret(base_env: pytest.MonkeyPatch) -> None:
+    base_env.setenv("PLAY_ENV_PASSTHROUGH", "E2E_PLAY_SECONDS, HTTP_PROXY")
+    assert RunnerSettings().play_env_passthrough == ["E2E_PLAY_SECONDS", "HTTP_PROXY"]
+    base_env.setenv("PLAY_ENV_PASSTHROUGH", "HTTP_PROXY,DATABASE_PASSWORD")
+    with pytest.raises(ConfigError, match="PLAY_ENV_PASSTHROUGH is invalid: DATABASE_PASSWORD"):
+        load(RunnerSettings)
