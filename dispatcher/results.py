@@ -38,7 +38,8 @@ class ResultError(BaseModel):
         description="Machine-readable class: invalid_message, unknown_server, ssh_unreachable, "
         "host_key_mismatch, play_failed, play_timeout, provider_error, cancelled, "
         "job_failed, image_pull, config_error, unschedulable, deadline_exceeded, "
-        "oom_killed, evicted, job_deleted, internal"
+        "oom_killed, evicted, job_deleted, lock_lost, internal (deadline_exceeded: also the "
+        "runner's own, when a phase reached the Job's deadline)"
     )
     message: str = Field(description="What failed and what to do about it (no secret values)")
     task: str | None = Field(default=None, description="Ansible task that failed")
