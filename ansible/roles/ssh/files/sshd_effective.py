@@ -22,10 +22,15 @@ WATCHED = ("passwordauthentication", "kbdinteractiveauthentication",
            "challengeresponseauthentication")
 
 
+def read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
 def include_globs(path):
     found = []
     try:
-        for line in open(path, encoding="utf-8"):
+        for line in read(path).splitlines():
             words = line.split()
             if len(words) > 1 and words[0].lower() == "include":
                 for pattern in words[1:]:
@@ -42,7 +47,7 @@ def offending_files():
         for path in sorted(glob.glob(pattern)):
             in_match = False
             try:
-                lines = open(path, encoding="utf-8").read().splitlines()
+                lines = read(path).splitlines()
             except OSError:
                 continue
             for line in lines:

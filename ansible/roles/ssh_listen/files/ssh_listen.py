@@ -23,6 +23,11 @@ SERVICE_UNIT = sys.argv[2] if len(sys.argv) > 2 else "ssh"
 CONFIG = sys.argv[3] if len(sys.argv) > 3 else "/etc/ssh/sshd_config"
 
 
+def read(path, binary=False):
+    with open(path, "rb" if binary else "r", **({} if binary else {"encoding": "utf-8"})) as f:
+        return f.read()
+
+
 def run(*argv):
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
@@ -45,7 +50,7 @@ def kernel_listeners():
     found = []
     for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
         try:
-            lines = open(name, encoding="ascii").read().splitlines()[1:]
+            lines = read(name).splitlines()[1:]
         except OSError:
             continue
         for line in lines:
@@ -71,7 +76,7 @@ def socket_owners():
         if not pid.isdigit():
             continue
         try:
-            comm = open(f"/proc/{pid}/comm", encoding="utf-8").read().strip()
+            comm = read(f"/proc/{pid}/comm").strip()
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
@@ -89,8 +94,8 @@ def ssh_connection():
     pid = os.getpid()
     while pid > 1:
         try:
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-            status = open(f"/proc/{pid}/status", encoding="utf-8").read()
+            environ = read(f"/proc/{pid}/environ", binary=True).split(b"\0")
+            status = read(f"/proc/{pid}/status")
         except OSError:
             return None
         for item in environ:
@@ -145,7 +150,7 @@ def main():
     # Main-file Port/ListenAddress lines (before any Match block), kept when no port is asked.
     kept = []
     try:
-        for line in open(CONFIG, encoding="utf-8").read().splitlines():
+        for line in read(CONFIG).splitlines():
             words = line.strip().replace("=", " ", 1).split()
             if not words or words[0].startswith("#"):
                 continue
