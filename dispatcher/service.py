@@ -39,7 +39,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
 from dispatcher.queue import Acquisition, Claim, QueueStore, Slot
 from dispatcher.redis_errors import is_transient
-from dispatcher.reporting import publish_result, was_reported
+from dispatcher.reporting import Reported, publish_result, reported
 from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.settings import DispatcherSettings
 from dispatcher.supervision import Supervisor
@@ -460,12 +460,14 @@ class Dispatcher:
                "job_name": end.job_name}
         if end.delete_job:
             await self._delete(end.job_name, ctx)
-        reported = await self._redis(lambda: was_reported(self.redis, self.keys, end.request_id))
-        if not reported:
+        marker = await self._redis(lambda: reported(self.redis, self.keys, end.request_id))
+        if marker is None:
             entry = self._failure_result(end)
             if await self._redis(lambda: publish_result(self.redis, self.keys, entry)):
                 log.warning("Job ended without a runner result: failure reported",
                             extra={**ctx, "reason": end.reason, "detail": end.message})
+            marker = Reported(entry.reported_by.value, entry.status.value,
+                              entry.error.kind if entry.error else None)
         released = await self._redis(lambda: self.store.release(end.server_handle,
                                                                 end.request_id))
         if released:
@@ -474,6 +476,10 @@ class Dispatcher:
                 self.metrics.jobs_succeeded.inc()
             else:
                 self.metrics.jobs_failed.labels(end.reason).inc()
+            finished = end.finished_at or datetime.now(UTC)
+            self.metrics.job_ended(
+                end.action, marker.status, marker.kind,
+                (finished - end.started_at).total_seconds() if end.started_at else None)
             log.info("Job finished", extra={**ctx, "succeeded": end.succeeded,
                                             "reason": end.reason})
 

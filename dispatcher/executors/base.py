@@ -22,6 +22,8 @@ class JobEnd:
     message: str
     started_at: datetime | None = None
     action: str | None = None
+    # When the Job ended (completionTime / the Failed condition); None: when it was noticed.
+    finished_at: datetime | None = None
     delete_job: bool = False  # the Job is stuck: the dispatcher deletes it before reporting
 
 

@@ -10,7 +10,14 @@ from typing import Any
 
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
-from dispatcher.kube.classify import job_outcome, job_without_pod, parse_time, stuck_reason, utcnow
+from dispatcher.kube.classify import (
+    finished_at,
+    job_outcome,
+    job_without_pod,
+    parse_time,
+    stuck_reason,
+    utcnow,
+)
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.creating import JobPayload, create_job
 from dispatcher.kube.deleting import delete_job
@@ -176,7 +183,7 @@ class KubernetesExecutor:
         labels = job["metadata"]["labels"]
         return JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                       *outcome, started_at=parse_time(job["status"].get("startTime")),
-                      action=labels.get(LABEL_ACTION))
+                      action=labels.get(LABEL_ACTION), finished_at=finished_at(job))
 
     def _emit(self, end: JobEnd) -> None:
         if end.job_name in self._emitted or not end.request_id:

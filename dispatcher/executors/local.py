@@ -90,7 +90,8 @@ class LocalExecutor:
         run.end = JobEnd(job_name, run.message.server_handle, run.message.request_id or "",
                          ok, "Completed" if ok else "Error",
                          "runner completed" if ok else f"runner exited with code {code}",
-                         started_at=run.started_at, action=run.message.action.value)
+                         started_at=run.started_at, action=run.message.action.value,
+                         finished_at=datetime.now(UTC))
         self.ends.put_nowait(run.end)
 
     def _forget_finished(self, keep_seconds: float = 600) -> None:
