@@ -463,6 +463,10 @@ EVENTS = Kind(
     validate=_validate_event,
 )
 
+# events.k8s.io/v1: routed and discovered, stored as the core/v1 EVENTS (eventsv1.py converts).
+EVENTS_V1 = Kind("events", "Event", "events.k8s.io", "v1")
+
 ALL: tuple[Kind, ...] = (JOBS, PODS, SECRETS, CONFIGMAPS, EVENTS)
-BY_PATH: dict[tuple[str, str], Kind] = {(k.base_path, k.plural): k for k in ALL}
+SERVED: tuple[Kind, ...] = (*ALL, EVENTS_V1)
+BY_PATH: dict[tuple[str, str], Kind] = {(k.base_path, k.plural): k for k in SERVED}
 BY_PLURAL: dict[str, Kind] = {k.plural: k for k in ALL}
