@@ -63,7 +63,7 @@ RESULT_STATUSES = (*(status.value for status in ResultStatus), "other")
 # The verbs KubeClient.call counts with their expected codes (0: no response); other codes
 # (429, 5xx, ...) appear when they happen.
 API_CODES = {"create": ("201", "409", "0"), "create_dry_run": ("201", "0"),
-             "delete": ("200", "404", "0")}
+             "patch": ("200", "404", "0"), "create_event": ("201", "0")}
 
 
 def _version() -> str:

@@ -100,10 +100,13 @@ class LocalExecutor:
             if run.end and (now - run.started_at).total_seconds() > keep_seconds:
                 del self._runs[name]
 
-    async def delete(self, job_name: str) -> None:
+    async def stop_job(self, job_name: str, reason: str, message: str) -> None:
         run = self._runs.get(job_name)
         if run and run.process.returncode is None:
             run.process.terminate()
+
+    async def record_failure(self, end: JobEnd) -> None:
+        """Nothing beyond the result and the dispatcher's log: no objects to annotate."""
 
     def snapshot(self) -> dict[str, JobView] | None:
         return {name: JobView(name, run.message.server_handle, run.message.request_id or "",

@@ -35,8 +35,9 @@ from tests.deploy.chart import (
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 VALUE_SETS = {"defaults": {}, "full": FULL_VALUES, "kind": KIND_VALUES}
 EXPECTED_RULES = {
-    ("batch", "jobs"): ["create", "get", "list", "watch", "delete"],
+    ("batch", "jobs"): ["create", "get", "list", "watch", "patch"],
     ("", "pods"): ["list", "watch"],
+    ("events.k8s.io", "events"): ["create"],
 }
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
                       "app.kubernetes.io/version", "app.kubernetes.io/managed-by",

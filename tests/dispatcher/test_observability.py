@@ -249,11 +249,15 @@ async def test_real_prometheus_alerts_and_dashboard(
                 empty.append(query)
         assert not empty, empty
 
-        # Least privilege, exactly: also let the dispatcher delete a Job whose pod never
-        # starts, then compare every call it made with the Role.
+        # Least privilege, exactly: also let the dispatcher stop a Job whose pod never
+        # starts (jobs patch) and record why (events.k8s.io events create), then compare
+        # every call it made with the Role.
         k8s.emulator.control.configure_controller(mode="pending")
         await redis_client.lpush(keys.queue, message("stuck-1", "req-stuck"))
-        await wait_until(lambda: _deleted_once(k8s), timeout=60, what="stuck Job deleted")
+        await wait_until(lambda: _called(k8s, "patch", "jobs"), timeout=60,
+                         what="stuck Job stopped")
+        await wait_until(lambda: _called(k8s, "create", "events.events.k8s.io"), timeout=60,
+                         what="failure Event recorded")
         # ... and a create whose reply is lost: the retry meets 409 and reads the Job to
         # tell whether it is ours (jobs get).
         k8s.emulator.control.inject(verb="create", resource="jobs", drop=True, applied=True,
@@ -273,11 +277,6 @@ async def test_real_prometheus_alerts_and_dashboard(
         prom.stop()
 
 
-async def _deleted_once(k8s: Kube) -> bool:
-    stats = await asyncio.to_thread(k8s.emulator.control.stats)
-    return any(r["verb"] == "delete" and r["resource"] == "jobs" for r in stats["requests"])
-
-
 async def _called(k8s: Kube, verb: str, resource: str) -> bool:
     stats = await asyncio.to_thread(k8s.emulator.control.stats)
     return any(r["verb"] == verb and r["resource"] == resource for r in stats["requests"])
@@ -289,11 +288,20 @@ def role_rules() -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
+def _rule_of(resource: str, verb: str) -> tuple[str, str, str]:
+    """The emulator names resources `plural[.group][/sub]`, the group only where the plural
+    alone is ambiguous (events); the Role names the group apart."""
+    name, _, sub = resource.partition("/")
+    plural, _, group = name.partition(".")
+    if not group:
+        group = BY_PLURAL[plural].group
+    return group, f"{plural}/{sub}" if sub else plural, verb
+
+
 def assert_role_matches(requests: list[dict[str, Any]]) -> None:
     """Only the dispatcher talks to this emulator's API (the controller is built in and the
     test reads through control endpoints), so the recorded calls are the dispatcher's."""
-    called = {(BY_PLURAL[r["resource"].split("/")[0]].group, r["resource"], r["verb"])
-              for r in requests}
+    called = {_rule_of(r["resource"], r["verb"]) for r in requests}
     assert called == role_rules(), (
         f"Role grants but never used: {sorted(role_rules() - called)}; "
         f"called but not granted: {sorted(called - role_rules())}")

@@ -194,19 +194,19 @@ def _crashed(k: Kube, job: str) -> None:
     k.kubelet.fail(NAMESPACE, job, exit_code=5)
 
 
-@pytest.mark.parametrize(("drive", "kind", "status", "job_deleted"), [
-    (_config_error, "config_error", "failed", True),
-    (_image_pull, "image_pull", "failed", True),
-    (_unschedulable, "unschedulable", "failed", True),
-    (_oom, "oom_killed", "failed", False),
-    (_deadline, "deadline_exceeded", "timed_out", False),
-    (_evicted, "evicted", "failed", False),
-    (_deleted, "job_deleted", "failed", True),
-    (_crashed, "job_failed", "failed", False),
+@pytest.mark.parametrize(("drive", "kind", "status", "job_deleted", "reason"), [
+    (_config_error, "config_error", "failed", True, "CreateContainerConfigError"),
+    (_image_pull, "image_pull", "failed", True, "ImagePullBackOff"),
+    (_unschedulable, "unschedulable", "failed", True, "Unschedulable"),
+    (_oom, "oom_killed", "failed", False, "OOMKilled"),
+    (_deadline, "deadline_exceeded", "timed_out", False, "DeadlineExceeded"),
+    (_evicted, "evicted", "failed", False, "Evicted"),
+    (_deleted, "job_deleted", "failed", True, "JobDeleted"),
+    (_crashed, "job_failed", "failed", False, "Error"),
 ])
 async def test_job_that_ends_without_a_runner_result_is_reported(
         start, k8s: Kube, redis_client, keys, drive, kind: str, status: str,
-        job_deleted: bool) -> None:
+        job_deleted: bool, reason: str) -> None:
     # Short grace periods only where the case needs them: elsewhere a slow machine could
     # let the dispatcher give up on a pod-less Job before the case drives it.
     grace = "1" if job_deleted else "120"
@@ -229,8 +229,28 @@ async def test_job_that_ends_without_a_runner_result_is_reported(
     assert got["job_name"] == name
     # The server is free again: the waiting message gets its Job.
     await wait_until(lambda: _has_job(k8s, "r2"), what="next Job for the server")
-    if job_deleted:
+    # The reason is on the Job as a Warning Event (events.k8s.io/v1, seen by kubectl
+    # describe through core/v1), with the pod's message.
+    events = [e for e in k8s.emulator.control.objects("events", NAMESPACE)
+              if e["involvedObject"]["name"] == name
+              and e.get("reportingComponent") == "infra-service.io/dispatcher"]
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", reason)]
+    assert got["error"]["message"] == f"{reason}: {events[0]['message']}"
+    if drive is _deleted:
         assert name not in {j["metadata"]["name"] for j in k8s.jobs()}
+    elif job_deleted:
+        # A stuck Job is stopped, not deleted: it stays, failed, until its TTL removes it.
+        async def failed() -> dict | None:
+            jobs = await asyncio.to_thread(k8s.jobs)
+            job = next(j for j in jobs if j["metadata"]["name"] == name)
+            done = [c for c in job["status"].get("conditions") or [] if c["type"] == "Failed"]
+            return job if done else None
+        job = await wait_until(failed, what="stopped Job failed")
+        assert job["spec"]["activeDeadlineSeconds"] == 1
+        assert job["metadata"]["annotations"]["infra-service.io/stopped"].startswith(
+            f"{reason}: ")
+        pods = await asyncio.to_thread(k8s.emulator.control.objects, "pods", NAMESPACE)
+        assert not [p for p in pods if p["metadata"]["name"].startswith(name)]
     metrics = dispatcher.metrics()
     assert sum(metric_value(metrics, "infra_jobs_failed_total", f'{{reason="{r}"}}')
                for r in _reasons(dispatcher)) == 1

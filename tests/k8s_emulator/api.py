@@ -21,7 +21,7 @@ from . import discovery, eventsv1
 from .faults import FaultRule, Faults, Stats
 from .httpserver import Connection, Drop, Request, Response
 from .jobsim import LOG_WAIT_REASONS
-from .kinds import BY_PATH, EVENTS, EVENTS_V1, PODS, Kind
+from .kinds import BY_PATH, BY_PLURAL, EVENTS, EVENTS_V1, PODS, Kind
 from .printing import printable, wants_table
 from .printing import table as print_table
 from .registry import Registry
@@ -50,7 +50,11 @@ class Route:
 
     @property
     def resource(self) -> str:
-        return f"{self.kind.plural}/{self.sub}" if self.sub else self.kind.plural
+        # kubectl's `plural.group` where the plural alone names another kind (events).
+        plural = self.kind.plural
+        if BY_PLURAL.get(plural) is not self.kind:
+            plural = f"{plural}.{self.kind.group}"
+        return f"{plural}/{self.sub}" if self.sub else plural
 
 
 @dataclass
