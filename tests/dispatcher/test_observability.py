@@ -102,7 +102,7 @@ async def test_why_did_web_7_fail_with_the_notes_commands(
     job = await wait_until(lambda: _job_of(k8s, "web-7"), timeout=60, what="web-7's Job done")
     name = job["metadata"]["name"]
     commands = notes_commands(NAMESPACE)
-    assert len(commands) == 5 and all(c.startswith(f"kubectl -n {NAMESPACE} ") for c in commands)
+    assert len(commands) == 6 and all(c.startswith(f"kubectl -n {NAMESPACE} ") for c in commands)
     out: list[str] = []
     for command in commands:
         line = command.replace("<server-handle>", "web-7").replace("<job-name>", name)
@@ -111,19 +111,26 @@ async def test_why_did_web_7_fail_with_the_notes_commands(
                                        timeout=60)
         assert done.returncode == 0, f"{line}\n{done.stderr}"
         out.append(done.stdout)
-    get_jobs, describe, get_pods, logs, get_events = out
+    get_jobs, describe, get_pods, describe_pods, logs, get_events = out
     jobs = [row.split() for row in get_jobs.splitlines()]
     assert jobs[0] == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
     assert jobs[1][:3] == [name, "Failed", "0/1"]
     assert "infra-service.io/server-handle=web-7" in describe
-    assert "BackoffLimitExceeded" in describe
+    # The Job controller's Event names the exit code matched by the podFailurePolicy; the
+    # dispatcher's Event (it reported the failure: no runner result) gives the pod's reason.
+    assert "PodFailurePolicy" in describe and "exit code 10 matching FailJob" in describe
+    assert "infra-service.io/dispatcher" in describe
     pods = [row.split() for row in get_pods.splitlines()]
     assert pods[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     assert pods[1][1:4] == ["0/1", "Error", "0"]
+    # The runner wrote no termination message here: FallbackToLogsOnError puts the log tail.
+    assert "Exit Code:    10" in describe_pods
+    assert "Message:" in describe_pods and "play_failed" in describe_pods
     assert "play_failed" in logs
     events = [row.split() for row in get_events.splitlines()]
     assert events[0][:2] == ["LAST", "SEEN"]
-    assert any(r[1:4] == ["Warning", "BackoffLimitExceeded", f"job/{name}"] for r in events[1:])
+    assert any(r[1:4] == ["Warning", "PodFailurePolicy", f"job/{name}"] for r in events[1:])
+    assert any(r[1:4] == ["Warning", "Error", f"job/{name}"] for r in events[1:])
 
 
 # ---- Prometheus ----

@@ -307,3 +307,14 @@ def event(involved: dict[str, Any], kind: str, api_version: str, reason: str, me
         "type": type_, "eventTime": None, "reportingComponent": component,
         "reportingInstance": host or "",
     }
+
+
+# What the kubelet keeps of the log for FallbackToLogsOnError (kuberuntime: the last 80
+# lines, at most 2048 bytes) when the container wrote no termination message.
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
+
+
+def fallback_message(log: str) -> str:
+    tail = "\n".join(log.splitlines()[-FALLBACK_LOG_LINES:]).encode()
+    return tail[-FALLBACK_LOG_BYTES:].decode(errors="ignore")

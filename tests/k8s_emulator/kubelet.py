@@ -155,7 +155,7 @@ class Kubelet:
             self.set_log(namespace, pod, log)
         if message is None and exit_code != 0 and log and self._falls_back_to_logs(
                 namespace, pod):
-            message = fallback_message(log)
+            message = jobsim.fallback_message(log)
         obj = self._pod_status(namespace, pod, lambda p: jobsim.terminated_status(
             p, exit_code, reason, message))
         if reason == "OOMKilled":
@@ -245,13 +245,3 @@ class Kubelet:
 def _data(response: Any) -> Obj:
     return json.loads(response.data)
 
-
-# What the kubelet keeps of the log for FallbackToLogsOnError (kuberuntime: the last 80
-# lines, at most 2048 bytes) when the container wrote no termination message.
-FALLBACK_LOG_LINES = 80
-FALLBACK_LOG_BYTES = 2048
-
-
-def fallback_message(log: str) -> str:
-    tail = "\n".join(log.splitlines()[-FALLBACK_LOG_LINES:]).encode()
-    return tail[-FALLBACK_LOG_BYTES:].decode(errors="ignore")
