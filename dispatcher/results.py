@@ -38,7 +38,8 @@ class ResultError(BaseModel):
         description="Machine-readable class: invalid_message, unknown_server, ssh_unreachable, "
         "host_key_mismatch, play_failed, play_timeout, provider_error, cancelled, "
         "job_failed, image_pull, config_error, unschedulable, deadline_exceeded, "
-        "oom_killed, evicted, job_deleted, internal"
+        "oom_killed, evicted, job_deleted, lock_lost, internal (deadline_exceeded: also the "
+        "runner's own, when a phase reached the Job's deadline)"
     )
     message: str = Field(description="What failed and what to do about it (no secret values)")
     task: str | None = Field(default=None, description="Ansible task that failed")
@@ -81,6 +82,16 @@ class ResultEntry(BaseModel):
     details: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict,
         description="Facts reported by the play (e.g. freed_bytes, docker_restarted)",
+    )
+    ssh_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="The server's SSH port after the run, as stored in the servers table: "
+        "the port the runner connected on, or the one the play moved sshd to (null when the "
+        "run did not get as far as the server)",
+    )
+    ssh_port_changed: bool | None = Field(
+        default=None,
+        description="True when the play moved sshd and ssh_port is the new port",
     )
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ import time
 from typing import NoReturn
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from dispatcher.connections import RedisSettings, create_redis
 from dispatcher.logs import configure_logging
@@ -26,6 +27,7 @@ from dispatcher.messages import InvalidMessage, ProvisionerMessage, parse_messag
 from dispatcher.results import ResultEntry, now
 from runner_image import outcome as out
 from runner_image import redaction
+from runner_image.deadline import RunDeadline
 from runner_image.exit_codes import ExitCode
 from runner_image.settings import (
     SECRET_VARIABLES,
@@ -159,6 +161,10 @@ async def _run() -> int:
         log.error("configuration error; cannot report", extra={
             "error": describe_validation_error(exc, "REDIS_")})
         return ExitCode.REJECTED
+    except SettingsError:
+        log.error("configuration error; cannot report", extra={
+            "error": "a REDIS_* variable is invalid: not valid JSON"})
+        return ExitCode.REJECTED
 
     async def report_only(outcome: out.Outcome, message: ProvisionerMessage | None,
                           request_id: str | None, handle: str | None) -> int:
@@ -195,6 +201,7 @@ async def _run() -> int:
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
+        scrub_secret_environment()
         text = "; ".join(problems)
         log.error("configuration error", extra={"error": text})
         return await report_only(out.rejected("config_error", f"configuration: {text}"),
@@ -202,22 +209,31 @@ async def _run() -> int:
     settings = loaded[RunnerSettings]
     db_settings = loaded[DatabaseSettings]
     assert isinstance(settings, RunnerSettings) and isinstance(db_settings, DatabaseSettings)
-    logging.getLogger().setLevel(settings.log_level.upper())
+    # Everything is read: drop the secrets from the environment (and the process's own
+    # copy of it) before any child process starts.
     scrub_secret_environment()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    problem = settings.deadline_problem(message.force_reinstall)
+    if problem:
+        log.error("configuration error", extra={"error": problem})
+        return await report_only(out.rejected("config_error", f"configuration: {problem}"),
+                                 message, message.request_id, message.server_handle)
+    deadline = RunDeadline.start(settings.job_active_deadline_seconds,
+                                 settings.report_reserve_seconds)
     return await _run_job(message, settings, db_settings, job_name, redact, redis_settings,
-                          started_at, t0)
+                          started_at, t0, deadline)
 
 
 async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
                    db_settings: DatabaseSettings, job_name: str | None,
                    redact: redaction.Redactor, redis_settings: RedisSettings,
-                   started_at: object, t0: float) -> int:
+                   started_at: object, t0: float, deadline: RunDeadline) -> int:
     from runner_image.job import Job, RunContext, open_store
     from runner_image.reaping import become_subreaper
 
     become_subreaper()  # processes the play orphans are stopped at the end of the run
     cancelled = threading.Event()
-    ctx = RunContext(message, settings, db_settings, job_name, redact, cancelled)
+    ctx = RunContext(message, settings, db_settings, job_name, redact, cancelled, deadline)
     log.info("run started", extra={"action": message.action.value})
     # From here the run mostly waits (database, ssh-agent, SSH): import what comes later
     # meanwhile. Started earlier, the imports would only compete with start-up for the GIL.
@@ -235,6 +251,10 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
         loop.add_signal_handler(sig, on_signal, sig)
 
     attempts, backoff = settings.report_attempts, settings.report_backoff_base
+    # The deploy key is decoded in a thread while the database connection is set up; a
+    # bad key still ends the run before anything is touched.
+    key_check = asyncio.ensure_future(asyncio.to_thread(
+        _deploy_key_problem, settings.orchestrator_ssh_public_key))
     store_cm = open_store(db_settings, attempts, backoff)
     store = None
     claimed = False
@@ -245,7 +265,11 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
             outcome = out.failed("database_unavailable",
                                  f"cannot reach the database at DATABASE_URL: {exc}",
                                  server_status=None)
-        else:
+        key_problem = await key_check
+        if key_problem:
+            log.error("configuration error", extra={"error": key_problem})
+            outcome = out.rejected("config_error", f"configuration: {key_problem}")
+        elif store is not None:
             job = Job(ctx, store)
             job_task = asyncio.create_task(job.execute())
             try:
@@ -261,9 +285,13 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
         ok = True
         if claimed and outcome.server_status is not None:
             try:
-                await write_status(store, db_settings, message.server_handle,
-                                   ctx.request_id, outcome.server_status, outcome.reason,
-                                   attempts=attempts, backoff=backoff)
+                # Half of what is left (the reserve included) for the status, the rest for
+                # the result: both are written before Kubernetes kills the pod.
+                await asyncio.wait_for(
+                    write_status(store, db_settings, message.server_handle,
+                                 ctx.request_id, outcome.server_status, outcome.reason,
+                                 attempts=attempts, backoff=backoff, ssh_port=outcome.ssh_port),
+                    _report_time(deadline, share=0.5))
             except Exception as exc:
                 log.error("could not write the server status", extra={"error": str(exc)})
                 ok = False
@@ -272,9 +300,12 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
             action=message.action, job_name=job_name, started_at=started_at,  # type: ignore[arg-type]
             duration=time.monotonic() - t0, redact=redact)
         try:
-            await _publish(redis_settings, entry, attempts=attempts, backoff=backoff)
+            await asyncio.wait_for(
+                _publish(redis_settings, entry, attempts=attempts, backoff=backoff),
+                _report_time(deadline, share=1.0))
         except Exception as exc:
-            log.error("could not publish the result", extra={"error": str(exc)})
+            log.error("could not publish the result",
+                      extra={"error": str(exc) or type(exc).__name__})
             ok = False
     finally:
         if store is not None:
@@ -286,6 +317,24 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
                                     "error_kind": outcome.error.kind if outcome.error else None,
                                     "duration_seconds": round(time.monotonic() - t0, 3)})
     return code
+
+
+def _deploy_key_problem(line: str) -> str | None:
+    from runner_image.deploy_key import InvalidPublicKey, check_key_material
+
+    key_type, body = line.split()[:2]
+    try:
+        check_key_material(key_type, body)
+    except InvalidPublicKey as exc:
+        return f"ORCHESTRATOR_SSH_PUBLIC_KEY is invalid: {exc}"
+    return None
+
+
+def _report_time(deadline: RunDeadline, share: float) -> float | None:
+    """Seconds a report write may take: ``share`` of what is left before the deadline."""
+    if deadline.at is None:
+        return None
+    return max(1.0, (deadline.left() + deadline.reserve) * share)
 
 
 def entrypoint() -> NoReturn:

@@ -18,6 +18,15 @@ from pydantic import BaseModel, SecretStr
 from runner_image.settings import DatabaseSettings
 
 _LOCK_NAMESPACE = "infra-service:server:"
+# True while this session holds the server's advisory lock. A bigint advisory lock shows in
+# pg_locks as classid (high 32 bits), objid (low 32 bits), objsubid 1.
+_HOLDS_LOCK = (
+    "EXISTS (SELECT 1 FROM pg_locks l, (SELECT hashtextextended('infra-service:server:'"
+    " || $1, 0) AS k) key WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()"
+    " AND l.granted AND l.objsubid = 1"
+    " AND l.classid::bigint = ((key.k >> 32) & 4294967295)"
+    " AND l.objid::bigint = (key.k & 4294967295))"
+)
 
 
 class ServerStatus(StrEnum):
@@ -48,6 +57,10 @@ class ServerBusy(Exception):
     pass
 
 
+class LockLost(Exception):
+    """The run no longer holds its server's lock; nothing may be written for it."""
+
+
 class MissingCredentialsKey(Exception):
     pass
 
@@ -76,14 +89,15 @@ class ServerStore:
         row = await self.conn.fetchrow(_SELECT, handle)
         return ServerRecord(**dict(row)) if row else None
 
+    async def try_lock(self, handle: str) -> bool:
+        return bool(await self.conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + handle))
+
     async def lock(self, handle: str, wait: float) -> None:
         """Hold the server's advisory lock until the connection closes."""
         deadline = time.monotonic() + wait
         while True:
-            got = await self.conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", _LOCK_NAMESPACE + handle
-            )
-            if got:
+            if await self.try_lock(handle):
                 return
             if time.monotonic() >= deadline:
                 raise ServerBusy(
@@ -105,30 +119,50 @@ class ServerStore:
         return SecretStr(value) if value is not None else None
 
     async def claim(self, handle: str, request_id: str, status: ServerStatus) -> bool:
-        """Mark the run as the server's current one (call with the lock held)."""
+        """Mark the run as the server's current one (only with the lock held)."""
         result = await self.conn.execute(
-            "UPDATE servers SET status = $3, status_reason = NULL, last_request_id = $2,"
+            "UPDATE servers SET status = $3, status_reason = NULL, last_request_id = $2,"  # noqa: S608
             " last_run_started_at = now(), last_run_finished_at = NULL, updated_at = now()"
-            " WHERE handle = $1",
+            " WHERE handle = $1 AND " + _HOLDS_LOCK,
             handle, request_id, status.value,
         )
         return result.endswith(" 1")
 
+    async def holds_lock(self, handle: str) -> bool:
+        return bool(await self.conn.fetchval("SELECT " + _HOLDS_LOCK, handle))
+
+    async def _guarded(self, handle: str, sql: str, *args: object) -> bool:
+        """Run an UPDATE that applies only while this run owns the server: its lock held on
+        this connection and ``last_request_id`` still its own. Raises LockLost if the lock
+        is gone; False if another run claimed the server."""
+        # ``sql`` and _HOLDS_LOCK are constants of this module; values are parameters.
+        result = await self.conn.execute(f"{sql} AND {_HOLDS_LOCK}", handle, *args)
+        if result.endswith(" 1"):
+            return True
+        if not await self.holds_lock(handle):
+            raise LockLost(f"this run no longer holds the lock of server {handle}; "
+                           "its status is left to the run that holds it")
+        return False
+
     async def set_status(self, handle: str, request_id: str, status: ServerStatus,
-                         reason: str | None, *, finished: bool = False) -> bool:
-        """Compare-and-set on last_request_id; False if another run owns the server now."""
-        result = await self.conn.execute(
+                         reason: str | None, *, finished: bool = False,
+                         ssh_port: int | None = None) -> bool:
+        """Compare-and-set on last_request_id, with the lock held; False if another run owns
+        the server now. ``ssh_port`` (the port the play left sshd on) is stored in the same
+        statement."""
+        return await self._guarded(
+            handle,
             "UPDATE servers SET status = $3, status_reason = $4, updated_at = now(),"
-            " last_run_finished_at = CASE WHEN $5 THEN now() ELSE last_run_finished_at END"
+            " last_run_finished_at = CASE WHEN $5 THEN now() ELSE last_run_finished_at END,"
+            " ssh_port = COALESCE($6::integer, ssh_port)"
             " WHERE handle = $1 AND last_request_id = $2",
-            handle, request_id, status.value, reason, finished,
+            request_id, status.value, reason, finished, ssh_port,
         )
-        return result.endswith(" 1")
 
     async def record_host_key(self, handle: str, request_id: str, host_key: str) -> bool:
-        result = await self.conn.execute(
+        return await self._guarded(
+            handle,
             "UPDATE servers SET host_key = $3, host_key_recorded_at = now(), updated_at = now()"
             " WHERE handle = $1 AND last_request_id = $2",
-            handle, request_id, host_key,
+            request_id, host_key,
         )
-        return result.endswith(" 1")

@@ -29,12 +29,14 @@ from dispatcher.results import ResultError, ResultStatus
 from runner_image import outcome as out
 from runner_image.agent import AgentError, SshAgent
 from runner_image.db import (
+    LockLost,
     MissingCredentialsKey,
     ServerBusy,
     ServerRecord,
     ServerStatus,
     ServerStore,
 )
+from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
 from runner_image.exit_codes import ExitCode
 from runner_image.play import (
@@ -62,6 +64,7 @@ class RunContext:
     job_name: str | None
     redact: Redactor
     cancelled: threading.Event
+    deadline: RunDeadline
 
     @property
     def request_id(self) -> str:
@@ -87,6 +90,8 @@ class Job:
         self.handle = ctx.message.server_handle
         self.claimed = False
         self.details: out.Details = {}
+        self.deadline = ctx.deadline
+        self.connect_port: int | None = None  # the port the run reached sshd on
 
     # -- entry point -------------------------------------------------------------------
     async def execute(self) -> out.Outcome:
@@ -94,7 +99,16 @@ class Job:
             outcome = await self._execute()
         except asyncio.CancelledError:
             outcome = self._cancelled("before the play started")
+        except DeadlineReached as exc:
+            log.error("run deadline reached", extra={"phase": exc.phase})
+            outcome = out.deadline_exceeded(exc.message)
+            if not self.claimed:
+                outcome.server_status = None
+        except LockLost as exc:
+            outcome = out.failed("lock_lost", str(exc), server_status=None)
         outcome.details = {**self.details, **outcome.details}
+        if outcome.ssh_port is None and self.connect_port is not None:
+            outcome.ssh_port, outcome.ssh_port_changed = self.connect_port, False
         return outcome
 
     def _cancelled(self, where: str) -> out.Outcome:
@@ -106,18 +120,28 @@ class Job:
 
     async def _execute(self) -> out.Outcome:
         message = self.ctx.message
+        problem = self._check_settings()
+        if problem:
+            return problem
+        # Lock, then read: a run that waited while another (a reinstall) held the server
+        # must see what that run left (its new host key, its status), not what was before.
+        wait = self.deadline.cap(self.settings.server_lock_timeout)
+        try:
+            await self.store.lock(self.handle, wait)
+        except ServerBusy as exc:
+            if self.deadline.capped(self.settings.server_lock_timeout):
+                raise DeadlineReached("the wait for the server's lock",
+                                      f"{exc}; {self.deadline.exhausted('the lock wait')}"
+                                      ) from None
+            return out.failed("server_busy", str(exc), server_status=None)
         server = await self.store.load(self.handle)
         if server is None:
             return out.failed("unknown_server",
                               f"server {self.handle} is not in the servers table; register it "
                               "first (python -m runner_image register-server)", server_status=None)
-        problem = self._check_inputs(server)
+        problem = self._check_server(server)
         if problem:
             return problem
-        try:
-            await self.store.lock(self.handle, self.settings.server_lock_timeout)
-        except ServerBusy as exc:
-            return out.failed("server_busy", str(exc), server_status=None)
         password: SecretStr | None = None
         if server.has_password:
             try:
@@ -160,7 +184,7 @@ class Job:
                             extra={"processes": stopped})
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _check_inputs(self, server: ServerRecord) -> out.Outcome | None:
+    def _check_settings(self) -> out.Outcome | None:
         """Configuration problems found before anything is touched."""
         if self.settings.play_mitogen:
             try:
@@ -180,10 +204,14 @@ class Job:
             if missing:
                 return out.rejected("config_error",
                                     f"force_reinstall needs {' and '.join(missing)}")
-            if not server.provider_server_id:
-                return out.rejected("config_error",
-                                    f"server {self.handle} has no provider_server_id; "
-                                    "set it with register-server --provider-server-id")
+        return None
+
+    def _check_server(self, server: ServerRecord) -> out.Outcome | None:
+        """Problems with the server's row, read with its lock held."""
+        if self.ctx.message.force_reinstall and not server.provider_server_id:
+            return out.rejected("config_error",
+                                f"server {self.handle} has no provider_server_id; "
+                                "set it with register-server --provider-server-id")
         return None
 
     async def _run_steps(self, server: ServerRecord, password: SecretStr | None,
@@ -201,6 +229,7 @@ class Job:
             failure = await self._ssh_check(client, password, accept_new=server.host_key is None)
         if failure:
             return failure
+        self.connect_port = server.ssh_port
         seen = client.seen_host_key()
         if seen and seen != server.host_key:
             await self.store.record_host_key(self.handle, self.ctx.request_id, seen)
@@ -226,7 +255,8 @@ class Job:
                             s.provider_api_password.get_secret_value())
         try:
             async with Time4VpsClient(s.provider_api_url, s.provider_api_username,
-                                      s.provider_api_password, s.provider_request_timeout) as api:
+                                      s.provider_api_password, s.provider_request_timeout,
+                                      deadline=self.deadline) as api:
                 task_id = await api.reinstall(server.provider_server_id, s.provider_reinstall_os,
                                               own_key.line)
                 self.details["provider_task_id"] = task_id
@@ -242,19 +272,28 @@ class Job:
 
     async def _wait_for_ssh_after_reinstall(self, client: SshClient,
                                             password: SecretStr | None) -> out.Outcome | None:
-        deadline = time.monotonic() + self.settings.reinstall_ssh_timeout
+        limit = self.settings.reinstall_ssh_timeout
+        by_deadline = self.deadline.capped(limit)
+        deadline = time.monotonic() + self.deadline.cap(limit)
         interval = max(0.2, min(self.settings.provider_poll_interval, 10.0))
         attempt = 0
         while True:
             attempt += 1
             client.trust(None)
+            phase = "the wait for SSH after the reinstall"
+            self.deadline.require(phase)
             try:
-                result = await client.run("true", password=password, accept_new=True,
-                                          limit=self.settings.ssh_command_timeout)
+                result = await client.run(
+                    "true", password=password, accept_new=True,
+                    limit=min(self.settings.ssh_command_timeout,
+                              max(0.1, deadline - time.monotonic())))
             except SshError as exc:
                 log.info("waiting for SSH after reinstall",
                          extra={"attempt": attempt, "error": exc.message})
                 if time.monotonic() + interval > deadline:
+                    if by_deadline:
+                        raise DeadlineReached(phase, f"{self.deadline.exhausted(phase)}; last "
+                                              f"SSH error: {exc.message}") from None
                     return out.unreachable(
                         "ssh_unreachable",
                         f"SSH did not come back within REINSTALL_SSH_TIMEOUT="
@@ -271,10 +310,12 @@ class Job:
                          accept_new: bool) -> out.Outcome | None:
         s = self.settings
         last: SshError | None = None
+        phase = "the SSH check"
         for attempt in range(1, s.ssh_attempts + 1):
+            self.deadline.require(phase)
             try:
                 result = await client.run("true", password=password, accept_new=accept_new,
-                                          limit=s.ssh_command_timeout)
+                                          limit=self.deadline.cap(s.ssh_command_timeout))
             except SshError as exc:
                 last = exc
                 log.warning("ssh attempt failed", extra={"attempt": attempt, "kind": exc.kind,
@@ -285,7 +326,11 @@ class Job:
                     # Repeating a refused login cannot succeed and may trip lockouts.
                     return out.unreachable("ssh_auth_failed", exc.message)
                 if attempt < s.ssh_attempts:
-                    await asyncio.sleep(s.ssh_backoff_base * 2 ** (attempt - 1))
+                    pause = s.ssh_backoff_base * 2 ** (attempt - 1)
+                    if self.deadline.left() <= pause:
+                        raise DeadlineReached(phase, f"{self.deadline.exhausted(phase)}; last "
+                                              f"SSH error: {exc.message}") from None
+                    await asyncio.sleep(pause)
                 continue
             self.details["auth_method"] = result.auth_method
             log.info("ssh check passed", extra={"attempt": attempt,
@@ -304,9 +349,10 @@ class Job:
         sudo = "" if server.ssh_user == "root" else "sudo -n "
         changed = False
         for user, keys in plan.items():
+            self.deadline.require("the key installation")
             try:
                 result = await client.run(f"{sudo}sh -s -- {user}", stdin=install_script(keys),
-                                          limit=self.settings.ssh_command_timeout)
+                                          limit=self.deadline.cap(self.settings.ssh_command_timeout))
             except SshError as exc:
                 return out.failed("deploy_key_failed",
                                   f"installing SSH keys for user {user} failed: {exc.message}")
@@ -329,20 +375,53 @@ class Job:
             "infra_action": message.action.value,
             "infra_deploy_key_user": s.deploy_key_user,
             "infra_orchestrator_public_key": s.orchestrator_ssh_public_key,
+            # The SSH port contract: the port sshd must keep listening on (the one the run
+            # connected on); ssh_port only when a move was explicitly requested.
+            "infra_ssh_port": server.ssh_port,
         }
+        host_vars.pop("ssh_port", None)
+        if s.requested_ssh_port is not None:
+            host_vars["ssh_port"] = s.requested_ssh_port
         # Its import began in a thread at start-up; wait for it without blocking the loop.
         await asyncio.to_thread(importlib.import_module, "ansible_runner")
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
                                   client.control_dir, host_vars, self.handle,
-                                  mitogen=s.play_mitogen)
+                                  mitogen=s.play_mitogen, passthrough=s.play_env_passthrough)
+        self.deadline.require("the play", needed=1.0)
+        by_deadline = self.deadline.capped(s.play_timeout)
+        budget = self.deadline.cap(s.play_timeout)
+        source = (self.deadline.exhausted("the play") if by_deadline
+                  else f"PLAY_TIMEOUT={s.play_timeout:g}s")
         played: PlayOutcome = await run_playbooks(
-            env, s.playbooks_for(message.is_recovery), budget=s.play_budget,
+            env, s.playbooks_for(message.is_recovery), budget=budget, budget_source=source,
             cancelled=self.ctx.cancelled, context=self.ctx.log_context, redact=self.ctx.redact)
         self.details["play_seconds"] = round(played.duration, 3)
         self.details.update(played.details)
         outcome = _from_play(played)
+        if by_deadline and played.status == "timeout" and outcome.error is not None:
+            outcome.error.kind = "deadline_exceeded"
         outcome.recap = played.recap
+        if played.status == "successful":
+            port = connect_port_from(played.stats, server.ssh_port)
+            outcome.ssh_port, outcome.ssh_port_changed = port, port != server.ssh_port
+            if port != server.ssh_port:
+                log.info("the play moved sshd", extra={"ssh_port": port,
+                                                       "previous_ssh_port": server.ssh_port})
         return outcome
+
+
+def connect_port_from(stats: dict[str, Any], current: int) -> int:
+    """``infra_ssh.connect_port`` reported by the play (set_stats), else ``current``."""
+    report = stats.get("infra_ssh")
+    if not isinstance(report, dict):
+        return current
+    port = report.get("connect_port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        if port is not None:
+            log.warning("ignoring an invalid infra_ssh.connect_port from the play",
+                        extra={"reported": str(port)[:40]})
+        return current
+    return port
 
 
 def _from_play(played: PlayOutcome) -> out.Outcome:

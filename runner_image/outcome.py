@@ -19,6 +19,10 @@ class Outcome:
     error: ResultError | None = None
     recap: PlayRecap | None = None
     details: Details = field(default_factory=dict)
+    # The port the run connected on, or the one the play moved sshd to (stored with the
+    # final status); None when the run never got that far.
+    ssh_port: int | None = None
+    ssh_port_changed: bool | None = None
 
     @property
     def reason(self) -> str | None:
@@ -45,3 +49,9 @@ def rejected(kind: str, message: str) -> Outcome:
 def unreachable(kind: str, message: str) -> Outcome:
     return Outcome(ResultStatus.UNREACHABLE, ExitCode.UNREACHABLE, ServerStatus.UNREACHABLE,
                    ResultError(kind=kind, message=message))
+
+
+def deadline_exceeded(message: str) -> Outcome:
+    """The run's single deadline (the Job's activeDeadlineSeconds) left no time for a phase."""
+    return Outcome(ResultStatus.TIMED_OUT, ExitCode.TIMED_OUT, ServerStatus.FAILED,
+                   ResultError(kind="deadline_exceeded", message=message))

@@ -1,15 +1,19 @@
-"""Running playbooks through ansible-runner's Python API, safely and observably.
+"""Running playbooks: ansible-runner prepares, the runner starts and streams, safely.
 
 Known ansible-runner traps and how they are avoided here:
 - ``passwords``/``extravars``/``ssh_key`` kwargs end up in ``env/`` files (or, with
   ``suppress_env_files``, extravars on the command line): none of them is used. Host
   variables go into an inventory file of public values; the key sits in the run's
   ssh-agent; passwords never reach Ansible (the runner installs its own key first).
-- The "starting" status payload and the ``artifacts/*/command`` file carry the child
-  environment: secrets were removed from ``os.environ`` before, the status handler logs
-  only the status, and the private data dir is deleted after the run.
-- ``run()`` from the main thread without ``cancel_callback`` installs signal handlers: it
-  runs in a worker thread and always gets a ``cancel_callback``.
+- ``artifacts/*/command`` carries the child environment: the private data dir is deleted
+  after the run, and that environment holds no secret (see ``PASSED_ENVIRONMENT``).
+- ``ansible_runner.run()`` starts ansible-playbook with pexpect's ``forkpty`` from a worker
+  thread: a Python-level fork beside running threads (Python 3.12+ warns that the child
+  may deadlock). Its ``subprocess`` mode streams no events and cannot be cancelled. So
+  ansible-runner's ``RunnerConfig`` builds the command and environment, and the process is
+  started here with asyncio (fork and exec in C), its output decoded into events by
+  ansible-runner's ``OutputEventFilter`` as it arrives; timeouts and SIGTERM stop its
+  process group.
 - Writable HOME / ANSIBLE_HOME / local temp and a short ControlPath come from the run's
   scratch directory.
 """
@@ -17,9 +21,12 @@ Known ansible-runner traps and how they are avoided here:
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,6 +44,9 @@ _LOGGED_EVENTS = {
     "playbook_on_play_start", "playbook_on_task_start", "runner_on_ok", "runner_on_failed",
     "runner_on_unreachable", "runner_on_skipped", "runner_item_on_failed", "playbook_on_stats",
 }
+# set_stats keys that are not scalars and are read by the runner itself (the SSH port
+# contract), not copied into the result's details.
+STRUCTURED_STATS = frozenset({"infra_ssh"})
 _STAT_KEYS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable",
               "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
 
@@ -50,10 +60,13 @@ class PlayOutcome:
     error: ResultError | None = None
     duration: float = 0.0
     details: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # structured set_stats (infra_ssh)
 
 
-def _tail(text: str | None) -> str:
-    return (text or "")[-TAIL_CHARS:]
+def mask_then_cut(text: str | None, redact: Callable[[str], str], limit: int = TAIL_CHARS) -> str:
+    """Mask secrets in the whole text first, then keep its end: a secret that straddles the
+    cut is masked before any part of it can be kept."""
+    return redact(text or "")[-limit:]
 
 
 class _EventSink:
@@ -66,6 +79,7 @@ class _EventSink:
         self.unreachable = False
         self.stats: dict[str, Any] = {}
         self.details: dict[str, str | int | float | bool | None] = {}
+        self.stats_data: dict[str, Any] = {}
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -75,7 +89,7 @@ class _EventSink:
                       "play": data.get("play")}
             res = data.get("res") or {}
             if kind in {"runner_on_failed", "runner_on_unreachable"} and isinstance(res, dict):
-                fields["module_msg"] = self.redact(str(res.get("msg", ""))[:500])
+                fields["module_msg"] = self.redact(str(res.get("msg", "")))[:500]
                 fields["ignore_errors"] = bool(data.get("ignore_errors"))
             if kind == "runner_on_ok":
                 fields["changed"] = bool(isinstance(res, dict) and res.get("changed"))
@@ -90,7 +104,9 @@ class _EventSink:
             self.stats = data
             artifact = data.get("artifact_data") or {}
             for key, value in artifact.items():
-                if isinstance(value, str | int | float | bool) or value is None:
+                if key in STRUCTURED_STATS:
+                    self.stats_data[str(key)] = value
+                elif isinstance(value, str | int | float | bool) or value is None:
                     self.details[str(key)] = self.redact(value) if isinstance(value, str) else value
         return False  # everything needed is kept here; don't write event files to disk
 
@@ -108,7 +124,7 @@ class _EventSink:
             task=data.get("task"),
             host=data.get("host"),
             return_code=rc if isinstance(rc, int) else None,
-            output_tail=self.redact(_tail(output)) or None,
+            output_tail=mask_then_cut(output, self.redact) or None,
         )
 
     def recap(self) -> PlayRecap:
@@ -141,8 +157,8 @@ def mitogen_envvars() -> dict[str, str]:
 
 
 def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, control_dir: Path,
-                        host_vars: dict[str, Any], host: str, *, mitogen: bool = False
-                        ) -> PlayEnvironment:
+                        host_vars: dict[str, Any], host: str, *, mitogen: bool = False,
+                        passthrough: list[str] | None = None) -> PlayEnvironment:
     home = directory / "home"
     local_tmp = directory / "tmp"
     for path in (home, home / ".ansible", local_tmp):
@@ -166,6 +182,8 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_FORCE_COLOR": "False",
     }
+    # Variables the operator chose to hand to the plays (PLAY_ENV_PASSTHROUGH).
+    envvars |= {name: os.environ[name] for name in passthrough or () if name in os.environ}
     if mitogen:
         # One persistent interpreter on the server for the whole play instead of a fresh
         # Python (and module upload) per task. Its ssh runs with the same ANSIBLE_SSH_ARGS,
@@ -174,56 +192,139 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
     return PlayEnvironment(directory, project_dir, inventory, envvars)
 
 
-def _run_one(env: PlayEnvironment, playbook: Path, timeout: float, sink: _EventSink,
-             cancelled: threading.Event, context: dict[str, Any]) -> Any:
-    import ansible_runner  # imported here: it is only needed once the play starts
+# What the play's processes get from the runner's own environment: locale, PATH and the
+# operator's ANSIBLE_* settings. Everything else (the message, database and Redis URLs,
+# whatever the pod was given) stays with the runner; secrets were already removed.
+PASSED_ENVIRONMENT = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSL_CERT_FILE",
+                                "SSL_CERT_DIR"})
 
-    def on_status(status: dict[str, Any], runner_config: Any = None) -> None:
-        # The "starting" payload also has the command and environment: log the status only.
-        log.info("ansible status", extra={**context, "ansible_status": status.get("status")})
 
-    return ansible_runner.run(
-        private_data_dir=str(env.private_data_dir),
-        project_dir=str(env.project_dir),
-        playbook=str(playbook),
-        inventory=str(env.inventory),
-        envvars=env.envvars,
-        suppress_env_files=True,
-        quiet=True,
-        timeout=max(1, int(timeout)),
-        settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
-        event_handler=sink,
-        status_handler=on_status,
-        cancel_callback=cancelled.is_set,
-        ident=playbook.stem,
-    )
+def _passed(name: str) -> bool:
+    return name in PASSED_ENVIRONMENT or name.startswith(("LC_", "ANSIBLE_"))
+
+
+class _BoundedText:
+    """Keeps the last ``limit`` characters written (ansible-playbook's plain output)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.text = ""
+
+    def write(self, data: str) -> None:
+        self.text = (self.text + data)[-self.limit:]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# Masking needs the whole secret in view: output is kept with this much more than the tail,
+# masked, and only then cut (longer than any key or password the runner knows).
+MASK_WINDOW = TAIL_CHARS + 16384
+
+
+@dataclass
+class _Finished:
+    status: str  # successful | failed | timeout | canceled
+    rc: int | None
+    output: str
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the play's process group (ansible-playbook stops its workers), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(proc.wait(), wait)
+            return
+        except TimeoutError:
+            continue
+
+
+async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: _EventSink,
+                   context: dict[str, Any]) -> _Finished:
+    """Start ansible-playbook as ansible-runner would, without its pexpect/thread machinery.
+
+    ansible-runner prepares the command, its environment and the event callback plugin;
+    the process is started with ``asyncio.create_subprocess_exec`` (fork and exec happen in
+    C in ``_posixsubprocess``: no Python-level fork beside running threads, unlike pexpect's
+    ``forkpty``), and its output is decoded into events by ansible-runner's own
+    ``OutputEventFilter`` as it arrives, so events are still streamed.
+    """
+    from ansible_runner.config.runner import RunnerConfig
+    from ansible_runner.runner import Runner
+    from ansible_runner.utils import OutputEventFilter
+
+    config = RunnerConfig(
+        private_data_dir=str(env.private_data_dir), project_dir=str(env.project_dir),
+        playbook=str(playbook), inventory=str(env.inventory), envvars=env.envvars,
+        suppress_env_files=True, quiet=True, ident=playbook.stem,
+        suppress_output_file=True, suppress_ansible_output=True)
+    config.prepare()
+    os.makedirs(os.path.join(config.artifact_dir, "job_events"), mode=0o700, exist_ok=True)
+    # The child's environment: ansible-runner's and the runner's settings, plus the few
+    # inherited variables the play needs; not the runner's whole environment.
+    child_env = {k: v for k, v in config.env.items()
+                 if k not in os.environ or k in env.envvars or _passed(k)}
+    events = Runner(config, event_handler=sink)
+    raw = _BoundedText(MASK_WINDOW)
+    stream = OutputEventFilter(raw, events.event_callback, suppress_ansible_output=True)  # type: ignore[arg-type]
+    log.info("ansible status", extra={**context, "ansible_status": "starting"})
+    proc = await asyncio.create_subprocess_exec(
+        *config.command, cwd=config.cwd, env=child_env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True)
+    log.info("ansible status", extra={**context, "ansible_status": "running"})
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while chunk := await proc.stdout.read(65536):
+            stream.write(decoder.decode(chunk))
+        stream.write(decoder.decode(b"", final=True))
+        stream.close()
+
+    status = "successful"
+    try:
+        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), max(0.1, limit))
+    except TimeoutError:
+        status = "timeout"
+        await _stop(proc)
+    except asyncio.CancelledError:
+        # Pod deletion (SIGTERM): stop the play, then report it.
+        status = "canceled"
+        await _stop(proc)
+    if status == "successful" and proc.returncode != 0:
+        status = "failed"
+    log.info("ansible status", extra={**context, "ansible_status": status})
+    return _Finished(status, proc.returncode, raw.text)
 
 
 async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: float,
-                        cancelled: threading.Event, context: dict[str, Any],
-                        redact: Callable[[str], str]) -> PlayOutcome:
-    """Run ``playbooks`` in order within one time budget; stop at the first failure."""
-    timeout = budget
+                        budget_source: str, cancelled: threading.Event,
+                        context: dict[str, Any], redact: Callable[[str], str]) -> PlayOutcome:
+    """Run ``playbooks`` in order within one time budget; stop at the first failure.
+
+    ``budget_source`` names what set the budget (PLAY_TIMEOUT or the run's deadline), for
+    the timeout message.
+    """
     started = time.monotonic()
     total = PlayRecap()
     details: dict[str, str | int | float | bool | None] = {}
+    stats: dict[str, Any] = {}
     for playbook in playbooks:
-        remaining = timeout - (time.monotonic() - started)
-        if remaining <= 0:
-            return PlayOutcome("timeout", total, _timeout_error(timeout, playbook),
-                               time.monotonic() - started, details)
+        remaining = budget - (time.monotonic() - started)
+        if remaining <= 0 or cancelled.is_set():
+            break
         sink = _EventSink({**context, "playbook": playbook.name}, redact)
         log.info("play starting", extra={**context, "playbook": playbook.name})
-        thread_run = asyncio.ensure_future(asyncio.to_thread(
-            _run_one, env, playbook, remaining, sink, cancelled, context))
-        try:
-            result = await asyncio.shield(thread_run)
-        except asyncio.CancelledError:
-            # Pod deletion: let ansible-runner stop the play, then report it.
-            cancelled.set()
-            result = await thread_run
+        result = await _run_one(env, playbook, remaining, sink, context)
         total = _add(total, sink.recap())
         details.update(sink.details)
+        stats.update(sink.stats_data)
         status = result.status
         elapsed = time.monotonic() - started
         log.info("play finished", extra={**context, "playbook": playbook.name,
@@ -234,26 +335,34 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
         if status == "canceled" or cancelled.is_set():
             return PlayOutcome("canceled", total, ResultError(
                 kind="cancelled", message=f"the run was cancelled (SIGTERM) during {playbook.name}",
-                task=None, host=None), elapsed, details)
+                task=None, host=None), elapsed, details, stats)
         if status == "timeout":
-            error = _timeout_error(timeout, playbook)
-            return PlayOutcome("timeout", total, error, elapsed, details)
+            return PlayOutcome("timeout", total, _timeout_error(budget, budget_source, playbook),
+                               elapsed, details, stats)
         if sink.failure is None:
-            tail = redact(_tail(result.stdout.read() if result.stdout else ""))
+            tail = mask_then_cut(result.output, redact)
             error = ResultError(kind="play_failed",
                                 message=f"{playbook.name} failed (rc={result.rc}) before any task "
                                         "failed; see output_tail", return_code=result.rc,
                                 output_tail=tail or None)
-            return PlayOutcome("failed", total, error, elapsed, details)
+            return PlayOutcome("failed", total, error, elapsed, details, stats)
         return PlayOutcome("unreachable" if sink.unreachable else "failed", total, sink.failure,
-                           elapsed, details)
-    return PlayOutcome("successful", total, None, time.monotonic() - started, details)
+                           elapsed, details, stats)
+    else:
+        return PlayOutcome("successful", total, None, time.monotonic() - started, details, stats)
+    elapsed = time.monotonic() - started
+    if cancelled.is_set():
+        return PlayOutcome("canceled", total, ResultError(
+            kind="cancelled", message="the run was cancelled (SIGTERM) between plays"),
+            elapsed, details, stats)
+    return PlayOutcome("timeout", total, _timeout_error(budget, budget_source, playbook),
+                       elapsed, details, stats)
 
 
-def _timeout_error(timeout: float, playbook: Path) -> ResultError:
+def _timeout_error(budget: float, source: str, playbook: Path) -> ResultError:
     return ResultError(kind="play_timeout",
-                       message=f"{playbook.name} did not finish within PLAY_TIMEOUT={timeout:g}s; "
-                               "the play was stopped")
+                       message=f"{playbook.name} did not finish within the plays' budget of "
+                               f"{budget:g}s ({source}); the play was stopped")
 
 
 def _add(a: PlayRecap, b: PlayRecap) -> PlayRecap:

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from runner_image.deadline import DeadlineReached, RunDeadline
+
 log = logging.getLogger(__name__)
 
 POLL_ATTEMPTS = 3
@@ -30,7 +32,9 @@ class ProviderError(Exception):
 
 class Time4VpsClient:
     def __init__(self, base_url: str, username: SecretStr, password: SecretStr,
-                 timeout: float) -> None:
+                 timeout: float, deadline: RunDeadline | None = None) -> None:
+        self._timeout = timeout
+        self._deadline = deadline or RunDeadline(None, 0.0, None)
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             auth=httpx.BasicAuth(username.get_secret_value(), password.get_secret_value()),
@@ -48,9 +52,15 @@ class Time4VpsClient:
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
         what = f"{method} {path}"
+        phase = f"the provider call {what}"
+        self._deadline.require(phase)
+        by_deadline = self._deadline.capped(self._timeout)
         try:
-            response = await self._client.request(method, path, json=body)
+            response = await self._client.request(method, path, json=body,
+                                                  timeout=self._deadline.cap(self._timeout))
         except httpx.TimeoutException:
+            if by_deadline:
+                raise DeadlineReached(phase, self._deadline.exhausted(phase)) from None
             raise ProviderError(f"provider API {what}: no answer within the timeout "
                                 "(PROVIDER_REQUEST_TIMEOUT)", transient=True) from None
         except httpx.HTTPError as exc:
@@ -96,7 +106,8 @@ class Time4VpsClient:
     async def wait_for_task(self, server_id: str, task_id: str, *, interval: float,
                             limit: float, context: dict[str, Any]) -> dict[str, Any]:
         """Poll until the task has a completion time; transient errors are retried."""
-        deadline = time.monotonic() + limit
+        by_deadline = self._deadline.capped(limit)
+        deadline = time.monotonic() + self._deadline.cap(limit)
         failures = 0
         while True:
             try:
@@ -115,6 +126,9 @@ class Time4VpsClient:
             if task:
                 log.info("provider task pending", extra={**context, "task_id": task_id})
             if time.monotonic() + interval > deadline:
+                if by_deadline:
+                    phase = f"the wait for provider task {task_id}"
+                    raise DeadlineReached(phase, self._deadline.exhausted(phase))
                 raise ProviderError(
                     f"provider task {task_id} for server {server_id} not completed within "
                     f"{limit:g}s (PROVIDER_TASK_TIMEOUT)"

@@ -18,7 +18,7 @@ from dispatcher.keys import Keys
 from dispatcher.messages import Action
 from dispatcher.reporting import publish_result
 from dispatcher.results import Reporter, ResultEntry, ResultError, now
-from runner_image.db import ServerStatus, ServerStore, connect
+from runner_image.db import LockLost, ServerStatus, ServerStore, connect
 from runner_image.job import TRANSIENT_DB_ERRORS, retry
 from runner_image.outcome import Outcome
 from runner_image.redaction import Redactor
@@ -38,27 +38,37 @@ def build_entry(outcome: Outcome, *, request_id: str | None, handle: str | None,
         request_id=request_id, server_handle=handle, action=action, status=outcome.status,
         reported_by=Reporter.RUNNER, job_name=job_name, started_at=started_at,
         finished_at=now(), duration_seconds=round(duration, 3), error=error,
-        recap=outcome.recap, details=outcome.details,
+        recap=outcome.recap, details=outcome.details, ssh_port=outcome.ssh_port,
+        ssh_port_changed=outcome.ssh_port_changed,
     )
 
 
 async def write_status(store: ServerStore | None, db_settings: DatabaseSettings, handle: str,
                        request_id: str, status: ServerStatus, reason: str | None, *,
-                       attempts: int, backoff: float) -> None:
-    """Compare-and-set the final status, reconnecting if the run's connection broke."""
+                       attempts: int, backoff: float, ssh_port: int | None = None) -> None:
+    """Compare-and-set the final status (and the port sshd was left on), with the server's
+    lock held. If the run's connection broke (and with it the lock), a new connection takes
+    the lock again without waiting: if another run holds it now, nothing is written."""
     current = {"store": store}
 
     async def attempt() -> None:
         st = current["store"]
         if st is None or st.conn.is_closed():
             st = current["store"] = ServerStore(await connect(db_settings), db_settings)
+            await st.try_lock(handle)
         try:
-            written = await st.set_status(handle, request_id, status, reason, finished=True)
+            written = await st.set_status(handle, request_id, status, reason, finished=True,
+                                          ssh_port=ssh_port)
         except TRANSIENT_DB_ERRORS:
             current["store"] = None
             raise
+        except LockLost as exc:
+            log.warning("server status not written: the run lost the server's lock",
+                        extra={"status": status.value, "error": str(exc)})
+            return
         if written:
-            log.info("server status written", extra={"status": status.value})
+            log.info("server status written", extra={"status": status.value,
+                                                     "ssh_port": ssh_port})
         else:
             log.warning("server status not written: another run owns the server now",
                         extra={"status": status.value})

@@ -8,20 +8,18 @@ record the child environment, never contain them.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from runner_image.deploy_key import USER_PATTERN, InvalidPublicKey, parse_public_key
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 IMAGE_PLAY_PROJECT_DIR = Path("/opt/infra-service/ansible")
-# Deadline margin: the runner ends its plays this long before Kubernetes would kill the pod,
-# so that it still writes the status and the result itself.
-DEADLINE_MARGIN_SECONDS = 60.0
 
 
 def _default_play_project_dir() -> Path:
@@ -109,17 +107,26 @@ class RunnerSettings(BaseSettings):
     )
     play_timeout: float = Field(
         default=1500.0, gt=0,
-        description="Seconds for all plays of a run; keep below the Job's activeDeadlineSeconds",
+        description="Seconds for all plays of a run (also bounded by the run's deadline)",
     )
     job_active_deadline_seconds: float | None = Field(
         default=None, gt=0,
-        description="Set by the dispatcher: the Job's activeDeadlineSeconds; the play budget "
-        f"is capped {int(DEADLINE_MARGIN_SECONDS)} s below it",
+        description="Set by the dispatcher: the Job's activeDeadlineSeconds; the run's single "
+        "deadline is the pod's start plus this",
+    )
+    report_reserve_seconds: float = Field(
+        default=30.0, ge=1,
+        description="Seconds kept back from the deadline for writing the status and the result",
     )
     play_vars: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra play variables as a JSON object (public values only, e.g. "
         "firewall ports or docker_storage_driver); the runner's own infra_* variables win",
+    )
+    play_env_passthrough: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated names of the runner's own (non-secret) environment "
+        "variables the plays may read; the plays get no other variable of the runner's",
     )
     play_project_dir: Path = Field(
         default=DEFAULT_PLAY_PROJECT_DIR, description="Ansible project directory (has ansible.cfg)"
@@ -160,10 +167,10 @@ class RunnerSettings(BaseSettings):
     provider_request_timeout: float = Field(default=30.0, gt=0, description="Seconds per request")
     provider_poll_interval: float = Field(default=10.0, gt=0, description="Seconds between polls")
     provider_task_timeout: float = Field(
-        default=1800.0, gt=0, description="Seconds for the reinstall task to complete"
+        default=900.0, gt=0, description="Seconds for the reinstall task to complete"
     )
     reinstall_ssh_timeout: float = Field(
-        default=900.0, gt=0, description="Seconds for SSH to come back after a reinstall"
+        default=600.0, gt=0, description="Seconds for SSH to come back after a reinstall"
     )
     log_level: str = Field(default="INFO", description="Log level")
 
@@ -171,7 +178,8 @@ class RunnerSettings(BaseSettings):
     @classmethod
     def _deploy_key(cls, value: str) -> str:
         try:
-            return parse_public_key(value).line
+            # The key material itself is decoded when the run starts (check_key_material).
+            return parse_public_key(value, decode=False).line
         except InvalidPublicKey as exc:
             raise ValueError(str(exc)) from None
 
@@ -185,7 +193,15 @@ class RunnerSettings(BaseSettings):
             return SecretStr(text + "\n")
         return value
 
-    @field_validator("recovery_playbooks", mode="before")
+    @field_validator("play_env_passthrough")
+    @classmethod
+    def _passthrough(cls, names: list[str]) -> list[str]:
+        secret = sorted(set(names) & set(SECRET_VARIABLES))
+        if secret:
+            raise ValueError(f"{', '.join(secret)} hold secrets and are never passed to plays")
+        return names
+
+    @field_validator("recovery_playbooks", "play_env_passthrough", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -202,13 +218,51 @@ class RunnerSettings(BaseSettings):
                              f"(at most {MAX_SCRATCH_PATH} characters)")
         return path
 
+    @field_validator("play_vars")
+    @classmethod
+    def _play_vars(cls, value: dict[str, Any]) -> dict[str, Any]:
+        port = value.get("ssh_port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            raise ValueError("ssh_port (a requested sshd port move) must be an integer "
+                             "between 1 and 65535")
+        return value
+
     @property
-    def play_budget(self) -> float:
-        """Seconds all plays may take: PLAY_TIMEOUT, capped below the Job's deadline."""
+    def requested_ssh_port(self) -> int | None:
+        """The port sshd is asked to move to (``ssh_port`` in PLAY_VARS), if any."""
+        port = self.play_vars.get("ssh_port")
+        return port if isinstance(port, int) else None
+
+    def worst_case(self, reinstall: bool) -> list[tuple[str, float]]:
+        """The longest each phase of a run may take, named by the settings that bound it."""
+        ssh_check = (self.ssh_attempts * self.ssh_command_timeout
+                     + self.ssh_backoff_base * (2 ** (self.ssh_attempts - 1) - 1))
+        parts = [("SERVER_LOCK_TIMEOUT", self.server_lock_timeout)]
+        if reinstall:
+            parts += [("PROVIDER_REQUEST_TIMEOUT", self.provider_request_timeout),
+                      ("PROVIDER_TASK_TIMEOUT", self.provider_task_timeout),
+                      ("REINSTALL_SSH_TIMEOUT", self.reinstall_ssh_timeout)]
+        else:
+            parts.append(("SSH_ATTEMPTS x SSH_COMMAND_TIMEOUT + backoff", ssh_check))
+        parts += [("2 x SSH_COMMAND_TIMEOUT (keys)", 2 * self.ssh_command_timeout),
+                  ("PLAY_TIMEOUT", self.play_timeout),
+                  ("REPORT_RESERVE_SECONDS", self.report_reserve_seconds)]
+        return parts
+
+    def deadline_problem(self, reinstall: bool) -> str | None:
+        """Why the phases of such a run cannot fit in JOB_ACTIVE_DEADLINE_SECONDS, or None."""
         if self.job_active_deadline_seconds is None:
-            return self.play_timeout
-        return max(30.0, min(self.play_timeout,
-                             self.job_active_deadline_seconds - DEADLINE_MARGIN_SECONDS))
+            return None
+        parts = self.worst_case(reinstall)
+        total = sum(seconds for _, seconds in parts)
+        if total <= self.job_active_deadline_seconds:
+            return None
+        listed = " + ".join(f"{name} ({seconds:g}s)" for name, seconds in parts)
+        kind = "a reinstall" if reinstall else "a run"
+        return (f"the phases of {kind} cannot fit in JOB_ACTIVE_DEADLINE_SECONDS="
+                f"{self.job_active_deadline_seconds:g}s: {listed} = {total:g}s; lower these "
+                "or raise the Job's activeDeadlineSeconds")
 
     def playbooks_for(self, recovery: bool) -> list[Path]:
         names = self.recovery_playbooks if recovery else [self.setup_playbook]
@@ -233,14 +287,28 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+_FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([a-z0-9_]+)"')
+
+
 def load(cls: type[SettingsT]) -> SettingsT:
     try:
         return cls()
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        # Raised for a value that is not valid JSON (PLAY_VARS, lists); its text may quote
+        # the value's parse error, so only the variable is named.
+        found = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
+        variable = found.group(1).upper() if found else "a setting"
+        raise ConfigError(f"{variable} is invalid: not valid JSON (a JSON object is "
+                          "expected)") from None
 
 
 def scrub_secret_environment() -> None:
-    """Remove secret variables so that no child process inherits them."""
+    """Remove secret variables so that no child process inherits them, and overwrite them
+    in the process's initial environment block (``/proc/<pid>/environ``)."""
+    from runner_image.environ import wipe_initial_environment
+
     for name in SECRET_VARIABLES:
         os.environ.pop(name, None)
+    wipe_initial_environment(SECRET_VARIABLES)

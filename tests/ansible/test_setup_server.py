@@ -17,7 +17,7 @@ from tests.ansible.conftest import (
     Converged,
 )
 from tests.ansible.playrun import run_play, ssh_run
-from tests.ansible.workloads import run_web
+from tests.ansible.workloads import ensure_busybox_image, run_web
 from tests.support.hosts import wait_for_ssh
 
 pytestmark = pytest.mark.hosts
@@ -42,6 +42,10 @@ def test_the_first_run_changed_the_host_and_reports_it(converged: Converged) -> 
     assert result.artifact["infra_setup"][host]["docker_version"].startswith("20.10")
     assert result.artifact["ssh_port"] == 22
     assert result.artifact["ssh_port_moved"] is False
+    # The port contract with the runner: read from the host, nothing moved.
+    assert result.artifact["infra_ssh"] == {
+        "listen_ports": [22], "connect_port": converged.target.port, "moved": False}
+    print(f"\nconverge of a fresh host: {result.duration:.1f} s, {result.changed} changed")
 
 
 def test_the_root_password_never_appeared_on_a_command_line(converged: Converged) -> None:
@@ -55,6 +59,7 @@ def test_a_second_run_changes_nothing(converged: Converged) -> None:
     again = run_play("setup_server.yml", converged.target, converged.variables)
     assert again.ok, again.describe()
     assert again.changed == 0, f"changed tasks on the second run:\n{again.describe()}"
+    print(f"\nre-run on the converged host: {again.duration:.1f} s")
 
 
 def test_password_login_is_refused_and_key_logins_work(converged: Converged) -> None:
@@ -136,8 +141,15 @@ def test_firewall_ruleset_is_loaded_and_persisted(converged: Converged) -> None:
     assert "tcp dport @ssh_ports accept" in rules
     assert "ct status dnat meta l4proto tcp ct original proto-dst @tcp_published accept" in rules
     assert host.exec("systemctl is-enabled nftables").stdout.strip() == "enabled"
-    loaded_at_boot = host.exec("cat /etc/nftables.conf").stdout.splitlines()
+    # Debian's untouched default main file (with "flush ruleset") was replaced by one that
+    # includes our own file, and kept as a backup; neither file we load flushes anything.
+    loaded_at_boot = host.exec("cat /etc/nftables.conf /etc/nftables.d/infra-host-firewall.nft"
+                               ).stdout.splitlines()
+    assert 'include "/etc/nftables.d/infra-host-firewall.nft"' in loaded_at_boot
     assert not [line for line in loaded_at_boot if "flush" in line.split("#")[0]]
+    backups = host.exec("cat /etc/nftables.conf.*~").stdout
+    assert "flush ruleset" in backups and "table inet filter" in backups
+    assert "add @ssh_rate_v4 { ip saddr limit rate over 30/minute burst 20 packets } drop" in rules
     # Docker's own rules are still there next to ours.
     assert "chain DOCKER" in host.exec("nft list table ip nat").stdout
 
@@ -167,6 +179,11 @@ def test_docker_answers_with_the_configured_daemon(converged: Converged) -> None
     daemon = json.loads(host.exec("cat /etc/docker/daemon.json").stdout)
     assert daemon["log-opts"] == {"max-size": "50m", "max-file": "3"}
     assert daemon["default-cgroupns-mode"] == "private"
+    assert daemon["live-restore"] is True and daemon["no-new-privileges"] is True
+    assert info["LiveRestoreEnabled"] is True
+    # no-new-privileges reaches the containers (the web containers above run under it).
+    status = host.exec(f"docker run --rm {ensure_busybox_image(host)} cat /proc/self/status").stdout
+    assert "NoNewPrivs:\t1" in status
     for unit in ("docker", "containerd"):
         assert host.exec(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
         assert host.exec(f"systemctl is-active {unit}").stdout.strip() == "active"

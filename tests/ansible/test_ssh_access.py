@@ -60,7 +60,8 @@ def moving_host(request: pytest.FixtureRequest, tmp_path: Path, ssh_keys: Keys) 
 def test_moving_the_ssh_port_keeps_the_provisioner_in(moving_host: Target) -> None:
     host = moving_host.host
     outer = host.extra_ports[NEW_PORT]  # where the test machine reaches port 2222
-    variables = {"ssh_port": NEW_PORT, "ssh_connect_port": outer}
+    variables = {"ssh_port": NEW_PORT, "ssh_connect_port": outer,
+                 "infra_ssh_port": moving_host.port}
     assert ssh_run(moving_host, "true").returncode == 0
 
     result = run_play("setup_server.yml", moving_host, variables, tags=SSH_TAGS)
@@ -68,6 +69,9 @@ def test_moving_the_ssh_port_keeps_the_provisioner_in(moving_host: Target) -> No
     assert result.ok, result.describe()
     setup = result.artifact["infra_setup"][host.name]
     assert setup["ssh_port"] == NEW_PORT and setup["ssh_port_moved"] is True
+    # The port contract: the runner stores connect_port and uses it from now on.
+    assert result.artifact["infra_ssh"] == {
+        "listen_ports": [NEW_PORT], "connect_port": outer, "moved": True}
     moved = moving_host.with_(port=outer)
     assert ssh_run(moved, "echo in").stdout.strip() == "in"
     old = ssh_run(moving_host, "true")
@@ -77,7 +81,11 @@ def test_moving_the_ssh_port_keeps_the_provisioner_in(moving_host: Target) -> No
     listening = host.exec("ss -Htln").stdout
     assert f":{NEW_PORT} " in listening and ":22 " not in listening
 
-    again = run_play("setup_server.yml", moved, variables, tags=SSH_TAGS)
+    # The runner now connects on the stored port and says so.
+    again = run_play("setup_server.yml", moved, {**variables, "infra_ssh_port": outer},
+                     tags=SSH_TAGS)
     assert again.ok, again.describe()
     assert again.changed == 0, again.describe()
     assert again.artifact["infra_setup"][host.name]["ssh_port_moved"] is False
+    assert again.artifact["infra_ssh"] == {
+        "listen_ports": [NEW_PORT], "connect_port": outer, "moved": False}

@@ -141,7 +141,11 @@ def start_dispatcher(cluster: Cluster, redis_srv: RedisServer, redis_client: aio
             "PROVIDER_POLL_INTERVAL": "0.2",
             "PROVIDER_REQUEST_TIMEOUT": "5",
             "REINSTALL_SSH_TIMEOUT": "60",
+            # The runner's phases must fit the Jobs' 600 s deadline (else it refuses them).
+            "PROVIDER_TASK_TIMEOUT": "120",
             "E2E_PLAY_SECONDS": "0",
+            # Plays get none of the runner's environment unless it is named here.
+            "PLAY_ENV_PASSTHROUGH": "E2E_PLAY_SECONDS",
             **(runner_env or {}),
         }
         secrets = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from runner_image.db import ServerStatus, ServerStore
+from runner_image.db import LockLost, ServerStatus, ServerStore
 from runner_image.migrations import MIGRATIONS_DIR, MigrationError, apply_migrations
 from runner_image.settings import DatabaseSettings
 from tests.runner.conftest import (
@@ -121,6 +121,7 @@ async def test_status_writes_are_compare_and_set(runner: Runner, runner_db: Runn
     runner.register(handle, "10.0.0.7", 22)
     settings = DatabaseSettings(database_url=runner_db.url)
     store = ServerStore(db, settings)
+    await store.lock(handle, 5)
     assert await store.claim(handle, "req-a", ServerStatus.PROVISIONING)
     assert await store.claim(handle, "req-b", ServerStatus.RECOVERING)  # a newer run
     # The older run's late write must not overwrite the newer run's state.
@@ -129,3 +130,28 @@ async def test_status_writes_are_compare_and_set(runner: Runner, runner_db: Runn
     row = await server_row(db, handle)
     assert (row["status"], row["status_reason"], row["last_request_id"]) == (
         "FAILED", "boom", "req-b")
+
+
+async def test_writes_need_the_servers_lock(runner: Runner, runner_db: RunnerDb, db) -> None:
+    handle = unique_handle("nolock")
+    runner.register(handle, "10.0.0.8", 22)
+    settings = DatabaseSettings(database_url=runner_db.url)
+    holder = ServerStore(db, settings)
+    await holder.lock(handle, 5)
+    assert await holder.claim(handle, "req-a", ServerStatus.PROVISIONING)
+    other = ServerStore(await runner_db.connect(), settings)  # a session without the lock
+    try:
+        assert not await other.try_lock(handle)
+        assert not await other.claim(handle, "req-b", ServerStatus.RECOVERING)
+        with pytest.raises(LockLost, match=handle):
+            await other.set_status(handle, "req-a", ServerStatus.READY, None, finished=True)
+        with pytest.raises(LockLost):
+            await other.record_host_key(handle, "req-a", "ssh-ed25519 AAAA")
+    finally:
+        await other.conn.close()
+    # The holder's own writes go through, the port with the status in one statement.
+    assert await holder.set_status(handle, "req-a", ServerStatus.READY, None, finished=True,
+                                   ssh_port=2222)
+    row = await server_row(db, handle)
+    assert (row["status"], row["ssh_port"], row["last_request_id"]) == ("READY", 2222, "req-a")
+    await db.execute("SELECT pg_advisory_unlock_all()")

@@ -122,7 +122,7 @@ async def test_password_login_then_key_login_and_no_secret_leaks(
                runner.env["REDIS_PASSWORD"], runner.env["PROVIDER_API_PASSWORD"],
                *[ln for ln in provisioner_key.private.splitlines() if len(ln) > 20]]
     msg = message(handle)
-    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", SLOW_SECONDS="3")
+    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_VARS='{"slow_seconds": 3}')
     with SecretScanner(secrets, scratch_root, proc.pid) as scanner:
         _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr

@@ -3,6 +3,8 @@ including each provider error."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.runner.conftest import Keypair, Runner, message, result_for, server_row, unique_handle
+from tests.runner.test_run_without_host import silent_port  # noqa: F401 (fixture)
 from tests.support.hosts import Host, vps_host
 from tests.support.provider_api import ProviderApi
 from tests.support.services import free_port
@@ -120,3 +123,83 @@ async def test_reinstall_without_provider_credentials_is_rejected(
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert "PROVIDER_API_PASSWORD" in result["error"]["message"]
     assert (await server_row(db, handle))["status"] == "NEW"
+
+
+@pytest.mark.hosts
+async def test_a_run_waiting_for_the_lock_reads_what_the_reinstall_left(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, db, runner_db) -> None:
+    """Lock, then read: a run queued behind a reinstall uses the reinstall's new host key
+    (read after the lock), not the one recorded before it."""
+    handle = unique_handle("queued")
+    runner.register(handle, host.address, host.ssh_port, provider_server_id="4243")
+    assert runner.run(message(handle)).rc == 0
+    old_key = (await server_row(db, handle))["host_key"]
+
+    reinstall = await runner_db.connect()  # stands in for the reinstall run holding the lock
+    await reinstall.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))",
+                            f"infra-service:server:{handle}")
+    msg = message(handle)
+    proc = runner.start(msg, SERVER_LOCK_TIMEOUT="120")
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # the run has started and now waits for the lock
+            seen.append(line)
+            if '"run started"' in line:
+                break
+        # What the reinstall does meanwhile: new system, new host key recorded, READY.
+        host.regenerate_host_keys()
+        new_key = current_host_key(host)
+        await reinstall.execute(
+            "UPDATE servers SET host_key = $2, status = 'READY', last_request_id = 'reinstall-1'"
+            " WHERE handle = $1", handle, new_key)
+        assert (await server_row(db, handle))["last_request_id"] == "reinstall-1"
+    finally:
+        await reinstall.close()  # the reinstall ends: its lock goes
+    _, rest = proc.communicate(timeout=180)
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 0, stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "succeeded"
+    row = await server_row(db, handle)
+    assert row["host_key"] == new_key != old_key
+    assert row["status"] == "READY" and row["last_request_id"] == msg["request_id"]
+
+
+async def test_a_run_that_lost_its_lock_writes_no_status(
+        runner: Runner, redis_client: aioredis.Redis, db, runner_db,
+        silent_port: int) -> None:  # noqa: F811
+    """The run's database session dies mid-run and another run takes the server: the first
+    run's final status write finds the lock gone and writes nothing."""
+    handle = unique_handle("lost")
+    runner.register(handle, "127.0.0.1", silent_port)
+    msg = message(handle)
+    proc = runner.start(msg, SSH_ATTEMPTS="3", SSH_CONNECT_TIMEOUT="2", SSH_COMMAND_TIMEOUT="3",
+                        SSH_BACKOFF_BASE="1")
+    other = await runner_db.connect()
+    try:
+        deadline = time.monotonic() + 60
+        while (await server_row(db, handle))["last_request_id"] != msg["request_id"]:
+            assert time.monotonic() < deadline, "the run never claimed the server"
+            await asyncio.sleep(0.1)
+        # The runner's session (the one holding the advisory lock) is cut off...
+        killed = await other.fetchval(
+            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l, "
+            "(SELECT hashtextextended($1, 0) AS k) key WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.objsubid = 1 "
+            "AND l.classid::bigint = ((key.k >> 32) & 4294967295) "
+            "AND l.objid::bigint = (key.k & 4294967295)", f"infra-service:server:{handle}")
+        assert killed == 1
+        # ...and another run takes the server (same last_request_id: only the lock says so).
+        await asyncio.sleep(0.5)
+        assert await other.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                    f"infra-service:server:{handle}")
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=120)
+    finally:
+        await other.close()
+    assert proc.returncode == 11, stderr  # its own outcome (unreachable), still reported
+    assert "the run lost the server's lock" in stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "unreachable"
+    row = await server_row(db, handle)
+    assert row["status"] == "PROVISIONING" and row["last_run_finished_at"] is None

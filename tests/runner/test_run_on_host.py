@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -168,7 +170,7 @@ async def test_play_timeout(runner: Runner, host: Host, redis_client: aioredis.R
     msg = message(handle)
     started = time.monotonic()
     res = runner.run(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_TIMEOUT="4",
-                     SLOW_SECONDS="60")
+                     PLAY_VARS='{"slow_seconds": 60}')
     assert res.rc == 12, res.stderr
     assert time.monotonic() - started < 40  # stopped, not waited out (the sleep is 60 s)
     result = await result_for(redis_client, runner.keys, msg["request_id"])
@@ -185,7 +187,7 @@ async def test_sigterm_cancels_the_play_and_still_reports(
         runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
     handle = registered(runner, host, "term")
     msg = message(handle)
-    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", SLOW_SECONDS="60")
+    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_VARS='{"slow_seconds": 60}')
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until the play runs on the host
         if host.exec(f"grep -q {msg['request_id']} /var/lib/infra-test/slow-started",
@@ -195,7 +197,6 @@ async def test_sigterm_cancels_the_play_and_still_reports(
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 15, stderr
-    assert "stopped processes the play left behind" in stderr  # Mitogen's multiplexer
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "failed" and result["error"]["kind"] == "cancelled"
     row = await server_row(db, handle)
@@ -237,7 +238,7 @@ async def test_two_runners_never_interleave_on_one_server(
         runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
     handle = registered(runner, host, "pair")
     first, second = message(handle), message(handle)
-    proc = runner.start(first, SETUP_PLAYBOOK="playbooks/slow.yml", SLOW_SECONDS="4")
+    proc = runner.start(first, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_VARS='{"slow_seconds": 4}')
     deadline = time.monotonic() + 30
     while (await server_row(db, handle))["last_request_id"] != first["request_id"]:
         assert time.monotonic() < deadline
@@ -252,3 +253,147 @@ async def test_two_runners_never_interleave_on_one_server(
     assert proc.returncode == 0
     row = await server_row(db, handle)
     assert row["status"] == "READY" and row["last_request_id"] == first["request_id"]
+
+
+@pytest.mark.parametrize(("setup", "expected", "untouched"), [
+    # ~/.ssh is a symlink to a directory of root's
+    ("useradd -m -s /bin/sh {u} && mkdir -p /etc/{u}-dir && ln -s /etc/{u}-dir /home/{u}/.ssh",
+     "/home/{u}/.ssh is a symlink", "/etc/{u}-dir"),
+    # authorized_keys is a symlink to a file of root's
+    ("useradd -m -s /bin/sh {u} && install -d -m 700 -o {u} -g {u} /home/{u}/.ssh"
+     " && echo original > /etc/{u}-file && ln -s /etc/{u}-file /home/{u}/.ssh/authorized_keys",
+     "/home/{u}/.ssh/authorized_keys is a symlink", "/etc/{u}-file"),
+    # ~/.ssh belongs to someone else
+    ("useradd -m -s /bin/sh {u} && install -d -m 755 -o root -g root /home/{u}/.ssh"
+     " && echo original > /home/{u}/.ssh/authorized_keys",
+     "/home/{u}/.ssh is owned by uid 0", "/home/{u}/.ssh/authorized_keys"),
+    # authorized_keys belongs to someone else
+    ("useradd -m -s /bin/sh {u} && install -d -m 700 -o {u} -g {u} /home/{u}/.ssh"
+     " && echo original > /home/{u}/.ssh/authorized_keys",
+     "/home/{u}/.ssh/authorized_keys is owned by uid 0", "/home/{u}/.ssh/authorized_keys"),
+], ids=["ssh-dir-symlink", "authorized-keys-symlink", "ssh-dir-not-owned", "file-not-owned"])
+async def test_key_installation_follows_no_symlink(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, db, setup: str,
+        expected: str, untouched: str) -> None:
+    user = f"u{time.monotonic_ns() % 10**8}"
+    host.exec(setup.format(u=user))
+    target = untouched.format(u=user)
+    before = host.exec(f"stat -c '%a %U %G' {target}; ls -la {target}").stdout
+    handle = registered(runner, host, "symlink")
+    msg = message(handle)
+    res = runner.run(msg, DEPLOY_KEY_USER=user)
+    assert res.rc == 10, res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "deploy_key_failed"
+    assert expected.format(u=user) in result["error"]["message"]
+    assert "refusing to install SSH keys" in result["error"]["message"]
+    # Nothing was chmod-ed, chown-ed or written through the link.
+    assert host.exec(f"stat -c '%a %U %G' {target}; ls -la {target}").stdout == before
+    assert (await server_row(db, handle))["status"] == "FAILED"
+    assert not res.events("play starting")
+
+
+async def test_root_ssh_directory_symlink_is_refused_too(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, provisioner_key: Keypair
+        ) -> None:
+    # sshd still reads root's keys through the link; only the runner refuses to write there.
+    host.exec("cp -a /root/.ssh /etc/root-ssh && rm -rf /root/.ssh"
+              " && ln -s /etc/root-ssh /root/.ssh")
+    try:
+        handle = registered(runner, host, "rootlink")
+        msg = message(handle)
+        res = runner.run(msg)
+        assert res.rc == 10, res.stderr
+        result = await result_for(redis_client, runner.keys, msg["request_id"])
+        assert result["error"]["kind"] == "deploy_key_failed"
+        assert "/root/.ssh is a symlink" in result["error"]["message"]
+    finally:
+        host.exec("rm -f /root/.ssh && mv /etc/root-ssh /root/.ssh")
+    assert provisioner_key.body in host.exec("cat /root/.ssh/authorized_keys").stdout
+
+
+async def test_secrets_are_masked_before_the_output_is_cut(
+        runner: Runner, host: Host, redis_client: aioredis.Redis, provisioner_key: Keypair
+        ) -> None:
+    secret_line = provisioner_key.private.splitlines()[1]  # 70 characters of the key
+    host.write_file("/root/leak.txt", secret_line + "\n", "0600")
+    handle = registered(runner, host, "mask")
+    msg = message(handle)
+    # The tail keeps the last 2000 characters: 35 of the secret, the newline, the filler.
+    res = runner.run(msg, SETUP_PLAYBOOK="playbooks/leak.yml",
+                     PLAY_VARS=json.dumps({"leak_file": "/root/leak.txt", "filler": 1964}))
+    assert res.rc == 10, res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    tail = result["error"]["output_tail"]
+    assert tail.endswith("y" * 1964) and len(tail) <= 2000
+    for size in (35, 20, 16):
+        assert secret_line[-size:] not in tail
+        assert secret_line[-size:] not in res.stderr
+    assert "***" in tail
+
+
+async def test_play_processes_cannot_read_the_runners_secrets(
+        runner: Runner, host: Host, tmp_path: Path) -> None:
+    probe = tmp_path / "probe.txt"
+    handle = registered(runner, host, "probe")
+    msg = message(handle)
+    proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/local_probe.yml",
+                        PLAY_VARS=json.dumps({"probe_file": str(probe)}),
+                        PROBE_MARKER="handed-to-the-play", PLAY_ENV_PASSTHROUGH="PROBE_MARKER")
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    text = probe.read_text()
+    # Child first: the task's shell, its Ansible parents, ansible-playbook, the runner, ...
+    chain = [(int(b.split()[0]), b) for b in ("\n" + text).split("\n@@PROC@@ ")[1:]]
+    blocks = dict(chain)
+    assert proc.pid in blocks, text[:2000]  # the runner's own environment was read
+    secrets = [runner.env[n] for n in ("DATABASE_PASSWORD", "CREDENTIALS_KEY", "REDIS_PASSWORD",
+                                       "PROVIDER_API_PASSWORD", "PROVIDER_API_USERNAME")]
+    secrets += [ln for ln in runner.env["SSH_PRIVATE_KEY"].splitlines() if len(ln) > 20]
+    for secret in secrets:
+        assert secret not in text
+    # The runner's own block still names the variables (their values are wiped)...
+    assert "\nDATABASE_PASSWORD=\n" in blocks[proc.pid]
+    # ...and the play's processes (everything below the runner) got none of the runner's
+    # environment beyond what the play needs.
+    below = [b for _, b in chain[:[pid for pid, _ in chain].index(proc.pid)]]
+    assert any("ansible-playbook" in b.split("\n", 1)[0] for b in below)
+    # What the operator names in PLAY_ENV_PASSTHROUGH does reach the play.
+    assert all("\nPROBE_MARKER=handed-to-the-play\n" in b for b in below)
+    for block in below:
+        for name in ("PROVISIONER_MESSAGE=", "DATABASE_URL=", "REDIS_URL=", "JOB_NAME=",
+                     "ORCHESTRATOR_SSH_PUBLIC_KEY=", "PYTHONPATH=", "PROVIDER_API_URL="):
+            assert name not in block, block[:300]
+
+
+AUDIT_HOOK = '''
+import os
+import sys
+
+_out = os.environ.get("FORK_AUDIT_FILE")
+if _out:
+    def _hook(event, args):
+        if event in ("os.fork", "os.forkpty", "subprocess.Popen"):
+            what = os.fsdecode(args[0]) if event == "subprocess.Popen" else ""
+            with open(_out, "a") as f:
+                f.write(f"{os.getpid()} {event} {what}\\n")
+    sys.addaudithook(_hook)
+'''
+
+
+async def test_the_play_starts_without_a_python_level_fork(
+        runner: Runner, host: Host, tmp_path: Path) -> None:
+    """Python's audit events in the runner's process: the play (and every ssh) is started
+    through subprocess (fork and exec in C), never os.fork / os.forkpty beside threads."""
+    (tmp_path / "sitecustomize.py").write_text(AUDIT_HOOK)
+    audit = tmp_path / "audit.txt"
+    handle = registered(runner, host, "nofork")
+    proc = runner.start(message(handle), PYTHONPATH=f"{tmp_path}:{runner.env['PYTHONPATH']}",
+                        FORK_AUDIT_FILE=str(audit))
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    mine = [line.split(" ", 2)[1:] for line in audit.read_text().splitlines()
+            if line.split(" ", 1)[0] == str(proc.pid)]
+    assert [event for event, _ in mine if event != "subprocess.Popen"] == []
+    started = [what for event, what in mine if event == "subprocess.Popen"]
+    assert any(what.endswith("ansible-playbook") for what in started), started

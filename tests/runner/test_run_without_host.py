@@ -115,6 +115,12 @@ async def test_invalid_message_is_rejected(runner: Runner, redis_client: aioredi
      "DATABASE_URL is invalid"),
     ("SSH_ATTEMPTS", "0", "SSH_ATTEMPTS is invalid"),
     ("RUNNER_SCRATCH_DIR", "/tmp/" + "x" * 60, "RUNNER_SCRATCH_DIR is invalid"),
+    # Not JSON: once a 56-line traceback and exit 1.
+    ("PLAY_VARS", '{"api_token": "hunter2-db-secret"', "PLAY_VARS is invalid"),
+    ("PLAY_VARS", '["hunter2-db-secret"]', "PLAY_VARS is invalid"),
+    ("PLAY_VARS", '{"ssh_port": "hunter2-db-secret"}', "PLAY_VARS is invalid: ssh_port"),
+    ("REPORT_RESERVE_SECONDS", "hunter2-db-secret", "REPORT_RESERVE_SECONDS is invalid"),
+    ("JOB_ACTIVE_DEADLINE_SECONDS", "-5", "JOB_ACTIVE_DEADLINE_SECONDS is invalid"),
 ])
 async def test_bad_setting_is_named_without_its_value(
         runner: Runner, redis_client: aioredis.Redis, variable: str, value: str | None,
@@ -128,6 +134,7 @@ async def test_bad_setting_is_named_without_its_value(
     assert res.rc == 13
     assert expected in res.stderr
     assert "hunter2-db-secret" not in res.stderr
+    assert "Traceback" not in res.stderr  # every line is a JSON log line (parse_logs)
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "rejected" and result["error"]["kind"] == "config_error"
     assert expected in result["error"]["message"]
@@ -143,6 +150,13 @@ async def test_bad_setting_is_named_without_its_value(
      "does not match"),
     ("-----BEGIN OPENSSH " "PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
      "private key"),
+    # Seen installed with "succeeded" before keys were decoded: a 20-character truncated
+    # body, an ed25519 key of 31 bytes, a 20 KB body.
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", "not a valid ssh-ed25519"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAHwEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+     "not a valid ssh-ed25519"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB"
+     + "A" * 20000, "too long"),
 ])
 async def test_bad_deploy_key_is_rejected_before_touching_the_server(
         runner: Runner, redis_client: aioredis.Redis, db, key: str, expected: str) -> None:

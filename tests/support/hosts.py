@@ -83,6 +83,12 @@ class Host:
         podman("start", self.name)
         wait_for_ssh(self)
 
+    def reboot(self, timeout: float = 120) -> None:
+        """`podman restart` of a systemd host is a reboot: every unit starts from its
+        enabled state and the files on disk, nothing from the running state survives."""
+        podman("restart", "-t", "5", self.name, timeout=timeout)
+        wait_for_boot(self, timeout)
+
     def regenerate_host_keys(self) -> None:
         """What a reinstall does to the host's identity."""
         self.exec("rm -f /etc/ssh/ssh_host_* && ssh-keygen -A && systemctl restart ssh")
@@ -97,6 +103,19 @@ def wait_for_ssh(host: Host, timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError(f"sshd in {host.name} not active after {timeout}s")
+
+
+def wait_for_boot(host: Host, timeout: float = 120) -> None:
+    """Until systemd has finished starting units and sshd (service or socket) is active:
+    unlike wait_for_ssh this does not assume sshd listens on the published port 22."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = host.exec("systemctl is-system-running; systemctl is-active ssh ssh.socket",
+                          check=False).stdout.split()
+        if state and state[0] in ("running", "degraded") and "active" in state[1:]:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{host.name} did not finish booting within {timeout}s")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,166 @@
+"""One deadline for the whole run: each phase slow in turn (provider task, SSH, the lock,
+the play), the status and the result are still written before the Job's deadline.
+
+Kubernetes counts activeDeadlineSeconds from the Job's start; the runner counts from its
+own process start. The runner is started here through ``sh -c 'sleep S; exec python ...'``:
+``exec`` keeps the process (and its start time), so the runner begins with S seconds of its
+deadline already gone, as after a slow pod start. The settings of each case fit the
+deadline (else they are refused, see the last test); what is left after the slow start
+does not, so the deadline is what bounds the slow phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from tests.runner.conftest import (
+    REPO,
+    Keypair,
+    Runner,
+    message,
+    parse_logs,
+    result_for,
+    server_row,
+    unique_handle,
+)
+from tests.runner.test_run_without_host import silent_port  # noqa: F401 (fixture)
+from tests.support.hosts import Host, vps_host
+from tests.support.provider_api import ProviderApi
+from tests.support.services import free_port
+
+RESERVE = 5
+
+
+def run_late(runner: Runner, msg: dict[str, Any], late: float, deadline: float,
+             **overrides: str) -> tuple[int, str, float]:
+    """Run the runner as if its pod had started ``late`` seconds before it; returns the
+    exit code, stderr and the wall-clock time the pod "started"."""
+    env = runner.environment(msg, JOB_ACTIVE_DEADLINE_SECONDS=str(deadline),
+                             REPORT_RESERVE_SECONDS=str(RESERVE), **overrides)
+    launched = time.time()
+    proc = subprocess.Popen(["sh", "-c", f'sleep {late}; exec "$0" -m runner_image',
+                             sys.executable], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=deadline + 120)
+    return proc.returncode, stderr, launched
+
+
+async def assert_reported_in_time(redis: aioredis.Redis, runner: Runner, db: asyncpg.Connection,
+                                  msg: dict[str, Any], launched: float, deadline: float,
+                                  *, claimed: bool = True) -> dict[str, Any]:
+    result = await result_for(redis, runner.keys, msg["request_id"])
+    finished = datetime.fromisoformat(result["finished_at"]).timestamp()
+    assert finished < launched + deadline, (finished - launched, deadline)
+    assert result["status"] == "timed_out", result
+    assert result["error"]["kind"] == "deadline_exceeded"
+    assert f"JOB_ACTIVE_DEADLINE_SECONDS={deadline:g}s" in result["error"]["message"]
+    row = await server_row(db, msg["server_handle"])
+    if claimed:
+        assert row["status"] == "FAILED" and "JOB_ACTIVE_DEADLINE_SECONDS" in row["status_reason"]
+        assert row["last_run_finished_at"].timestamp() < launched + deadline
+    return result
+
+
+async def test_slow_provider_task(runner: Runner, provider: ProviderApi,
+                                  redis_client: aioredis.Redis, db) -> None:
+    provider.reset(pending_polls=10**6)  # the reinstall never completes
+    handle = unique_handle("dl-prov")
+    runner.register(handle, "127.0.0.1", free_port(), provider_server_id="55")
+    msg = message(handle, force_reinstall=True)
+    # 1 lock + 1 request + 15 task + 3 SSH wait + 4 keys + 1 play + 5 reserve = 30
+    rc, stderr, launched = run_late(
+        runner, msg, late=12, deadline=30, SERVER_LOCK_TIMEOUT="1",
+        PROVIDER_REQUEST_TIMEOUT="1", PROVIDER_TASK_TIMEOUT="15", REINSTALL_SSH_TIMEOUT="3",
+        SSH_COMMAND_TIMEOUT="2", PLAY_TIMEOUT="1")
+    assert rc == 12, stderr
+    result = await assert_reported_in_time(redis_client, runner, db, msg, launched, 30)
+    assert "provider task" in result["error"]["message"]
+    assert any(r.method == "GET" for r in provider.requests)  # it did poll meanwhile
+
+
+async def test_slow_ssh(runner: Runner, redis_client: aioredis.Redis, db,
+                        silent_port: int) -> None:  # noqa: F811
+    handle = unique_handle("dl-ssh")
+    runner.register(handle, "127.0.0.1", silent_port)
+    msg = message(handle)
+    # 1 lock + (5 x 4 + 0.2 x 15) SSH check + 8 keys + 1 play + 5 reserve = 38
+    rc, stderr, launched = run_late(
+        runner, msg, late=20, deadline=40, SERVER_LOCK_TIMEOUT="1", SSH_ATTEMPTS="5",
+        SSH_COMMAND_TIMEOUT="4", SSH_CONNECT_TIMEOUT="4", SSH_BACKOFF_BASE="0.2",
+        PLAY_TIMEOUT="1")
+    assert rc == 12, stderr
+    result = await assert_reported_in_time(redis_client, runner, db, msg, launched, 40)
+    assert "SSH check" in result["error"]["message"]
+    attempts = [e for e in parse_logs(stderr) if e["event"] == "ssh attempt failed"]
+    assert 1 <= len(attempts) < 5  # cut short by the deadline, not by SSH_ATTEMPTS
+
+
+async def test_slow_lock(runner: Runner, redis_client: aioredis.Redis, db, runner_db) -> None:
+    handle = unique_handle("dl-lock")
+    runner.register(handle, "127.0.0.1", free_port())
+    holder = await runner_db.connect()  # another run holds the server
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))",
+                             f"infra-service:server:{handle}")
+        msg = message(handle)
+        # 20 lock + 1 x 2 SSH check + 4 keys + 1 play + 5 reserve = 32
+        rc, stderr, launched = await asyncio.to_thread(
+            run_late, runner, msg, late=10, deadline=32, SERVER_LOCK_TIMEOUT="20",
+            SSH_ATTEMPTS="1", SSH_COMMAND_TIMEOUT="2", PLAY_TIMEOUT="1")
+    finally:
+        await holder.close()
+    assert rc == 12, stderr
+    await assert_reported_in_time(redis_client, runner, db, msg, launched, 32, claimed=False)
+    row = await server_row(db, handle)
+    assert row["status"] == "NEW" and row["last_request_id"] is None  # never claimed
+
+
+@pytest.fixture(scope="module")
+def host(provisioner_key: Keypair) -> Iterator[Host]:
+    with vps_host(name_prefix="infra-deadline") as h:
+        h.authorize_key(provisioner_key.public)
+        yield h
+
+
+@pytest.mark.hosts
+async def test_slow_play(runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
+    handle = unique_handle("dl-play")
+    runner.register(handle, host.address, host.ssh_port)
+    msg = message(handle)
+    # 1 lock + (3 x 3 + 0.3 x 3) SSH check + 6 keys + 20 play + 5 reserve = 41.9
+    # Started 21 s late, at most about 16 s are left for the play: less than PLAY_TIMEOUT.
+    rc, stderr, launched = run_late(
+        runner, msg, late=21, deadline=42, SERVER_LOCK_TIMEOUT="1", SSH_COMMAND_TIMEOUT="3",
+        PLAY_TIMEOUT="20", SETUP_PLAYBOOK="playbooks/slow.yml",
+        PLAY_VARS=json.dumps({"slow_seconds": 120}))
+    assert rc == 12, stderr
+    result = await assert_reported_in_time(redis_client, runner, db, msg, launched, 42)
+    logs = parse_logs(stderr)
+    if any(e["event"] == "play starting" for e in logs):  # (a very slow machine may not get there)
+        assert result["error"]["message"].startswith("slow.yml did not finish")
+
+
+async def test_settings_that_cannot_fit_are_refused_naming_them(
+        runner: Runner, redis_client: aioredis.Redis, db) -> None:
+    handle = unique_handle("dl-fit")
+    runner.register(handle, "127.0.0.1", free_port())
+    msg = message(handle)
+    res = runner.run(msg, JOB_ACTIVE_DEADLINE_SECONDS="91", PLAY_TIMEOUT="1500")
+    assert res.rc == 13, res.stderr
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["status"] == "rejected" and result["error"]["kind"] == "config_error"
+    text = result["error"]["message"]
+    assert "JOB_ACTIVE_DEADLINE_SECONDS=91s" in text and "PLAY_TIMEOUT (1500s)" in text
+    assert (await server_row(db, handle))["status"] == "NEW"  # nothing touched
+    assert not res.events("run started")
