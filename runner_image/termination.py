@@ -11,14 +11,18 @@ second line of defence: messages are written to carry no secret in the first pla
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
+from runner_image.exit_codes import ExitCode
 from runner_image.redaction import Redactor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+PATH_VARIABLE = "TERMINATION_MESSAGE_PATH"
+COULD_NOT_REPORT = int(ExitCode.COULD_NOT_REPORT)
 # Bytes, UTF-8 encoded. Kubernetes truncates at 4096; a reason an SRE reads fits far less.
 MAX_MESSAGE_BYTES = 1024
 ELLIPSIS = "..."
@@ -59,3 +63,29 @@ def write_termination_message(path: Path, kind: str, summary: str, redact: Redac
                     extra={"path": str(path), "error": type(exc).__name__})
         return False
     return True
+
+
+def configured_path() -> Path | None:
+    """``TERMINATION_MESSAGE_PATH`` if set (the container's terminationMessagePath, when a
+    Job sets another one); else the Kubernetes default, but only if it exists: the kubelet
+    mounts that file into every container, so outside a pod (the local executor, a
+    developer's machine, tests running as root) nothing is created under /dev."""
+    configured = os.environ.get(PATH_VARIABLE)
+    if configured:
+        return Path(configured)
+    return DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.is_file() else None
+
+
+def write_for_outcome(error_kind: str | None, error_message: str | None, exit_code: int,
+                      redact: Redactor, path: Path | None = None) -> bool:
+    """The message for a run that did not succeed; nothing for a success (the kubelet then
+    shows no message, which is what a success needs)."""
+    target = path or configured_path()
+    if exit_code == 0 or target is None:
+        return False
+    kind = error_kind or "internal"
+    summary = error_message or f"the runner exited with code {exit_code}"
+    if exit_code == COULD_NOT_REPORT:
+        kind, summary = "could_not_report", f"no result was published; the run ended with " \
+            f"{error_kind or 'no error'}: {summary}"
+    return write_termination_message(target, kind, summary, redact)

@@ -15,6 +15,7 @@ from runner_image.termination import (
     format_message,
     write_termination_message,
 )
+from tests.runner.conftest import Runner
 
 SECRET = "hunter2-database-password-value"
 
@@ -80,3 +81,68 @@ def test_unwritable_file_is_tolerated(tmp_path: Path) -> None:
                                               Redactor())
     finally:
         tmp_path.chmod(0o700)
+
+
+def test_outcomes_map_to_messages(tmp_path: Path) -> None:
+    from runner_image.termination import write_for_outcome
+
+    path = tmp_path / "termination-log"
+    assert not write_for_outcome(None, None, 0, Redactor(), path)  # success: no message
+    assert not path.exists()
+    assert write_for_outcome("ssh_unreachable", "port 22 closed", 11, Redactor(), path)
+    assert path.read_text() == "ssh_unreachable: port 22 closed\n"
+    assert write_for_outcome("play_failed", "task x failed", 14, Redactor(), path)
+    assert path.read_text().startswith("could_not_report: no result was published; the run "
+                                       "ended with play_failed: task x failed")
+
+
+# ---- wired into the runner: the real process, with its settings ----
+
+async def test_the_runner_writes_its_termination_message(runner: Runner,
+                                                         tmp_path: Path) -> None:
+    from tests.runner.conftest import message
+
+    path = tmp_path / "termination-log"
+    msg = message("no-such-server")
+    res = runner.run(msg, TERMINATION_MESSAGE_PATH=str(path))
+    assert res.rc == 10
+    text = path.read_text()
+    assert text.startswith("unknown_server: ") and "no-such-server" in text
+    assert text.count("\n") == 1
+    # Outside a pod the directory may be missing: the run's outcome is unchanged.
+    res = runner.run(message("no-such-server-2"),
+                     TERMINATION_MESSAGE_PATH=str(tmp_path / "missing" / "t"))
+    assert res.rc == 10 and not (tmp_path / "missing").exists()
+
+
+async def test_an_invalid_message_and_an_unreported_run_say_so(runner: Runner,
+                                                               tmp_path: Path) -> None:
+    from tests.runner.conftest import message
+    from tests.support.services import free_port
+
+    path = tmp_path / "termination-log"
+    res = runner.run({"server_handle": "x", "request_id": "r-bad", "bogus": 1},
+                     TERMINATION_MESSAGE_PATH=str(path))
+    assert res.rc == 13
+    assert path.read_text().startswith("invalid_message: ")
+    res = runner.run(message("no-such-server"), TERMINATION_MESSAGE_PATH=str(path),
+                     REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", REDIS_PASSWORD="",
+                     REPORT_ATTEMPTS="2", REPORT_BACKOFF_BASE="0.1")
+    assert res.rc == 14
+    assert path.read_text().startswith("could_not_report: ")
+
+
+def test_the_default_path_is_used_only_where_the_kubelet_mounted_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from runner_image import termination
+
+    monkeypatch.delenv(termination.PATH_VARIABLE, raising=False)
+    monkeypatch.setattr(termination, "DEFAULT_TERMINATION_LOG", tmp_path / "termination-log")
+    assert termination.configured_path() is None  # not in a pod: nothing is created
+    assert not termination.write_for_outcome("internal", "x", 10, Redactor())
+    assert not (tmp_path / "termination-log").exists()
+    (tmp_path / "termination-log").write_text("")  # what the kubelet mounts
+    assert termination.write_for_outcome("internal", "x", 10, Redactor())
+    assert (tmp_path / "termination-log").read_text() == "internal: x\n"
+    monkeypatch.setenv(termination.PATH_VARIABLE, str(tmp_path / "other"))
+    assert termination.configured_path() == tmp_path / "other"
