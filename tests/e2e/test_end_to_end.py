@@ -210,7 +210,9 @@ async def test_failing_play(start_dispatcher: StartDispatcher, cluster: Cluster,
     assert row["status"] == "FAILED" and "Format the data disk" in row["status_reason"]
     job = await finished_job(cluster, result["job_name"])
     failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed"]
-    assert failed and failed[0]["reason"] == "BackoffLimitExceeded"
+    # The runner's exit code 10 matches the Job's podFailurePolicy: FailJob at once.
+    assert failed and failed[0]["reason"] == "PodFailurePolicy"
+    assert "failed with exit code 10 matching FailJob rule" in failed[0]["message"]
     (pod,) = cluster.pods_of(result["job_name"])
     assert pod["status"]["phase"] == "Failed"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 10
