@@ -21,6 +21,10 @@ from dispatcher.naming import (
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 SCRATCH_PATH = "/scratch"
+# The runner's documented verdict exit codes (runner_image/exit_codes.py, all but 0). Copied,
+# not imported: the dispatcher's image does not ship the runner package; a test holds the two
+# lists equal.
+RUNNER_VERDICT_EXIT_CODES = (10, 11, 12, 13, 14, 15)
 LABEL_VERSION = "app.kubernetes.io/version"
 
 
@@ -31,6 +35,22 @@ def image_version(image: str) -> str | None:
     tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
     value = re.sub(r"[^A-Za-z0-9._-]", "_", tag)[:63].strip("._-")
     return value or None
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Every exit code the runner documents as its own verdict fails the Job at once, so the
+    Job's Failed condition reads ``PodFailurePolicy`` naming the container's exit code instead
+    of ``BackoffLimitExceeded`` (the runner's termination message is on the pod).
+    Other exits (a crash, a signal) fall through to backoffLimit, which is 0 anyway."""
+    codes = list(RUNNER_VERDICT_EXIT_CODES)
+    return {"rules": [{
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "runner", "operator": "In", "values": codes},
+        # Empty, not absent: the 1.25 and 1.26 OpenAPI schemas mark it required (client-side
+        # validation, e.g. kubectl, refuses the Job without it); the API server accepts an
+        # empty list beside onExitCodes.
+        "onPodConditions": [],
+    }]}
 
 
 def runner_env(message: ProvisionerMessage, job_name: str, public_key: str,
@@ -136,6 +156,9 @@ def job_body(fields: JobFields, settings: DispatcherSettings,
         "envFrom": [{"secretRef": {"name": s}} for s in template.env_from_secrets],
         "resources": template.resources,
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_PATH}],
+        # The runner writes `<kind>: <summary>` to /dev/termination-log; if it died before
+        # writing one, the kubelet takes the last lines of the log instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": template.run_as_user,
@@ -168,15 +191,20 @@ def job_body(fields: JobFields, settings: DispatcherSettings,
         pod_spec["tolerations"] = template.tolerations
     if template.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in template.image_pull_secrets]
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,  # the runner retries SSH itself; a second pod would rerun the play
+        "activeDeadlineSeconds": template.active_deadline_seconds,
+        "ttlSecondsAfterFinished": template.ttl_seconds_after_finished,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if template.pod_failure_policy:
+        # Requires restartPolicy Never (set above); GA since Kubernetes 1.31, on by default
+        # since 1.26.
+        spec["podFailurePolicy"] = pod_failure_policy()
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         # No ownerReferences: deleting or upgrading the dispatcher never cascades to Jobs.
         "metadata": {"name": name, "labels": labels, "annotations": annotations},
-        "spec": {
-            "backoffLimit": 0,  # the runner retries SSH itself; a second pod would rerun the play
-            "activeDeadlineSeconds": template.active_deadline_seconds,
-            "ttlSecondsAfterFinished": template.ttl_seconds_after_finished,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
+        "spec": spec,
     }

@@ -33,10 +33,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dispatcher.messages import RejectReason
+from dispatcher.messages import Action, RejectReason
 from dispatcher.queue import Depths
 from dispatcher.results import ResultStatus
 
+# Runs take seconds (a rejected message) to most of an hour (a reinstall); the last bucket is
+# the default activeDeadlineSeconds.
+DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                    60, 300)
 
@@ -46,7 +49,7 @@ JOB_FAILURE_REASONS = ("Error", "BackoffLimitExceeded", "DeadlineExceeded", "OOM
                        "Evicted", "CreateContainerConfigError", "CreateContainerError",
                        "InvalidImageName", "ErrImagePull", "ImagePullBackOff",
                        "ErrImageNeverPull", "ImageInspectError", "Unschedulable",
-                       "PendingTimeout", "PodNotCreated", "JobDeleted")
+                       "PendingTimeout", "PodNotCreated", "JobDeleted", "PodFailurePolicy")
 # ResultError.kind vocabulary (dispatcher/results.py); anything else is counted as "other".
 RESULT_KINDS = ("invalid_message", "unknown_server", "ssh_unreachable", "ssh_auth_failed",
                 "host_key_mismatch", "play_failed", "play_timeout", "provider_error",
@@ -54,10 +57,13 @@ RESULT_KINDS = ("invalid_message", "unknown_server", "ssh_unreachable", "ssh_aut
                 "deadline_exceeded", "oom_killed", "evicted", "job_deleted", "internal",
                 "other")
 NO_KIND = "none"  # results without an error (succeeded)
+# Message actions (dispatcher/messages.py Action); "other" for Jobs without a known label.
+ACTIONS = (*(action.value for action in Action), "other")
+RESULT_STATUSES = (*(status.value for status in ResultStatus), "other")
 # The verbs KubeClient.call counts with their expected codes (0: no response); other codes
 # (429, 5xx, ...) appear when they happen.
 API_CODES = {"create": ("201", "409", "0"), "create_dry_run": ("201", "0"),
-             "delete": ("200", "404", "0")}
+             "patch": ("200", "404", "0"), "create_event": ("201", "0")}
 
 
 def _version() -> str:
@@ -140,6 +146,17 @@ class Metrics:
         self.jobs_succeeded = Counter("infra_jobs_succeeded", "Jobs that completed", registry=r)
         self.jobs_failed = Counter("infra_jobs_failed", "Jobs that failed, by Kubernetes reason",
                                    ["reason"], registry=r)
+        # A separate counter rather than more labels on infra_jobs_failed: its `reason` is
+        # Kubernetes' vocabulary and alerts divide by its sum; kind x action x reason would
+        # multiply the series for no question anyone asks.
+        self.job_failures = Counter(
+            "infra_job_failures", "Jobs that ended without success, by the result's error "
+            "kind (runner's or dispatcher's) and the message action", ["kind", "action"],
+            registry=r)
+        self.job_duration = Histogram(
+            "infra_job_duration_seconds", "From the Job's start to its end as the watch saw "
+            "them, by action and result status", ["action", "status"],
+            buckets=DURATION_BUCKETS, registry=r)
         self.dispatch_latency = Histogram(
             "infra_dispatch_latency_seconds", "From enqueue to Job created",
             buckets=LATENCY_BUCKETS, registry=r)
@@ -162,6 +179,13 @@ class Metrics:
             self.dead_lettered.labels(reason)
         for reason in JOB_FAILURE_REASONS:
             self.jobs_failed.labels(reason)
+        # "other" (an unknown action or status) appears only when it happens: with the
+        # histogram's 16 samples per series, zeroing it too would add 144 samples.
+        for action in ACTIONS[:-1]:
+            for kind in RESULT_KINDS:
+                self.job_failures.labels(kind, action)
+            for status in RESULT_STATUSES[:-1]:
+                self.job_duration.labels(action, status)
         for verb, codes in API_CODES.items():
             for code in codes:
                 self.api_responses.labels(verb, code)
@@ -179,6 +203,16 @@ class Metrics:
             if status is not ResultStatus.SUCCEEDED:
                 counts.update({(status.value, kind): 0 for kind in RESULT_KINDS})
         self.cluster.results = counts
+
+    def job_ended(self, action: str | None, status: str | None, kind: str | None,
+                  duration_seconds: float | None) -> None:
+        """One Job over (counted once, by the replica that released its server slot)."""
+        action = action if action in ACTIONS else "other"
+        status = status if status in RESULT_STATUSES else "other"
+        if status != ResultStatus.SUCCEEDED.value:
+            self.job_failures.labels(kind if kind in RESULT_KINDS else "other", action).inc()
+        if duration_seconds is not None and duration_seconds >= 0:
+            self.job_duration.labels(action, status).observe(duration_seconds)
 
     def count_result(self, status: str, kind: str | None) -> None:
         known = {s.value for s in ResultStatus}

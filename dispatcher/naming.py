@@ -13,6 +13,8 @@ LABEL_REQUEST = f"{LABEL_PREFIX}/request-id"
 LABEL_ACTION = f"{LABEL_PREFIX}/action"
 ANNOTATION_MESSAGE = f"{LABEL_PREFIX}/message"
 ANNOTATION_REPLICA = f"{LABEL_PREFIX}/dispatched-by"
+# Set when the dispatcher stopped a stuck Job: "<reason>: <message from the pod>".
+ANNOTATION_STOPPED = f"{LABEL_PREFIX}/stopped"
 MANAGED_BY = "infra-service-dispatcher"
 
 JOB_NAME_PREFIX = "prov"

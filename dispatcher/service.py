@@ -39,7 +39,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
 from dispatcher.queue import Acquisition, Claim, QueueStore, Slot
 from dispatcher.redis_errors import is_transient
-from dispatcher.reporting import publish_result, was_reported
+from dispatcher.reporting import Reported, publish_result, reported
 from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.settings import DispatcherSettings
 from dispatcher.supervision import Supervisor
@@ -458,14 +458,18 @@ class Dispatcher:
     async def _finish(self, end: JobEnd) -> None:
         ctx = {"server_handle": end.server_handle, "request_id": end.request_id,
                "job_name": end.job_name}
-        if end.delete_job:
-            await self._delete(end.job_name, ctx)
-        reported = await self._redis(lambda: was_reported(self.redis, self.keys, end.request_id))
-        if not reported:
+        if end.stop_job:
+            await self._stop(end, ctx)
+        marker = await self._redis(lambda: reported(self.redis, self.keys, end.request_id))
+        if marker is None:
             entry = self._failure_result(end)
             if await self._redis(lambda: publish_result(self.redis, self.keys, entry)):
                 log.warning("Job ended without a runner result: failure reported",
                             extra={**ctx, "reason": end.reason, "detail": end.message})
+                if not end.succeeded:
+                    await self._record_failure(end, ctx)
+            marker = Reported(entry.reported_by.value, entry.status.value,
+                              entry.error.kind if entry.error else None)
         released = await self._redis(lambda: self.store.release(end.server_handle,
                                                                 end.request_id))
         if released:
@@ -474,21 +478,34 @@ class Dispatcher:
                 self.metrics.jobs_succeeded.inc()
             else:
                 self.metrics.jobs_failed.labels(end.reason).inc()
+            finished = end.finished_at or datetime.now(UTC)
+            self.metrics.job_ended(
+                end.action, marker.status, marker.kind,
+                (finished - end.started_at).total_seconds() if end.started_at else None)
             log.info("Job finished", extra={**ctx, "succeeded": end.succeeded,
                                             "reason": end.reason})
 
-    async def _delete(self, job_name: str, ctx: dict[str, str]) -> None:
+    async def _stop(self, end: JobEnd, ctx: dict[str, str]) -> None:
         backoff = 0.2
         for _ in range(8):
             try:
-                await self.executor.delete(job_name)
-                log.warning("stuck Job deleted", extra=ctx)
+                await self.executor.stop_job(end.job_name, end.reason, end.message)
+                log.warning("stuck Job stopped", extra={**ctx, "reason": end.reason})
                 return
             except Exception as exc:
-                log.warning("deleting stuck Job failed; retrying",
+                log.warning("stopping stuck Job failed; retrying",
                             extra={**ctx, "error": str(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _record_failure(self, end: JobEnd, ctx: dict[str, str]) -> None:
+        """Best effort: the result on Redis is the record that counts; an Event that cannot
+        be written (API down, RBAC) is logged, not retried."""
+        try:
+            await self.executor.record_failure(end)
+        except Exception as exc:
+            log.warning("could not record the failure as a Kubernetes Event",
+                        extra={**ctx, "error": str(exc)})
 
     def _failure_result(self, end: JobEnd) -> ResultEntry:
         now = datetime.now(UTC)

@@ -60,6 +60,11 @@ class JobTemplateSettings(BaseSettings):
     ttl_seconds_after_finished: int = Field(
         default=86400, ge=0, description="Finished Jobs are garbage-collected after this"
     )
+    pod_failure_policy: bool = Field(
+        default=True, description="Give Jobs a podFailurePolicy that fails the Job at once on "
+        "the runner's documented exit codes (condition reason PodFailurePolicy); turn off for "
+        "clusters older than Kubernetes 1.26, where the field is not served"
+    )
     service_account_name: str | None = Field(
         default=None, description="Service account of runner pods (its token is never mounted)"
     )

@@ -177,7 +177,9 @@ async def _run() -> int:
             await _publish(redis_settings, entry, attempts=3, backoff=0.5)
         except Exception as exc:
             log.error("could not publish the result", extra={"error": str(exc)})
+            _terminate_with(outcome, ExitCode.COULD_NOT_REPORT, redact)
             return ExitCode.COULD_NOT_REPORT
+        _terminate_with(outcome, outcome.exit_code, redact)
         return outcome.exit_code
 
     raw = os.environ.get("PROVISIONER_MESSAGE")
@@ -313,10 +315,20 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     code = outcome.exit_code if ok else ExitCode.COULD_NOT_REPORT
+    _terminate_with(outcome, code, redact)
     log.info("run finished", extra={"status": outcome.status.value, "exit_code": int(code),
                                     "error_kind": outcome.error.kind if outcome.error else None,
                                     "duration_seconds": round(time.monotonic() - t0, 3)})
     return code
+
+
+def _terminate_with(outcome: out.Outcome, code: int, redact: redaction.Redactor) -> None:
+    """`<kind>: <summary>` where Kubernetes shows it (the pod's termination message)."""
+    from runner_image.termination import write_for_outcome
+
+    error = outcome.error
+    write_for_outcome(error.kind if error else None, error.message if error else None, code,
+                      redact)
 
 
 def _deploy_key_problem(line: str) -> str | None:

@@ -22,7 +22,9 @@ class JobEnd:
     message: str
     started_at: datetime | None = None
     action: str | None = None
-    delete_job: bool = False  # the Job is stuck: the dispatcher deletes it before reporting
+    # When the Job ended (completionTime / the Failed condition); None: when it was noticed.
+    finished_at: datetime | None = None
+    stop_job: bool = False  # the Job is stuck: the dispatcher stops it before reporting
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,13 @@ class Executor(Protocol):
         TransientLaunchError when the backend cannot tell now.
         """
 
-    async def delete(self, job_name: str) -> None:
-        """Stop and remove a Job (used for stuck pods); absent is fine."""
+    async def stop_job(self, job_name: str, reason: str, message: str) -> None:
+        """Stop a stuck Job, keeping its record where the backend has one; absent is
+        fine."""
+
+    async def record_failure(self, end: JobEnd) -> None:
+        """Leave the reason of a failure the dispatcher reports itself where the backend's
+        own tools show it (a Kubernetes Event on the Job)."""
 
     def snapshot(self) -> dict[str, JobView] | None:
         """The Jobs known now, or None until the first full listing is done."""

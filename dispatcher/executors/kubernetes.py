@@ -10,10 +10,17 @@ from typing import Any
 
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
-from dispatcher.kube.classify import job_outcome, job_without_pod, parse_time, stuck_reason, utcnow
+from dispatcher.kube.classify import (
+    finished_at,
+    job_outcome,
+    job_without_pod,
+    parse_time,
+    stuck_reason,
+    utcnow,
+)
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.creating import JobPayload, create_job
-from dispatcher.kube.deleting import delete_job
+from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.messages import ProvisionerMessage
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST, selector
@@ -27,6 +34,7 @@ def _slim_job(job: dict[str, Any]) -> dict[str, Any]:
     meta = job.get("metadata") or {}
     status = job.get("status") or {}
     return {"metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
+                         "uid": meta.get("uid"),
                          "creationTimestamp": meta.get("creationTimestamp")},
             "status": {"conditions": status.get("conditions") or [],
                        "startTime": status.get("startTime")}}
@@ -155,8 +163,14 @@ class KubernetesExecutor:
             return str(exc)
         return None
 
-    async def delete(self, job_name: str) -> None:
-        await delete_job(self.kube, self.namespace, job_name)
+    async def stop_job(self, job_name: str, reason: str, message: str) -> None:
+        await stop_job(self.kube, self.namespace, job_name, reason, message)
+
+    async def record_failure(self, end: JobEnd) -> None:
+        job = self._jobs.get(end.job_name) or {"metadata": {"name": end.job_name}}
+        await record_failure(self.kube, self.namespace, job, end.reason, end.message,
+                             self.settings.replica_id,
+                             ACTION_STOP if end.stop_job else ACTION_REPORT)
 
     def snapshot(self) -> dict[str, JobView] | None:
         if not all(self._synced.values()):
@@ -176,7 +190,7 @@ class KubernetesExecutor:
         labels = job["metadata"]["labels"]
         return JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                       *outcome, started_at=parse_time(job["status"].get("startTime")),
-                      action=labels.get(LABEL_ACTION))
+                      action=labels.get(LABEL_ACTION), finished_at=finished_at(job))
 
     def _emit(self, end: JobEnd) -> None:
         if end.job_name in self._emitted or not end.request_id:
@@ -276,7 +290,7 @@ class KubernetesExecutor:
         labels = self._jobs[job_name]["metadata"]["labels"]
         self._emit(JobEnd(job_name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                           False, reason, message, action=labels.get(LABEL_ACTION),
-                          delete_job=True))
+                          stop_job=True))
 
     async def _check_stuck(self) -> None:
         while True:

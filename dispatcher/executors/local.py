@@ -90,7 +90,8 @@ class LocalExecutor:
         run.end = JobEnd(job_name, run.message.server_handle, run.message.request_id or "",
                          ok, "Completed" if ok else "Error",
                          "runner completed" if ok else f"runner exited with code {code}",
-                         started_at=run.started_at, action=run.message.action.value)
+                         started_at=run.started_at, action=run.message.action.value,
+                         finished_at=datetime.now(UTC))
         self.ends.put_nowait(run.end)
 
     def _forget_finished(self, keep_seconds: float = 600) -> None:
@@ -99,10 +100,13 @@ class LocalExecutor:
             if run.end and (now - run.started_at).total_seconds() > keep_seconds:
                 del self._runs[name]
 
-    async def delete(self, job_name: str) -> None:
+    async def stop_job(self, job_name: str, reason: str, message: str) -> None:
         run = self._runs.get(job_name)
         if run and run.process.returncode is None:
             run.process.terminate()
+
+    async def record_failure(self, end: JobEnd) -> None:
+        """Nothing beyond the result and the dispatcher's log: no objects to annotate."""
 
     def snapshot(self) -> dict[str, JobView] | None:
         return {name: JobView(name, run.message.server_handle, run.message.request_id or "",

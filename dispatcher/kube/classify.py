@@ -28,6 +28,16 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def finished_at(job: dict[str, Any]) -> datetime | None:
+    """When the Job ended: completionTime when it completed, else the time its Failed
+    condition became true."""
+    status = job.get("status") or {}
+    if status.get("completionTime"):
+        return parse_time(status["completionTime"])
+    failed = _condition(job, "Failed")
+    return parse_time(failed.get("lastTransitionTime")) if failed else None
+
+
 def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]
                 ) -> tuple[bool, str, str] | None:
     """(succeeded, reason, message) once the Job is finished, else None."""

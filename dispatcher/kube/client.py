@@ -54,6 +54,7 @@ class KubeClient:
         self.api_client = client.ApiClient(configuration)
         self.batch = client.BatchV1Api(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
+        self.events = client.EventsV1Api(self.api_client)
         self.metrics = metrics
         self.timeout = (min(timeout_seconds, 5.0), timeout_seconds)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")

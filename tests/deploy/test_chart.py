@@ -35,8 +35,9 @@ from tests.deploy.chart import (
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 VALUE_SETS = {"defaults": {}, "full": FULL_VALUES, "kind": KIND_VALUES}
 EXPECTED_RULES = {
-    ("batch", "jobs"): ["create", "get", "list", "watch", "delete"],
+    ("batch", "jobs"): ["create", "get", "list", "watch", "patch"],
     ("", "pods"): ["list", "watch"],
+    ("events.k8s.io", "events"): ["create"],
 }
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
                       "app.kubernetes.io/version", "app.kubernetes.io/managed-by",
@@ -208,6 +209,11 @@ def test_runner_job_from_the_rendered_settings(rendered: Rendered,
     assert env["DATABASE_URL"]["value"] and env["REDIS_URL"]["value"]
     assert pod["volumes"][0]["emptyDir"]
     assert job["metadata"]["labels"].items() >= selector_labels(RELEASE).items()
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    wanted = plain_env(rendered.one("Deployment"))["DISPATCHER_JOB_POD_FAILURE_POLICY"]
+    assert ("podFailurePolicy" in job["spec"]) == (wanted == "true")
+    if wanted == "true":
+        assert job["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
 
 
 def test_runner_job_carries_the_full_values(full: Rendered,
@@ -221,6 +227,7 @@ def test_runner_job_carries_the_full_values(full: Rendered,
     assert container["resources"] == runner["resources"]
     assert job["spec"]["activeDeadlineSeconds"] == runner["activeDeadlineSeconds"]
     assert job["spec"]["ttlSecondsAfterFinished"] == runner["ttlSecondsAfterFinished"]
+    assert runner["podFailurePolicy"] is False and "podFailurePolicy" not in job["spec"]
     assert pod["nodeSelector"] == runner["nodeSelector"]
     assert pod["tolerations"] == runner["tolerations"]
     assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dispatcher.kube.classify import job_outcome, job_without_pod, stuck_reason
+from dispatcher.kube.classify import finished_at, job_outcome, job_without_pod, stuck_reason
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -76,3 +76,13 @@ def test_running_pod_is_never_stuck() -> None:
 def test_job_without_pod() -> None:
     assert job_without_pod(job(age=5), NOW, 600) is None
     assert job_without_pod(job(age=700), NOW, 600)[0] == "PodNotCreated"
+
+
+def test_finished_at_is_completion_or_the_failed_condition() -> None:
+    done = {"status": {"completionTime": "2026-12-02T07:10:05Z", "conditions": []}}
+    assert finished_at(done) == datetime(2026, 12, 2, 7, 10, 5, tzinfo=UTC)
+    failed = {"status": {"conditions": [
+        {"type": "FailureTarget", "status": "True", "lastTransitionTime": "2026-12-02T07:11:00Z"},
+        {"type": "Failed", "status": "True", "lastTransitionTime": "2026-12-02T07:11:01Z"}]}}
+    assert finished_at(failed) == datetime(2026, 12, 2, 7, 11, 1, tzinfo=UTC)
+    assert finished_at({"status": {}}) is None  # still running

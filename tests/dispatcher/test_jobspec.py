@@ -111,3 +111,29 @@ def test_the_serialised_template_is_the_job_body(body: str) -> None:
     expected = json.dumps(build_job(message, settings, template), separators=(",", ":"))
     rendered = JobBodyTemplate(settings, template).render(JobFields.of(message))
     assert rendered == expected.encode()
+
+
+def test_runner_exit_codes_fail_the_job_through_pod_failure_policy(job: dict) -> None:
+    from runner_image.exit_codes import ExitCode
+
+    spec = job["spec"]
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # The dispatcher's copy of the codes is the runner's documented list minus success.
+    [rule] = spec["podFailurePolicy"]["rules"]
+    assert rule == {"action": "FailJob", "onExitCodes": {
+        "containerName": "runner", "operator": "In",
+        "values": sorted(int(c) for c in ExitCode if c is not ExitCode.SUCCESS)},
+        "onPodConditions": []}
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # the policy requires it
+
+
+def test_pod_failure_policy_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3Nza deploy")
+    monkeypatch.setenv("DISPATCHER_JOB_POD_FAILURE_POLICY", "false")
+    message = parse_message(b'{"server_handle": "srv-1"}').with_identity()
+    job = build_job(message, DispatcherSettings(), JobTemplateSettings())
+    assert "podFailurePolicy" not in job["spec"]
+    # The log fallback works on every supported cluster, so it stays.
+    assert job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == \
+        "FallbackToLogsOnError"

@@ -16,7 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.http import close_metrics, serve_metrics
 from dispatcher.keys import Keys
-from dispatcher.metrics import DEAD_LETTER_REASONS, JOB_FAILURE_REASONS, RESULT_KINDS, Metrics
+from dispatcher.metrics import (
+    ACTIONS,
+    DEAD_LETTER_REASONS,
+    JOB_FAILURE_REASONS,
+    RESULT_KINDS,
+    RESULT_STATUSES,
+    Metrics,
+)
 from dispatcher.queue import QueueStore
 from dispatcher.queue_state import QueueStateExporter, lease_key
 from tests.support.services import free_port
@@ -73,6 +80,14 @@ def test_process_build_info_and_zero_series(served: tuple[Metrics, str]) -> None
         assert samples[("infra_messages_dead_lettered_total", (("reason", reason),))] == 0
     for reason in JOB_FAILURE_REASONS:
         assert samples[("infra_jobs_failed_total", (("reason", reason),))] == 0
+    for action in ACTIONS[:-1]:
+        for kind in RESULT_KINDS:
+            assert samples[("infra_job_failures_total", (("action", action), ("kind", kind)))] == 0
+        for status in RESULT_STATUSES[:-1]:
+            key = (("action", action), ("status", status))
+            assert samples[("infra_job_duration_seconds_count", key)] == 0
+    assert ("infra_job_duration_seconds_count", (("action", "other"), ("status", "other"))) \
+        not in samples
     # No replica has read Redis yet: no queue series rather than made-up zeros.
     assert "infra_queue_depth" not in names
     assert samples[("infra_queue_exporter", ())] == 0
@@ -133,3 +148,24 @@ async def test_one_replica_exports_the_redis_state(redis_client: aioredis.Redis,
     assert await redis_client.get(lease_key(keys)) == b"r2"
     await replicas["r1"][1].refresh()
     assert ("infra_queue_depth", ()) not in exported("r1")
+
+
+def test_job_ends_count_failures_by_kind_and_time_every_status() -> None:
+    metrics = Metrics()
+    metrics.job_ended("setup", "succeeded", None, 42.0)
+    metrics.job_ended("reinstall", "failed", "play_failed", 1900.0)
+    metrics.job_ended(None, "mystery", "made_up_kind", None)
+    value = metrics.registry.get_sample_value
+    assert value("infra_job_failures_total", {"kind": "play_failed", "action": "reinstall"}) == 1
+    assert value("infra_job_failures_total", {"kind": "other", "action": "other"}) == 1
+    assert sum(value("infra_job_failures_total", {"kind": k, "action": "setup"}) or 0
+               for k in RESULT_KINDS) == 0  # a success is no failure
+    assert value("infra_job_duration_seconds_count", {"action": "setup",
+                                                      "status": "succeeded"}) == 1
+    assert value("infra_job_duration_seconds_bucket", {"action": "reinstall",
+                                                       "status": "failed", "le": "1800.0"}) == 0
+    assert value("infra_job_duration_seconds_bucket", {"action": "reinstall",
+                                                       "status": "failed", "le": "2700.0"}) == 1
+    # Without a start time there is no duration, but the failure still counts.
+    assert value("infra_job_duration_seconds_count", {"action": "other",
+                                                      "status": "other"}) is None

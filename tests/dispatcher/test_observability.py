@@ -102,7 +102,7 @@ async def test_why_did_web_7_fail_with_the_notes_commands(
     job = await wait_until(lambda: _job_of(k8s, "web-7"), timeout=60, what="web-7's Job done")
     name = job["metadata"]["name"]
     commands = notes_commands(NAMESPACE)
-    assert len(commands) == 5 and all(c.startswith(f"kubectl -n {NAMESPACE} ") for c in commands)
+    assert len(commands) == 6 and all(c.startswith(f"kubectl -n {NAMESPACE} ") for c in commands)
     out: list[str] = []
     for command in commands:
         line = command.replace("<server-handle>", "web-7").replace("<job-name>", name)
@@ -111,19 +111,26 @@ async def test_why_did_web_7_fail_with_the_notes_commands(
                                        timeout=60)
         assert done.returncode == 0, f"{line}\n{done.stderr}"
         out.append(done.stdout)
-    get_jobs, describe, get_pods, logs, get_events = out
+    get_jobs, describe, get_pods, describe_pods, logs, get_events = out
     jobs = [row.split() for row in get_jobs.splitlines()]
     assert jobs[0] == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
     assert jobs[1][:3] == [name, "Failed", "0/1"]
     assert "infra-service.io/server-handle=web-7" in describe
-    assert "BackoffLimitExceeded" in describe
+    # The Job controller's Event names the exit code matched by the podFailurePolicy; the
+    # dispatcher's Event (it reported the failure: no runner result) gives the pod's reason.
+    assert "PodFailurePolicy" in describe and "exit code 10 matching FailJob" in describe
+    assert "infra-service.io/dispatcher" in describe
     pods = [row.split() for row in get_pods.splitlines()]
     assert pods[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     assert pods[1][1:4] == ["0/1", "Error", "0"]
+    # The runner wrote no termination message here: FallbackToLogsOnError puts the log tail.
+    assert "Exit Code:    10" in describe_pods
+    assert "Message:" in describe_pods and "play_failed" in describe_pods
     assert "play_failed" in logs
     events = [row.split() for row in get_events.splitlines()]
     assert events[0][:2] == ["LAST", "SEEN"]
-    assert any(r[1:4] == ["Warning", "BackoffLimitExceeded", f"job/{name}"] for r in events[1:])
+    assert any(r[1:4] == ["Warning", "PodFailurePolicy", f"job/{name}"] for r in events[1:])
+    assert any(r[1:4] == ["Warning", "Error", f"job/{name}"] for r in events[1:])
 
 
 # ---- Prometheus ----
@@ -249,11 +256,15 @@ async def test_real_prometheus_alerts_and_dashboard(
                 empty.append(query)
         assert not empty, empty
 
-        # Least privilege, exactly: also let the dispatcher delete a Job whose pod never
-        # starts, then compare every call it made with the Role.
+        # Least privilege, exactly: also let the dispatcher stop a Job whose pod never
+        # starts (jobs patch) and record why (events.k8s.io events create), then compare
+        # every call it made with the Role.
         k8s.emulator.control.configure_controller(mode="pending")
         await redis_client.lpush(keys.queue, message("stuck-1", "req-stuck"))
-        await wait_until(lambda: _deleted_once(k8s), timeout=60, what="stuck Job deleted")
+        await wait_until(lambda: _called(k8s, "patch", "jobs"), timeout=60,
+                         what="stuck Job stopped")
+        await wait_until(lambda: _called(k8s, "create", "events.events.k8s.io"), timeout=60,
+                         what="failure Event recorded")
         # ... and a create whose reply is lost: the retry meets 409 and reads the Job to
         # tell whether it is ours (jobs get).
         k8s.emulator.control.inject(verb="create", resource="jobs", drop=True, applied=True,
@@ -273,11 +284,6 @@ async def test_real_prometheus_alerts_and_dashboard(
         prom.stop()
 
 
-async def _deleted_once(k8s: Kube) -> bool:
-    stats = await asyncio.to_thread(k8s.emulator.control.stats)
-    return any(r["verb"] == "delete" and r["resource"] == "jobs" for r in stats["requests"])
-
-
 async def _called(k8s: Kube, verb: str, resource: str) -> bool:
     stats = await asyncio.to_thread(k8s.emulator.control.stats)
     return any(r["verb"] == verb and r["resource"] == resource for r in stats["requests"])
@@ -289,11 +295,20 @@ def role_rules() -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
+def _rule_of(resource: str, verb: str) -> tuple[str, str, str]:
+    """The emulator names resources `plural[.group][/sub]`, the group only where the plural
+    alone is ambiguous (events); the Role names the group apart."""
+    name, _, sub = resource.partition("/")
+    plural, _, group = name.partition(".")
+    if not group:
+        group = BY_PLURAL[plural].group
+    return group, f"{plural}/{sub}" if sub else plural, verb
+
+
 def assert_role_matches(requests: list[dict[str, Any]]) -> None:
     """Only the dispatcher talks to this emulator's API (the controller is built in and the
     test reads through control endpoints), so the recorded calls are the dispatcher's."""
-    called = {(BY_PLURAL[r["resource"].split("/")[0]].group, r["resource"], r["verb"])
-              for r in requests}
+    called = {_rule_of(r["resource"], r["verb"]) for r in requests}
     assert called == role_rules(), (
         f"Role grants but never used: {sorted(role_rules() - called)}; "
         f"called but not granted: {sorted(called - role_rules())}")

@@ -18,7 +18,7 @@ from dispatcher.keys import Keys
 from dispatcher.messages import parse_message
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.reporting import publish_result
-from dispatcher.results import Reporter, ResultEntry, ResultStatus
+from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until
@@ -114,6 +114,41 @@ async def test_runner_result_is_the_only_result(start, k8s: Kube, redis_client, 
     assert [(r["request_id"], r["reported_by"]) for r in got] == [("r1", "runner")]
 
 
+async def test_runner_failures_are_counted_by_kind_and_timed(start, k8s: Kube, redis_client,
+                                                             keys) -> None:
+    dispatcher = start()
+    await redis_client.lpush(keys.queue, message("srv-1", "r1", is_recovery=True))
+    await wait_until(lambda: job_count(k8s, 1), what="Job")
+    entry = ResultEntry(request_id="r1", server_handle="srv-1", status=ResultStatus.UNREACHABLE,
+                        reported_by=Reporter.RUNNER, finished_at=datetime.now(UTC),
+                        error=ResultError(kind="ssh_unreachable", message="port 22 closed"))
+    assert await publish_result(redis_client, keys, entry)
+    name = job_for(k8s, "r1")["metadata"]["name"]
+    await asyncio.to_thread(k8s.kubelet.fail, NAMESPACE, name, 11, None, "",
+                            "ssh_unreachable: port 22 closed")
+
+    async def counted() -> str | None:
+        text = await asyncio.to_thread(dispatcher.metrics)
+        return text if sum(metric_value(text, "infra_jobs_failed_total", f'{{reason="{r}"}}')
+                           for r in _reasons(dispatcher)) else None
+
+    metrics = await wait_until(counted, what="the Job end counted")
+    assert metric_value(metrics, "infra_job_failures_total",
+                        '{action="recovery",kind="ssh_unreachable"}') == 1
+    assert metric_value(metrics, "infra_job_failures_total",
+                        '{action="recovery",kind="job_failed"}') == 0
+    assert metric_value(metrics, "infra_job_duration_seconds_count",
+                        '{action="recovery",status="unreachable"}') == 1
+    # Measured from the Job's startTime to its Failed condition (whole seconds in the API).
+    assert metric_value(metrics, "infra_job_duration_seconds_bucket",
+                        '{action="recovery",le="60.0",status="unreachable"}') == 1
+    # The Job failed through podFailurePolicy; the pod's reason and message are what
+    # infra_jobs_failed_total and the logs carry.
+    job = job_for(k8s, "r1")
+    assert [c["reason"] for c in job["status"]["conditions"] if c["type"] == "Failed"] == [
+        "PodFailurePolicy"]
+
+
 async def _slots_empty(redis: aioredis.Redis, keys: Keys) -> bool:
     return await redis.hlen(keys.inflight) == 0
 
@@ -159,19 +194,19 @@ def _crashed(k: Kube, job: str) -> None:
     k.kubelet.fail(NAMESPACE, job, exit_code=5)
 
 
-@pytest.mark.parametrize(("drive", "kind", "status", "job_deleted"), [
-    (_config_error, "config_error", "failed", True),
-    (_image_pull, "image_pull", "failed", True),
-    (_unschedulable, "unschedulable", "failed", True),
-    (_oom, "oom_killed", "failed", False),
-    (_deadline, "deadline_exceeded", "timed_out", False),
-    (_evicted, "evicted", "failed", False),
-    (_deleted, "job_deleted", "failed", True),
-    (_crashed, "job_failed", "failed", False),
+@pytest.mark.parametrize(("drive", "kind", "status", "job_deleted", "reason"), [
+    (_config_error, "config_error", "failed", True, "CreateContainerConfigError"),
+    (_image_pull, "image_pull", "failed", True, "ImagePullBackOff"),
+    (_unschedulable, "unschedulable", "failed", True, "Unschedulable"),
+    (_oom, "oom_killed", "failed", False, "OOMKilled"),
+    (_deadline, "deadline_exceeded", "timed_out", False, "DeadlineExceeded"),
+    (_evicted, "evicted", "failed", False, "Evicted"),
+    (_deleted, "job_deleted", "failed", True, "JobDeleted"),
+    (_crashed, "job_failed", "failed", False, "Error"),
 ])
 async def test_job_that_ends_without_a_runner_result_is_reported(
         start, k8s: Kube, redis_client, keys, drive, kind: str, status: str,
-        job_deleted: bool) -> None:
+        job_deleted: bool, reason: str) -> None:
     # Short grace periods only where the case needs them: elsewhere a slow machine could
     # let the dispatcher give up on a pod-less Job before the case drives it.
     grace = "1" if job_deleted else "120"
@@ -194,10 +229,36 @@ async def test_job_that_ends_without_a_runner_result_is_reported(
     assert got["job_name"] == name
     # The server is free again: the waiting message gets its Job.
     await wait_until(lambda: _has_job(k8s, "r2"), what="next Job for the server")
-    if job_deleted:
+    # The reason is on the Job as a Warning Event (events.k8s.io/v1, seen by kubectl
+    # describe through core/v1), with the pod's message.
+    events = [e for e in k8s.emulator.control.objects("events", NAMESPACE)
+              if e["involvedObject"]["name"] == name
+              and e.get("reportingComponent") == "infra-service.io/dispatcher"]
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", reason)]
+    assert got["error"]["message"] == f"{reason}: {events[0]['message']}"
+    if drive is _deleted:
         assert name not in {j["metadata"]["name"] for j in k8s.jobs()}
-    assert sum(metric_value(dispatcher.metrics(), "infra_jobs_failed_total", f'{{reason="{r}"}}')
+    elif job_deleted:
+        # A stuck Job is stopped, not deleted: it stays, failed, until its TTL removes it.
+        async def failed() -> dict | None:
+            jobs = await asyncio.to_thread(k8s.jobs)
+            job = next(j for j in jobs if j["metadata"]["name"] == name)
+            done = [c for c in job["status"].get("conditions") or [] if c["type"] == "Failed"]
+            return job if done else None
+        job = await wait_until(failed, what="stopped Job failed")
+        assert job["spec"]["activeDeadlineSeconds"] == 1
+        assert job["metadata"]["annotations"]["infra-service.io/stopped"].startswith(
+            f"{reason}: ")
+        pods = await asyncio.to_thread(k8s.emulator.control.objects, "pods", NAMESPACE)
+        assert not [p for p in pods if p["metadata"]["name"].startswith(name)]
+    metrics = dispatcher.metrics()
+    assert sum(metric_value(metrics, "infra_jobs_failed_total", f'{{reason="{r}"}}')
                for r in _reasons(dispatcher)) == 1
+    # By the result's kind and the action, beside Kubernetes' reason.
+    assert metric_value(metrics, "infra_job_failures_total",
+                        f'{{action="setup",kind="{kind}"}}') == 1
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("infra_job_failures_total{")) == 1
 
 
 def _reasons(dispatcher: DispatcherProcess) -> set[str]:

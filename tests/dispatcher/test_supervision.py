@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -75,7 +76,7 @@ async def test_a_crashing_loop_is_restarted_counted_and_surfaced(
     await asyncio.wait_for(survived.wait(), 60)
     assert supervisor.all_up  # running again
     assert not supervisor.healthy  # but it kept dying: /healthz fails, the pod restarts
-    text = metrics.render().decode()
+    text = generate_latest(metrics.registry).decode()
     assert metric_value(text, "infra_loop_restarts_total", '{loop="pop"}') == \
         supervision.FAILURES_FOR_UNHEALTHY
     await supervisor.stop_all()

@@ -210,7 +210,9 @@ async def test_failing_play(start_dispatcher: StartDispatcher, cluster: Cluster,
     assert row["status"] == "FAILED" and "Format the data disk" in row["status_reason"]
     job = await finished_job(cluster, result["job_name"])
     failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed"]
-    assert failed and failed[0]["reason"] == "BackoffLimitExceeded"
+    # The runner's exit code 10 matches the Job's podFailurePolicy: FailJob at once.
+    assert failed and failed[0]["reason"] == "PodFailurePolicy"
+    assert "failed with exit code 10 matching FailJob rule" in failed[0]["message"]
     (pod,) = cluster.pods_of(result["job_name"])
     assert pod["status"]["phase"] == "Failed"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 10
@@ -263,14 +265,27 @@ async def test_image_that_does_not_exist(start_dispatcher: StartDispatcher, clus
     assert (result["status"], result["reported_by"], result["error"]["kind"]) == \
         ("failed", "dispatcher", "image_pull"), result
     assert image in result["error"]["message"]
-    # The stuck Job is deleted, nothing ran, the server is untouched and free again.
-    await wait_for(lambda: not cluster.objects("jobs"), timeout=30, what="stuck Job deleted")
+    # The stuck Job is stopped, not deleted: it stays failed (until its TTL) with the
+    # reason in an annotation and a Warning Event; its pod is gone, nothing ran, the server
+    # is untouched and free again.
+    def stopped() -> bool:
+        jobs = cluster.objects("jobs")
+        return len(jobs) == 1 and any(
+            c["type"] == "Failed" for c in jobs[0]["status"].get("conditions") or [])
+    await wait_for(stopped, timeout=30, what="stuck Job stopped")
+    (job,) = cluster.objects("jobs")
+    assert job["metadata"]["annotations"]["infra-service.io/stopped"].startswith(
+        ("ErrImagePull: ", "ImagePullBackOff: "))
+    await wait_for(lambda: not cluster.objects("pods"), timeout=30, what="stuck pod deleted")
     assert cluster.node.runs == []
     assert (await server_db.row(handle))["status"] == "NEW"
     assert await redis_client.hlen(Keys().inflight) == 0
     events = cluster.objects("events")
     assert any(e["reason"] == "Pulling" and image in e["message"] for e in events)
     assert {"Failed", "BackOff"} <= {e["reason"] for e in events}
+    assert any(e.get("reportingComponent") == "infra-service.io/dispatcher"
+               and e["involvedObject"]["name"] == job["metadata"]["name"]
+               and image in e["message"] for e in events)
     await wait_for(lambda: sum(metric_value(dispatcher.metrics(), "infra_jobs_failed_total",
                                             f'{{reason="{reason}"}}')
                                for reason in ("ErrImagePull", "ImagePullBackOff")) == 1,

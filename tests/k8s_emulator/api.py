@@ -17,16 +17,23 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from . import discovery
+from . import discovery, eventsv1
 from .faults import FaultRule, Faults, Stats
 from .httpserver import Connection, Drop, Request, Response
 from .jobsim import LOG_WAIT_REASONS
-from .kinds import BY_PATH, PODS, Kind
+from .kinds import BY_PATH, BY_PLURAL, EVENTS, EVENTS_V1, PODS, Kind
 from .printing import printable, wants_table
 from .printing import table as print_table
 from .registry import Registry
 from .selectors import parse_field_selector, parse_label_selector
-from .status import ApiError, bad_request, injected, method_not_allowed, too_old_resource_version
+from .status import (
+    ApiError,
+    bad_request,
+    injected,
+    invalid,
+    method_not_allowed,
+    too_old_resource_version,
+)
 from .store import Entry, Watcher, dumps
 
 JSON = "application/json"
@@ -43,7 +50,11 @@ class Route:
 
     @property
     def resource(self) -> str:
-        return f"{self.kind.plural}/{self.sub}" if self.sub else self.kind.plural
+        # kubectl's `plural.group` where the plural alone names another kind (events).
+        plural = self.kind.plural
+        if BY_PLURAL.get(plural) is not self.kind:
+            plural = f"{plural}.{self.kind.group}"
+        return f"{plural}/{self.sub}" if self.sub else plural
 
 
 @dataclass
@@ -260,6 +271,8 @@ class Api:
         dry_run = query.get("dryRun") == "All"
         if sub is not None:
             return self._subresource(req, conn, route, verb, dry_run)
+        if kind is EVENTS_V1:
+            return self._events_v1(req, route, verb, dry_run)
         as_table = printable(kind) and wants_table(req.headers.get("accept", ""))
         if verb == "get":
             entry = self.registry.get(kind, ns, name)
@@ -300,6 +313,32 @@ class Api:
             fields = parse_field_selector(query.get("fieldSelector"), kind.fields)
             return Response(200, dumps(self.registry.delete_collection(
                 kind, ns, labels, fields, options, query.get("propagationPolicy"), dry_run)))
+        raise method_not_allowed()
+
+    def _events_v1(self, req: Request, route: Route, verb: str, dry_run: bool) -> Response:
+        """events.k8s.io/v1 over the core/v1 Events (see eventsv1.py)."""
+        ns, name, query = route.namespace, route.name, req.query
+        if verb == "get" and name is not None and ns is not None:
+            return Response(200, dumps(eventsv1.from_core(self.registry.get(EVENTS, ns,
+                                                                             name).obj)))
+        if verb == "list":
+            core_query = {**query, "fieldSelector": eventsv1.field_selector(
+                query.get("fieldSelector")) or ""}
+            listed = self._list(Route(EVENTS, ns, None, None, False), core_query)
+            body = json.loads(listed.body)
+            body.update(apiVersion=eventsv1.API_VERSION,
+                        items=[eventsv1.from_core(i) for i in body["items"]])
+            return Response(200, dumps(body))
+        if verb == "create" and name is None and ns is not None:
+            body = _json_body(req, EVENTS_V1)
+            if not isinstance(body, dict):
+                raise bad_request("the object provided is unrecognized (must be of type Event)")
+            body.setdefault("metadata", {}).setdefault("namespace", ns)
+            errors = eventsv1.validate(body)
+            if errors:
+                raise invalid(EVENTS_V1.gr, body["metadata"].get("name") or "", errors)
+            entry = self.registry.create(EVENTS, ns, eventsv1.to_core(body), dry_run)
+            return Response(201, dumps(eventsv1.from_core(entry.obj)))
         raise method_not_allowed()
 
     def _patch(self, req: Request, route: Route, sub: str | None, dry_run: bool) -> Response:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import jobsim
+from .jobsim import fallback_message
 from .kinds import EVENTS, JOBS, PODS
 from .registry import Registry
 from .selectors import FieldSelector, selector_from_match
@@ -80,8 +81,11 @@ class AutoController:
                     self._event(job, JOBS, "Completed", "Job completed")
                     return
                 if outcome == "Failed":
-                    self._event(job, JOBS, "BackoffLimitExceeded",
-                                "Job has reached the specified backoff limit", "Warning")
+                    # The Event repeats the Failed condition (BackoffLimitExceeded, or
+                    # PodFailurePolicy naming the exit code and rule).
+                    cond = next(c for c in job["status"]["conditions"]
+                                if c["type"] == "Failed")
+                    self._event(job, JOBS, cond["reason"], cond["message"], "Warning")
                     return
 
     async def _run_pod(self, namespace: str, name: str) -> bool:
@@ -111,8 +115,15 @@ class AutoController:
         if self.config.log:
             self.registry.set_log(namespace, name, self.config.log)
         code = 0 if mode == "succeed" else self.config.exit_code
+        # terminationMessagePolicy FallbackToLogsOnError: a failed container that wrote no
+        # termination message gets the log tail as its message.
+        message = None
+        if code and self.config.log and any(
+                c.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+                for c in pod["spec"]["containers"]):
+            message = fallback_message(self.config.log)
         self._set_status(namespace, name, lambda p: jobsim.terminated_status(
-            p, code, self.config.reason if code else None))
+            p, code, self.config.reason if code else None, message))
         return True
 
     async def _step(self) -> None:

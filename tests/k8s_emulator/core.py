@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .api import Api, WatchSettings
 from .control import Control
 from .controller import AutoController, ControllerConfig
+from .deadlines import DeadlineEnforcer
 from .faults import Faults, Stats
 from .httpserver import HttpServer
 from .kinds import BY_PLURAL
@@ -44,6 +45,7 @@ class EmulatorCore:
         self.faults = Faults()
         self.stats = Stats()
         self.controller = AutoController(self.registry, config.controller)
+        self.deadlines = DeadlineEnforcer(self.registry)
         self.watch = WatchSettings(config.bookmark_interval, config.default_watch_timeout)
         self.control = Control(self)
         self.api = Api(self.registry, self.faults, self.stats, self.watch, self.control)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .kinds import ALL, Kind
+from . import eventsv1
+from .kinds import EVENTS_V1, SERVED, Kind
 
 VERSION = {
     "major": "1", "minor": "33", "gitVersion": "v1.33.0-emulated", "gitCommit": "",
@@ -15,8 +16,9 @@ _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "updat
 
 
 def _resource(kind: Kind) -> list[dict[str, Any]]:
+    verbs = eventsv1.VERBS if kind is EVENTS_V1 else _VERBS
     out = [{"name": kind.plural, "singularName": kind.kind.lower(), "namespaced": True,
-            "kind": kind.kind, "verbs": _VERBS}]
+            "kind": kind.kind, "verbs": verbs}]
     if kind.has_status:
         out.append({"name": f"{kind.plural}/status", "singularName": "", "namespaced": True,
                     "kind": kind.kind, "verbs": ["get", "patch", "update"]})
@@ -37,10 +39,10 @@ def document(path: str) -> dict[str, Any] | None:
         return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
             {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
     groups: dict[str, list[Kind]] = {}
-    for kind in ALL:
+    for kind in SERVED:
         groups.setdefault(kind.base_path, []).append(kind)
     if path == "/apis":
-        names = sorted({k.group for k in ALL if k.group})
+        names = sorted({k.group for k in SERVED if k.group})
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
             {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
              "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}}

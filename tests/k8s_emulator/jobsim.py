@@ -13,6 +13,7 @@ import random
 import time
 from typing import Any
 
+from . import podfailurepolicy
 from .kinds import JOB_NAME_LABELS
 
 NODE = "emulated-node"
@@ -247,6 +248,13 @@ def job_status(job: dict[str, Any], pods: list[dict[str, Any]], now: float | Non
     completions = spec.get("completions") or 1
     backoff = spec.get("backoffLimit", 6)
     reason = fail_reason or ("BackoffLimitExceeded" if failed > backoff else None)
+    policy_message: str | None = None
+    if fail_reason is None:
+        for pod, phase in zip(live, phases, strict=True):
+            match = podfailurepolicy.matching_rule(job, pod) if phase == "Failed" else None
+            if match and match[1] == "FailJob":
+                reason, policy_message = "PodFailurePolicy", match[2]
+                break
     if reason is None and succeeded >= completions:
         message = "Reached expected number of succeeded pods"
         status["conditions"] += [
@@ -257,9 +265,10 @@ def job_status(job: dict[str, Any], pods: list[dict[str, Any]], now: float | Non
     elif reason is not None:
         if fail_reason:
             failed += active  # pods stopped by the controller count as failed
-        message = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
-                   "DeadlineExceeded": "Job was active longer than specified deadline"
-                   }.get(reason, reason)
+        message = policy_message or {
+            "BackoffLimitExceeded": "Job has reached the specified backoff limit",
+            "DeadlineExceeded": "Job was active longer than specified deadline",
+        }.get(reason, reason)
         status["conditions"] += [_condition("FailureTarget", "True", reason, message, now),
                                  _condition("Failed", "True", reason, message, now)]
         active = ready = 0
@@ -298,3 +307,14 @@ def event(involved: dict[str, Any], kind: str, api_version: str, reason: str, me
         "type": type_, "eventTime": None, "reportingComponent": component,
         "reportingInstance": host or "",
     }
+
+
+# What the kubelet keeps of the log for FallbackToLogsOnError (kuberuntime: the last 80
+# lines, at most 2048 bytes) when the container wrote no termination message.
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
+
+
+def fallback_message(log: str) -> str:
+    tail = "\n".join(log.splitlines()[-FALLBACK_LOG_LINES:]).encode()
+    return tail[-FALLBACK_LOG_BYTES:].decode(errors="ignore")

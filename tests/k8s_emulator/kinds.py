@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import podfailurepolicy
 from . import validation as v
 from .status import (
     FieldError,
@@ -295,6 +296,7 @@ def _validate_job(job: dict[str, Any], old: dict[str, Any] | None) -> list[Field
                                         "must be greater than or equal to 0"))
     if spec.get("activeDeadlineSeconds") == 0:
         errors.append(invalid_value("spec.activeDeadlineSeconds", 0, "must be greater than 0"))
+    errors += podfailurepolicy.validate(spec)
     if old is not None:
         for key in ("selector", "template", "completionMode"):
             if spec.get(key) != _dig(old, "spec", key):
@@ -461,6 +463,10 @@ EVENTS = Kind(
     validate=_validate_event,
 )
 
+# events.k8s.io/v1: routed and discovered, stored as the core/v1 EVENTS (eventsv1.py converts).
+EVENTS_V1 = Kind("events", "Event", "events.k8s.io", "v1")
+
 ALL: tuple[Kind, ...] = (JOBS, PODS, SECRETS, CONFIGMAPS, EVENTS)
-BY_PATH: dict[tuple[str, str], Kind] = {(k.base_path, k.plural): k for k in ALL}
+SERVED: tuple[Kind, ...] = (*ALL, EVENTS_V1)
+BY_PATH: dict[tuple[str, str], Kind] = {(k.base_path, k.plural): k for k in SERVED}
 BY_PLURAL: dict[str, Kind] = {k.plural: k for k in ALL}

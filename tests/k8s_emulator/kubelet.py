@@ -153,6 +153,9 @@ class Kubelet:
         """Containers exit: Succeeded (0, Completed) or Failed (Error, OOMKilled, ...)."""
         if log is not None:
             self.set_log(namespace, pod, log)
+        if message is None and exit_code != 0 and log and self._falls_back_to_logs(
+                namespace, pod):
+            message = jobsim.fallback_message(log)
         obj = self._pod_status(namespace, pod, lambda p: jobsim.terminated_status(
             p, exit_code, reason, message))
         if reason == "OOMKilled":
@@ -160,6 +163,11 @@ class Kubelet:
                         "Warning", kubelet=True)
         self._sync_owner(obj)
         return obj
+
+    def _falls_back_to_logs(self, namespace: str, pod: str) -> bool:
+        containers = (self.pod(namespace, pod).get("spec") or {}).get("containers") or []
+        return any(c.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+                   for c in containers)
 
     def evict(self, namespace: str, pod: str, message: str | None = None) -> Obj:
         obj = self._pod_status(namespace, pod, lambda p: jobsim.evicted_status(p, message))
@@ -185,11 +193,13 @@ class Kubelet:
         return pod
 
     def fail(self, namespace: str, job_name: str, exit_code: int = 1,
-             reason: str | None = None, log: str = "") -> str:
-        """One failing Pod; the Job fails once failures exceed spec.backoffLimit."""
+             reason: str | None = None, log: str = "", message: str | None = None) -> str:
+        """One failing Pod; the Job fails once failures exceed spec.backoffLimit (or at once
+        when a podFailurePolicy FailJob rule matches). `message` is what the container wrote
+        to its termination message file."""
         pod = self.start_job(namespace, job_name)
         self.run(namespace, pod)
-        self.terminate(namespace, pod, exit_code, reason, log=log)
+        self.terminate(namespace, pod, exit_code, reason, message, log=log)
         return pod
 
     # ---- events ----
@@ -234,3 +244,4 @@ class Kubelet:
 
 def _data(response: Any) -> Obj:
     return json.loads(response.data)
+

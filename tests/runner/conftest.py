@@ -78,6 +78,9 @@ def base_process_env() -> dict[str, str]:
     keep = ("PATH", "LANG", "LC_ALL", "CONTAINERS_CONF")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env["PYTHONPATH"] = str(REPO)
+    # A directory that does not exist: the runner skips the write (tests of the message
+    # pass their own path).
+    env["TERMINATION_MESSAGE_PATH"] = str(Path(tempfile.gettempdir()) / "no-such-dir" / "t")
     return env
 
 
