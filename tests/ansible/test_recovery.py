@@ -255,6 +255,7 @@ def test_docker_recovery_kills_a_daemon_that_does_not_stop(
     host = converged.host
     assert host.exec("systemctl show --property=KillSignal --value docker").stdout.strip() == "23"
     before = {policy: started_at(converged, f"keep-{policy}") for policy in POLICIES}
+    since = host.exec("date +%s").stdout.strip()
 
     result = run_play("recovery_docker.yml", converged.target,
                       {"recover_docker_force": True, "recover_docker_stop_timeout": 15})
@@ -268,6 +269,9 @@ def test_docker_recovery_kills_a_daemon_that_does_not_stop(
     # The old daemon is gone (killed: it never acted on the stop signal), a new one answers.
     assert host.exec(f"test -e /proc/{deaf_docker}", check=False).returncode != 0 or \
         "dockerd" not in host.exec(f"cat /proc/{deaf_docker}/comm", check=False).stdout
+    # systemd saw the daemon die of SIGKILL (not stop on its own).
+    journal = host.exec(f"journalctl -u docker.service --since @{since} --no-pager").stdout
+    assert "status=9/KILL" in journal, journal[-3000:]
     new_pid = int(host.exec("systemctl show --property=MainPID --value docker").stdout)
     assert new_pid not in (0, deaf_docker)
     assert host.exec("timeout 10 docker info --format '{{.ServerVersion}}'").returncode == 0
