@@ -258,7 +258,8 @@ def test_docker_recovery_kills_a_daemon_that_does_not_stop(
     since = host.exec("date +%s").stdout.strip()
 
     result = run_play("recovery_docker.yml", converged.target,
-                      {"recover_docker_force": True, "recover_docker_stop_timeout": 15})
+                      {"recover_docker_force": True, "recover_docker_stop_timeout": 15},
+                      timeout=600)  # without the kill, the restart would wait for ever
 
     assert result.ok, result.describe()
     docker = report(result, converged)["docker"]
