@@ -222,3 +222,63 @@ def test_docker_recovery_fails_naming_a_workload_that_does_not_come_back(
     finally:
         host.exec(f"kill -CONT {pid} 2>/dev/null; docker rm -f fragile >/dev/null 2>&1",
                   check=False)
+
+
+# Go programs take SIGURG for their scheduler's own preemption signal and otherwise ignore
+# it: as docker.service's stop signal it makes a dockerd that never stops when asked (as a
+# deadlocked one does not act on SIGTERM). TimeoutStopSec=infinity keeps systemd from
+# sending its own SIGKILL, so only the play's bound can end it.
+DEAF_DROPIN = "/etc/systemd/system/docker.service.d/zz-test-ignore-stop.conf"
+
+
+@pytest.fixture
+def deaf_docker(converged: Converged) -> Iterator[int]:
+    """Workloads with each restart policy, and a dockerd that ignores systemd's stop signal."""
+    host = converged.host
+    image = ensure_busybox_image(host)
+    for policy in POLICIES:
+        host.exec(f"docker rm -f keep-{policy} >/dev/null 2>&1; docker run -d --name keep-{policy}"
+                  f" --restart {policy} {image} sleep 100000 >/dev/null")
+    host.write_file(DEAF_DROPIN, "[Service]\nKillSignal=SIGURG\nTimeoutStopSec=infinity\n")
+    host.exec("systemctl daemon-reload")
+    pid = int(host.exec("systemctl show --property=MainPID --value docker").stdout)
+    try:
+        yield pid
+    finally:
+        host.exec(f"rm -f {DEAF_DROPIN} && systemctl daemon-reload; "
+                  "systemctl is-active -q docker || { systemctl kill -s KILL docker;"
+                  " systemctl start docker; }", check=False, timeout=300)
+
+
+def test_docker_recovery_kills_a_daemon_that_does_not_stop(
+        converged: Converged, deaf_docker: int) -> None:
+    host = converged.host
+    assert host.exec("systemctl show --property=KillSignal --value docker").stdout.strip() == "23"
+    before = {policy: started_at(converged, f"keep-{policy}") for policy in POLICIES}
+    since = host.exec("date +%s").stdout.strip()
+
+    result = run_play("recovery_docker.yml", converged.target,
+                      {"recover_docker_force": True, "recover_docker_stop_timeout": 15},
+                      timeout=600)  # without the kill, the restart would wait for ever
+
+    assert result.ok, result.describe()
+    docker = report(result, converged)["docker"]
+    assert docker["actions"][:2] == ["restarted_docker", "killed_dockerd"], docker
+    assert docker["restarted"] is True and docker["healthy_after"] is True
+    assert docker["containers_down"] == []
+    assert "killed_dockerd" in result.output  # the play's closing summary says so too
+    # The old daemon is gone (killed: it never acted on the stop signal), a new one answers.
+    assert host.exec(f"test -e /proc/{deaf_docker}", check=False).returncode != 0 or \
+        "dockerd" not in host.exec(f"cat /proc/{deaf_docker}/comm", check=False).stdout
+    # systemd saw the daemon die of SIGKILL (not stop on its own).
+    journal = host.exec(f"journalctl -u docker.service --since @{since} --no-pager").stdout
+    assert "status=9/KILL" in journal, journal[-3000:]
+    new_pid = int(host.exec("systemctl show --property=MainPID --value docker").stdout)
+    assert new_pid not in (0, deaf_docker)
+    assert host.exec("timeout 10 docker info --format '{{.ServerVersion}}'").returncode == 0
+    for policy in POLICIES:
+        name = f"keep-{policy}"
+        running = host.exec(f"docker inspect -f '{{{{.State.Running}}}}' {name}").stdout.strip()
+        assert running == "true", f"{name} does not run after the recovery"
+        # live-restore: a SIGKILLed daemon leaves the containers running too.
+        assert started_at(converged, name) == before[policy], f"{name} was restarted"
