@@ -209,7 +209,7 @@ async def test_job_that_ends_without_a_runner_result_is_reported(
         job_deleted: bool, reason: str) -> None:
     # Short grace periods only where the case needs them: elsewhere a slow machine could
     # let the dispatcher give up on a pod-less Job before the case drives it.
-    grace = "1" if job_deleted else "120"
+    grace = "1" if drive in (_config_error, _image_pull, _unschedulable) else "120"
     dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS=grace,
                        DISPATCHER_PENDING_TIMEOUT_SECONDS=grace)
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
