@@ -86,7 +86,8 @@ async def test_what_an_sre_sees(start_dispatcher: StartDispatcher, cluster: Clus
         assert meta["annotations"][ANNOTATION_REPLICA] == "r1"
     failed_job = by_request[bad]
     (condition,) = [c for c in failed_job["status"]["conditions"] if c["type"] == "Failed"]
-    assert condition["reason"] == "BackoffLimitExceeded"
+    # The runner's exit code 10 (play failed) matches the podFailurePolicy: FailJob at once.
+    assert condition["reason"] == "PodFailurePolicy"
     assert failed_job["status"]["failed"] == 1
 
     # 2. The runner's log of the failed run: JSON lines, each naming the server, the request
@@ -103,7 +104,7 @@ async def test_what_an_sre_sees(start_dispatcher: StartDispatcher, cluster: Clus
     assert (end["status"], end["exit_code"], end["error_kind"]) == ("failed", 10, "play_failed")
 
     # 3. The Events of the failed Job and of its pod.
-    assert {"SuccessfulCreate", "BackoffLimitExceeded"} <= set(cluster.event_reasons(bad_job))
+    assert {"SuccessfulCreate", "PodFailurePolicy"} <= set(cluster.event_reasons(bad_job))
     (pod,) = cluster.pods_of(bad_job)
     assert {"Scheduled", "Pulled", "Created", "Started"} <= \
         set(cluster.event_reasons(pod["metadata"]["name"]))
