@@ -20,7 +20,14 @@ from dispatcher.connections import RedisSettings, create_redis
 from dispatcher.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
-from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until
+from tests.dispatcher.support import (
+    DispatcherProcess,
+    fake_runs,
+    message,
+    metric_value,
+    results,
+    wait_until,
+)
 from tests.support.services import RedisServer, free_port, wait_for_port
 
 FAKE_RUNNER = [sys.executable, "-m", "tests.dispatcher.fake_runner"]
@@ -45,11 +52,6 @@ def local_dispatcher(redis_srv: RedisServer, redis_client: aioredis.Redis, tmp_p
     yield start
     for process in started:
         process.kill()
-
-
-def runs(tmp_path: Path) -> list[dict]:
-    path = tmp_path / "runs.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 async def _result(redis: aioredis.Redis, keys: Keys, rid: str) -> dict | None:
@@ -99,7 +101,8 @@ async def test_a_malformed_message_reusing_a_running_request_id_changes_nothing(
     slot = json.loads(await redis_client.hget(keys.inflight, "srv-1"))
     assert slot["rid"] == "req-1"
     assert not await redis_client.exists(keys.reported("req-1"))
-    assert [e["rid"] for e in runs(tmp_path) if e["event"] == "start"] == ["req-1"]
+    starts = [e["rid"] for e in fake_runs(tmp_path / "runs.jsonl") if e["event"] == "start"]
+    assert starts == ["req-1"]
     # Then the real result arrives and req-2 runs after req-1 ended, not before.
     got = await wait_until(lambda: _result(redis_client, keys, "req-2"), timeout=60,
                            what="req-2 result")
@@ -107,12 +110,13 @@ async def test_a_malformed_message_reusing_a_running_request_id_changes_nothing(
     first = await _result(redis_client, keys, "req-1")
     assert first is not None and (first["status"], first["reported_by"]) == \
         ("succeeded", "runner")
-    events = [(e["event"], e["rid"]) for e in runs(tmp_path)]
+    events = [(e["event"], e["rid"]) for e in fake_runs(tmp_path / "runs.jsonl")]
     assert events == [("start", "req-1"), ("end", "req-1"), ("start", "req-2"), ("end", "req-2")]
 
 
 async def _started(tmp_path: Path, rid: str) -> bool:
-    return any(e["event"] == "start" and e["rid"] == rid for e in runs(tmp_path))
+    return any(e["event"] == "start" and e["rid"] == rid
+               for e in fake_runs(tmp_path / "runs.jsonl"))
 
 
 async def _dead(redis: aioredis.Redis, keys: Keys, n: int) -> list[dict] | None:

@@ -16,6 +16,7 @@ from dispatcher.connections import RedisSettings, create_redis
 from dispatcher.keys import Keys
 from tests.dispatcher.support import (
     DispatcherProcess,
+    fake_runs,
     message,
     metric_value,
     results,
@@ -53,11 +54,6 @@ def start_dispatcher(redis_srv: RedisServer, redis_client: aioredis.Redis, tmp_p
         process.kill()
 
 
-def runs(run_log: Path) -> list[dict]:
-    return [json.loads(line) for line in run_log.read_text().splitlines()] \
-        if run_log.exists() else []
-
-
 async def test_message_runs_once_and_runner_result_is_the_only_result(
         start_dispatcher, redis_client: aioredis.Redis, keys: Keys, run_log: Path) -> None:
     dispatcher = start_dispatcher()
@@ -66,7 +62,7 @@ async def test_message_runs_once_and_runner_result_is_the_only_result(
     await wait_until(lambda: _no_slots(redis_client, keys), what="slot release")
     assert [r["reported_by"] for r in got] == ["runner"]
     assert got[0]["status"] == "succeeded"
-    assert [r["event"] for r in runs(run_log)] == ["start", "end"]
+    assert [r["event"] for r in fake_runs(run_log)] == ["start", "end"]
     metrics = dispatcher.metrics()
     assert metric_value(metrics, "infra_jobs_created_total") == 1
     assert metric_value(metrics, "infra_jobs_succeeded_total") == 1
@@ -101,7 +97,7 @@ async def test_one_server_runs_one_job_at_a_time_in_arrival_order(
     for rid in ("first", "second", "third"):
         await redis_client.lpush(keys.queue, message("srv-1", rid))
     await wait_until(lambda: _n_results(redis_client, keys, 3), what="three results")
-    events = runs(run_log)
+    events = fake_runs(run_log)
     assert [(e["event"], e["rid"]) for e in events] == [
         ("start", "first"), ("end", "first"), ("start", "second"), ("end", "second"),
         ("start", "third"), ("end", "third")]
@@ -115,7 +111,7 @@ async def test_in_flight_cap_holds_and_everything_finishes(
         await redis_client.lpush(keys.queue, message(f"srv-{i}", f"r{i}"))
     await wait_until(lambda: _n_results(redis_client, keys, 7), timeout=60, what="7 results")
     running, peak = 0, 0
-    for event in sorted(runs(run_log), key=lambda e: e["t"]):
+    for event in sorted(fake_runs(run_log), key=lambda e: e["t"]):
         running += 1 if event["event"] == "start" else -1
         peak = max(peak, running)
     assert peak == 3  # reached, never exceeded
