@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import (
+    awaits_pod_detail,
     finished_at,
     job_outcome,
     job_without_pod,
@@ -28,6 +30,9 @@ from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 log = logging.getLogger(__name__)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+# How long a failed Job waits for its pod's end to arrive on the pod watch (see
+# classify.awaits_pod_detail); past it the Job's own reason is reported.
+POD_DETAIL_GRACE_SECONDS = 5.0
 
 
 def _slim_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +75,8 @@ class KubernetesExecutor:
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
         self._emitted: set[str] = set()
         self._started: set[str] = set()  # Jobs whose pod got past Pending
+        # Failed Jobs waiting for their pod's end (monotonic time first seen failed).
+        self._awaiting_pod: dict[str, float] = {}
         self._synced = {"jobs": False, "pods": False}
         self._watch_ok = {"jobs": False, "pods": False}
         self._watches: list[ListWatch] = []
@@ -183,10 +190,16 @@ class KubernetesExecutor:
         return views
 
     # -- watching ----------------------------------------------------------------------
-    def _end_of(self, name: str, job: dict[str, Any]) -> JobEnd | None:
-        outcome = job_outcome(job, list(self._pods.get(name, {}).values()))
+    def _end_of(self, name: str, job: dict[str, Any], settle: bool = True) -> JobEnd | None:
+        pods = list(self._pods.get(name, {}).values())
+        outcome = job_outcome(job, pods)
         if outcome is None:
             return None
+        if settle and awaits_pod_detail(job, pods):
+            first = self._awaiting_pod.setdefault(name, time.monotonic())
+            if time.monotonic() - first < POD_DETAIL_GRACE_SECONDS:
+                return None
+        self._awaiting_pod.pop(name, None)
         labels = job["metadata"]["labels"]
         return JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                       *outcome, started_at=parse_time(job["status"].get("startTime")),
@@ -204,7 +217,7 @@ class KubernetesExecutor:
             self._emit(end)
 
     def _deleted(self, name: str, job: dict[str, Any]) -> None:
-        end = self._end_of(name, job)
+        end = self._end_of(name, job, settle=False)
         if end is None:
             labels = job["metadata"]["labels"]
             end = JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
@@ -218,6 +231,7 @@ class KubernetesExecutor:
         self._pods.pop(name, None)
         self._emitted.discard(name)
         self._started.discard(name)
+        self._awaiting_pod.pop(name, None)
 
     async def _consume(self) -> None:
         while True:
@@ -297,12 +311,17 @@ class KubernetesExecutor:
             await asyncio.sleep(self.check_interval)
             if not all(self._synced.values()):
                 continue
+            for name in list(self._awaiting_pod):
+                if name in self._jobs:
+                    self._evaluate(name)
+                else:
+                    del self._awaiting_pod[name]
             now = utcnow()
             # Only Jobs whose pod has not started can be stuck; with thousands of Jobs in
             # flight this set difference keeps the pass cheap.
             for name in self._jobs.keys() - self._started - self._emitted:
                 job = self._jobs[name]
-                if self._end_of(name, job) is not None:
+                if self._end_of(name, job, settle=False) is not None:
                     continue
                 pods = self._pods.get(name)
                 if pods:

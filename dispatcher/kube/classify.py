@@ -54,6 +54,20 @@ def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]
     return False, reason, message
 
 
+def awaits_pod_detail(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """A Job failed for its pod's sake, but the pod's end is not known yet.
+
+    Jobs and pods arrive on two watch streams, so the Job's Failed condition can come
+    first; classifying then would name the Job's reason (BackoffLimitExceeded,
+    PodFailurePolicy) where a moment later the pod's (OOMKilled, Evicted, Error) is
+    known. The caller waits a short grace for the pod, so one failure gets one reason.
+    """
+    failed = _condition(job, "Failed")
+    if not failed or _condition(job, "Complete"):
+        return False
+    return failed.get("reason") != "DeadlineExceeded" and _pod_failure(pods) is None
+
+
 def _pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     for pod in pods:
         status = pod.get("status") or {}

@@ -86,3 +86,18 @@ def test_finished_at_is_completion_or_the_failed_condition() -> None:
         {"type": "Failed", "status": "True", "lastTransitionTime": "2026-12-02T07:11:01Z"}]}}
     assert finished_at(failed) == datetime(2026, 12, 2, 7, 11, 1, tzinfo=UTC)
     assert finished_at({"status": {}}) is None  # still running
+
+
+def test_a_failed_job_waits_for_its_pods_end_unless_the_deadline_ended_it() -> None:
+    from dispatcher.kube.classify import awaits_pod_detail
+
+    running = pod("Running")
+    crashed = pod("Failed", terminated={"exitCode": 10, "reason": "Error"})
+    for reason in ("BackoffLimitExceeded", "PodFailurePolicy"):
+        failed = job(("Failed", reason))
+        assert awaits_pod_detail(failed, [])
+        assert awaits_pod_detail(failed, [running])  # its update is still on the way
+        assert not awaits_pod_detail(failed, [crashed])
+    assert not awaits_pod_detail(job(("Failed", "DeadlineExceeded")), [running])
+    assert not awaits_pod_detail(job(("Complete", "")), [])
+    assert not awaits_pod_detail(job(), [running])

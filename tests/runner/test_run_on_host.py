@@ -342,7 +342,8 @@ async def test_play_processes_cannot_read_the_runners_secrets(
                         PROBE_MARKER="handed-to-the-play", PLAY_ENV_PASSTHROUGH="PROBE_MARKER")
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr
-    text = probe.read_text()
+    # Ancestors' environments (the test harness's) may hold bytes that are not UTF-8.
+    text = probe.read_bytes().decode("utf-8", "replace")
     # Child first: the task's shell, its Ansible parents, ansible-playbook, the runner, ...
     chain = [(int(b.split()[0]), b) for b in ("\n" + text).split("\n@@PROC@@ ")[1:]]
     blocks = dict(chain)
