@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 
-from dispatcher.connections import RedisSettings, create_redis
+from contracts.connections import RedisSettings, create_redis
 from dispatcher.executors.base import Executor
 from dispatcher.executors.local import LocalExecutor
 from dispatcher.http import close_metrics, serve, serve_metrics

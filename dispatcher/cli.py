@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dispatcher.connections import RedisSettings, create_redis
-from dispatcher.logs import configure_logging
-from dispatcher.messages import InvalidMessage, ProvisionerMessage, parse_message
+from contracts.connections import RedisSettings, create_redis
+from contracts.logs import configure_logging
+from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
+from contracts.results import ResultEntry
 from dispatcher.queue import QueueStore
-from dispatcher.results import ResultEntry
 from dispatcher.schemas import write_schemas
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 

@@ -11,7 +11,8 @@ import re
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from dispatcher.messages import ProvisionerMessage
+from contracts.exit_codes import ExitCode
+from contracts.messages import ProvisionerMessage
 from dispatcher.naming import (
     ANNOTATION_MESSAGE,
     ANNOTATION_REPLICA,
@@ -21,10 +22,8 @@ from dispatcher.naming import (
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 SCRATCH_PATH = "/scratch"
-# The runner's documented verdict exit codes (runner_image/exit_codes.py, all but 0). Copied,
-# not imported: the dispatcher's image does not ship the runner package; a test holds the two
-# lists equal.
-RUNNER_VERDICT_EXIT_CODES = (10, 11, 12, 13, 14, 15)
+# The runner's documented verdict exit codes (the contract's ExitCode, all but SUCCESS).
+RUNNER_VERDICT_EXIT_CODES = tuple(int(c) for c in ExitCode if c is not ExitCode.SUCCESS)
 LABEL_VERSION = "app.kubernetes.io/version"
 
 

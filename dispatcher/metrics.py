@@ -33,9 +33,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dispatcher.messages import Action, RejectReason
+from contracts.messages import Action, RejectReason
+from contracts.results import ResultStatus
 from dispatcher.queue import Depths
-from dispatcher.results import ResultStatus
 
 # Runs take seconds (a rejected message) to most of an hour (a reinstall); the last bucket is
 # the default activeDeadlineSeconds.
@@ -50,14 +50,14 @@ JOB_FAILURE_REASONS = ("Error", "BackoffLimitExceeded", "DeadlineExceeded", "OOM
                        "InvalidImageName", "ErrImagePull", "ImagePullBackOff",
                        "ErrImageNeverPull", "ImageInspectError", "Unschedulable",
                        "PendingTimeout", "PodNotCreated", "JobDeleted", "PodFailurePolicy")
-# ResultError.kind vocabulary (dispatcher/results.py); anything else is counted as "other".
+# ResultError.kind vocabulary (contracts/results.py); anything else is counted as "other".
 RESULT_KINDS = ("invalid_message", "unknown_server", "ssh_unreachable", "ssh_auth_failed",
                 "host_key_mismatch", "play_failed", "play_timeout", "provider_error",
                 "cancelled", "job_failed", "image_pull", "config_error", "unschedulable",
                 "deadline_exceeded", "oom_killed", "evicted", "job_deleted", "internal",
                 "other")
 NO_KIND = "none"  # results without an error (succeeded)
-# Message actions (dispatcher/messages.py Action); "other" for Jobs without a known label.
+# Message actions (contracts/messages.py Action); "other" for Jobs without a known label.
 ACTIONS = (*(action.value for action in Action), "other")
 RESULT_STATUSES = (*(status.value for status in ResultStatus), "other")
 # The verbs KubeClient.call counts with their expected codes (0: no response); other codes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from dispatcher.messages import ProvisionerMessage
+from contracts.messages import ProvisionerMessage
 
 LABEL_PREFIX = "infra-service.io"
 LABEL_HANDLE = f"{LABEL_PREFIX}/server-handle"

@@ -21,8 +21,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
-from dispatcher.reporting import REPORTED_TTL_SECONDS
+from contracts.keys import Keys
+from contracts.reporting import REPORTED_TTL_SECONDS
 
 _RELEASE_FN = """
 local function hand_over(inflight, waiting, waiting_index, queue, handle, now)

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from dispatcher.metrics import Metrics
 from dispatcher.queue import QueueStore
 

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dispatcher.messages import MAX_PAYLOAD_BYTES, ProvisionerMessage
-from dispatcher.results import ResultEntry
+from contracts.messages import MAX_PAYLOAD_BYTES, ProvisionerMessage
+from contracts.results import ResultEntry
 
 SCHEMA_DIR = Path(__file__).with_name("json_schemas")
 

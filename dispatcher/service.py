@@ -20,14 +20,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from dispatcher.executors.base import (
-    Executor,
-    JobEnd,
-    LaunchRejected,
-    TransientLaunchError,
-)
-from dispatcher.keys import Keys
-from dispatcher.messages import (
+from contracts.keys import Keys
+from contracts.messages import (
     MAX_PAYLOAD_BYTES,
     Action,
     InvalidMessage,
@@ -35,12 +29,18 @@ from dispatcher.messages import (
     RejectReason,
     parse_message,
 )
+from contracts.reporting import Reported, publish_result, reported
+from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
+from dispatcher.executors.base import (
+    Executor,
+    JobEnd,
+    LaunchRejected,
+    TransientLaunchError,
+)
 from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
 from dispatcher.queue import Acquisition, Claim, QueueStore, Slot
 from dispatcher.redis_errors import is_transient
-from dispatcher.reporting import Reported, publish_result, reported
-from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.settings import DispatcherSettings
 from dispatcher.supervision import Supervisor
 

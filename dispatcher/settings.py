@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.messages import HANDLE_PATTERN
 from dispatcher import k8s_formats
 from dispatcher.k8s_formats import CONFIG_KEY_PATTERN, DNS_SUBDOMAIN_PATTERN
-from dispatcher.messages import HANDLE_PATTERN
 
 
 class ExecutorKind(StrEnum):

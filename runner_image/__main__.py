@@ -2,7 +2,7 @@
 
 ``run`` is what the Kubernetes Job executes: it reads PROVISIONER_MESSAGE and the settings
 from the environment, provisions the server, writes its status and publishes the result.
-The process exit code says how it ended (see exit_codes.py / README.md).
+The process exit code says how it ended (see contracts/exit_codes.py / README.md).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import NoReturn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from dispatcher.connections import RedisSettings, create_redis
-from dispatcher.logs import configure_logging
-from dispatcher.messages import InvalidMessage, ProvisionerMessage, parse_message
-from dispatcher.results import ResultEntry, now
+from contracts.connections import RedisSettings, create_redis
+from contracts.exit_codes import ExitCode
+from contracts.logs import configure_logging
+from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
+from contracts.results import ResultEntry, now
 from runner_image import outcome as out
 from runner_image import redaction
 from runner_image.deadline import RunDeadline
-from runner_image.exit_codes import ExitCode
 from runner_image.settings import (
     SECRET_VARIABLES,
     ConfigError,

@@ -24,8 +24,9 @@ from typing import Any
 import asyncpg
 from pydantic import SecretStr
 
-from dispatcher.messages import Action, ProvisionerMessage
-from dispatcher.results import ResultError, ResultStatus
+from contracts.exit_codes import ExitCode
+from contracts.messages import Action, ProvisionerMessage
+from contracts.results import ResultError, ResultStatus
 from runner_image import outcome as out
 from runner_image.agent import AgentError, SshAgent
 from runner_image.db import (
@@ -38,7 +39,6 @@ from runner_image.db import (
 )
 from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
-from runner_image.exit_codes import ExitCode
 from runner_image.play import (
     PlayOutcome,
     mitogen_strategy_dir,

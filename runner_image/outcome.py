@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dispatcher.results import PlayRecap, ResultError, ResultStatus
+from contracts.exit_codes import ExitCode
+from contracts.results import PlayRecap, ResultError, ResultStatus
 from runner_image.db import ServerStatus
-from runner_image.exit_codes import ExitCode
 
 Details = dict[str, str | int | float | bool | None]
 

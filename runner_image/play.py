@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dispatcher.results import OUTPUT_TAIL_LIMIT, PlayRecap, ResultError
+from contracts.results import OUTPUT_TAIL_LIMIT, PlayRecap, ResultError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dispatcher.keys import Keys
-from dispatcher.messages import Action
-from dispatcher.reporting import publish_result
-from dispatcher.results import Reporter, ResultEntry, ResultError, now
+from contracts.keys import Keys
+from contracts.messages import Action
+from contracts.reporting import publish_result
+from contracts.results import Reporter, ResultEntry, ResultError, now
 from runner_image.db import LockLost, ServerStatus, ServerStore, connect
 from runner_image.job import TRANSIENT_DB_ERRORS, retry
 from runner_image.outcome import Outcome

@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from runner_image.exit_codes import ExitCode
+from contracts.exit_codes import ExitCode
 from runner_image.redaction import Redactor
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import client
 
-from dispatcher.connections import RedisSettings, create_redis
+from contracts.connections import RedisSettings, create_redis
+from contracts.messages import parse_message
 from dispatcher.jobspec import build_job
-from dispatcher.messages import parse_message
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.dispatcher.kube_support import kube
 from tests.dispatcher.support import DispatcherProcess

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dispatcher.connections import RedisSettings, create_redis
+from contracts.connections import RedisSettings, create_redis
 from tests.dispatcher.kube_support import kube
 from tests.dispatcher.support import DispatcherProcess
 from tests.support.services import redis_server

@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dispatcher.connections import RedisSettings, create_redis
+from contracts.connections import RedisSettings, create_redis
 from tests.support.hosts import vps_host
 from tests.support.services import postgres_server, redis_server
 

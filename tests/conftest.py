@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.connections import RedisSettings, create_redis
-from dispatcher.keys import Keys
+from contracts.connections import RedisSettings, create_redis
+from contracts.keys import Keys
 from tests.support.services import PostgresServer, RedisServer, postgres_server, redis_server
 
 

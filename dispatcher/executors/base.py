@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from dispatcher.messages import ProvisionerMessage
+from contracts.messages import ProvisionerMessage
 
 
 @dataclass(frozen=True)

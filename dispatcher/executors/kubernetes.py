@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from contracts.messages import ProvisionerMessage
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import (
@@ -24,7 +25,6 @@ from dispatcher.kube.client import KubeClient
 from dispatcher.kube.creating import JobPayload, create_job
 from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
-from dispatcher.messages import ProvisionerMessage
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST, selector
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from contracts.messages import ProvisionerMessage
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected
 from dispatcher.jobspec import runner_env
-from dispatcher.messages import ProvisionerMessage
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,12 @@ case "$1" in
     rm -rf "$site"/_distutils_hack "$site"/distutils-precedence.pth "$site"/pkg_resources \
            "$site"/pip "$site"/setuptools "$site"/wheel \
            "$VENV"/bin/pip* "$VENV"/bin/activate*
-    compile "$site"/dispatcher "$site"/runner_image
+    # Each image holds contracts plus one deployable; its console script only.
+    for pkg in contracts dispatcher runner_image; do
+      if [ -d "$site/$pkg" ]; then compile "$site/$pkg"; fi
+    done
+    if [ ! -d "$site/dispatcher" ]; then rm -f "$VENV"/bin/infra-dispatcher; fi
+    if [ ! -d "$site/runner_image" ]; then rm -f "$VENV"/bin/infra-runner; fi
     ;;
   *) echo "usage: $0 deps|project" >&2; exit 2 ;;
 esac

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from helm_python.chart import Chart
 
+from contracts.messages import parse_message
 from dispatcher.jobspec import build_job
-from dispatcher.messages import parse_message
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 REPO = Path(__file__).resolve().parents[2]

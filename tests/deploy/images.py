@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 PREFIX = "localhost/infra-service-"
 BASE_IMAGE = "localhost/infra-python-base:bookworm"
 # Build context inputs (mirrors .dockerignore).
-INPUTS = ("pyproject.toml", "README.md", ".dockerignore", "dispatcher", "runner_image",
+INPUTS = ("pyproject.toml", "README.md", ".dockerignore", "contracts", "dispatcher", "runner_image",
           "ansible", "scripts/image")
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 PODMAN_OWN = {"HOME", "TMPDIR", "PATH", "USER", "SHELL", "LANG", "LC_ALL"}

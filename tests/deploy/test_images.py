@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 import redis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from tests.deploy.images import REPO, Image, run
 from tests.support.services import RedisServer
 

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 import redis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from tests.deploy.chart import job_from_chart, render
 from tests.deploy.images import Image, run
 from tests.support.hosts import Host, vps_host

@@ -14,10 +14,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dispatcher.connections import RedisSettings, create_redis
-from dispatcher.messages import parse_message
-from dispatcher.reporting import publish_result
-from dispatcher.results import Reporter, ResultEntry, ResultStatus
+from contracts.connections import RedisSettings, create_redis
+from contracts.messages import parse_message
+from contracts.reporting import publish_result
+from contracts.results import Reporter, ResultEntry, ResultStatus
 
 
 def record(event: str, handle: str, rid: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from tests.support.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]

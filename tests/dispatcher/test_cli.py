@@ -9,7 +9,7 @@ import sys
 
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from tests.dispatcher.support import REPO
 from tests.support.services import RedisServer
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from contracts.messages import parse_message
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
-from dispatcher.messages import parse_message
 from dispatcher.naming import ANNOTATION_MESSAGE, LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
@@ -114,7 +114,7 @@ def test_the_serialised_template_is_the_job_body(body: str) -> None:
 
 
 def test_runner_exit_codes_fail_the_job_through_pod_failure_policy(job: dict) -> None:
-    from runner_image.exit_codes import ExitCode
+    from contracts.exit_codes import ExitCode
 
     spec = job["spec"]
     container = spec["template"]["spec"]["containers"][0]

@@ -26,10 +26,10 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
+from contracts.reporting import publish_result
+from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.naming import LABEL_HANDLE
-from dispatcher.reporting import publish_result
-from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from tests.deploy.chart import RELEASE, render
 from tests.deploy.test_alerts import dashboard_queries
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube

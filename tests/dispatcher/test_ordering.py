@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
+from contracts.reporting import publish_result
+from contracts.results import Reporter, ResultEntry, ResultStatus
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
-from dispatcher.reporting import publish_result
-from dispatcher.results import Reporter, ResultEntry, ResultStatus
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message
 from tests.support.services import RedisServer

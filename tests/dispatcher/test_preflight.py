@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from contracts.keys import Keys
+from contracts.messages import parse_message
 from dispatcher.jobspec import build_job
-from dispatcher.keys import Keys
-from dispatcher.messages import parse_message
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message, wait_until

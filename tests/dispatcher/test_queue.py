@@ -7,8 +7,8 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
-from dispatcher.messages import parse_message
+from contracts.keys import Keys
+from contracts.messages import parse_message
 from dispatcher.naming import job_name_for
 from dispatcher.queue import Claim, QueueStore
 

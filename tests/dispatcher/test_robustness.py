@@ -16,8 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from dispatcher.connections import RedisSettings, create_redis
-from dispatcher.keys import Keys
+from contracts.connections import RedisSettings, create_redis
+from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import (

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import jsonschema
 import pytest
 
-from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
+from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.schemas import SCHEMA_DIR, SCHEMAS, render
 
 

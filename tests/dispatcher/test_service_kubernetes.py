@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
 
+from contracts.keys import Keys
+from contracts.messages import parse_message
+from contracts.reporting import publish_result
+from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.jobspec import build_job
-from dispatcher.keys import Keys
-from dispatcher.messages import parse_message
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
-from dispatcher.reporting import publish_result
-from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.connections import RedisSettings, create_redis
-from dispatcher.keys import Keys
+from contracts.connections import RedisSettings, create_redis
+from contracts.keys import Keys
 from tests.dispatcher.support import (
     DispatcherProcess,
     fake_runs,

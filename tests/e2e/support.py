@@ -15,7 +15,7 @@ import asyncpg
 import kubernetes.client
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from tests.dispatcher.kube_support import NAMESPACE, Kube
 from tests.dispatcher.support import DispatcherProcess, results, wait_until
 from tests.e2e.node_agent import NodeAgent

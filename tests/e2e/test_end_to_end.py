@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from tests.dispatcher.kube_support import NAMESPACE
 from tests.dispatcher.support import DispatcherProcess, message, metric_value
 from tests.e2e.node_agent import ContainerRun

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from dispatcher.naming import (
     ANNOTATION_MESSAGE,
     ANNOTATION_REPLICA,

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from tests.support.keys import Keypair, make_keypair
 from tests.support.provider_api import ProviderApi, provider_api
 from tests.support.services import PostgresServer, RedisServer

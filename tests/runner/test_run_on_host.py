@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from dispatcher.results import ResultEntry
+from contracts.results import ResultEntry
 from tests.runner.conftest import (
     Keypair,
     Runner,

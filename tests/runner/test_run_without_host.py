@@ -15,7 +15,7 @@ import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 
-from dispatcher.results import ResultEntry
+from contracts.results import ResultEntry
 from tests.runner.conftest import Runner, message, result_for, server_row, unique_handle
 from tests.support.services import free_port
 

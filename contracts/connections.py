@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
-from dispatcher.results import ResultEntry
+from contracts.keys import Keys
+from contracts.results import ResultEntry
 
 # The marker and the push happen in one script, so a crash can never leave a marker
 # without a result, and two reporters (runner and dispatcher) never both push.

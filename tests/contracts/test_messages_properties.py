@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.messages import (
+from contracts.messages import (
     MAX_PAYLOAD_BYTES,
     InvalidMessage,
     ProvisionerMessage,

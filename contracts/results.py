@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from dispatcher.messages import Action
+from contracts.messages import Action
 
 SCHEMA_VERSION = 1
 OUTPUT_TAIL_LIMIT = 4000

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
-from dispatcher.keys import Keys
-from dispatcher.reporting import Reported, parse_marker, publish_result, reported
-from dispatcher.results import Reporter, ResultEntry, ResultError, ResultStatus
+from contracts.keys import Keys
+from contracts.reporting import Reported, parse_marker, publish_result, reported
+from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 
 
 async def test_the_marker_carries_status_and_kind_and_only_the_first_wins(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dispatcher.messages import MAX_PAYLOAD_BYTES, Action, InvalidMessage, parse_message
+from contracts.messages import MAX_PAYLOAD_BYTES, Action, InvalidMessage, parse_message
 
 INVALID = [
     (b"not json", "not_json", None),

@@ -1,4 +1,7 @@
-"""Process exit codes of the runner (documented in README.md)."""
+"""Process exit codes of the runner (documented in README.md).
+
+A contract: the dispatcher's podFailurePolicy fails a Job at once on every code but SUCCESS.
+"""
 
 from __future__ import annotations
 
