@@ -31,16 +31,53 @@ class Reporter(StrEnum):
     DISPATCHER = "dispatcher"
 
 
+class ErrorKind(StrEnum):
+    """Machine-readable class of a failed result: what the Scheduler acts on.
+
+    Either side: invalid_message (the message failed validation; status rejected),
+    config_error (the runner's configuration, or a Secret key its pod lacks),
+    deadline_exceeded (the Job's deadline, or a runner phase reaching it).
+    Runner: unknown_server (no row for the handle), server_busy (another run holds the
+    server's row lock), database_unavailable (PostgreSQL unreachable), provider_error (the
+    provider API failed the reinstall), ssh_unreachable (no SSH answer, or Ansible found the
+    host unreachable), ssh_auth_failed (the login was refused), host_key_mismatch (the host
+    key differs from the recorded one), deploy_key_failed (installing the SSH keys failed),
+    play_failed (an Ansible task failed: task, host, output tail), play_timeout (the plays ran
+    past their budget), cancelled (the run was stopped), lock_lost (the row lock was lost
+    during the run), internal (a bug; the message names the exception).
+    Dispatcher, for a Job that ended without the runner's result: job_failed (the pod
+    failed), image_pull (the runner image could not be pulled), unschedulable (no node took
+    the pod in time), oom_killed, evicted, job_deleted.
+    """
+
+    INVALID_MESSAGE = "invalid_message"
+    CONFIG_ERROR = "config_error"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNKNOWN_SERVER = "unknown_server"
+    SERVER_BUSY = "server_busy"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    PROVIDER_ERROR = "provider_error"
+    SSH_UNREACHABLE = "ssh_unreachable"
+    SSH_AUTH_FAILED = "ssh_auth_failed"
+    HOST_KEY_MISMATCH = "host_key_mismatch"
+    DEPLOY_KEY_FAILED = "deploy_key_failed"
+    PLAY_FAILED = "play_failed"
+    PLAY_TIMEOUT = "play_timeout"
+    CANCELLED = "cancelled"
+    LOCK_LOST = "lock_lost"
+    INTERNAL = "internal"
+    JOB_FAILED = "job_failed"
+    IMAGE_PULL = "image_pull"
+    UNSCHEDULABLE = "unschedulable"
+    OOM_KILLED = "oom_killed"
+    EVICTED = "evicted"
+    JOB_DELETED = "job_deleted"
+
+
 class ResultError(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(
-        description="Machine-readable class: invalid_message, unknown_server, ssh_unreachable, "
-        "host_key_mismatch, play_failed, play_timeout, provider_error, cancelled, "
-        "job_failed, image_pull, config_error, unschedulable, deadline_exceeded, "
-        "oom_killed, evicted, job_deleted, lock_lost, internal (deadline_exceeded: also the "
-        "runner's own, when a phase reached the Job's deadline)"
-    )
+    kind: ErrorKind = Field(description="Machine-readable class of the failure")
     message: str = Field(description="What failed and what to do about it (no secret values)")
     task: str | None = Field(default=None, description="Ansible task that failed")
     host: str | None = Field(default=None, description="Ansible host the task failed on")

@@ -34,7 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from contracts.messages import Action, RejectReason
-from contracts.results import ResultStatus
+from contracts.results import ErrorKind, ResultStatus
+from dispatcher.failures import JobEndReason
 from dispatcher.queue import Depths
 
 # Runs take seconds (a rejected message) to most of an hour (a reinstall); the last bucket is
@@ -45,17 +46,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 # Label values known in advance (initialised at zero). Others still appear when they occur.
 DEAD_LETTER_REASONS = tuple(reason.value for reason in RejectReason)
-JOB_FAILURE_REASONS = ("Error", "BackoffLimitExceeded", "DeadlineExceeded", "OOMKilled",
-                       "Evicted", "CreateContainerConfigError", "CreateContainerError",
-                       "InvalidImageName", "ErrImagePull", "ImagePullBackOff",
-                       "ErrImageNeverPull", "ImageInspectError", "Unschedulable",
-                       "PendingTimeout", "PodNotCreated", "JobDeleted", "PodFailurePolicy")
-# ResultError.kind vocabulary (contracts/results.py); anything else is counted as "other".
-RESULT_KINDS = ("invalid_message", "unknown_server", "ssh_unreachable", "ssh_auth_failed",
-                "host_key_mismatch", "play_failed", "play_timeout", "provider_error",
-                "cancelled", "job_failed", "image_pull", "config_error", "unschedulable",
-                "deadline_exceeded", "oom_killed", "evicted", "job_deleted", "internal",
-                "other")
+JOB_FAILURE_REASONS = tuple(reason.value for reason in JobEndReason
+                            if reason is not JobEndReason.COMPLETED)
+# ResultError.kind vocabulary (contracts/results.py ErrorKind); anything else (a marker
+# written by an older runner) is counted as "other".
+RESULT_KINDS = (*(kind.value for kind in ErrorKind), "other")
 NO_KIND = "none"  # results without an error (succeeded)
 # Message actions (contracts/messages.py Action); "other" for Jobs without a known label.
 ACTIONS = (*(action.value for action in Action), "other")

@@ -23,20 +23,19 @@ from redis.exceptions import RedisError
 from contracts.keys import Keys
 from contracts.messages import (
     MAX_PAYLOAD_BYTES,
-    Action,
     InvalidMessage,
     ProvisionerMessage,
     RejectReason,
     parse_message,
 )
 from contracts.reporting import Reported, publish_result, reported
-from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.executors.base import (
     Executor,
     JobEnd,
     LaunchRejected,
     TransientLaunchError,
 )
+from dispatcher.failures import failure_result, rejection_result
 from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
 from dispatcher.queue import Acquisition, Claim, QueueStore, Slot
@@ -47,16 +46,6 @@ from dispatcher.supervision import Supervisor
 log = logging.getLogger("dispatcher")
 T = TypeVar("T")
 
-# Kubernetes reasons -> result error kinds the Scheduler can act on.
-ERROR_KINDS = {
-    "DeadlineExceeded": "deadline_exceeded", "OOMKilled": "oom_killed", "Evicted": "evicted",
-    "ErrImagePull": "image_pull", "ImagePullBackOff": "image_pull",
-    "InvalidImageName": "image_pull", "ErrImageNeverPull": "image_pull",
-    "ImageInspectError": "image_pull", "CreateContainerConfigError": "config_error",
-    "CreateContainerError": "config_error", "Unschedulable": "unschedulable",
-    "PendingTimeout": "unschedulable", "PodNotCreated": "unschedulable",
-    "JobDeleted": "job_deleted",
-}
 BLOCK_SECONDS = 5.0
 CLAIM_BATCH_FACTOR = 8
 # Dead-letter entries of oversize payloads keep this much of it (plus its size).
@@ -429,13 +418,7 @@ class Dispatcher:
         }
         result = None
         if (handle or rid) and invalid.reason is not RejectReason.DUPLICATE:
-            result = ResultEntry(
-                request_id=rid, server_handle=handle,
-                action=message.action if message else None,
-                status=ResultStatus.REJECTED, reported_by=Reporter.DISPATCHER,
-                finished_at=datetime.now(UTC),
-                error=ResultError(kind="invalid_message", message=str(invalid)),
-            ).to_json()
+            result = rejection_result(invalid, message, handle, rid).to_json()
         plain = await self._redis(lambda: self.store.dead_letter(raw, entry, result, rid, handle,
                                                                 holder=holder))
         reason = invalid.reason if plain else RejectReason.DUPLICATE
@@ -462,7 +445,7 @@ class Dispatcher:
             await self._stop(end, ctx)
         marker = await self._redis(lambda: reported(self.redis, self.keys, end.request_id))
         if marker is None:
-            entry = self._failure_result(end)
+            entry = failure_result(end)
             if await self._redis(lambda: publish_result(self.redis, self.keys, entry)):
                 log.warning("Job ended without a runner result: failure reported",
                             extra={**ctx, "reason": end.reason, "detail": end.message})
@@ -506,24 +489,6 @@ class Dispatcher:
         except Exception as exc:
             log.warning("could not record the failure as a Kubernetes Event",
                         extra={**ctx, "error": str(exc)})
-
-    def _failure_result(self, end: JobEnd) -> ResultEntry:
-        now = datetime.now(UTC)
-        status = ResultStatus.FAILED
-        if end.reason == "DeadlineExceeded":
-            status = ResultStatus.TIMED_OUT
-        message = end.message
-        if end.succeeded:
-            message = "the runner exited successfully without publishing a result"
-        kind = ERROR_KINDS.get(end.reason, "job_failed")
-        action = Action(end.action) if end.action in {a.value for a in Action} else None
-        return ResultEntry(
-            request_id=end.request_id, server_handle=end.server_handle, action=action,
-            status=status, reported_by=Reporter.DISPATCHER, job_name=end.job_name,
-            started_at=end.started_at, finished_at=now,
-            duration_seconds=(now - end.started_at).total_seconds() if end.started_at else None,
-            error=ResultError(kind=kind, message=f"{end.reason}: {message}"),
-        )
 
     # -- background duties -------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

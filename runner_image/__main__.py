@@ -25,7 +25,7 @@ from contracts.connections import RedisSettings, create_redis
 from contracts.exit_codes import ExitCode
 from contracts.logs import configure_logging
 from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
-from contracts.results import ResultEntry, now
+from contracts.results import ErrorKind, ResultEntry, now
 from runner_image import outcome as out
 from runner_image import redaction
 from runner_image.deadline import RunDeadline
@@ -191,7 +191,7 @@ async def _run() -> int:
     except InvalidMessage as exc:
         context.update(server_handle=exc.server_handle, request_id=exc.request_id)
         log.error("invalid message", extra={"reason": exc.reason, "error": exc.detail})
-        return await report_only(out.rejected("invalid_message", exc.detail), None,
+        return await report_only(out.rejected(ErrorKind.INVALID_MESSAGE, exc.detail), None,
                                  exc.request_id, exc.server_handle)
     message = message.with_identity()
     context.update(server_handle=message.server_handle, request_id=message.request_id)
@@ -206,7 +206,7 @@ async def _run() -> int:
         scrub_secret_environment()
         text = "; ".join(problems)
         log.error("configuration error", extra={"error": text})
-        return await report_only(out.rejected("config_error", f"configuration: {text}"),
+        return await report_only(out.rejected(ErrorKind.CONFIG_ERROR, f"configuration: {text}"),
                                  message, message.request_id, message.server_handle)
     settings = loaded[RunnerSettings]
     db_settings = loaded[DatabaseSettings]
@@ -218,7 +218,7 @@ async def _run() -> int:
     problem = settings.deadline_problem(message.force_reinstall)
     if problem:
         log.error("configuration error", extra={"error": problem})
-        return await report_only(out.rejected("config_error", f"configuration: {problem}"),
+        return await report_only(out.rejected(ErrorKind.CONFIG_ERROR, f"configuration: {problem}"),
                                  message, message.request_id, message.server_handle)
     deadline = RunDeadline.start(settings.job_active_deadline_seconds,
                                  settings.report_reserve_seconds)
@@ -264,13 +264,13 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
         try:
             store = await store_cm.__aenter__()
         except Exception as exc:
-            outcome = out.failed("database_unavailable",
+            outcome = out.failed(ErrorKind.DATABASE_UNAVAILABLE,
                                  f"cannot reach the database at DATABASE_URL: {exc}",
                                  server_status=None)
         key_problem = await key_check
         if key_problem:
             log.error("configuration error", extra={"error": key_problem})
-            outcome = out.rejected("config_error", f"configuration: {key_problem}")
+            outcome = out.rejected(ErrorKind.CONFIG_ERROR, f"configuration: {key_problem}")
         elif store is not None:
             job = Job(ctx, store)
             job_task = asyncio.create_task(job.execute())
@@ -280,7 +280,8 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
                 outcome = job._cancelled("before the run started")
             except Exception as exc:
                 log.exception("run failed unexpectedly")
-                outcome = out.failed("internal", f"unexpected error: {type(exc).__name__}: {exc}")
+                outcome = out.failed(ErrorKind.INTERNAL,
+                                     f"unexpected error: {type(exc).__name__}: {exc}")
             claimed = job.claimed
         from runner_image.report import build_entry, write_status
 

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from contracts.exit_codes import ExitCode
 from contracts.messages import Action, ProvisionerMessage
-from contracts.results import ResultError, ResultStatus
+from contracts.results import ErrorKind, ResultError, ResultStatus
 from runner_image import outcome as out
 from runner_image.agent import AgentError, SshAgent
 from runner_image.db import (
@@ -41,6 +41,7 @@ from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
 from runner_image.play import (
     PlayOutcome,
+    PlayStatus,
     mitogen_strategy_dir,
     prepare_environment,
     run_playbooks,
@@ -48,7 +49,7 @@ from runner_image.play import (
 from runner_image.reaping import stop_leftovers
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
-from runner_image.ssh import SshClient, SshError, SshTarget
+from runner_image.ssh import SshClient, SshError, SshErrorKind, SshTarget
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,14 @@ class Job:
             if not self.claimed:
                 outcome.server_status = None
         except LockLost as exc:
-            outcome = out.failed("lock_lost", str(exc), server_status=None)
+            outcome = out.failed(ErrorKind.LOCK_LOST, str(exc), server_status=None)
         outcome.details = {**self.details, **outcome.details}
         if outcome.ssh_port is None and self.connect_port is not None:
             outcome.ssh_port, outcome.ssh_port_changed = self.connect_port, False
         return outcome
 
     def _cancelled(self, where: str) -> out.Outcome:
-        outcome = out.failed("cancelled", f"the run was cancelled (SIGTERM) {where}")
+        outcome = out.failed(ErrorKind.CANCELLED, f"the run was cancelled (SIGTERM) {where}")
         outcome.exit_code = ExitCode.CANCELLED
         if not self.claimed:
             outcome.server_status = None
@@ -133,10 +134,10 @@ class Job:
                 raise DeadlineReached("the wait for the server's lock",
                                       f"{exc}; {self.deadline.exhausted('the lock wait')}"
                                       ) from None
-            return out.failed("server_busy", str(exc), server_status=None)
+            return out.failed(ErrorKind.SERVER_BUSY, str(exc), server_status=None)
         server = await self.store.load(self.handle)
         if server is None:
-            return out.failed("unknown_server",
+            return out.failed(ErrorKind.UNKNOWN_SERVER,
                               f"server {self.handle} is not in the servers table; register it "
                               "first (python -m runner_image register-server)", server_status=None)
         problem = self._check_server(server)
@@ -147,9 +148,9 @@ class Job:
             try:
                 password = await self.store.root_password(self.handle)
             except MissingCredentialsKey as exc:
-                return out.rejected("config_error", str(exc))
+                return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
             except asyncpg.PostgresError:
-                return out.rejected("config_error",
+                return out.rejected(ErrorKind.CONFIG_ERROR,
                                     f"the root password of {self.handle} cannot be decrypted with "
                                     "CREDENTIALS_KEY; set the key it was stored with")
             if password is not None:
@@ -157,7 +158,7 @@ class Job:
         try:
             scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
         except OSError as exc:
-            return out.rejected("config_error", f"RUNNER_SCRATCH_DIR is not a writable "
+            return out.rejected(ErrorKind.CONFIG_ERROR, f"RUNNER_SCRATCH_DIR is not a writable "
                                 f"directory: {exc.strerror}")
         agent: SshAgent | None = None
         client: SshClient | None = None
@@ -165,7 +166,7 @@ class Job:
             try:
                 agent = await SshAgent.start(scratch / "agent.sock", self.settings.ssh_private_key)
             except AgentError as exc:
-                return out.rejected("config_error", str(exc))
+                return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
             self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
                                                   _START_STATUS[message.action])
             log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
@@ -190,26 +191,28 @@ class Job:
             try:
                 mitogen_strategy_dir()
             except ImportError as exc:
-                return out.rejected("config_error", f"PLAY_MITOGEN is true but Mitogen cannot "
-                                    f"be imported ({exc}); install the runner's dependencies "
-                                    "or set PLAY_MITOGEN=false")
+                return out.rejected(ErrorKind.CONFIG_ERROR,
+                                    f"PLAY_MITOGEN is true but Mitogen cannot be imported "
+                                    f"({exc}); install the runner's dependencies or set "
+                                    "PLAY_MITOGEN=false")
         for playbook in self.settings.playbooks_for(self.ctx.message.is_recovery):
             if not playbook.is_file():
-                return out.rejected("config_error", f"playbook {playbook} does not exist; check "
+                return out.rejected(ErrorKind.CONFIG_ERROR,
+                                    f"playbook {playbook} does not exist; check "
                                     "PLAY_PROJECT_DIR / SETUP_PLAYBOOK / RECOVERY_PLAYBOOKS")
         if self.ctx.message.force_reinstall:
             missing = [name for name, value in (
                 ("PROVIDER_API_USERNAME", self.settings.provider_api_username),
                 ("PROVIDER_API_PASSWORD", self.settings.provider_api_password)) if value is None]
             if missing:
-                return out.rejected("config_error",
+                return out.rejected(ErrorKind.CONFIG_ERROR,
                                     f"force_reinstall needs {' and '.join(missing)}")
         return None
 
     def _check_server(self, server: ServerRecord) -> out.Outcome | None:
         """Problems with the server's row, read with its lock held."""
         if self.ctx.message.force_reinstall and not server.provider_server_id:
-            return out.rejected("config_error",
+            return out.rejected(ErrorKind.CONFIG_ERROR,
                                 f"server {self.handle} has no provider_server_id; "
                                 "set it with register-server --provider-server-id")
         return None
@@ -267,7 +270,7 @@ class Job:
                                         limit=s.provider_task_timeout, context={})
         except ProviderError as exc:
             log.error("provider error", extra={"error": exc.message})
-            return out.failed("provider_error", self.ctx.redact(exc.message))
+            return out.failed(ErrorKind.PROVIDER_ERROR, self.ctx.redact(exc.message))
         return None
 
     async def _wait_for_ssh_after_reinstall(self, client: SshClient,
@@ -295,7 +298,7 @@ class Job:
                         raise DeadlineReached(phase, f"{self.deadline.exhausted(phase)}; last "
                                               f"SSH error: {exc.message}") from None
                     return out.unreachable(
-                        "ssh_unreachable",
+                        ErrorKind.SSH_UNREACHABLE,
                         f"SSH did not come back within REINSTALL_SSH_TIMEOUT="
                         f"{self.settings.reinstall_ssh_timeout:g}s after the reinstall: "
                         f"{exc.message}")
@@ -320,11 +323,11 @@ class Job:
                 last = exc
                 log.warning("ssh attempt failed", extra={"attempt": attempt, "kind": exc.kind,
                                                           "error": exc.message})
-                if exc.kind == "host_key":
-                    return out.failed("host_key_mismatch", exc.message)
-                if exc.kind == "auth":
+                if exc.kind is SshErrorKind.HOST_KEY:
+                    return out.failed(ErrorKind.HOST_KEY_MISMATCH, exc.message)
+                if exc.kind is SshErrorKind.AUTH:
                     # Repeating a refused login cannot succeed and may trip lockouts.
-                    return out.unreachable("ssh_auth_failed", exc.message)
+                    return out.unreachable(ErrorKind.SSH_AUTH_FAILED, exc.message)
                 if attempt < s.ssh_attempts:
                     pause = s.ssh_backoff_base * 2 ** (attempt - 1)
                     if self.deadline.left() <= pause:
@@ -337,7 +340,7 @@ class Job:
                                                 "auth_method": result.auth_method})
             return None
         assert last is not None
-        return out.unreachable("ssh_unreachable",
+        return out.unreachable(ErrorKind.SSH_UNREACHABLE,
                                f"{last.message} (after {s.ssh_attempts} attempts)")
 
     async def _install_keys(self, client: SshClient, server: ServerRecord,
@@ -354,7 +357,7 @@ class Job:
                 result = await client.run(f"{sudo}sh -s -- {user}", stdin=install_script(keys),
                                           limit=self.deadline.cap(self.settings.ssh_command_timeout))
             except SshError as exc:
-                return out.failed("deploy_key_failed",
+                return out.failed(ErrorKind.DEPLOY_KEY_FAILED,
                                   f"installing SSH keys for user {user} failed: {exc.message}")
             changed = changed or "authorized_keys changed" in result.stdout
         self.details["deploy_key_changed"] = changed
@@ -398,10 +401,10 @@ class Job:
         self.details["play_seconds"] = round(played.duration, 3)
         self.details.update(played.details)
         outcome = _from_play(played)
-        if by_deadline and played.status == "timeout" and outcome.error is not None:
-            outcome.error.kind = "deadline_exceeded"
+        if by_deadline and played.status is PlayStatus.TIMEOUT and outcome.error is not None:
+            outcome.error.kind = ErrorKind.DEADLINE_EXCEEDED
         outcome.recap = played.recap
-        if played.status == "successful":
+        if played.status is PlayStatus.SUCCESSFUL:
             port = connect_port_from(played.stats, server.ssh_port)
             outcome.ssh_port, outcome.ssh_port_changed = port, port != server.ssh_port
             if port != server.ssh_port:
@@ -425,15 +428,16 @@ def connect_port_from(stats: dict[str, Any], current: int) -> int:
 
 
 def _from_play(played: PlayOutcome) -> out.Outcome:
-    error = played.error or ResultError(kind="internal", message="play ended without detail")
-    if played.status == "successful":
+    error = played.error or ResultError(kind=ErrorKind.INTERNAL,
+                                        message="play ended without detail")
+    if played.status is PlayStatus.SUCCESSFUL:
         return out.succeeded(played.recap, {})
-    if played.status == "unreachable":
+    if played.status is PlayStatus.UNREACHABLE:
         return out.Outcome(ResultStatus.UNREACHABLE, ExitCode.UNREACHABLE,
                            ServerStatus.UNREACHABLE, error)
-    if played.status == "timeout":
+    if played.status is PlayStatus.TIMEOUT:
         return out.Outcome(ResultStatus.TIMED_OUT, ExitCode.TIMED_OUT, ServerStatus.FAILED, error)
-    if played.status == "canceled":
+    if played.status is PlayStatus.CANCELED:
         return out.Outcome(ResultStatus.FAILED, ExitCode.CANCELLED, ServerStatus.FAILED, error)
     return out.Outcome(ResultStatus.FAILED, ExitCode.FAILED, ServerStatus.FAILED, error)
 

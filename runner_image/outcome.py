@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from contracts.exit_codes import ExitCode
-from contracts.results import PlayRecap, ResultError, ResultStatus
+from contracts.results import ErrorKind, PlayRecap, ResultError, ResultStatus
 from runner_image.db import ServerStatus
 
 Details = dict[str, str | int | float | bool | None]
@@ -34,19 +34,19 @@ def succeeded(recap: PlayRecap, details: Details) -> Outcome:
                    details)
 
 
-def failed(kind: str, message: str, *, server_status: ServerStatus | None = ServerStatus.FAILED,
-           **extra: object) -> Outcome:
+def failed(kind: ErrorKind, message: str, *,
+           server_status: ServerStatus | None = ServerStatus.FAILED, **extra: object) -> Outcome:
     return Outcome(ResultStatus.FAILED, ExitCode.FAILED, server_status,
                    ResultError(kind=kind, message=message, **extra))  # type: ignore[arg-type]
 
 
-def rejected(kind: str, message: str) -> Outcome:
+def rejected(kind: ErrorKind, message: str) -> Outcome:
     """Nothing was touched: input or configuration is wrong."""
     return Outcome(ResultStatus.REJECTED, ExitCode.REJECTED, None,
                    ResultError(kind=kind, message=message))
 
 
-def unreachable(kind: str, message: str) -> Outcome:
+def unreachable(kind: ErrorKind, message: str) -> Outcome:
     return Outcome(ResultStatus.UNREACHABLE, ExitCode.UNREACHABLE, ServerStatus.UNREACHABLE,
                    ResultError(kind=kind, message=message))
 
@@ -54,4 +54,4 @@ def unreachable(kind: str, message: str) -> Outcome:
 def deadline_exceeded(message: str) -> Outcome:
     """The run's single deadline (the Job's activeDeadlineSeconds) left no time for a phase."""
     return Outcome(ResultStatus.TIMED_OUT, ExitCode.TIMED_OUT, ServerStatus.FAILED,
-                   ResultError(kind="deadline_exceeded", message=message))
+                   ResultError(kind=ErrorKind.DEADLINE_EXCEEDED, message=message))

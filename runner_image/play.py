@@ -32,10 +32,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from contracts.results import OUTPUT_TAIL_LIMIT, PlayRecap, ResultError
+from contracts.results import OUTPUT_TAIL_LIMIT, ErrorKind, PlayRecap, ResultError
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,19 @@ _STAT_KEYS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "u
               "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
 
 
+class PlayStatus(StrEnum):
+    """How the plays ended (ansible-runner's words, plus unreachable from the events)."""
+
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    CANCELED = "canceled"
+
+
 @dataclass
 class PlayOutcome:
-    """status: successful | failed | unreachable | timeout | canceled."""
-
-    status: str
+    status: PlayStatus
     recap: PlayRecap = field(default_factory=PlayRecap)
     error: ResultError | None = None
     duration: float = 0.0
@@ -96,10 +105,10 @@ class _EventSink:
             log.info("ansible event", extra={**self.context,
                                              **{k: v for k, v in fields.items() if v is not None}})
         if kind == "runner_on_failed" and not data.get("ignore_errors") and self.failure is None:
-            self.failure = self._error("play_failed", data)
+            self.failure = self._error(ErrorKind.PLAY_FAILED, data)
         elif kind == "runner_on_unreachable" and self.failure is None:
             self.unreachable = True
-            self.failure = self._error("ssh_unreachable", data)
+            self.failure = self._error(ErrorKind.SSH_UNREACHABLE, data)
         elif kind == "playbook_on_stats":
             self.stats = data
             artifact = data.get("artifact_data") or {}
@@ -110,7 +119,7 @@ class _EventSink:
                     self.details[str(key)] = self.redact(value) if isinstance(value, str) else value
         return False  # everything needed is kept here; don't write event files to disk
 
-    def _error(self, kind: str, data: dict[str, Any]) -> ResultError:
+    def _error(self, kind: ErrorKind, data: dict[str, Any]) -> ResultError:
         res = data.get("res") if isinstance(data.get("res"), dict) else {}
         assert isinstance(res, dict)
         parts = [res.get(k) for k in ("module_stderr", "stderr", "module_stdout", "stdout")]
@@ -333,34 +342,37 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
         if status == "successful":
             continue
         if status == "canceled" or cancelled.is_set():
-            return PlayOutcome("canceled", total, ResultError(
-                kind="cancelled", message=f"the run was cancelled (SIGTERM) during {playbook.name}",
+            return PlayOutcome(PlayStatus.CANCELED, total, ResultError(
+                kind=ErrorKind.CANCELLED,
+                message=f"the run was cancelled (SIGTERM) during {playbook.name}",
                 task=None, host=None), elapsed, details, stats)
         if status == "timeout":
-            return PlayOutcome("timeout", total, _timeout_error(budget, budget_source, playbook),
+            return PlayOutcome(PlayStatus.TIMEOUT, total,
+                               _timeout_error(budget, budget_source, playbook),
                                elapsed, details, stats)
         if sink.failure is None:
             tail = mask_then_cut(result.output, redact)
-            error = ResultError(kind="play_failed",
+            error = ResultError(kind=ErrorKind.PLAY_FAILED,
                                 message=f"{playbook.name} failed (rc={result.rc}) before any task "
                                         "failed; see output_tail", return_code=result.rc,
                                 output_tail=tail or None)
-            return PlayOutcome("failed", total, error, elapsed, details, stats)
-        return PlayOutcome("unreachable" if sink.unreachable else "failed", total, sink.failure,
-                           elapsed, details, stats)
+            return PlayOutcome(PlayStatus.FAILED, total, error, elapsed, details, stats)
+        return PlayOutcome(PlayStatus.UNREACHABLE if sink.unreachable else PlayStatus.FAILED,
+                           total, sink.failure, elapsed, details, stats)
     else:
-        return PlayOutcome("successful", total, None, time.monotonic() - started, details, stats)
+        return PlayOutcome(PlayStatus.SUCCESSFUL, total, None, time.monotonic() - started,
+                           details, stats)
     elapsed = time.monotonic() - started
     if cancelled.is_set():
-        return PlayOutcome("canceled", total, ResultError(
-            kind="cancelled", message="the run was cancelled (SIGTERM) between plays"),
+        return PlayOutcome(PlayStatus.CANCELED, total, ResultError(
+            kind=ErrorKind.CANCELLED, message="the run was cancelled (SIGTERM) between plays"),
             elapsed, details, stats)
-    return PlayOutcome("timeout", total, _timeout_error(budget, budget_source, playbook),
+    return PlayOutcome(PlayStatus.TIMEOUT, total, _timeout_error(budget, budget_source, playbook),
                        elapsed, details, stats)
 
 
 def _timeout_error(budget: float, source: str, playbook: Path) -> ResultError:
-    return ResultError(kind="play_timeout",
+    return ResultError(kind=ErrorKind.PLAY_TIMEOUT,
                        message=f"{playbook.name} did not finish within the plays' budget of "
                                f"{budget:g}s ({source}); the play was stopped")
 

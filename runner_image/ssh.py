@@ -17,15 +17,23 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import SecretStr
 
 
-class SshError(Exception):
-    """``kind`` is one of: unreachable, auth, host_key."""
+class SshErrorKind(StrEnum):
+    """How an ssh invocation failed; the run maps each to a result kind and a retry choice."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    UNREACHABLE = "unreachable"  # no answer, refused, timed out: worth another attempt
+    AUTH = "auth"  # the login was refused: repeating it cannot succeed
+    HOST_KEY = "host_key"  # the host key differs from the recorded one
+    COMMAND = "command"  # connected, but the remote command failed
+
+
+class SshError(Exception):
+    def __init__(self, kind: SshErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -128,7 +136,7 @@ class SshClient:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-            raise SshError("unreachable", f"no SSH answer within {limit:g}s") from None
+            raise SshError(SshErrorKind.UNREACHABLE, f"no SSH answer within {limit:g}s") from None
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -172,7 +180,7 @@ def _classify(rc: int, stderr: str, with_password: bool, target: SshTarget) -> S
     changed = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed")
     if any(marker in stderr for marker in changed):
         return SshError(
-            "host_key",
+            SshErrorKind.HOST_KEY,
             f"the SSH host key of {where} differs from the recorded one; if the server was "
             "reinstalled, run with force_reinstall or clear its host key "
             "(register-server --forget-host-key), otherwise treat it as a possible attack",
@@ -182,10 +190,11 @@ def _classify(rc: int, stderr: str, with_password: bool, target: SshTarget) -> S
         tried = ("the provisioner key and the root password" if with_password
                  else "the provisioner key")
         return SshError(
-            "auth",
+            SshErrorKind.AUTH,
             f"SSH login to {where} was refused ({tried} tried); check the credentials in the "
             "servers table and SSH_PRIVATE_KEY",
         )
     if rc == 255 or (with_password and rc in (1, 2, 3, 4, 6)):
-        return SshError("unreachable", f"ssh to {where}: {_last_error_line(stderr)}")
-    return SshError("command", f"remote command failed with {rc}: {_last_error_line(stderr)}")
+        return SshError(SshErrorKind.UNREACHABLE, f"ssh to {where}: {_last_error_line(stderr)}")
+    return SshError(SshErrorKind.COMMAND,
+                    f"remote command failed with {rc}: {_last_error_line(stderr)}")

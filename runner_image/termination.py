@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from contracts.exit_codes import ExitCode
+from contracts.results import ErrorKind
 from runner_image.redaction import Redactor
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 PATH_VARIABLE = "TERMINATION_MESSAGE_PATH"
 COULD_NOT_REPORT = int(ExitCode.COULD_NOT_REPORT)
+# The message's kind when no result reached Redis: not a result kind, as there is no result.
+COULD_NOT_REPORT_KIND = "could_not_report"
 # Bytes, UTF-8 encoded. Kubernetes truncates at 4096; a reason an SRE reads fits far less.
 MAX_MESSAGE_BYTES = 1024
 ELLIPSIS = "..."
@@ -76,16 +79,16 @@ def configured_path() -> Path | None:
     return DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.is_file() else None
 
 
-def write_for_outcome(error_kind: str | None, error_message: str | None, exit_code: int,
+def write_for_outcome(error_kind: ErrorKind | None, error_message: str | None, exit_code: int,
                       redact: Redactor, path: Path | None = None) -> bool:
     """The message for a run that did not succeed; nothing for a success (the kubelet then
     shows no message, which is what a success needs)."""
     target = path or configured_path()
     if exit_code == 0 or target is None:
         return False
-    kind = error_kind or "internal"
+    kind: str = error_kind or ErrorKind.INTERNAL
     summary = error_message or f"the runner exited with code {exit_code}"
     if exit_code == COULD_NOT_REPORT:
-        kind, summary = "could_not_report", f"no result was published; the run ended with " \
+        kind, summary = COULD_NOT_REPORT_KIND, f"no result was published; the run ended with " \
             f"{error_kind or 'no error'}: {summary}"
     return write_termination_message(target, kind, summary, redact)
