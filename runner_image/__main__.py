@@ -277,7 +277,7 @@ async def _run_job(message: ProvisionerMessage, settings: RunnerSettings,
             try:
                 outcome = await job_task
             except asyncio.CancelledError:
-                outcome = job._cancelled("before the run started")
+                outcome = job.cancelled("before the run started")
             except Exception as exc:
                 log.exception("run failed unexpectedly")
                 outcome = out.failed(ErrorKind.INTERNAL,

@@ -24,9 +24,8 @@ from typing import Any
 import asyncpg
 from pydantic import SecretStr
 
-from contracts.exit_codes import ExitCode
 from contracts.messages import Action, ProvisionerMessage
-from contracts.results import ErrorKind, ResultError, ResultStatus
+from contracts.results import ErrorKind
 from runner_image import outcome as out
 from runner_image.agent import AgentError, SshAgent
 from runner_image.db import (
@@ -99,7 +98,7 @@ class Job:
         try:
             outcome = await self._execute()
         except asyncio.CancelledError:
-            outcome = self._cancelled("before the play started")
+            outcome = self.cancelled("before the play started")
         except DeadlineReached as exc:
             log.error("run deadline reached", extra={"phase": exc.phase})
             outcome = out.deadline_exceeded(exc.message)
@@ -112,12 +111,10 @@ class Job:
             outcome.ssh_port, outcome.ssh_port_changed = self.connect_port, False
         return outcome
 
-    def _cancelled(self, where: str) -> out.Outcome:
-        outcome = out.failed(ErrorKind.CANCELLED, f"the run was cancelled (SIGTERM) {where}")
-        outcome.exit_code = ExitCode.CANCELLED
-        if not self.claimed:
-            outcome.server_status = None
-        return outcome
+    def cancelled(self, where: str) -> out.Outcome:
+        """The outcome when SIGTERM stops the run ``where`` (also used by the caller when it
+        cancels the run before it started)."""
+        return out.cancelled(where, claimed=self.claimed)
 
     async def _execute(self) -> out.Outcome:
         message = self.ctx.message
@@ -400,7 +397,7 @@ class Job:
             cancelled=self.ctx.cancelled, context=self.ctx.log_context, redact=self.ctx.redact)
         self.details["play_seconds"] = round(played.duration, 3)
         self.details.update(played.details)
-        outcome = _from_play(played)
+        outcome = out.from_play(played)
         if by_deadline and played.status is PlayStatus.TIMEOUT and outcome.error is not None:
             outcome.error.kind = ErrorKind.DEADLINE_EXCEEDED
         outcome.recap = played.recap
@@ -425,21 +422,6 @@ def connect_port_from(stats: dict[str, Any], current: int) -> int:
                         extra={"reported": str(port)[:40]})
         return current
     return port
-
-
-def _from_play(played: PlayOutcome) -> out.Outcome:
-    error = played.error or ResultError(kind=ErrorKind.INTERNAL,
-                                        message="play ended without detail")
-    if played.status is PlayStatus.SUCCESSFUL:
-        return out.succeeded(played.recap, {})
-    if played.status is PlayStatus.UNREACHABLE:
-        return out.Outcome(ResultStatus.UNREACHABLE, ExitCode.UNREACHABLE,
-                           ServerStatus.UNREACHABLE, error)
-    if played.status is PlayStatus.TIMEOUT:
-        return out.Outcome(ResultStatus.TIMED_OUT, ExitCode.TIMED_OUT, ServerStatus.FAILED, error)
-    if played.status is PlayStatus.CANCELED:
-        return out.Outcome(ResultStatus.FAILED, ExitCode.CANCELLED, ServerStatus.FAILED, error)
-    return out.Outcome(ResultStatus.FAILED, ExitCode.FAILED, ServerStatus.FAILED, error)
 
 
 @contextlib.asynccontextmanager

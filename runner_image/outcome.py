@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from contracts.exit_codes import ExitCode
 from contracts.results import ErrorKind, PlayRecap, ResultError, ResultStatus
 from runner_image.db import ServerStatus
+from runner_image.play import PlayOutcome, PlayStatus
 
 Details = dict[str, str | int | float | bool | None]
 
@@ -55,3 +56,28 @@ def deadline_exceeded(message: str) -> Outcome:
     """The run's single deadline (the Job's activeDeadlineSeconds) left no time for a phase."""
     return Outcome(ResultStatus.TIMED_OUT, ExitCode.TIMED_OUT, ServerStatus.FAILED,
                    ResultError(kind=ErrorKind.DEADLINE_EXCEEDED, message=message))
+
+
+def cancelled(where: str, *, claimed: bool) -> Outcome:
+    """SIGTERM (the pod is being deleted) stopped the run ``where``; the server's status is
+    only written when this run had claimed it."""
+    return Outcome(ResultStatus.FAILED, ExitCode.CANCELLED,
+                   ServerStatus.FAILED if claimed else None,
+                   ResultError(kind=ErrorKind.CANCELLED,
+                               message=f"the run was cancelled (SIGTERM) {where}"))
+
+
+def from_play(played: PlayOutcome) -> Outcome:
+    """The outcome of the plays (the recap is added by the caller)."""
+    error = played.error or ResultError(kind=ErrorKind.INTERNAL,
+                                        message="play ended without detail")
+    if played.status is PlayStatus.SUCCESSFUL:
+        return succeeded(played.recap, {})
+    if played.status is PlayStatus.UNREACHABLE:
+        return Outcome(ResultStatus.UNREACHABLE, ExitCode.UNREACHABLE, ServerStatus.UNREACHABLE,
+                       error)
+    if played.status is PlayStatus.TIMEOUT:
+        return Outcome(ResultStatus.TIMED_OUT, ExitCode.TIMED_OUT, ServerStatus.FAILED, error)
+    if played.status is PlayStatus.CANCELED:
+        return Outcome(ResultStatus.FAILED, ExitCode.CANCELLED, ServerStatus.FAILED, error)
+    return Outcome(ResultStatus.FAILED, ExitCode.FAILED, ServerStatus.FAILED, error)

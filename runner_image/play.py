@@ -78,7 +78,7 @@ def mask_then_cut(text: str | None, redact: Callable[[str], str], limit: int = T
     return redact(text or "")[-limit:]
 
 
-class _EventSink:
+class EventSink:
     """Logs events as they happen and keeps what the result needs."""
 
     def __init__(self, context: dict[str, Any], redact: Callable[[str], str]) -> None:
@@ -253,7 +253,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             continue
 
 
-async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: _EventSink,
+async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: EventSink,
                    context: dict[str, Any]) -> _Finished:
     """Start ansible-playbook as ansible-runner would, without its pexpect/thread machinery.
 
@@ -328,7 +328,7 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
         remaining = budget - (time.monotonic() - started)
         if remaining <= 0 or cancelled.is_set():
             break
-        sink = _EventSink({**context, "playbook": playbook.name}, redact)
+        sink = EventSink({**context, "playbook": playbook.name}, redact)
         log.info("play starting", extra={**context, "playbook": playbook.name})
         result = await _run_one(env, playbook, remaining, sink, context)
         total = _add(total, sink.recap())
@@ -348,7 +348,7 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
                 task=None, host=None), elapsed, details, stats)
         if status == "timeout":
             return PlayOutcome(PlayStatus.TIMEOUT, total,
-                               _timeout_error(budget, budget_source, playbook),
+                               timeout_error(budget, budget_source, playbook),
                                elapsed, details, stats)
         if sink.failure is None:
             tail = mask_then_cut(result.output, redact)
@@ -367,11 +367,11 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
         return PlayOutcome(PlayStatus.CANCELED, total, ResultError(
             kind=ErrorKind.CANCELLED, message="the run was cancelled (SIGTERM) between plays"),
             elapsed, details, stats)
-    return PlayOutcome(PlayStatus.TIMEOUT, total, _timeout_error(budget, budget_source, playbook),
+    return PlayOutcome(PlayStatus.TIMEOUT, total, timeout_error(budget, budget_source, playbook),
                        elapsed, details, stats)
 
 
-def _timeout_error(budget: float, source: str, playbook: Path) -> ResultError:
+def timeout_error(budget: float, source: str, playbook: Path) -> ResultError:
     return ResultError(kind=ErrorKind.PLAY_TIMEOUT,
                        message=f"{playbook.name} did not finish within the plays' budget of "
                                f"{budget:g}s ({source}); the play was stopped")

@@ -143,7 +143,7 @@ class SshClient:
             raise
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
         if proc.returncode != 0:
-            raise _classify(proc.returncode or 0, stderr, password is not None, self.target)
+            raise classify(proc.returncode or 0, stderr, password is not None, self.target)
         return SshResult(stdout, stderr, _auth_method(stderr))
 
     async def close(self) -> None:
@@ -175,7 +175,9 @@ def _last_error_line(stderr: str) -> str:
     return lines[-1] if lines else "ssh failed without a message"
 
 
-def _classify(rc: int, stderr: str, with_password: bool, target: SshTarget) -> SshError:
+def classify(rc: int, stderr: str, with_password: bool, target: SshTarget) -> SshError:
+    """What a failed ssh invocation (exit code ``rc``) means, from OpenSSH's and sshpass's
+    messages and codes: 255 is ssh's own failure, sshpass uses 1-6 for its own."""
     where = f"{target.user}@{target.address}:{target.port}"
     changed = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed")
     if any(marker in stderr for marker in changed):

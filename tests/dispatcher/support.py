@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
+from tests.support.result_schema import assert_published_shape
 from tests.support.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float = 30,
 
 
 async def results(redis: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    return [json.loads(r) for r in await redis.lrange(keys.results, 0, -1)]
+    return [assert_published_shape(r) for r in await redis.lrange(keys.results, 0, -1)]
 
 
 def message(handle: str, rid: str | None = None, **flags: bool) -> str:

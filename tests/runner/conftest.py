@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from contracts.keys import Keys
 from tests.support.keys import Keypair, make_keypair
 from tests.support.provider_api import ProviderApi, provider_api
+from tests.support.result_schema import assert_published_shape
 from tests.support.services import PostgresServer, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,7 +245,7 @@ async def result_for(redis: aioredis.Redis, keys: Keys, request_id: str) -> dict
     entries = [json.loads(e) for e in await redis.lrange(keys.results, 0, -1)]
     mine = [e for e in entries if e.get("request_id") == request_id]
     assert len(mine) == 1, f"expected one result for {request_id}, got {entries}"
-    return mine[0]
+    return assert_published_shape(mine[0])
 
 
 async def server_row(db: asyncpg.Connection, handle: str) -> dict[str, Any]:
