@@ -9,12 +9,15 @@ cannot overwrite the state written by the run that holds the server now.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from enum import StrEnum
 
 import asyncpg
 from pydantic import BaseModel, SecretStr
 
+from runner_image.retrying import Backoff, with_retries
 from runner_image.settings import DatabaseSettings
 
 _LOCK_NAMESPACE = "infra-service:server:"
@@ -72,10 +75,28 @@ _SELECT = (
 )
 
 
+# Errors of a database that is briefly away (restarting, failing over, a dropped
+# connection): worth another attempt. SQL errors are not.
+TRANSIENT_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                       asyncpg.CannotConnectNowError, TimeoutError, ConnectionError)
+
+
 async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
     password = settings.database_password.get_secret_value() if settings.database_password else None
     return await asyncpg.connect(settings.database_url, password=password,
                                  timeout=settings.database_connect_timeout)
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: DatabaseSettings, policy: Backoff) -> AsyncIterator[ServerStore]:
+    """The run's connection (retried while the database is briefly away), closed on exit."""
+    conn = await with_retries("database connect", lambda: connect(settings), policy,
+                              transient=TRANSIENT_DB_ERRORS)
+    try:
+        yield ServerStore(conn, settings)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 5)
 
 
 class ServerStore:

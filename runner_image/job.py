@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import importlib
 import logging
@@ -422,35 +421,3 @@ def connect_port_from(stats: dict[str, Any], current: int) -> int:
                         extra={"reported": str(port)[:40]})
         return current
     return port
-
-
-@contextlib.asynccontextmanager
-async def open_store(settings: DatabaseSettings, attempts: int, backoff: float):  # type: ignore[no-untyped-def]
-    from runner_image.db import connect
-
-    conn = await retry("database connect", lambda: connect(settings), attempts, backoff)
-    try:
-        yield ServerStore(conn, settings)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), 5)
-
-
-TRANSIENT_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                       asyncpg.CannotConnectNowError, TimeoutError, ConnectionError)
-
-
-async def retry(what: str, action: Any, attempts: int, backoff: float,
-                errors: tuple[type[BaseException], ...] = TRANSIENT_DB_ERRORS) -> Any:
-    """Run ``action()`` (a coroutine factory) until it succeeds, with exponential backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await action()
-        except errors as exc:
-            if attempt == attempts:
-                raise
-            delay = backoff * 2 ** (attempt - 1)
-            log.warning(f"{what} failed, retrying", extra={"attempt": attempt, "error": str(exc),
-                                                          "retry_in": delay})
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")

@@ -1,8 +1,9 @@
 """Reporting a run: the server's status in PostgreSQL first, then exactly one result entry.
 
-Both writes are retried with exponential backoff while the database or Redis is briefly
-unavailable; if either still fails the caller exits with COULD_NOT_REPORT so that the
-dispatcher's Job watcher reports the request instead.
+Both writes are retried with exponential backoff (the run's REPORT_ATTEMPTS and
+REPORT_BACKOFF_BASE) while the database or Redis is briefly unavailable; if either still
+fails the caller exits with COULD_NOT_REPORT so that the dispatcher's Job watcher reports the
+request instead.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from contracts.keys import Keys
 from contracts.messages import Action
 from contracts.reporting import publish_result
 from contracts.results import Reporter, ResultEntry, ResultError, now
-from runner_image.db import LockLost, ServerStatus, ServerStore, connect
-from runner_image.job import TRANSIENT_DB_ERRORS, retry
+from runner_image.db import TRANSIENT_DB_ERRORS, LockLost, ServerStatus, ServerStore, connect
 from runner_image.outcome import Outcome
 from runner_image.redaction import Redactor
+from runner_image.retrying import Backoff, with_retries
 from runner_image.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def build_entry(outcome: Outcome, *, request_id: str | None, handle: str | None,
 
 async def write_status(store: ServerStore | None, db_settings: DatabaseSettings, handle: str,
                        request_id: str, status: ServerStatus, reason: str | None, *,
-                       attempts: int, backoff: float, ssh_port: int | None = None) -> None:
+                       policy: Backoff, ssh_port: int | None = None) -> None:
     """Compare-and-set the final status (and the port sshd was left on), with the server's
     lock held. If the run's connection broke (and with it the lock), a new connection takes
     the lock again without waiting: if another run holds it now, nothing is written."""
@@ -74,16 +75,21 @@ async def write_status(store: ServerStore | None, db_settings: DatabaseSettings,
                         extra={"status": status.value})
 
     try:
-        await retry("server status write", attempt, attempts, backoff)
+        # Transient: the database briefly away (a new connection is made for the next try).
+        await with_retries("server status write", attempt, policy,
+                           transient=TRANSIENT_DB_ERRORS)
     finally:
         fresh = current["store"]
         if fresh is not None and fresh is not store:
             await fresh.conn.close()
 
 
-async def publish(redis: aioredis.Redis, keys: Keys, entry: ResultEntry, *, attempts: int,
-                  backoff: float) -> None:
-    pushed = await retry("result publish", lambda: publish_result(redis, keys, entry), attempts,
-                         backoff, (RedisConnectionError, RedisTimeoutError, OSError))
+async def publish(redis: aioredis.Redis, keys: Keys, entry: ResultEntry, *,
+                  policy: Backoff) -> None:
+    # Transient: Redis unreachable or slow. The publish script is idempotent (its marker), so
+    # a retry after a lost reply cannot push a second entry.
+    pushed = await with_retries("result publish", lambda: publish_result(redis, keys, entry),
+                                policy, transient=(RedisConnectionError, RedisTimeoutError,
+                                                   OSError))
     log.info("result published" if pushed else "result already reported for this request",
              extra={"status": entry.status.value})
