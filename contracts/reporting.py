@@ -63,7 +63,8 @@ async def publish_result(redis: aioredis.Redis, keys: Keys, entry: ResultEntry) 
     """
     rid = entry.request_id or ""
     marker = keys.reported(rid) if rid else keys.reported("-")
-    pushed = await redis.eval(
+    # redis-py types eval for both its sync and async clients; on this one it is awaitable.
+    pushed: object = await redis.eval(  # type: ignore[misc]
         _PUBLISH, 2, keys.results, marker, entry.to_json(), rid, marker_value(entry),
         REPORTED_TTL_SECONDS,
     )

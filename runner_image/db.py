@@ -147,7 +147,7 @@ class ServerStore:
             " WHERE handle = $1 AND " + _HOLDS_LOCK,
             handle, request_id, status.value,
         )
-        return result.endswith(" 1")
+        return str(result).endswith(" 1")
 
     async def holds_lock(self, handle: str) -> bool:
         return bool(await self.conn.fetchval("SELECT " + _HOLDS_LOCK, handle))

@@ -280,7 +280,7 @@ async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: Eve
                  if k not in os.environ or k in env.envvars or _passed(k)}
     events = Runner(config, event_handler=sink)
     raw = _BoundedText(MASK_WINDOW)
-    stream = OutputEventFilter(raw, events.event_callback, suppress_ansible_output=True)  # type: ignore[arg-type]
+    stream = OutputEventFilter(raw, events.event_callback, suppress_ansible_output=True)
     log.info("ansible status", extra={**context, "ansible_status": "starting"})
     proc = await asyncio.create_subprocess_exec(
         *config.command, cwd=config.cwd, env=child_env, stdin=asyncio.subprocess.DEVNULL,

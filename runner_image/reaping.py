@@ -26,7 +26,8 @@ def become_subreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    result: int = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    return result == 0
 
 
 def _parent_and_state(pid: str) -> tuple[int, str] | None:

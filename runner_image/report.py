@@ -33,8 +33,11 @@ def build_entry(outcome: Outcome, *, request_id: str | None, handle: str | None,
                 duration: float, redact: Redactor) -> ResultEntry:
     error = outcome.error
     if error is not None:
-        error = ResultError(**{k: redact(v) if isinstance(v, str) else v
-                               for k, v in error.model_dump().items()})
+        # Every text field masked again: secrets learnt after the error was built count too.
+        fields = error.model_dump()
+        error = ResultError.model_validate({
+            **fields, **{name: redact(value) for name, value in fields.items()
+                         if isinstance(value, str) and name != "kind"}})
     return ResultEntry(
         request_id=request_id, server_handle=handle, action=action, status=outcome.status,
         reported_by=Reporter.RUNNER, job_name=job_name, started_at=started_at,

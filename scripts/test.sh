@@ -7,6 +7,7 @@ scripts/install-deps.sh
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/scripts/podman/containers.conf}
 scripts/build-images.sh all
 .venv/bin/ruff check .
+.venv/bin/mypy  # strict, on the packages listed in pyproject's [tool.mypy]
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
