@@ -22,6 +22,15 @@ from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_fixed,
+)
 
 from contracts.messages import Action, ProvisionerMessage
 from contracts.results import ErrorKind
@@ -47,10 +56,12 @@ from runner_image.play import (
 from runner_image.reaping import stop_leftovers
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
-from runner_image.ssh import SshClient, SshError, SshErrorKind, SshTarget
+from runner_image.ssh import SshClient, SshError, SshErrorKind, SshResult, SshTarget
 
 log = logging.getLogger(__name__)
 
+# SSH errors another attempt cannot cure.
+FINAL_SSH_ERRORS = frozenset({SshErrorKind.HOST_KEY, SshErrorKind.AUTH})
 _START_STATUS = {Action.SETUP: ServerStatus.PROVISIONING, Action.RECOVERY: ServerStatus.RECOVERING,
                  Action.REINSTALL: ServerStatus.REINSTALLING}
 
@@ -271,73 +282,95 @@ class Job:
 
     async def _wait_for_ssh_after_reinstall(self, client: SshClient,
                                             password: SecretStr | None) -> out.Outcome | None:
+        """Poll until the reinstalled server answers SSH. Policy: every SSH error means "not
+        up yet"; a try every PROVIDER_POLL_INTERVAL (0.2-10 s) until REINSTALL_SSH_TIMEOUT or
+        the run's deadline, whichever comes first."""
         limit = self.settings.reinstall_ssh_timeout
         by_deadline = self.deadline.capped(limit)
         deadline = time.monotonic() + self.deadline.cap(limit)
         interval = max(0.2, min(self.settings.provider_poll_interval, 10.0))
-        attempt = 0
-        while True:
-            attempt += 1
-            client.trust(None)
-            phase = "the wait for SSH after the reinstall"
-            self.deadline.require(phase)
-            try:
-                result = await client.run(
-                    "true", password=password, accept_new=True,
-                    limit=min(self.settings.ssh_command_timeout,
-                              max(0.1, deadline - time.monotonic())))
-            except SshError as exc:
-                log.info("waiting for SSH after reinstall",
-                         extra={"attempt": attempt, "error": exc.message})
-                if time.monotonic() + interval > deadline:
-                    if by_deadline:
-                        raise DeadlineReached(phase, f"{self.deadline.exhausted(phase)}; last "
-                                              f"SSH error: {exc.message}") from None
-                    return out.unreachable(
-                        ErrorKind.SSH_UNREACHABLE,
-                        f"SSH did not come back within REINSTALL_SSH_TIMEOUT="
-                        f"{self.settings.reinstall_ssh_timeout:g}s after the reinstall: "
-                        f"{exc.message}")
-                await asyncio.sleep(interval)
-                continue
-            self.details["auth_method"] = result.auth_method
-            log.info("ssh is back after reinstall", extra={"attempt": attempt,
-                                                           "auth_method": result.auth_method})
-            return None
+        phase = "the wait for SSH after the reinstall"
+
+        def no_time_for_another(state: RetryCallState) -> bool:
+            return time.monotonic() + interval > deadline
+
+        def announce(state: RetryCallState) -> None:
+            log.info("waiting for SSH after reinstall", extra={
+                "attempt": state.attempt_number, "error": _ssh_error(state).message})
+
+        polling = AsyncRetrying(stop=no_time_for_another, wait=wait_fixed(interval),
+                                retry=retry_if_exception_type(SshError),
+                                before_sleep=announce, reraise=True)
+        try:
+            async for attempt in polling:
+                with attempt:
+                    client.trust(None)
+                    self.deadline.require(phase)
+                    result = await client.run(
+                        "true", password=password, accept_new=True,
+                        limit=min(self.settings.ssh_command_timeout,
+                                  max(0.1, deadline - time.monotonic())))
+        except SshError as exc:
+            log.info("waiting for SSH after reinstall", extra={"error": exc.message})
+            if by_deadline:
+                raise DeadlineReached(phase, f"{self.deadline.exhausted(phase)}; last "
+                                      f"SSH error: {exc.message}") from None
+            return out.unreachable(
+                ErrorKind.SSH_UNREACHABLE,
+                f"SSH did not come back within REINSTALL_SSH_TIMEOUT="
+                f"{self.settings.reinstall_ssh_timeout:g}s after the reinstall: {exc.message}")
+        self.details["auth_method"] = result.auth_method
+        log.info("ssh is back after reinstall", extra={
+            "attempt": attempt.retry_state.attempt_number, "auth_method": result.auth_method})
+        return None
 
     async def _ssh_check(self, client: SshClient, password: SecretStr | None,
                          accept_new: bool) -> out.Outcome | None:
+        """Policy: SSH_ATTEMPTS tries, pauses of SSH_BACKOFF_BASE doubling; a refused login
+        or a changed host key is final at once (repeating a refused login cannot succeed and
+        may trip lockouts); no pause that would run past the run's deadline."""
         s = self.settings
-        last: SshError | None = None
         phase = "the SSH check"
-        for attempt in range(1, s.ssh_attempts + 1):
-            self.deadline.require(phase)
-            try:
-                result = await client.run("true", password=password, accept_new=accept_new,
-                                          limit=self.deadline.cap(s.ssh_command_timeout))
-            except SshError as exc:
-                last = exc
-                log.warning("ssh attempt failed", extra={"attempt": attempt, "kind": exc.kind,
-                                                          "error": exc.message})
-                if exc.kind is SshErrorKind.HOST_KEY:
-                    return out.failed(ErrorKind.HOST_KEY_MISMATCH, exc.message)
-                if exc.kind is SshErrorKind.AUTH:
-                    # Repeating a refused login cannot succeed and may trip lockouts.
-                    return out.unreachable(ErrorKind.SSH_AUTH_FAILED, exc.message)
-                if attempt < s.ssh_attempts:
-                    pause = s.ssh_backoff_base * 2 ** (attempt - 1)
-                    if self.deadline.left() <= pause:
-                        raise DeadlineReached(phase, f"{self.deadline.exhausted(phase)}; last "
-                                              f"SSH error: {exc.message}") from None
-                    await asyncio.sleep(pause)
-                continue
-            self.details["auth_method"] = result.auth_method
-            log.info("ssh check passed", extra={"attempt": attempt,
-                                                "auth_method": result.auth_method})
-            return None
-        assert last is not None
-        return out.unreachable(ErrorKind.SSH_UNREACHABLE,
-                               f"{last.message} (after {s.ssh_attempts} attempts)")
+
+        def unless_past_deadline(state: RetryCallState) -> None:
+            pause = state.next_action.sleep if state.next_action else 0.0
+            if self.deadline.left() <= pause:
+                raise DeadlineReached(phase, f"{self.deadline.exhausted(phase)}; last "
+                                      f"SSH error: {_ssh_error(state).message}")
+
+        checking = AsyncRetrying(
+            stop=stop_after_attempt(s.ssh_attempts),
+            wait=wait_exponential(multiplier=s.ssh_backoff_base, exp_base=2, min=0),
+            retry=retry_if_exception(lambda exc: isinstance(exc, SshError)
+                                     and exc.kind not in FINAL_SSH_ERRORS),
+            before_sleep=unless_past_deadline, reraise=True)
+        try:
+            async for attempt in checking:
+                with attempt:
+                    self.deadline.require(phase)
+                    result = await self._ssh_attempt(client, password, accept_new,
+                                                     attempt.retry_state.attempt_number)
+        except SshError as exc:
+            if exc.kind is SshErrorKind.HOST_KEY:
+                return out.failed(ErrorKind.HOST_KEY_MISMATCH, exc.message)
+            if exc.kind is SshErrorKind.AUTH:
+                return out.unreachable(ErrorKind.SSH_AUTH_FAILED, exc.message)
+            return out.unreachable(ErrorKind.SSH_UNREACHABLE,
+                                   f"{exc.message} (after {s.ssh_attempts} attempts)")
+        self.details["auth_method"] = result.auth_method
+        log.info("ssh check passed", extra={"attempt": attempt.retry_state.attempt_number,
+                                            "auth_method": result.auth_method})
+        return None
+
+    async def _ssh_attempt(self, client: SshClient, password: SecretStr | None,
+                           accept_new: bool, attempt: int) -> SshResult:
+        try:
+            return await client.run("true", password=password, accept_new=accept_new,
+                                    limit=self.deadline.cap(self.settings.ssh_command_timeout))
+        except SshError as exc:
+            log.warning("ssh attempt failed", extra={"attempt": attempt, "kind": exc.kind,
+                                                      "error": exc.message})
+            raise
 
     async def _install_keys(self, client: SshClient, server: ServerRecord,
                             own_key: PublicKey) -> out.Outcome | None:
@@ -421,3 +454,10 @@ def connect_port_from(stats: dict[str, Any], current: int) -> int:
                         extra={"reported": str(port)[:40]})
         return current
     return port
+
+
+def _ssh_error(state: RetryCallState) -> SshError:
+    """The SSH error the attempt just failed with (only SSH errors are retried)."""
+    error = state.outcome.exception() if state.outcome else None
+    assert isinstance(error, SshError)
+    return error
