@@ -153,6 +153,19 @@ def test_no_build_tools_or_installers(image: Image) -> None:
     assert done.stdout.strip() == ""
 
 
+def test_each_image_ships_its_own_package_and_the_contracts(image: Image) -> None:
+    own, other = (("dispatcher", "runner_image") if image.component == "dispatcher"
+                  else ("runner_image", "dispatcher"))
+    script = ("import importlib.util as u; "
+              f"print(*(u.find_spec(n) is not None for n in ('{own}', 'contracts', '{other}')))")
+    done = run(image, "-c", script, entrypoint="python")
+    assert done.returncode == 0, output(done)
+    assert done.stdout.split() == ["True", "True", "False"]
+    scripts = run(image, "-c", "ls /opt/infra-service/venv/bin | grep '^infra-'",
+                  entrypoint="/bin/sh")
+    assert scripts.stdout.split() == [f"infra-{image.component}"]  # no console script of the other
+
+
 def test_runner_carries_the_ansible_tree(runner_image: Image) -> None:
     done = run(runner_image, "-c", "cd \"$PLAY_PROJECT_DIR\" && find . -type f | sort && "
                "find . ! -type l \\( -perm -o+w -o -perm -g+w \\) | wc -l", entrypoint="/bin/sh")
