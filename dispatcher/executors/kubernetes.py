@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.messages import ProvisionerMessage
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST, selector
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from dispatcher.supervision import cancel_and_wait
 
 log = logging.getLogger(__name__)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -111,10 +111,7 @@ class KubernetesExecutor:
         for watch in self._watches:
             watch.stop()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self.kube.close()
 
     @property
