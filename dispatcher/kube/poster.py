@@ -103,33 +103,26 @@ class AsyncPoster:
         lines += [f"{k}: {v}" for k, v in self._auth_headers().items()]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         connect, read = limits  # (connect, read) seconds, as the client's _request_timeout
-        # A pooled connection the server closed while idle fails before any answer; the
-        # create is then sent once more on a fresh connection (a repeat that did reach the
-        # server meets 409, which creating.py resolves).
-        while True:
-            conn, reused = await self._acquire(connect)
-            try:
-                response, keep = await self._exchange(conn, request, read)
-            except _StaleConnection:
-                conn.close()
-                if reused:
-                    continue
-                raise ConnectionError("the API server closed the connection before "
-                                      "answering") from None
-            except BaseException:
-                conn.close()
-                raise
-            self._release(conn, keep)
-            break
+        # No silent resend, even when a pooled connection ends before any answer: the
+        # create may have been stored, and only the caller's retry (whose 409 is then
+        # checked against our request id) counts it right. Connections the server closed
+        # while idle are dropped before use (``usable``).
+        conn = await self._acquire(connect)
+        try:
+            response, keep = await self._exchange(conn, request, read)
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn, keep)
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response)
         return response
 
-    async def _acquire(self, connect_timeout: float) -> tuple[_Connection, bool]:
+    async def _acquire(self, connect_timeout: float) -> _Connection:
         while self._idle:
             conn = self._idle.pop()
             if conn.usable:
-                return conn, True
+                return conn
             conn.close()
         tls: ssl.SSLContext | None = None
         server_name: str | None = None
@@ -145,7 +138,7 @@ class AsyncPoster:
         except TimeoutError:
             raise ConnectionError(f"connecting to {self._netloc} timed out after "
                                   f"{connect_timeout:g}s") from None
-        return _Connection(reader, writer), False
+        return _Connection(reader, writer)
 
     def _release(self, conn: _Connection, keep: bool) -> None:
         if keep and conn.usable and len(self._idle) < self._max_idle:
@@ -159,23 +152,16 @@ class AsyncPoster:
         conn.writer.write(request)
         try:
             async with asyncio.timeout(read_timeout):
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError as exc:
-                    if not exc.partial:
-                        raise _StaleConnection from None
-                    raise ConnectionError("the API server closed the connection in the "
-                                          "middle of its answer") from None
-                except ConnectionResetError:
-                    raise _StaleConnection from None
+                head = await reader.readuntil(b"\r\n\r\n")
                 status, reason, headers = _parse_head(head)
                 data = await _read_body(reader, headers)
         except TimeoutError:
             raise ConnectionError(f"no answer from {self._netloc} within "
                                   f"{read_timeout:g}s") from None
-        except asyncio.IncompleteReadError:
-            raise ConnectionError("the API server closed the connection in the middle of "
-                                  "its answer") from None
+        except asyncio.IncompleteReadError as exc:
+            where = "in the middle of its answer" if exc.partial else "before answering"
+            raise ConnectionError(f"the API server closed the connection {where} (the "
+                                  "request may have been applied)") from None
         except (asyncio.LimitOverrunError, ValueError) as exc:
             raise ConnectionError(f"unreadable answer from the API server: "
                                   f"{type(exc).__name__}") from None
@@ -186,10 +172,6 @@ class AsyncPoster:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
-
-
-class _StaleConnection(Exception):
-    """A reused connection ended before any byte of the answer."""
 
 
 def _parse_head(head: bytes) -> tuple[int, str, HTTPHeaderDict]:
