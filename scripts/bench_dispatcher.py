@@ -47,7 +47,7 @@ NAMESPACE = "bench"
 # The dispatcher's default DISPATCHER_METRICS_REFRESH_SECONDS (the test helper lowers it
 # to 0.2 s so tests see gauges move; a benchmark measures what production runs).
 METRICS_REFRESH_SECONDS = "5"
-IDLE_SECONDS = 10.0
+IDLE_SECONDS = 30.0  # two reconcile passes (15 s) and six metrics refreshes (5 s)
 
 
 def percentile(values: list[float], q: float) -> float:
