@@ -1,7 +1,8 @@
 """Configured Kubernetes API access with per-call timeouts and response metrics.
 
-The official client is synchronous; each call runs in a small thread pool so the event
-loop keeps popping while requests are in flight.
+Job creates, the hot path, are POSTed on the event loop's own connections (poster.py).
+Every other call goes through the official client, which is synchronous: each runs in a
+small thread pool so the event loop keeps popping while requests are in flight.
 """
 
 from __future__ import annotations
