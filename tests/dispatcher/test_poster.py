@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from dispatcher.kube.errors import describe
@@ -74,7 +74,6 @@ async def test_creates_against_the_emulator_201_then_409_as_api_exception(
         tmp_path: Path) -> None:
     with kube(tmp_path) as k8s:
         configuration = client.Configuration()
-        from kubernetes import config
         config.load_kube_config(str(k8s.kubeconfig), client_configuration=configuration)
         poster = poster_for(configuration)
         job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "poster-1"},
