@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import threading
 
 from contracts.connections import RedisSettings, create_redis
 from dispatcher.executors.base import Executor
@@ -18,6 +20,39 @@ from dispatcher.service import BLOCK_SECONDS, Dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
 
 log = logging.getLogger("dispatcher")
+# After SIGTERM, shutdown gets DISPATCHER_SHUTDOWN_TIMEOUT_SECONDS for Job creations in
+# progress plus this for the rest (requeue, closing watches and servers). The chart's
+# terminationGracePeriodSeconds is the shutdown timeout + 10 s, so this fires first.
+SHUTDOWN_MARGIN_SECONDS = 5.0
+EXIT_SHUTDOWN_OVERRUN = 1
+
+
+class ShutdownWatchdog:
+    """Bounds the whole shutdown after a signal, whatever part of it hangs.
+
+    A thread, not a loop timer: it must fire even if the event loop itself is stuck. Exiting
+    without the requeue is safe: every claimed message is requeued when this replica
+    restarts or its heartbeat expires, as after SIGKILL.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._overrun)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _overrun(self) -> None:
+        others = sorted(t.name for t in threading.enumerate()
+                        if t is not threading.current_thread())
+        log.error("shutdown did not finish in time; exiting without it (claimed messages are "
+                  "requeued when this replica restarts or its heartbeat expires)",
+                  extra={"bound_seconds": self.seconds, "threads": others})
+        logging.shutdown()
+        os._exit(EXIT_SHUTDOWN_OVERRUN)
 
 
 def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
@@ -39,8 +74,14 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
                          redis_settings: RedisSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    watchdog = ShutdownWatchdog(settings.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS)
+
+    def on_signal() -> None:
+        stop.set()
+        watchdog.arm()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     metrics = Metrics()
     redis = create_redis(redis_settings)
     blocking = create_redis(redis_settings, blocking_timeout=BLOCK_SECONDS + 5)
@@ -86,3 +127,4 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
             close_metrics(metrics_server)
         await redis.aclose()
         await blocking.aclose()
+        # The watchdog stays armed: interpreter exit (joining worker threads) is bounded too.

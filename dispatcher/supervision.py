@@ -4,6 +4,13 @@ A crashed loop is "down" until its restart (``/readyz`` 503 meanwhile); a loop t
 dying (``FAILURES_FOR_UNHEALTHY`` crashes within ``FAILURE_WINDOW_SECONDS``) makes
 ``/healthz`` fail so the kubelet restarts the pod: one bad moment is absorbed, a crash loop
 is surfaced.
+
+Stopping does not trust a single ``cancel()``: on Python 3.11 ``asyncio.wait_for`` returns
+the inner result instead of raising when a cancellation arrives just as the inner awaitable
+finishes, and redis-py sends every command through ``wait_for``. A loop whose cancellation
+was swallowed that way goes on and, once the stop event is set, returns; restarting it then
+kept a SIGTERM from ever finishing. A loop being stopped is never restarted, and its
+cancellation is repeated until it ends.
 """
 
 from __future__ import annotations
@@ -25,6 +32,17 @@ FAILURES_FOR_UNHEALTHY = 5
 FAILURE_WINDOW_SECONDS = 300.0
 BACKOFF_START_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 10.0
+CANCEL_REPEAT_SECONDS = 0.1  # a stopped loop still running after this is cancelled again
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a task and wait for its end, cancelling again while it goes on. Not
+    ``task.cancel(); await task``: a swallowed cancellation (see above) would wait for ever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_REPEAT_SECONDS)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 class Supervisor:
@@ -33,8 +51,10 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._down: set[str] = set()
         self._failures: dict[str, deque[float]] = {}
+        self._stopping: set[str] = set()
 
     def start(self, name: str, factory: LoopFactory) -> None:
+        self._stopping.discard(name)
         self._failures[name] = deque(maxlen=FAILURES_FOR_UNHEALTHY)
         self._tasks[name] = asyncio.create_task(self._supervise(name, factory), name=name)
 
@@ -44,10 +64,14 @@ class Supervisor:
             started = time.monotonic()
             try:
                 await factory()
+                if name in self._stopping:
+                    return  # its cancellation was swallowed on the way (see above)
                 log.error("background loop returned; restarting it", extra={"loop": name})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if name in self._stopping:
+                    return
                 log.error("background loop crashed; restarting it",
                           extra={"loop": name, "error": str(exc)[:500],
                                  "error_type": type(exc).__name__, "retry_in": backoff},
@@ -83,10 +107,10 @@ class Supervisor:
 
     async def stop(self, name: str) -> None:
         task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        self._stopping.add(name)
+        await cancel_and_wait(task)
 
     async def stop_all(self) -> None:
         for name in list(self._tasks):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +17,7 @@ from dispatcher.kube.classify import (
     finished_at,
     job_outcome,
     job_without_pod,
+    next_check,
     parse_time,
     stuck_reason,
     utcnow,
@@ -27,6 +28,7 @@ from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure,
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST, selector
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from dispatcher.supervision import cancel_and_wait
 
 log = logging.getLogger(__name__)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -85,6 +87,12 @@ class KubernetesExecutor:
         self._first_sync = asyncio.Event()
         # Jobs whose create got no answer: a later 409 may be our own create (metrics).
         self._unanswered: set[str] = set()
+        # When each Job that has not started must be looked at again (a pending timeout or
+        # an image-pull grace running out), as a heap of (epoch seconds, name) with the
+        # current instant per name; the periodic pass touches only what is due, so an idle
+        # dispatcher with thousands of Jobs in flight does next to nothing.
+        self._due: list[tuple[float, str]] = []
+        self._due_at: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,10 +119,7 @@ class KubernetesExecutor:
         for watch in self._watches:
             watch.stop()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self.kube.close()
 
     @property
@@ -205,6 +210,16 @@ class KubernetesExecutor:
                       *outcome, started_at=parse_time(job["status"].get("startTime")),
                       action=labels.get(LABEL_ACTION), finished_at=finished_at(job))
 
+    def _schedule(self, name: str) -> None:
+        """(Re)compute when a Job that has not started could turn out stuck."""
+        if name in self._started or name in self._emitted or name not in self._jobs:
+            return
+        at = next_check(self._jobs[name], list(self._pods.get(name, {}).values()),
+                        self.pull_grace, self.settings.pending_timeout_seconds)
+        if at < self._due_at.get(name, float("inf")):
+            self._due_at[name] = at
+            heapq.heappush(self._due, (at, name))
+
     def _emit(self, end: JobEnd) -> None:
         if end.job_name in self._emitted or not end.request_id:
             return
@@ -263,8 +278,10 @@ class KubernetesExecutor:
         self._watch_ok[sync.kind] = True
         if all(self._synced.values()):
             self._emitted &= set(self._jobs)
+            self._due, self._due_at = [], {}
             for name in list(self._jobs):
                 self._evaluate(name)
+                self._schedule(name)
             self._first_sync.set()
 
     def _apply_job(self, change: Change) -> None:
@@ -274,8 +291,11 @@ class KubernetesExecutor:
                 self._jobs[name] = _slim_job(change.object)
                 self._deleted(name, self._jobs[name])
             return
+        known = name in self._jobs
         self._jobs[name] = _slim_job(change.object)
         self._evaluate(name)
+        if not known:
+            self._schedule(name)
 
     def _apply_pod(self, change: Change) -> None:
         job = _pod_job(change.object)
@@ -291,6 +311,7 @@ class KubernetesExecutor:
             self._started.add(job)
         self._check_pod(job, pod)
         self._evaluate(job)
+        self._schedule(job)
 
     def _check_pod(self, job_name: str, pod: dict[str, Any]) -> None:
         if job_name in self._emitted or job_name not in self._jobs:
@@ -316,16 +337,31 @@ class KubernetesExecutor:
                     self._evaluate(name)
                 else:
                     del self._awaiting_pod[name]
-            now = utcnow()
-            # Only Jobs whose pod has not started can be stuck; with thousands of Jobs in
-            # flight this set difference keeps the pass cheap.
-            for name in self._jobs.keys() - self._started - self._emitted:
-                job = self._jobs[name]
-                if self._end_of(name, job, settle=False) is not None:
-                    continue
-                pods = self._pods.get(name)
-                if pods:
-                    for pod in pods.values():
-                        self._check_pod(name, pod)
-                elif found := job_without_pod(job, now, self.settings.pending_timeout_seconds):
-                    self._stuck(name, *found)
+            self._check_due(time.time())
+
+    def _check_due(self, now_epoch: float) -> None:
+        """Judge the Jobs whose pending timeout or pull grace has run out."""
+        now = utcnow()
+        while self._due and self._due[0][0] <= now_epoch:
+            at, name = heapq.heappop(self._due)
+            if self._due_at.get(name) != at:
+                continue  # superseded by an earlier instant, or already judged
+            del self._due_at[name]
+            job = self._jobs.get(name)
+            if job is None or name in self._started or name in self._emitted or \
+                    self._end_of(name, job, settle=False) is not None:
+                continue
+            pods = self._pods.get(name)
+            if pods:
+                for pod in pods.values():
+                    self._check_pod(name, pod)
+            elif found := job_without_pod(job, now, self.settings.pending_timeout_seconds):
+                self._stuck(name, *found)
+            if name not in self._emitted:
+                # Not stuck yet (a pod created after its Job, clocks a second apart): look
+                # again when its own instant comes, never sooner than the next pass.
+                again = max(next_check(job, list((pods or {}).values()), self.pull_grace,
+                                       self.settings.pending_timeout_seconds),
+                            now_epoch + self.check_interval)
+                self._due_at[name] = again
+                heapq.heappush(self._due, (again, name))

@@ -111,6 +111,26 @@ def stuck_reason(pod: dict[str, Any], now: datetime, pull_grace: float,
     return None
 
 
+def next_check(job: dict[str, Any], pods: list[dict[str, Any]], pull_grace: float,
+               pending_timeout: float) -> float:
+    """The earliest instant (epoch seconds) at which ``stuck_reason`` or ``job_without_pod``
+    could answer differently without a new event: a grace or timeout running out. Reasons
+    that need no waiting are judged when the pod's event arrives."""
+    now = utcnow()
+    waiting = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending")]
+    if not pods:
+        created = parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
+        return created.timestamp() + pending_timeout
+    instants = []
+    for pod in waiting:
+        created = parse_time((pod.get("metadata") or {}).get("creationTimestamp")) or now
+        instants.append(created.timestamp() + pending_timeout)
+        if any(((cs.get("state") or {}).get("waiting") or {}).get("reason") in PULL_WAITING
+               for cs in (pod.get("status") or {}).get("containerStatuses") or []):
+            instants.append(created.timestamp() + pull_grace)
+    return min(instants, default=float("inf"))
+
+
 def job_without_pod(job: dict[str, Any], now: datetime, pending_timeout: float
                     ) -> tuple[str, str] | None:
     """A Job whose pod was never created (quota, admission webhooks) is stuck too."""

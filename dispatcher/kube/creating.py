@@ -42,8 +42,8 @@ async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any] | Jo
     path = f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs"
     try:
         # Dry runs are counted apart: "create" responses are real Job creations.
-        await kube.call("create_dry_run" if dry_run else "create", kube.post_json, path,
-                        payload, "dryRun=All" if dry_run else "")
+        await kube.post("create_dry_run" if dry_run else "create", path, payload,
+                        "dryRun=All" if dry_run else "")
     except ApiException as exc:
         if exc.status == 409:
             return after_lost_reply and await _is_ours(kube, namespace, body)

@@ -1,0 +1,151 @@
+"""SIGTERM under load: the dispatcher exits within its shutdown timeout, whether the signal
+arrives in the middle of a burst (creates in flight, batches being claimed) or with
+thousands of Jobs in flight and both watches open, and no message is lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from prometheus_client import generate_latest
+
+from dispatcher.keys import Keys
+from dispatcher.metrics import Metrics
+from dispatcher.naming import LABEL_REQUEST
+from dispatcher.supervision import Supervisor
+from tests.dispatcher.kube_support import NAMESPACE, kube
+from tests.dispatcher.support import REPO, DispatcherProcess, message, metric_value, wait_until
+from tests.support.services import RedisServer
+
+MESSAGES = 3000
+SHUTDOWN_TIMEOUT = 20.0  # the setting's default
+MID_BURST_STOPS = 4
+
+
+def sigterm(dispatcher: DispatcherProcess) -> tuple[int | None, float]:
+    """SIGTERM; (exit code or None if still running at the bound, seconds taken)."""
+    assert dispatcher.proc is not None
+    started = time.monotonic()
+    dispatcher.proc.send_signal(signal.SIGTERM)
+    try:
+        code = dispatcher.proc.wait(SHUTDOWN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        dispatcher.kill()
+        return None, time.monotonic() - started
+    return code, time.monotonic() - started
+
+
+async def test_sigterm_mid_burst_and_with_thousands_in_flight_exits_in_time(
+        redis_srv: RedisServer, redis_client: aioredis.Redis, keys: Keys,
+        tmp_path: Path) -> None:
+    with kube(tmp_path) as k8s:
+        env = {"REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
+               "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
+               "DISPATCHER_MAX_IN_FLIGHT": str(MESSAGES + 10),
+               "DISPATCHER_SHUTDOWN_TIMEOUT_SECONDS": str(SHUTDOWN_TIMEOUT),
+               "DISPATCHER_LOG_LEVEL": "WARNING"}
+        bodies = [message(f"load-{i}", f"load-{i}") for i in range(MESSAGES)]
+        for chunk in range(0, MESSAGES, 500):
+            await redis_client.lpush(keys.queue, *bodies[chunk:chunk + 500])
+
+        exits: list[tuple[str, int | None, float]] = []
+        for stop in range(MID_BURST_STOPS):
+            dispatcher = DispatcherProcess(env, tmp_path / f"dispatcher-{stop}.log").start()
+            dispatcher.wait_ready(60)
+            # Stop while it creates: a few hundred more Jobs in flight than before.
+            target = min(MESSAGES, (stop + 1) * 400)
+            await wait_until(lambda t=target: _in_flight_at_least(redis_client, keys, t),
+                             timeout=120, interval=0.02, what=f"{target} Jobs in flight")
+            code, took = sigterm(dispatcher)
+            exits.append((f"mid-burst {stop}", code, took))
+            assert code == 0, (exits, dispatcher.logs()[-3000:])
+
+        # The rest of the burst, then SIGTERM with every Job in flight and the watches open.
+        dispatcher = DispatcherProcess(env, tmp_path / "dispatcher-last.log").start()
+        dispatcher.wait_ready(60)
+        await wait_until(lambda: _all_created(redis_client, keys), timeout=300, interval=0.1,
+                         what="every Job in flight")
+        await asyncio.sleep(2)  # idle, watches open, periodic passes running
+        code, took = sigterm(dispatcher)
+        exits.append((f"{MESSAGES} in flight", code, took))
+        assert code == 0, (exits, dispatcher.logs()[-3000:])
+        assert all(took <= SHUTDOWN_TIMEOUT for _, _, took in exits), exits
+
+        # Nothing lost, nothing doubled: one Job per message, nothing left claimed.
+        jobs = await asyncio.to_thread(k8s.jobs)
+        per_request = Counter(j["metadata"]["labels"][LABEL_REQUEST] for j in jobs)
+        assert sorted(per_request) == sorted(f"load-{i}" for i in range(MESSAGES))
+        assert set(per_request.values()) == {1}
+        assert await redis_client.llen(keys.queue) == 0
+        assert await redis_client.llen(keys.processing("r1")) == 0
+        print(json.dumps(exits))
+
+
+async def _in_flight_at_least(redis: aioredis.Redis, keys: Keys, count: int) -> bool:
+    return await redis.hlen(keys.inflight) >= count
+
+
+async def _all_created(redis: aioredis.Redis, keys: Keys) -> bool:
+    """Every message claimed, its Job created and acked (acks empty the processing list)."""
+    return await redis.llen(keys.queue) == 0 and \
+        await redis.llen(keys.processing("r1")) == 0 and \
+        await redis.hlen(keys.inflight) == MESSAGES
+
+
+async def test_a_loop_whose_cancellation_is_swallowed_still_stops() -> None:
+    """Python 3.11's asyncio.wait_for (used by redis-py for every command) can swallow a
+    cancellation; the loop then sees the stop event and returns. It must end, not be
+    restarted (that kept SIGTERM from finishing with a burst in progress)."""
+    supervisor = Supervisor(Metrics())
+    stop = asyncio.Event()
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while not stop.is_set():
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                swallowed += 1  # as wait_for does when the inner call just finished
+
+    supervisor.start("pop", stubborn)
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(supervisor.stop("pop"), 10)
+    assert swallowed >= 1
+    text = generate_latest(supervisor.metrics.registry).decode()
+    assert metric_value(text, "infra_loop_restarts_total", '{loop="pop"}') == 0
+
+    async def deaf() -> None:  # never returns by itself: cancellation is repeated
+        for _ in range(3):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(30)
+
+    supervisor.start("deaf", deaf)
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(supervisor.stop("deaf"), 10)
+
+
+def test_a_shutdown_that_hangs_is_ended_by_the_watchdog(tmp_path: Path) -> None:
+    """Whatever hangs after SIGTERM, the process exits (code 1) once the bound passes and
+    says so; the event loop blocked in a sleep cannot prevent it."""
+    script = (
+        "import time\n"
+        "from dispatcher.app import ShutdownWatchdog\n"
+        "ShutdownWatchdog(0.5).arm()\n"
+        "time.sleep(60)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1, done
+    assert time.monotonic() - started < 30
+    assert "shutdown did not finish in time" in done.stdout + done.stderr
