@@ -18,7 +18,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 
-from dispatcher.keys import Keys
+from contracts.keys import Keys
 from dispatcher.metrics import Metrics
 from dispatcher.naming import LABEL_REQUEST
 from dispatcher.supervision import Supervisor
