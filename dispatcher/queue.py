@@ -531,6 +531,10 @@ class QueueStore:
                               data.get("sha", "")))
         return slots
 
+    async def processing_payloads(self) -> list[bytes]:
+        """What this replica's processing list holds now."""
+        return list(await self.redis.lrange(self.processing, 0, -1))  # type: ignore[misc]
+
     async def slot_count(self) -> int:
         return int(await self.redis.hlen(self.keys.inflight))
 
