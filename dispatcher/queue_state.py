@@ -17,6 +17,7 @@ from datetime import datetime
 
 import redis.asyncio as aioredis
 
+from dispatcher import lua
 from dispatcher.keys import Keys
 from dispatcher.metrics import Metrics
 from dispatcher.queue import QueueStore
@@ -25,17 +26,6 @@ REFRESH_SECONDS = 5.0  # default of DISPATCHER_METRICS_REFRESH_SECONDS
 LEASE_REFRESHES = 3  # the lease lasts three refreshes: a holder that stalls once keeps it
 RESULTS_SCAN = 500  # newest results read per refresh; a bigger burst is undercounted
 log = logging.getLogger(__name__)
-
-# Take the lease when free, renew it when held; 1 when this replica holds it afterwards.
-_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if not holder or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
 
 def lease_key(keys: Keys) -> str:
     return f"{keys.prefix}:metrics-exporter"
@@ -62,7 +52,7 @@ class QueueStateExporter:
         self._holding = False
 
     async def refresh(self) -> None:
-        held = bool(await self.redis.eval(_LEASE, 1, lease_key(self.keys), self.replica,
+        held = bool(await self.redis.eval(lua.LEASE, 1, lease_key(self.keys), self.replica,
                                           int(self.interval * LEASE_REFRESHES * 1000)))
         if not held:
             self._holding = False
@@ -97,8 +87,7 @@ class QueueStateExporter:
         """Hand the lease over at once on shutdown (only if this replica holds it)."""
         with contextlib.suppress(Exception):
             await self.redis.eval(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
-                1, lease_key(self.keys), self.replica)
+                lua.LEASE_RELEASE, 1, lease_key(self.keys), self.replica)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
