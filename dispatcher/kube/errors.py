@@ -27,6 +27,17 @@ class ApiFailure:
         return self.status in RETRYABLE_STATUSES or self.status >= 500
 
 
+class JobCreateFailed(Exception):
+    """A Job create failed; ``failure`` says how (whether to retry is the caller's call:
+    ``failure.retryable`` is what may pass). ``maybe_applied``: no answer or a 5xx, so the
+    create may have been stored all the same (the next 409 may then be our own Job)."""
+
+    def __init__(self, text: str, failure: ApiFailure, *, maybe_applied: bool) -> None:
+        super().__init__(text)
+        self.failure = failure
+        self.maybe_applied = maybe_applied
+
+
 def describe(exc: BaseException) -> ApiFailure:
     if isinstance(exc, ApiException):
         reason, message = exc.reason or "", ""
