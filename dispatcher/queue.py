@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from dispatcher import lua
 from dispatcher.keys import Keys
+from dispatcher.redis_typing import aio
 from dispatcher.reporting import REPORTED_TTL_SECONDS
 
 
@@ -92,15 +93,19 @@ class QueueStore:
 
     async def claim(self, blocking: aioredis.Redis, block_seconds: float) -> bytes | None:
         """Block until a message moves from the queue into our processing list."""
-        return await blocking.blmove(self.keys.queue, self.processing, block_seconds,
-                                     "RIGHT", "LEFT")
+        # BLMOVE takes fractional seconds; redis-py annotates the timeout as int.
+        moved: bytes | None = await aio(blocking.blmove(
+            self.keys.queue, self.processing, block_seconds,  # type: ignore[arg-type]
+            "RIGHT", "LEFT"))
+        return moved
 
     async def wait_for_message(self, blocking: aioredis.Redis, block_seconds: float) -> bool:
         """Block until the queue is not empty, without claiming anything: a rotation of the
         list onto itself at the same end changes nothing. The claim itself is always the
         claim script's (slots taken in queue order, the cap and the size limit checked)."""
-        moved = await blocking.blmove(self.keys.queue, self.keys.queue, block_seconds,
-                                      "RIGHT", "RIGHT")
+        moved = await aio(blocking.blmove(
+            self.keys.queue, self.keys.queue, block_seconds,  # type: ignore[arg-type]
+            "RIGHT", "RIGHT"))
         return moved is not None
 
     async def claim_many(self, count: int, cap: int, max_bytes: int,
@@ -186,7 +191,7 @@ class QueueStore:
     async def recover_dead_replicas(self) -> dict[str, int]:
         """Requeue the processing lists of replicas whose heartbeat expired."""
         recovered: dict[str, int] = {}
-        for member in await self.redis.smembers(self.keys.replicas):
+        for member in await aio(self.redis.smembers(self.keys.replicas)):
             replica = member.decode()
             if replica == self.replica:
                 continue
@@ -208,7 +213,7 @@ class QueueStore:
             await pipe.execute()
 
     async def slots(self) -> list[Slot]:
-        raw = await self.redis.hgetall(self.keys.inflight)
+        raw = await aio(self.redis.hgetall(self.keys.inflight))
         slots = []
         for handle, value in raw.items():
             data = json.loads(value)
@@ -219,10 +224,10 @@ class QueueStore:
 
     async def processing_payloads(self) -> list[bytes]:
         """What this replica's processing list holds now."""
-        return list(await self.redis.lrange(self.processing, 0, -1))  # type: ignore[misc]
+        return list(await aio(self.redis.lrange(self.processing, 0, -1)))
 
     async def slot_count(self) -> int:
-        return int(await self.redis.hlen(self.keys.inflight))
+        return int(await aio(self.redis.hlen(self.keys.inflight)))
 
     async def pending(self, slots: list[Slot]) -> set[Slot]:
         """Which slots' messages are still queued or claimed by any replica (checked
@@ -230,7 +235,7 @@ class QueueStore:
         matched by its payload's SHA-1, the others by request id."""
         if not slots:
             return set()
-        replicas = [m.decode() for m in await self.redis.smembers(self.keys.replicas)]
+        replicas = [m.decode() for m in await aio(self.redis.smembers(self.keys.replicas))]
         lists = [self.keys.queue] + [self.keys.processing(r) for r in {*replicas, self.replica}]
         needles = [f"sha:{s.sha}" if s.state == "claimed" else f'"request_id":"{s.request_id}"'
                    for s in slots]
@@ -238,8 +243,8 @@ class QueueStore:
         return {slot for slot, hit in zip(slots, found, strict=True) if int(hit)}
 
     async def depths(self) -> Depths:
-        replicas = [m.decode() for m in await self.redis.smembers(self.keys.replicas)]
-        handles = [m.decode() for m in await self.redis.smembers(self.keys.waiting_index)]
+        replicas = [m.decode() for m in await aio(self.redis.smembers(self.keys.replicas))]
+        handles = [m.decode() for m in await aio(self.redis.smembers(self.keys.waiting_index))]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.llen(self.keys.queue)
             pipe.llen(self.keys.dead_letter)
