@@ -73,10 +73,7 @@ class Launcher:
         self._creates = asyncio.Semaphore(concurrency)
         self._acks: list[tuple[str, str, str, asyncio.Future[None]]] = []
         self._acks_pending = asyncio.Event()
-        self._retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientLaunchError),
-            wait=RetryAfterOrBackoff(retry_max_seconds), before_sleep=self._retrying_create,
-            reraise=True)
+        self._wait = RetryAfterOrBackoff(retry_max_seconds)
 
     def launch(self, message: ProvisionerMessage, item: Acquisition) -> bytes:
         """Start launching a message whose server slot ``item`` acquired; returns the
@@ -109,9 +106,13 @@ class Launcher:
 
     async def _launch_until_done(self, message: ProvisionerMessage, raw: str, name: str,
                                  ctx: dict[str, str]) -> None:
+        # One retrying object per launch: tenacity keeps per-call state on it.
+        retrying = AsyncRetrying(retry=retry_if_exception_type(TransientLaunchError),
+                                 wait=self._wait, before_sleep=self._retrying_create,
+                                 reraise=True)
         try:
-            created: bool = await self._retrying(
-                functools.partial(self._create, message, name), ctx=ctx)
+            created: bool = await retrying(functools.partial(self._create, message, name),
+                                           ctx=ctx)
         except LaunchRejected as exc:
             self.failing = False
             log.error("Job rejected: message dead-lettered", extra={**ctx, "error": str(exc)})
