@@ -1,5 +1,4 @@
-"""Creating the Job of each routed message, then acking the message (one round trip for
-the acks of concurrent launches).
+"""Creating the Job of each routed message, then acking the message (acks.py).
 
 Retry policy of a create: a TransientLaunchError (API down, throttled, RBAC or namespace
 being fixed, credentials rotated) is retried for as long as it lasts, after the API's
@@ -19,13 +18,13 @@ from datetime import UTC, datetime
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base, wait_exponential
 
+from dispatcher.acks import Acks
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.executors.base import Executor, LaunchRejected, TransientLaunchError
 from dispatcher.messages import InvalidMessage, ProvisionerMessage, RejectReason
 from dispatcher.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
-from dispatcher.queue import Acquisition, QueueStore
-from dispatcher.redis_retry import RedisRetry
+from dispatcher.queue import Acquisition
 from dispatcher.rejects import Rejecter
 
 log = logging.getLogger("dispatcher")
@@ -52,13 +51,11 @@ class RetryAfterOrBackoff(wait_base):
 
 
 class Launcher:
-    def __init__(self, executor: Executor, store: QueueStore, redis: RedisRetry,
-                 rejecter: Rejecter, config: JobConfigCheck, state: DispatchState,
-                 metrics: Metrics, *, concurrency: int, room: int,
-                 retry_max_seconds: float) -> None:
+    def __init__(self, executor: Executor, acks: Acks, rejecter: Rejecter,
+                 config: JobConfigCheck, state: DispatchState, metrics: Metrics, *,
+                 concurrency: int, room: int, retry_max_seconds: float) -> None:
         self.executor = executor
-        self.store = store
-        self.redis = redis
+        self.acks = acks
         self.rejecter = rejecter
         self.config = config
         self.state = state
@@ -71,8 +68,6 @@ class Launcher:
         self.room_free = asyncio.Event()
         self.room_free.set()
         self._creates = asyncio.Semaphore(concurrency)
-        self._acks: list[tuple[str, str, str, asyncio.Future[None]]] = []
-        self._acks_pending = asyncio.Event()
         self._wait = RetryAfterOrBackoff(retry_max_seconds)
 
     def launch(self, message: ProvisionerMessage, item: Acquisition) -> bytes:
@@ -121,7 +116,7 @@ class Launcher:
                 holder=True)
             return
         self.failing = False
-        await self._ack(raw, message.server_handle, message.request_id or "")
+        await self.acks.ack(raw, message.server_handle, message.request_id or "")
         self.metrics.dispatched.inc()
         if created:
             self.metrics.jobs_created.inc()
@@ -153,30 +148,6 @@ class Launcher:
         log.warning("cannot create the Job yet; the message stays claimed and is retried",
                     extra={**state.kwargs["ctx"], "error": str(error),
                            "retry_in": state.upcoming_sleep})
-
-    async def _ack(self, raw: str, handle: str, request_id: str) -> None:
-        """Acks of concurrent launches share one round trip (see ack_loop)."""
-        done = asyncio.get_running_loop().create_future()
-        self._acks.append((raw, handle, request_id, done))
-        self._acks_pending.set()
-        await done
-
-    async def ack_loop(self) -> None:
-        while True:
-            await self._acks_pending.wait()
-            self._acks_pending.clear()
-            batch, self._acks = self._acks, []
-            items = [(r, h, i) for r, h, i, _ in batch]
-            try:
-                await self.redis(functools.partial(self.store.ack_many, items))
-            except BaseException:
-                # Kept for the restarted loop: the launches wait on these acks.
-                self._acks[:0] = batch
-                self._acks_pending.set()
-                raise
-            for *_, done in batch:
-                if not done.done():
-                    done.set_result(None)
 
     async def drain(self, within_seconds: float) -> None:
         """Shutdown: let creates in progress finish within the bound, cancel the rest

@@ -1,7 +1,7 @@
 """The dispatcher: wiring of its collaborators and their lifecycle.
 
 - intake.py claims messages in batches, parses and routes them;
-- launcher.py creates each routed message's Job and acks it;
+- launcher.py creates each routed message's Job; acks.py acks it (batched);
 - ends.py reports Jobs that ended without their runner's result and frees their slot;
 - reconciler.py repairs what no event will (start-up, dead replicas, orphans);
 - preflight.py keeps intake closed while the API refuses Jobs built from the settings.
@@ -21,6 +21,7 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from dispatcher.acks import Acks
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.ends import Ends
 from dispatcher.executors.base import Executor
@@ -55,8 +56,9 @@ class Dispatcher:
         state = DispatchState()
         self.config = JobConfigCheck(executor, settings.preflight_seconds)
         rejecter = Rejecter(self.store, self.retry, metrics, settings.replica_id)
+        self.acks = Acks(self.store, self.retry)
         self.launcher = Launcher(
-            executor, self.store, self.retry, rejecter, self.config, state, metrics,
+            executor, self.acks, rejecter, self.config, state, metrics,
             concurrency=settings.dispatch_concurrency,
             room=settings.dispatch_concurrency * CLAIM_BATCH_FACTOR,
             retry_max_seconds=settings.api_retry_max_seconds)
@@ -113,7 +115,7 @@ class Dispatcher:
         await self.config.check()
         self.supervisor.start("preflight", self.config.loop)
         self.supervisor.start("ends", self.ends.loop)
-        self.supervisor.start("acks", self.launcher.ack_loop)
+        self.supervisor.start("acks", self.acks.loop)
         self.supervisor.start("reconcile", self.reconciler.loop)
         self.supervisor.start("pop", lambda: self.intake.loop(stop))
         self.started = True
