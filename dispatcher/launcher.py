@@ -103,11 +103,10 @@ class Launcher:
                                  ctx: dict[str, str]) -> None:
         # One retrying object per launch: tenacity keeps per-call state on it.
         retrying = AsyncRetrying(retry=retry_if_exception_type(TransientLaunchError),
-                                 wait=self._wait, before_sleep=self._retrying_create,
-                                 reraise=True)
+                                 wait=self._wait, reraise=True,
+                                 before_sleep=functools.partial(self._retrying_create, ctx))
         try:
-            created: bool = await retrying(functools.partial(self._create, message, name),
-                                           ctx=ctx)
+            created: bool = await retrying(self._create, message, name)
         except LaunchRejected as exc:
             self.failing = False
             log.error("Job rejected: message dead-lettered", extra={**ctx, "error": str(exc)})
@@ -126,8 +125,7 @@ class Launcher:
         log.info("Job created" if created else "Job already existed (redelivery)",
                  extra={**ctx, "action": message.action.value})
 
-    async def _create(self, message: ProvisionerMessage, name: str,
-                      ctx: dict[str, str]) -> bool:
+    async def _create(self, message: ProvisionerMessage, name: str) -> bool:
         try:
             async with self._creates:
                 return await self.executor.launch(message, name)
@@ -140,13 +138,13 @@ class Launcher:
             await self.config.accepted.wait()
             raise SettingsFixed() from None
 
-    def _retrying_create(self, state: RetryCallState) -> None:
+    def _retrying_create(self, ctx: dict[str, str], state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, SettingsFixed):
             return
         self.failing = True
         log.warning("cannot create the Job yet; the message stays claimed and is retried",
-                    extra={**state.kwargs["ctx"], "error": str(error),
+                    extra={**ctx, "error": str(error),
                            "retry_in": state.upcoming_sleep})
 
     async def drain(self, within_seconds: float) -> None:
