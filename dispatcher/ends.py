@@ -71,6 +71,10 @@ class Ends:
         self.keys = keys
         self.state = state
         self.metrics = metrics
+        # Requests whose end is being handled. The reconciler may meet the same end (or the
+        # Job's later state: a stopped Job fails with DeadlineExceeded) meanwhile; it leaves
+        # it to the handler in progress, which reports and counts it under its own reason.
+        self._finishing: set[str] = set()
 
     async def loop(self) -> None:
         while True:
@@ -82,6 +86,15 @@ class Ends:
                               extra={"job_name": end.job_name})
 
     async def finish(self, end: JobEnd) -> None:
+        if end.request_id in self._finishing:
+            return
+        self._finishing.add(end.request_id)
+        try:
+            await self._finish(end)
+        finally:
+            self._finishing.discard(end.request_id)
+
+    async def _finish(self, end: JobEnd) -> None:
         ctx = {"server_handle": end.server_handle, "request_id": end.request_id,
                "job_name": end.job_name}
         if end.stop_job:
