@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from contracts.logs import configure_logging
 from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
 from contracts.results import ResultEntry
 from dispatcher.queue import QueueStore
+from dispatcher.redis_typing import aio
 from dispatcher.schemas import write_schemas
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
@@ -108,7 +109,7 @@ async def _enqueue(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     redis = create_redis(redis_settings)
     try:
-        await redis.lpush(redis_settings.keys.queue, message.to_json())
+        await aio(redis.lpush(redis_settings.keys.queue, message.to_json()))
     finally:
         await redis.aclose()
     print(json.dumps({"enqueued": json.loads(message.to_json()),
@@ -139,7 +140,7 @@ async def _results(args: argparse.Namespace) -> int:
     redis_settings = _load(RedisSettings, "REDIS_")
     redis = create_redis(redis_settings)
     try:
-        entries = await redis.lrange(redis_settings.keys.results, 0, args.count - 1)
+        entries = await aio(redis.lrange(redis_settings.keys.results, 0, args.count - 1))
     finally:
         await redis.aclose()
     for raw in entries:
@@ -153,23 +154,23 @@ async def _dead_letter(args: argparse.Namespace) -> int:
     redis = create_redis(redis_settings)
     try:
         if not args.requeue:
-            for raw in await redis.lrange(keys.dead_letter, 0, args.count - 1):
+            for raw in await aio(redis.lrange(keys.dead_letter, 0, args.count - 1)):
                 print(raw.decode(errors="backslashreplace"))
             return 0
         moved, kept = 0, []
         for _ in range(args.count):
             # Oldest first; the payload goes back as it came, to be validated again.
-            raw = await redis.rpop(keys.dead_letter)
+            raw = await aio(redis.rpop(keys.dead_letter))
             if raw is None:
                 break
             entry = json.loads(raw)
             if entry.get("payload_truncated"):
                 kept.append(raw)  # only a prefix was kept (oversize): nothing to retry
                 continue
-            await redis.lpush(keys.queue, entry["payload"])
+            await aio(redis.lpush(keys.queue, entry["payload"]))
             moved += 1
         for raw in reversed(kept):
-            await redis.rpush(keys.dead_letter, raw)
+            await aio(redis.rpush(keys.dead_letter, raw))
         print(json.dumps({"requeued": moved, "kept_truncated": len(kept)}))
         return 0
     finally:
@@ -180,7 +181,7 @@ async def _check_redis() -> str:
     redis_settings = _load(RedisSettings, "REDIS_")
     redis = create_redis(redis_settings)
     try:
-        await redis.ping()
+        await aio(redis.ping())
     finally:
         await redis.aclose()
     return f"Redis at {redis_settings.url} answers"
@@ -218,7 +219,8 @@ def _check_api() -> str:
 def cmd_check(_: argparse.Namespace) -> int:
     """Every dependency, one line each; exit 3 if any does not answer."""
     failed = False
-    for check in (lambda: asyncio.run(_check_redis()), _check_api):
+    checks: tuple[Callable[[], str], ...] = (lambda: asyncio.run(_check_redis()), _check_api)
+    for check in checks:
         try:
             print(f"ok: {check()}")
         except Unreachable as exc:
@@ -246,7 +248,8 @@ def cmd_settings(_: argparse.Namespace) -> int:
             alias = field.validation_alias if isinstance(field.validation_alias, str) else None
             default: Any = field.default
             if field.default_factory is not None:
-                default = "<computed>" if name == "replica_id" else field.default_factory()
+                default = ("<computed>" if name == "replica_id"
+                           else field.get_default(call_default_factory=True))
             rows.append({"variable": alias or f"{prefix}{name}".upper(),
                          "default": default, "description": field.description or ""})
     print(json.dumps(rows, indent=2, default=str))

@@ -118,7 +118,7 @@ class _ClusterCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         # *_created series double the exposition for nothing a dashboard here uses.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

@@ -18,30 +18,21 @@ from datetime import datetime
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
+from dispatcher import lua
 from dispatcher.metrics import Metrics
 from dispatcher.queue import QueueStore
+from dispatcher.redis_typing import aio
 
 REFRESH_SECONDS = 5.0  # default of DISPATCHER_METRICS_REFRESH_SECONDS
 LEASE_REFRESHES = 3  # the lease lasts three refreshes: a holder that stalls once keeps it
 RESULTS_SCAN = 500  # newest results read per refresh; a bigger burst is undercounted
 log = logging.getLogger(__name__)
 
-# Take the lease when free, renew it when held; 1 when this replica holds it afterwards.
-_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if not holder or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-
 def lease_key(keys: Keys) -> str:
     return f"{keys.prefix}:metrics-exporter"
 
 
-def _enqueued_age(raw: bytes | None, now: float) -> float:
+def _enqueued_age(raw: bytes | str | None, now: float) -> float:
     """Age of a queued message from its enqueued_at; 0 when absent or unreadable."""
     if raw is None:
         return 0.0
@@ -62,16 +53,17 @@ class QueueStateExporter:
         self._holding = False
 
     async def refresh(self) -> None:
-        held = bool(await self.redis.eval(_LEASE, 1, lease_key(self.keys), self.replica,
-                                          int(self.interval * LEASE_REFRESHES * 1000)))
+        held = bool(await aio(self.redis.eval(
+            lua.LEASE, 1, lease_key(self.keys), self.replica,
+            int(self.interval * LEASE_REFRESHES * 1000))))
         if not held:
             self._holding = False
             self.metrics.observe_depths(None)
             return
         depths = await self.store.depths()
         now = time.time()
-        oldest = _enqueued_age(await self.redis.lindex(self.keys.queue, -1), now)
-        newest = await self.redis.lrange(self.keys.results, 0, RESULTS_SCAN - 1)
+        oldest = _enqueued_age(await aio(self.redis.lindex(self.keys.queue, -1)), now)
+        newest = await aio(self.redis.lrange(self.keys.results, 0, RESULTS_SCAN - 1))
         if not self._holding:
             # Taking the lease: count from here on, not the history other holders counted.
             self.metrics.start_result_counts()
@@ -96,9 +88,8 @@ class QueueStateExporter:
     async def release(self) -> None:
         """Hand the lease over at once on shutdown (only if this replica holds it)."""
         with contextlib.suppress(Exception):
-            await self.redis.eval(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
-                1, lease_key(self.keys), self.replica)
+            await aio(self.redis.eval(
+                lua.LEASE_RELEASE, 1, lease_key(self.keys), self.replica))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -24,6 +24,7 @@ from dispatcher.kube.classify import (
 )
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.creating import JobPayload, create_job
+from dispatcher.kube.errors import JobCreateFailed
 from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST, selector
@@ -152,13 +153,14 @@ class KubernetesExecutor:
         try:
             created = await create_job(self.kube, self.namespace, body,
                                        after_lost_reply=job_name in self._unanswered)
-        except TransientLaunchError as exc:
+        except JobCreateFailed as exc:
+            if not exc.failure.retryable:
+                self._unanswered.discard(job_name)
+                raise LaunchRejected(str(exc)) from None
             if exc.maybe_applied:
                 self._unanswered.add(job_name)
-            raise
-        except LaunchRejected:
-            self._unanswered.discard(job_name)
-            raise
+            raise TransientLaunchError(str(exc), exc.failure.retry_after,
+                                       maybe_applied=exc.maybe_applied) from None
         self._unanswered.discard(job_name)
         return created
 
@@ -171,7 +173,9 @@ class KubernetesExecutor:
         body = build_job(sample, self.settings, self.template)
         try:
             await create_job(self.kube, self.namespace, body, dry_run=True)
-        except LaunchRejected as exc:
+        except JobCreateFailed as exc:
+            if exc.failure.retryable:
+                raise TransientLaunchError(str(exc), exc.failure.retry_after) from None
             return str(exc)
         return None
 

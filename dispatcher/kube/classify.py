@@ -24,7 +24,8 @@ def parse_time(value: str | None) -> datetime | None:
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind and cond.get("status") == "True":
-            return cond
+            found: dict[str, Any] = cond
+            return found
     return None
 
 

@@ -13,9 +13,8 @@ from urllib.parse import quote
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from dispatcher.executors.base import LaunchRejected, TransientLaunchError
 from dispatcher.kube.client import KubeClient
-from dispatcher.kube.errors import UNAUTHORIZED, describe
+from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, describe
 from dispatcher.naming import LABEL_REQUEST
 
 log = logging.getLogger(__name__)
@@ -56,16 +55,13 @@ async def create_job(kube: KubeClient, namespace: str, body: dict[str, Any] | Jo
                         extra={"reloaded": reloaded})
         text = f"creating Job {body.name}: HTTP {failure.status} " \
                f"{failure.reason}: {failure.message}"
-        if failure.retryable:
-            # A 5xx may come after the write was stored (a timeout between API server and
-            # etcd): the next 409 may then be our own Job.
-            raise TransientLaunchError(text, failure.retry_after,
-                                       maybe_applied=failure.status >= 500) from None
-        raise LaunchRejected(text) from None
+        # A 5xx may come after the write was stored (a timeout between API server and
+        # etcd): the next 409 may then be our own Job.
+        raise JobCreateFailed(text, failure, maybe_applied=failure.status >= 500) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         failure = describe(exc)
-        raise TransientLaunchError(f"creating Job: {failure.reason}: {failure.message}",
-                                   maybe_applied=True) from None
+        raise JobCreateFailed(f"creating Job: {failure.reason}: {failure.message}", failure,
+                              maybe_applied=True) from None
     return True
 
 

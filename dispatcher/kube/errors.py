@@ -49,3 +49,28 @@ def describe(exc: BaseException) -> ApiFailure:
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
         return ApiFailure(0, type(exc).__name__, str(exc))
     raise exc
+
+
+class KubeCallFailed(Exception):
+    """A Kubernetes API call failed; ``failure`` says how. kube/ raises only this family:
+    whether to retry is the caller's call (``failure.retryable`` is what may pass)."""
+
+    def __init__(self, text: str, failure: ApiFailure) -> None:
+        super().__init__(text)
+        self.failure = failure
+
+
+class JobCreateFailed(KubeCallFailed):
+    """A Job create failed. ``maybe_applied``: no answer or a 5xx, so the create may have
+    been stored all the same (the next 409 may then be our own Job)."""
+
+    def __init__(self, text: str, failure: ApiFailure, *, maybe_applied: bool) -> None:
+        super().__init__(text, failure)
+        self.maybe_applied = maybe_applied
+
+
+def call_failed(what: str, exc: BaseException) -> KubeCallFailed:
+    """``exc`` (a client or connection error) as kube's own error, naming ``what``."""
+    failure = describe(exc)
+    status = f"HTTP {failure.status} " if failure.status else ""
+    return KubeCallFailed(f"{what}: {status}{failure.reason}: {failure.message}", failure)

@@ -18,9 +18,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from dispatcher.kube.client import KubeClient
+from dispatcher.kube.errors import call_failed
 from dispatcher.naming import ANNOTATION_STOPPED
 
 REPORTING_CONTROLLER = "infra-service.io/dispatcher"
@@ -51,7 +53,9 @@ async def stop_job(kube: KubeClient, namespace: str, name: str, reason: str,
     except ApiException as exc:
         if exc.status == 404:
             return False
-        raise
+        raise call_failed(f"stopping Job {name}", exc) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise call_failed(f"stopping Job {name}", exc) from None
     return True
 
 
@@ -81,5 +85,9 @@ def failure_event(namespace: str, job: dict[str, Any], reason: str, message: str
 async def record_failure(kube: KubeClient, namespace: str, job: dict[str, Any], reason: str,
                          message: str, instance: str, action: str) -> None:
     body = failure_event(namespace, job, reason, message, instance, action)
-    await kube.call("create_event", kube.events.create_namespaced_event, namespace, body,
-                    _preload_content=False)
+    try:
+        await kube.call("create_event", kube.events.create_namespaced_event, namespace, body,
+                        _preload_content=False)
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise call_failed(f"recording an Event on Job {body['regarding']['name']}",
+                          exc) from None

@@ -118,7 +118,7 @@ class ListWatch:
             objects.extend(page.get("items") or [])
             token = page.get("metadata", {}).get("continue")
             if not token:
-                version = page.get("metadata", {}).get("resourceVersion", "")
+                version = str(page.get("metadata", {}).get("resourceVersion", ""))
                 break
         self.deliver(Sync(self.kind, objects))
         return version
@@ -169,4 +169,6 @@ def watch_events(response: Any) -> Iterator[dict[str, Any]]:
 
 def threadsafe_deliver(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Sync | Change]
                        ) -> Callable[[Sync | Change], None]:
-    return lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+    def deliver(item: Sync | Change) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+    return deliver

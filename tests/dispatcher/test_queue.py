@@ -248,3 +248,23 @@ async def test_a_dropped_redelivery_gives_back_the_slot_it_claimed(
     assert claim is Claim.DONE
     assert await store.slots() == []
     assert await redis_client.llen(keys.processing("r1")) == 0
+
+
+async def test_a_waiting_list_without_a_slot_hands_the_server_to_its_oldest_message(
+        redis_client: aioredis.Redis, keys: Keys) -> None:
+    """Only manual edits leave a waiting list without a slot: the new message queues
+    behind it and the oldest waiting message gets the server, so it is not stuck."""
+    store = QueueStore(redis_client, keys, "r1")
+    await redis_client.rpush(keys.waiting("s1"), msg("s1", "old-1"), msg("s1", "old-2"))
+    await redis_client.sadd(keys.waiting_index, "s1")
+    await redis_client.lpush(keys.queue, msg("s1", "new"))
+    claim, _ = await claim_and_acquire(store, redis_client)
+    assert claim is Claim.WAITING
+    [slot] = await store.slots()
+    assert (slot.handle, slot.request_id, slot.state) == ("s1", "old-1", "reserved")
+    assert json.loads(await redis_client.lindex(keys.queue, -1))["request_id"] == "old-1"
+    waiting = [json.loads(v)["request_id"]
+               for v in await redis_client.lrange(keys.waiting("s1"), 0, -1)]
+    assert waiting == ["old-2", "new"]
+    assert await redis_client.sismember(keys.waiting_index, "s1")
+    assert await redis_client.llen(keys.processing("r1")) == 0

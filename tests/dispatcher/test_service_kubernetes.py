@@ -489,3 +489,58 @@ async def test_a_create_whose_reply_was_lost_counts_as_created(start, k8s: Kube,
     assert await wait_until(counted, timeout=30, what="12 created") == 12
     assert metric_value(dispatcher.metrics(), "infra_kube_api_responses_total",
                         '{code="409",verb="create"}') == 5
+
+
+@pytest.mark.parametrize("failures", [3, 8])
+async def test_stopping_a_stuck_job_is_retried_and_the_failure_reported_anyway(
+        start, k8s: Kube, redis_client, keys, failures: int) -> None:
+    """Stopping is retried 8 times through API errors; past that the failure is reported
+    all the same (the Job then ends at its own deadline)."""
+    dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS="1",
+                       DISPATCHER_PENDING_TIMEOUT_SECONDS="1")
+    k8s.emulator.control.inject(verb="patch", resource="jobs", status=503, count=failures)
+    await redis_client.lpush(keys.queue, message("srv-1", "r1"))
+    await wait_until(lambda: job_count(k8s, 1), what="Job")
+    name = job_for(k8s, "r1")["metadata"]["name"]
+    await asyncio.to_thread(_config_error, k8s, name)
+    got = await wait_until(lambda: result_for(redis_client, keys, "r1"), timeout=90,
+                           what="failure result")
+    assert (got["status"], got["error"]["kind"]) == ("failed", "config_error")
+    events = [e["event"] for e in dispatcher.log_events()]
+    assert events.count("stopping stuck Job failed; retrying") == min(failures, 7)
+    stopped = "stuck Job stopped" in events
+    gave_up = "could not stop the stuck Job; its failure is reported anyway and the Job " \
+              "ends at its activeDeadlineSeconds (check the dispatcher's RBAC: patch on jobs)"
+    assert (stopped, gave_up in events) == ((True, False) if failures < 8 else (False, True))
+    annotations = job_for(k8s, "r1")["metadata"].get("annotations") or {}
+    assert ("infra-service.io/stopped" in annotations) is stopped
+    await wait_until(lambda: _slots_empty(redis_client, keys), what="server slot freed")
+
+
+async def test_a_job_the_api_refuses_is_dead_lettered_and_frees_its_server(
+        start, k8s: Kube, redis_client, keys) -> None:
+    """422 for this message's Job while the settings' Job (dry run) is accepted."""
+    start()  # the preflight at start-up passes; the next one is minutes away
+    k8s.emulator.control.inject(verb="create", resource="jobs", status=422, count=1,
+                                message="spec.template: Invalid value")
+    await redis_client.lpush(keys.queue, message("srv-1", "r1"))
+    await redis_client.lpush(keys.queue, message("srv-1", "r2"))  # waits for srv-1
+    got = await wait_until(lambda: result_for(redis_client, keys, "r1"), what="rejection")
+    assert (got["status"], got["error"]["kind"]) == ("rejected", "invalid_message")
+    assert "HTTP 422" in got["error"]["message"]
+    entry = json.loads(await redis_client.lindex(keys.dead_letter, 0))
+    assert (entry["reason"], entry["request_id"]) == ("job_rejected", "r1")
+    await wait_until(lambda: _has_job(k8s, "r2"), what="next Job for the server")
+
+
+async def test_a_create_refused_because_of_the_settings_waits_for_their_fix(
+        start, k8s: Kube, redis_client, keys) -> None:
+    """The create and the dry run of the settings' Job are both refused: the message stays
+    claimed (no dead letter) until a later dry run is accepted, then its Job is created."""
+    start(DISPATCHER_PREFLIGHT_SECONDS="1")
+    k8s.emulator.control.inject(verb="create", resource="jobs", status=422, count=3,
+                                message="spec.template.metadata.annotations: Invalid value")
+    await redis_client.lpush(keys.queue, message("srv-1", "r1"))
+    await wait_until(lambda: _has_job(k8s, "r1"), timeout=60, what="Job once accepted")
+    assert await redis_client.llen(keys.dead_letter) == 0
+    assert await result_for(redis_client, keys, "r1") is None

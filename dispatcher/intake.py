@@ -1,0 +1,156 @@
+"""Intake: claim messages from the queue in batches, parse them, and route each one:
+launch it (its server's slot is ours), park it behind its server's running Job, drop a
+redelivery whose request already has a result, or dead-letter it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from contracts.messages import (
+    MAX_PAYLOAD_BYTES,
+    InvalidMessage,
+    ProvisionerMessage,
+    RejectReason,
+    parse_message,
+)
+from dispatcher.dispatch_state import DispatchState
+from dispatcher.launcher import Launcher
+from dispatcher.metrics import Metrics
+from dispatcher.naming import job_name_for
+from dispatcher.preflight import JobConfigCheck
+from dispatcher.queue import Acquisition, Claim, QueueStore
+from dispatcher.redis_retry import RedisRetry
+from dispatcher.rejects import Rejecter
+
+log = logging.getLogger("dispatcher")
+# Dead-letter entries of oversize payloads keep this much of it (plus its size).
+DEAD_LETTER_PREFIX_BYTES = 512
+CAPACITY_POLL_SECONDS = 0.5  # at the cap: how often ends of other replicas are looked for
+
+
+@dataclass(frozen=True)
+class Triage:
+    """Claimed payloads sorted, in claim order: valid ones ready to route, invalid ones."""
+
+    valid: list[tuple[ProvisionerMessage, Acquisition]]
+    invalid: list[tuple[bytes, InvalidMessage]]
+
+
+def triage(raws: list[bytes]) -> Triage:
+    """Parse claimed payloads; never raises, whatever a payload holds."""
+    valid: list[tuple[ProvisionerMessage, Acquisition]] = []
+    invalid: list[tuple[bytes, InvalidMessage]] = []
+    for raw in raws:
+        try:
+            message = parse_message(raw).with_identity()
+        except InvalidMessage as refused:
+            invalid.append((raw, refused))
+            continue
+        except Exception as exc:  # parse_message promises not to; a payload still must
+            # never stop the loop (a restart would meet the same payload again)
+            invalid.append((raw, InvalidMessage(RejectReason.UNPARSEABLE,
+                                                f"{type(exc).__name__} while parsing")))
+            continue
+        valid.append((message, Acquisition(raw, message.to_json(), message.server_handle,
+                                           message.request_id or "", job_name_for(message))))
+    return Triage(valid, invalid)
+
+
+class Intake:
+    def __init__(self, store: QueueStore, redis: RedisRetry, blocking: aioredis.Redis,
+                 launcher: Launcher, rejecter: Rejecter, config: JobConfigCheck,
+                 state: DispatchState, metrics: Metrics, *, max_in_flight: int,
+                 block_seconds: float) -> None:
+        self.store = store
+        self.redis = redis
+        self.blocking = blocking
+        self.launcher = launcher
+        self.rejecter = rejecter
+        self.config = config
+        self.state = state
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.block_seconds = block_seconds
+
+    async def loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.config.accepted.wait()
+            await self.launcher.room_free.wait()
+            # A burst is claimed in batches; an empty queue is waited on with a blocking
+            # command (no polling) that claims nothing itself. At the in-flight cap nothing
+            # is claimed: wait for capacity (claiming and putting back would reorder a
+            # server's messages against other replicas).
+            batch = await self.redis(functools.partial(
+                self.store.claim_many, self.launcher.room, self.max_in_flight,
+                MAX_PAYLOAD_BYTES, DEAD_LETTER_PREFIX_BYTES))
+            if batch.oversize:
+                self.metrics.received.inc(batch.oversize)
+                self.metrics.dead_lettered.labels(RejectReason.OVERSIZE.value).inc(
+                    batch.oversize)
+                log.warning("oversize payloads dead-lettered inside Redis",
+                            extra={"count": batch.oversize, "limit_bytes": MAX_PAYLOAD_BYTES})
+            if batch.at_cap:
+                await self._wait_for_capacity()
+                continue
+            raws = batch.payloads
+            if not raws:
+                if not batch.oversize:
+                    await self.redis(lambda: self.store.wait_for_message(
+                        self.blocking, self.block_seconds))
+                continue
+            self.state.claimed.update(raws)
+            owned: set[bytes] = set()
+            try:
+                owned = await self._route(raws)
+            finally:
+                # Launches hold their (possibly rewritten) payloads in ``claimed``.
+                self.state.claimed.difference_update(set(raws) - owned)
+
+    async def _route(self, raws: list[bytes]) -> set[bytes]:
+        """Route claimed messages in claim order; returns the payloads launches now own."""
+        self.metrics.received.inc(len(raws))
+        sorted_out = triage(raws)
+        for raw, invalid in sorted_out.invalid:
+            await self.rejecter.reject(raw, invalid)
+        owned: set[bytes] = set()
+        if not sorted_out.valid:
+            return owned
+        claims = await self.redis(lambda: self.store.acquire_many(
+            [a for _, a in sorted_out.valid], self.max_in_flight))
+        full = False
+        for (message, item), claim in zip(sorted_out.valid, claims, strict=True):
+            ctx = {"server_handle": item.handle, "request_id": item.request_id,
+                   "job_name": item.job_name}
+            if claim is Claim.ACQUIRED:
+                owned.add(self.launcher.launch(message, item))
+            elif claim is Claim.WAITING:
+                self.metrics.parked.inc()
+                log.info("server busy: message waits for its Job to end", extra=ctx)
+            elif claim is Claim.DONE:
+                log.info("request already has a result: dropped redelivery", extra=ctx)
+            elif claim is Claim.DUPLICATE:
+                await self.rejecter.reject(item.raw, InvalidMessage(
+                    RejectReason.DUPLICATE, "its request id holds a Job in flight",
+                    item.handle), message)
+            else:  # Claim.FULL
+                full = True
+                log.warning("in-flight cap reached after the claim: message put back at the "
+                            "front of the queue", extra=ctx)
+        if full:
+            await self._wait_for_capacity()
+        return owned
+
+    async def _wait_for_capacity(self) -> None:
+        """At the in-flight cap: wait for a Job to end (any replica) before claiming."""
+        capacity = self.state.capacity
+        while await self.redis(self.store.slot_count) >= self.max_in_flight:
+            capacity.clear()
+            with contextlib.suppress(TimeoutError):
+                # Ends seen by this replica wake us at once; the timeout covers the others.
+                await asyncio.wait_for(capacity.wait(), CAPACITY_POLL_SECONDS)

@@ -1,0 +1,160 @@
+"""Creating the Job of each routed message, then acking the message (acks.py).
+
+Retry policy of a create: a TransientLaunchError (API down, throttled, RBAC or namespace
+being fixed, credentials rotated) is retried for as long as it lasts, after the API's
+Retry-After when it sent one, otherwise with exponential backoff from 100 ms up to
+DISPATCHER_API_RETRY_MAX_SECONDS; the message stays claimed meanwhile and shutdown cancels
+the wait. A LaunchRejected triggers the preflight first: when the settings are what the API
+refuses, the message stays claimed until they are fixed; otherwise it is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from datetime import UTC, datetime
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.wait import wait_base, wait_exponential
+
+from contracts.messages import InvalidMessage, ProvisionerMessage, RejectReason
+from dispatcher.acks import Acks
+from dispatcher.dispatch_state import DispatchState
+from dispatcher.executors.base import Executor, LaunchRejected, TransientLaunchError
+from dispatcher.metrics import Metrics
+from dispatcher.preflight import JobConfigCheck
+from dispatcher.queue import Acquisition
+from dispatcher.rejects import Rejecter
+
+log = logging.getLogger("dispatcher")
+
+
+class SettingsFixed(TransientLaunchError):
+    """A create refused because of the settings, which are accepted again: retry at once."""
+
+    def __init__(self) -> None:
+        super().__init__("the API accepts Jobs built from the settings again", retry_after=0)
+
+
+class RetryAfterOrBackoff(wait_base):
+    """The API's Retry-After when the failure carries one, else exponential backoff."""
+
+    def __init__(self, max_seconds: float) -> None:
+        self.backoff = wait_exponential(multiplier=0.1, max=max_seconds)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, TransientLaunchError) and error.retry_after is not None:
+            return error.retry_after
+        return float(self.backoff(retry_state))
+
+
+class Launcher:
+    def __init__(self, executor: Executor, acks: Acks, rejecter: Rejecter,
+                 config: JobConfigCheck, state: DispatchState, metrics: Metrics, *,
+                 concurrency: int, room: int, retry_max_seconds: float) -> None:
+        self.executor = executor
+        self.acks = acks
+        self.rejecter = rejecter
+        self.config = config
+        self.state = state
+        self.metrics = metrics
+        self.failing = False  # a create failed and is being retried: /readyz
+        self.tasks: set[asyncio.Task[None]] = set()
+        # Routed messages waiting for a create may outnumber the concurrent creates:
+        # claiming and routing in large batches is what makes a burst cheap.
+        self.room = room
+        self.room_free = asyncio.Event()
+        self.room_free.set()
+        self._creates = asyncio.Semaphore(concurrency)
+        self._wait = RetryAfterOrBackoff(retry_max_seconds)
+
+    def launch(self, message: ProvisionerMessage, item: Acquisition) -> bytes:
+        """Start launching a message whose server slot ``item`` acquired; returns the
+        payload the launch now holds in our processing list."""
+        payload = item.new_raw.encode()
+        self.state.claimed.add(payload)
+        self.room -= 1
+        if self.room <= 0:
+            self.room_free.clear()
+        ctx = {"server_handle": item.handle, "request_id": item.request_id,
+               "job_name": item.job_name}
+        task = asyncio.create_task(self._launch(message, item.new_raw, item.job_name, ctx))
+        self.tasks.add(task)
+        task.add_done_callback(self._launched)
+        return payload
+
+    def _launched(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.room += 1
+        self.room_free.set()
+        if not task.cancelled() and task.exception():
+            log.error("launch task failed", exc_info=task.exception())
+
+    async def _launch(self, message: ProvisionerMessage, raw: str, name: str,
+                      ctx: dict[str, str]) -> None:
+        try:
+            await self._launch_until_done(message, raw, name, ctx)
+        finally:
+            self.state.claimed.discard(raw.encode())
+
+    async def _launch_until_done(self, message: ProvisionerMessage, raw: str, name: str,
+                                 ctx: dict[str, str]) -> None:
+        # One retrying object per launch: tenacity keeps per-call state on it.
+        retrying = AsyncRetrying(retry=retry_if_exception_type(TransientLaunchError),
+                                 wait=self._wait, reraise=True,
+                                 before_sleep=functools.partial(self._retrying_create, ctx))
+        try:
+            created: bool = await retrying(self._create, message, name)
+        except LaunchRejected as exc:
+            self.failing = False
+            log.error("Job rejected: message dead-lettered", extra={**ctx, "error": str(exc)})
+            await self.rejecter.reject(raw.encode(), InvalidMessage(
+                RejectReason.JOB_REJECTED, str(exc), message.server_handle), message,
+                holder=True)
+            return
+        self.failing = False
+        await self.acks.ack(raw, message.server_handle, message.request_id or "")
+        self.metrics.dispatched.inc()
+        if created:
+            self.metrics.jobs_created.inc()
+            if message.enqueued_at:
+                latency = (datetime.now(UTC) - message.enqueued_at).total_seconds()
+                self.metrics.dispatch_latency.observe(max(latency, 0.0))
+        log.info("Job created" if created else "Job already existed (redelivery)",
+                 extra={**ctx, "action": message.action.value})
+
+    async def _create(self, message: ProvisionerMessage, name: str) -> bool:
+        try:
+            async with self._creates:
+                return await self.executor.launch(message, name)
+        except LaunchRejected:
+            if await self.config.check():
+                raise  # this message's Job is refused: dead-lettered
+            # The settings, not this message, are refused: keep it claimed and wait for
+            # the fix instead of dead-lettering every message.
+            self.failing = True
+            await self.config.accepted.wait()
+            raise SettingsFixed() from None
+
+    def _retrying_create(self, ctx: dict[str, str], state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, SettingsFixed):
+            return
+        self.failing = True
+        log.warning("cannot create the Job yet; the message stays claimed and is retried",
+                    extra={**ctx, "error": str(error),
+                           "retry_in": state.upcoming_sleep})
+
+    async def drain(self, within_seconds: float) -> None:
+        """Shutdown: let creates in progress finish within the bound, cancel the rest
+        (their messages stay claimed and are requeued)."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(self.tasks, timeout=within_seconds)
+        for task in pending:
+            task.cancel()
+
+    async def wait_cancelled(self) -> None:
+        await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -1,0 +1,397 @@
+"""The Lua scripts of the queue (queue.py) and of the metrics lease (queue_state.py).
+
+Each queue state transition is one script, so a crash between two steps never loses or
+duplicates a message. Redis state they keep (key names in keys.py):
+- ``queue`` (list): LPUSHed by the Scheduler, consumed from the right end.
+- ``processing:<replica>`` (list): what a replica has claimed and not yet settled.
+- ``inflight`` (hash handle -> slot JSON): the request that owns each busy server. Slot
+  states: ``claimed`` (taken at claim time, keyed to the payload's SHA-1 in ``sha``),
+  ``acquired`` (routed: its Job is being created), ``created`` (Job exists, message acked),
+  ``reserved`` (handed to the oldest waiting message, which was put back at the consuming
+  end of the queue). ``rid`` is the request id; ``since`` when the state began.
+- ``waiting:<handle>`` (list) and ``waiting_index`` (set of handles with a waiting list).
+- ``dead_letter``, ``results`` (lists) and ``reported:<rid>`` (exactly-once marker).
+
+Invariants every script keeps:
+- A claimed payload leaves its processing list only in the script that records what
+  happened to it (acked as a Job, parked, put back, dead-lettered, dropped).
+- At most one slot per server; the number of slots is the number of Jobs in flight across
+  all replicas, and a slot is only ever added while that number is below the cap.
+- Only the holder of a slot frees it (same ``rid``, or same ``sha`` while ``claimed``), and
+  freeing a slot hands it to the server's oldest waiting message, in arrival order.
+
+Every script starts by naming its KEYS and ARGV; nothing below the names reads them.
+"""
+
+from __future__ import annotations
+
+# Shared functions, prepended to the scripts that free a slot.
+# hand_over: the server's slot was just freed; its oldest waiting message (if any) is
+# reserved the slot and put at the consuming end of the queue, so it runs next.
+# release: free the slot only if request ``rid`` holds it (compare-and-release).
+RELEASE_FUNCTIONS = """
+local function hand_over(inflight, waiting, waiting_index, queue, handle, now)
+  local nxt = redis.call('LPOP', waiting)
+  if nxt then
+    local msg = cjson.decode(nxt)
+    redis.call('HSET', inflight, handle,
+      cjson.encode({rid = msg.request_id, since = now, state = 'reserved'}))
+    redis.call('RPUSH', queue, nxt)
+  end
+  if redis.call('LLEN', waiting) == 0 then redis.call('SREM', waiting_index, handle) end
+end
+local function release(inflight, waiting, waiting_index, queue, handle, rid, now)
+  local cur = redis.call('HGET', inflight, handle)
+  if not cur then return 0 end
+  if cjson.decode(cur).rid ~= rid then return 0 end
+  redis.call('HDEL', inflight, handle)
+  hand_over(inflight, waiting, waiting_index, queue, handle, now)
+  return 1
+end
+"""
+
+# The server handle of a payload as the scripts read it: only a string that is a valid
+# handle (the same rule as messages.HANDLE_PATTERN), so a slot is never taken under a name
+# the dispatcher would refuse.
+HANDLE_FUNCTION = """
+local function handle_of(v)
+  local ok, msg = pcall(cjson.decode, v)
+  if not ok or type(msg) ~= 'table' then return nil end
+  local h = msg.server_handle
+  if type(h) ~= 'string' or #h < 1 or #h > 63 then return nil end
+  if not string.find(h, '^[%w][%w._-]*$') or not string.find(h, '[%w]$') then return nil end
+  return h
+end
+"""
+
+# Claim up to ``count`` messages without blocking, into this replica's processing list.
+# Invariants: a message whose server has no slot takes it here, at claim time (state
+# 'claimed', keyed to the payload's SHA-1), and only while the slots stay below the cap; a
+# message whose server has a slot needs no capacity (it will wait, or the slot is reserved
+# for it). So per-server order is decided by the queue order of one atomic script,
+# whichever replica routes first, and a replica at the cap claims nothing (no claiming and
+# putting back). Oversize payloads are dead-lettered here, inside Redis, so they never enter
+# the dispatcher's memory; the entry keeps a bounded prefix (bytes outside ASCII replaced,
+# so the entry stays valid UTF-8 JSON) and the size.
+# Returns {oversize count, 1 if stopped by the cap with nothing claimed, payloads...}.
+CLAIM_MANY = HANDLE_FUNCTION + """
+local queue, processing, dead, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local count, max_bytes, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cap, replica, at, now = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
+local used = redis.call('HLEN', inflight)
+local out = {0, 0}
+local claimed = 0
+while claimed < count do
+  local v = redis.call('LINDEX', queue, -1)
+  if not v then
+    -- At the cap with an empty queue: wait for capacity, not on a blocking pop that
+    -- would claim a message it cannot route.
+    if claimed == 0 and used >= cap then out[2] = 1 end
+    break
+  end
+  if #v > max_bytes then
+    redis.call('RPOP', queue)
+    local head = string.gsub(string.sub(v, 1, prefix), '[\\128-\\255]', '?')
+    redis.call('LPUSH', dead, cjson.encode({
+      reason = 'oversize',
+      detail = 'payload is ' .. #v .. ' bytes; the limit is ' .. max_bytes,
+      payload = head, payload_bytes = #v, payload_truncated = true,
+      replica = replica, at = at}))
+    out[1] = out[1] + 1
+  else
+    local handle = handle_of(v)
+    if handle and redis.call('HEXISTS', inflight, handle) == 0 then
+      if used >= cap then
+        if claimed == 0 then out[2] = 1 end
+        break
+      end
+      redis.call('HSET', inflight, handle, cjson.encode({
+        state = 'claimed', sha = redis.sha1hex(v), since = now, replica = replica}))
+      used = used + 1
+    end
+    redis.call('RPOP', queue)
+    redis.call('LPUSH', processing, v)
+    out[#out + 1] = v
+    claimed = claimed + 1
+  end
+end
+return out
+"""
+
+# Route claimed messages, in claim order, in one round trip. Per message: 'done' (its
+# request already has a result: dropped, and a slot it took at claim time handed over),
+# 'acquired' (the server's slot is its own: create the Job), 'duplicate' (its request id's
+# Job exists and was acked: a second push, dead-lettered by the caller), 'waiting' (parked
+# behind the server's slot holder) or 'full' (no slot and the cap is reached: put back at
+# the consuming end, earliest last so it is taken first again).
+# Invariant: a payload rewritten by the dispatcher (identity added) replaces its claimed
+# original in the processing list in the same step, so a crash requeues exactly one copy.
+# KEYS: processing, inflight, waiting_index, queue, then per message (stride 2) its waiting
+# list and its reported marker. ARGV: cap, now, then per message (stride 5) raw, new_raw,
+# handle, rid, job.
+ACQUIRE = RELEASE_FUNCTIONS + """
+local processing, inflight, waiting_index, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cap, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+local KEY_BASE, KEY_STRIDE, ARG_BASE, ARG_STRIDE = 4, 2, 2, 5
+local out = {}
+local requeue = {}
+for i = 0, (#ARGV - ARG_BASE) / ARG_STRIDE - 1 do
+  local a, k = ARG_BASE + i * ARG_STRIDE, KEY_BASE + i * KEY_STRIDE
+  local raw, new_raw, handle, rid, job = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+    ARGV[a + 5]
+  local waiting, reported = KEYS[k + 1], KEYS[k + 2]
+  local function keep()
+    if raw ~= new_raw then
+      redis.call('LREM', processing, 1, raw)
+      redis.call('LPUSH', processing, new_raw)
+    end
+  end
+  local function park()
+    redis.call('LREM', processing, 1, raw)
+    redis.call('RPUSH', waiting, new_raw)
+    redis.call('SADD', waiting_index, handle)
+  end
+  local function acquire()
+    redis.call('HSET', inflight, handle,
+      cjson.encode({rid = rid, job = job, since = now, state = 'acquired'}))
+  end
+  local result
+  local cur = redis.call('HGET', inflight, handle)
+  local slot = cur and cjson.decode(cur)
+  local took_at_claim = slot and slot.state == 'claimed' and slot.sha == redis.sha1hex(raw)
+  if redis.call('EXISTS', reported) == 1 then
+    redis.call('LREM', processing, 1, raw)
+    if took_at_claim then
+      -- Dropped, so the slot it took at claim time goes to the next in line.
+      redis.call('HDEL', inflight, handle)
+      hand_over(inflight, waiting, waiting_index, queue, handle, now)
+    end
+    result = 'done'
+  elseif slot then
+    if took_at_claim then
+      acquire()  -- the claim script took the server for this very payload
+      keep()
+      result = 'acquired'
+    elseif slot.rid == rid and slot.state == 'created' then
+      -- Its Job exists and its message was acked: this copy was pushed again, it is not a
+      -- redelivery (an acked message is in no list).
+      result = 'duplicate'
+    elseif slot.rid == rid then
+      -- A redelivery of the holder (its earlier claim was requeued), or the message the
+      -- slot was reserved for.
+      if slot.state == 'reserved' then acquire() end
+      keep()
+      result = 'acquired'
+    else
+      park()
+      result = 'waiting'
+    end
+  elseif redis.call('LLEN', waiting) > 0 then
+    -- A waiting list without a slot (only after manual edits): queue behind it and hand
+    -- the slot to its oldest message so the server is not stuck.
+    park()
+    hand_over(inflight, waiting, waiting_index, queue, handle, now)
+    result = 'waiting'
+  elseif redis.call('HLEN', inflight) >= cap then
+    redis.call('LREM', processing, 1, raw)
+    requeue[#requeue + 1] = new_raw
+    result = 'full'
+  else
+    acquire()
+    keep()
+    result = 'acquired'
+  end
+  out[#out + 1] = result
+end
+for j = #requeue, 1, -1 do redis.call('RPUSH', queue, requeue[j]) end
+return out
+"""
+
+# Ack messages whose Jobs exist: out of the processing list, and the slot, if the same
+# request still holds it, becomes 'created' (from then on only the Job's end frees it).
+# KEYS: processing, inflight. ARGV: per message (stride 3) raw, handle, rid.
+ACK = """
+local processing, inflight = KEYS[1], KEYS[2]
+for i = 0, #ARGV / 3 - 1 do
+  local raw, handle, rid = ARGV[1 + i * 3], ARGV[2 + i * 3], ARGV[3 + i * 3]
+  redis.call('LREM', processing, 1, raw)
+  local cur = redis.call('HGET', inflight, handle)
+  if cur then
+    local slot = cjson.decode(cur)
+    if slot.rid == rid and slot.state ~= 'created' then
+      slot.state = 'created'
+      redis.call('HSET', inflight, handle, cjson.encode(slot))
+    end
+  end
+end
+return 1
+"""
+
+# A Job ended: free its server's slot if request ``rid`` holds it. Returns 1 if freed.
+# KEYS: inflight, waiting, waiting_index, queue. ARGV: handle, rid, now.
+RELEASE = RELEASE_FUNCTIONS + """
+local inflight, waiting, waiting_index, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local handle, rid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+return release(inflight, waiting, waiting_index, queue, handle, rid, now)
+"""
+
+# Dead-letter a claimed payload (with its result, if any, exactly once per request id).
+# Invariants: only the holder frees the server's slot: the claim that acquired it
+# (``holder``), or the claim that took it at claim time (a 'claimed' slot keyed to this
+# payload's SHA-1). A message that holds nothing must not free a busy server nor mark its
+# request reported: when its request id holds any slot it is a duplicate, dead-lettered
+# (with ``duplicate_entry``) without a result.
+# KEYS: processing, dead_letter, results, reported, inflight, waiting, waiting_index, queue.
+# ARGV: raw, entry, result ('' for none), rid ('' for none), handle ('' for none), now,
+# reported_ttl, holder ('1' or '0'), duplicate_entry, waiting key prefix.
+# Returns 'duplicate' or 'dead_lettered'.
+DEAD_LETTER = RELEASE_FUNCTIONS + HANDLE_FUNCTION + """
+local processing, dead, results, reported = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, waiting, waiting_index, queue = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local raw, entry, result, rid, handle = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, reported_ttl, holder = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
+local duplicate_entry, waiting_prefix = ARGV[9], ARGV[10]
+redis.call('LREM', processing, 1, raw)
+local own = handle_of(raw)
+if own then
+  local cur = redis.call('HGET', inflight, own)
+  if cur then
+    local slot = cjson.decode(cur)
+    if slot.state == 'claimed' and slot.sha == redis.sha1hex(raw) then
+      redis.call('HDEL', inflight, own)
+      hand_over(inflight, waiting_prefix .. own, waiting_index, queue, own, now)
+    end
+  end
+end
+if not holder and rid ~= '' then
+  for _, slot in ipairs(redis.call('HVALS', inflight)) do
+    if cjson.decode(slot).rid == rid then
+      redis.call('LPUSH', dead, duplicate_entry)
+      return 'duplicate'
+    end
+  end
+end
+redis.call('LPUSH', dead, entry)
+if result ~= '' then
+  if rid == '' or redis.call('SET', reported, 'dispatcher', 'NX', 'EX', reported_ttl) then
+    redis.call('LPUSH', results, result)
+  end
+end
+if holder and rid ~= '' and handle ~= '' then
+  release(inflight, waiting, waiting_index, queue, handle, rid, now)
+end
+return 'dead_lettered'
+"""
+
+# Which needles appear in a queued or claimed payload: 'sha:<hex>' matches a payload by
+# its SHA-1, anything else as a plain substring. Read-only. Scanned inside Redis in chunks
+# of 64, so a queue of large payloads never enters the process.
+# KEYS: the lists to scan. ARGV: the needles. Returns one 0/1 per needle.
+PENDING = """
+local lists, needles = KEYS, ARGV
+local CHUNK = 64
+local found = {}
+for i = 1, #needles do found[i] = 0 end
+for _, list in ipairs(lists) do
+  local len = redis.call('LLEN', list)
+  for start = 0, len - 1, CHUNK do
+    for _, v in ipairs(redis.call('LRANGE', list, start, start + CHUNK - 1)) do
+      local sha = nil
+      for i = 1, #needles do
+        if found[i] == 0 then
+          local needle = needles[i]
+          if string.sub(needle, 1, 4) == 'sha:' then
+            sha = sha or redis.sha1hex(v)
+            if sha == string.sub(needle, 5) then found[i] = 1 end
+          elseif string.find(v, needle, 1, true) then
+            found[i] = 1
+          end
+        end
+      end
+    end
+  end
+end
+return found
+"""
+
+# Free an orphaned slot taken at claim time (its payload is in no list any more), only if
+# it is still that very claim's (same SHA-1). Returns 1 if freed.
+# KEYS: inflight, waiting, waiting_index, queue. ARGV: handle, sha, now.
+RELEASE_CLAIMED = RELEASE_FUNCTIONS + """
+local inflight, waiting, waiting_index, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local handle, sha, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cur = redis.call('HGET', inflight, handle)
+if not cur then return 0 end
+local slot = cjson.decode(cur)
+if slot.state ~= 'claimed' or slot.sha ~= sha then return 0 end
+redis.call('HDEL', inflight, handle)
+hand_over(inflight, waiting, waiting_index, queue, handle, now)
+return 1
+"""
+
+# Move a whole list back to the queue: newest first off the source, each to the consuming
+# end, so the oldest ends up consumed first (claim order is kept). Returns the count.
+# KEYS: source list, queue.
+REQUEUE_ALL = """
+local source, queue = KEYS[1], KEYS[2]
+local n = 0
+while true do
+  local v = redis.call('LPOP', source)
+  if not v then return n end
+  redis.call('RPUSH', queue, v)
+  n = n + 1
+end
+"""
+
+# Requeue a dead replica's claims, only while its heartbeat is still absent (checked in
+# the same step, so a replica that comes back keeps its list), and forget the replica.
+# Returns the count, or -1 when the replica is alive.
+# KEYS: its heartbeat, its processing list, queue, replicas. ARGV: replica.
+RECOVER = """
+local heartbeat, processing, queue, replicas = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local replica = ARGV[1]
+if redis.call('EXISTS', heartbeat) == 1 then return -1 end
+redis.call('SREM', replicas, replica)
+local n = 0
+while true do
+  local v = redis.call('LPOP', processing)
+  if not v then return n end
+  redis.call('RPUSH', queue, v)
+  n = n + 1
+end
+"""
+
+# Requeue one claimed payload, only if it is still in the processing list (so it is never
+# queued twice). Returns 1 if moved. KEYS: processing, queue. ARGV: payload.
+REQUEUE_ONE = """
+local processing, queue = KEYS[1], KEYS[2]
+local payload = ARGV[1]
+if redis.call('LREM', processing, 1, payload) == 1 then
+  redis.call('RPUSH', queue, payload)
+  return 1
+end
+return 0
+"""
+
+# The /metrics exporter lease: take it when free, renew it when held; never take it from
+# another holder before it expires. Returns 1 when this replica holds it afterwards.
+# KEYS: lease. ARGV: replica, ttl in ms.
+LEASE = """
+local lease = KEYS[1]
+local replica, ttl_ms = ARGV[1], ARGV[2]
+local holder = redis.call('GET', lease)
+if not holder or holder == replica then
+  redis.call('SET', lease, replica, 'PX', ttl_ms)
+  return 1
+end
+return 0
+"""
+
+# Give the lease up at once (shutdown), only if this replica holds it.
+# KEYS: lease. ARGV: replica.
+LEASE_RELEASE = """
+local lease = KEYS[1]
+local replica = ARGV[1]
+if redis.call('GET', lease) == replica then redis.call('DEL', lease) end
+return 0
+"""

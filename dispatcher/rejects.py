@@ -1,0 +1,73 @@
+"""Dead-lettering a claimed payload, with a ``rejected`` result when the Scheduler can be
+told (a handle or request id could be read)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.messages import MAX_PAYLOAD_BYTES, InvalidMessage, ProvisionerMessage, RejectReason
+from dispatcher.failures import rejection_result
+from dispatcher.metrics import Metrics
+from dispatcher.queue import QueueStore
+from dispatcher.redis_retry import RedisRetry
+
+log = logging.getLogger("dispatcher")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What dead-lettering one payload writes: the entry, and the result (JSON) if any."""
+
+    entry: dict[str, Any]
+    result: str | None
+    server_handle: str | None
+    request_id: str | None
+
+
+def dead_letter_of(raw: bytes, invalid: InvalidMessage, message: ProvisionerMessage | None,
+                   replica: str, now: datetime) -> DeadLetter:
+    handle = message.server_handle if message else invalid.server_handle
+    rid = message.request_id if message else invalid.request_id
+    # Bounded: payloads here are at most MAX_PAYLOAD_BYTES (the claim script dead-letters
+    # bigger ones); kept whole so `dead-letter --requeue` can retry them.
+    payload = raw[:MAX_PAYLOAD_BYTES].decode("utf-8", errors="backslashreplace")
+    entry: dict[str, Any] = {
+        "reason": invalid.reason, "detail": invalid.detail, "payload": payload,
+        "payload_bytes": len(raw), "payload_truncated": len(raw) > MAX_PAYLOAD_BYTES,
+        "server_handle": handle, "request_id": rid, "replica": replica,
+        "at": now.isoformat(),
+    }
+    result = None
+    # A duplicate's request belongs to the Job in flight: that Job reports, not us.
+    if (handle or rid) and invalid.reason is not RejectReason.DUPLICATE:
+        result = rejection_result(invalid, message, handle, rid, now).to_json()
+    return DeadLetter(entry, result, handle, rid)
+
+
+class Rejecter:
+    def __init__(self, store: QueueStore, redis: RedisRetry, metrics: Metrics,
+                 replica: str) -> None:
+        self.store = store
+        self.redis = redis
+        self.metrics = metrics
+        self.replica = replica
+
+    async def reject(self, raw: bytes, invalid: InvalidMessage,
+                     message: ProvisionerMessage | None = None, *, holder: bool = False
+                     ) -> None:
+        """Dead-letter a claimed payload. ``holder``: this claim acquired the server slot
+        (only then is the slot released); otherwise a request id that is in flight makes
+        it a duplicate, with no result and nothing else changed."""
+        dead = dead_letter_of(raw, invalid, message, self.replica, datetime.now(UTC))
+        plain = await self.redis(lambda: self.store.dead_letter(
+            raw, dead.entry, dead.result, dead.request_id, dead.server_handle, holder=holder))
+        reason = invalid.reason if plain else RejectReason.DUPLICATE
+        self.metrics.dead_lettered.labels(str(reason)).inc()
+        log.warning("message dead-lettered", extra={
+            "server_handle": dead.server_handle, "request_id": dead.request_id,
+            "reason": str(reason),
+            "detail": invalid.detail if plain else "its request id holds a Job in flight",
+            "payload_bytes": len(raw)})
