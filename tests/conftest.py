@@ -12,6 +12,22 @@ from contracts.connections import RedisSettings, create_redis
 from contracts.keys import Keys
 from tests.support.services import PostgresServer, RedisServer, postgres_server, redis_server
 
+# Fixtures that start or reach a real service: a test marked `unit` must use none of them,
+# so `pytest -m unit` stays a seconds-long layer of pure logic.
+SERVICE_FIXTURES = {"redis_srv", "redis_settings", "redis_client", "pg_srv", "runner_db", "db",
+                    "db_env", "runner", "cluster", "start_dispatcher", "hosts", "host",
+                    "converged", "provider", "server_db", "runner_image", "dispatcher_image"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            continue
+        used = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if used:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses the service "
+                                    f"fixtures {sorted(used)}; drop the unit mark")
+
 
 @pytest.fixture(scope="session")
 def redis_srv() -> Iterator[RedisServer]:

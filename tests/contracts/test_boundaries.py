@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("contracts", "dispatcher", "runner_image")
 # What each package may import of the project's own packages.

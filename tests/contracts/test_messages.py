@@ -8,6 +8,8 @@ import pytest
 
 from contracts.messages import MAX_PAYLOAD_BYTES, Action, InvalidMessage, parse_message
 
+pytestmark = pytest.mark.unit
+
 INVALID = [
     (b"not json", "not_json", None),
     (b"\xff\xfe", "not_json", None),

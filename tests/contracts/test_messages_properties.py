@@ -18,6 +18,8 @@ from contracts.messages import (
     parse_message,
 )
 
+pytestmark = pytest.mark.unit
+
 PROPERTY = settings(max_examples=400, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

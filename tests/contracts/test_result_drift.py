@@ -28,6 +28,8 @@ from runner_image.redaction import Redactor
 from runner_image.report import build_entry
 from tests.support.result_schema import RESULT_SCHEMA, assert_published_shape
 
+pytestmark = pytest.mark.unit
+
 SECRET = "s3cret-Pa55word-in-output"
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 

@@ -14,6 +14,8 @@ from dispatcher.executors.base import JobEnd
 from dispatcher.failures import ERROR_KINDS, failure_result
 from tests.dispatcher.unit_support import PROPERTY, assert_valid_result
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
 

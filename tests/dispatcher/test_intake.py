@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,6 +12,8 @@ from contracts.messages import MAX_PAYLOAD_BYTES, RejectReason, parse_message
 from dispatcher.intake import triage
 from dispatcher.naming import job_name_for
 from tests.dispatcher.unit_support import PROPERTY
+
+pytestmark = pytest.mark.unit
 
 # The shape of handles and request ids (messages.HANDLE_PATTERN).
 NAMES = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,20}[A-Za-z0-9])?", fullmatch=True)

@@ -11,6 +11,8 @@ from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.naming import ANNOTATION_MESSAGE, LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def job(monkeypatch: pytest.MonkeyPatch) -> dict:

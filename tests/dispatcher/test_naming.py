@@ -8,6 +8,8 @@ import pytest
 
 from dispatcher.naming import job_name
 
+pytestmark = pytest.mark.unit
+
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 

@@ -11,6 +11,8 @@ from dispatcher.queue import Slot
 from dispatcher.reconciler import SlotFate, orphaned_claims, slot_fate
 from tests.dispatcher.unit_support import PROPERTY
 
+pytestmark = pytest.mark.unit
+
 GRACE = 60.0
 NOW = 10_000.0
 END = JobEnd("job-1", "srv-1", "r-1", False, "OOMKilled", "killed")

@@ -18,6 +18,8 @@ from contracts.results import ResultStatus
 from dispatcher.rejects import dead_letter_of
 from tests.dispatcher.unit_support import PROPERTY, assert_valid_result
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
 

@@ -11,6 +11,8 @@ import pytest
 from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.schemas import SCHEMA_DIR, SCHEMAS, render
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_checked_in_schema_is_current(name: str) -> None:

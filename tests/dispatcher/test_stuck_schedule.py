@@ -17,6 +17,8 @@ from dispatcher.kube.watching import Change, Sync
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
+pytestmark = pytest.mark.unit
+
 PENDING = 600.0
 PULL_GRACE = 120.0
 

@@ -19,6 +19,8 @@ from dispatcher.kube.watching import Change, Sync
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
+pytestmark = pytest.mark.unit
+
 JOB = "prov-srv-1-abc"
 LABELS = {LABEL_HANDLE: "srv-1", LABEL_REQUEST: "req-1"}
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from contracts.results import ErrorKind, PlayRecap
 from runner_image.play import TAIL_CHARS, EventSink
 from runner_image.redaction import MASK, Redactor
+
+pytestmark = pytest.mark.unit
 
 SECRET = "Pa55-do-not-leak-91c2"
 

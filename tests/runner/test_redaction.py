@@ -3,11 +3,14 @@ cut falls."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from runner_image.play import mask_then_cut
 from runner_image.redaction import Redactor
+
+pytestmark = pytest.mark.unit
 
 # Secrets of upper-case letters and digits, surrounding output of lower-case letters: any
 # upper-case letter in a tail is a piece of a secret.

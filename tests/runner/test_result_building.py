@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from contracts.messages import Action
 from contracts.results import ErrorKind, PlayRecap
 from runner_image import outcome as out
 from runner_image.redaction import MASK, Redactor
 from runner_image.report import build_entry
+
+pytestmark = pytest.mark.unit
 
 SECRET = "late-learnt-secret-42"
 

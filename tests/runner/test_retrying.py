@@ -8,6 +8,8 @@ import pytest
 
 from runner_image.retrying import Backoff, with_retries
 
+pytestmark = pytest.mark.unit
+
 
 class Flaky:
     def __init__(self, failures: list[BaseException]) -> None:

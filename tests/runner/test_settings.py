@@ -7,6 +7,8 @@ import pytest
 from runner_image.settings import IMAGE_PLAY_PROJECT_DIR, ConfigError, RunnerSettings, load
 from tests.runner.conftest import Keypair
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def base_env(monkeypatch: pytest.MonkeyPatch, provisioner_key: Keypair,

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from runner_image.ssh import SshErrorKind, SshTarget, classify
 
+pytestmark = pytest.mark.unit
+
 TARGET = SshTarget(alias="web-7", address="192.0.2.7", port=2222, user="root")
 NOISE = ("Warning: Permanently added '[192.0.2.7]:2222' (ED25519) to the list of known hosts.\n"
          "Authenticated to 192.0.2.7 ([192.0.2.7]:2222) using \"publickey\".\n")
