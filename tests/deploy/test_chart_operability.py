@@ -298,3 +298,33 @@ def test_dispatcher_test_pod_check_against_a_served_metrics_page() -> None:
         assert done.returncode == 0 and done.stdout.startswith("OK: dispatcher ready")
     finally:
         close_metrics(server)
+
+
+def test_migration_and_helm_test_pods_have_hook_policies_created_before_them() -> None:
+    """In a default-deny namespace the migration hook must reach PostgreSQL and the helm
+    test pod the dispatcher's metrics port; their policies are hooks of the same phase with
+    a lower weight, so they exist before the pods start."""
+    rendered = render(FULL_VALUES)
+    migration = rendered.one("Job", "-migrate")
+    migrate_policy = rendered.one("NetworkPolicy", "-migrate")
+    test_pod = rendered.one("Pod", "-test-dispatcher")
+    test_policy = rendered.one("NetworkPolicy", "-test")
+    for policy, pod_labels, owner in (
+            (migrate_policy, migration["spec"]["template"]["metadata"]["labels"], migration),
+            (test_policy, test_pod["metadata"]["labels"], test_pod)):
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        hooks, owner_hooks = policy["metadata"]["annotations"], owner["metadata"]["annotations"]
+        assert hooks["helm.sh/hook"] == owner_hooks["helm.sh/hook"]
+        assert int(hooks["helm.sh/hook-weight"]) < int(owner_hooks.get("helm.sh/hook-weight", 0))
+        assert policy["spec"]["ingress"] == []
+    # Nothing but DNS and PostgreSQL (port from database.url) for the migration...
+    assert [_ports(r) for r in migrate_policy["spec"]["egress"]] == [{53}, {5432}]
+    # ...and DNS plus the dispatcher pods' metrics port for the test pod.
+    dns, metrics = test_policy["spec"]["egress"]
+    assert _ports(dns) == {53}
+    assert _ports(metrics) == {"metrics"}
+    dispatcher_pods = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert metrics["to"][0]["podSelector"]["matchLabels"].items() <= dispatcher_pods.items()
+    # Not rendered when NetworkPolicies are off.
+    assert not render({**FULL_VALUES, "networkPolicy": {"enabled": False}}).of_kind(
+        "NetworkPolicy")
