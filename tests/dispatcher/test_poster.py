@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+import dispatcher.kube.poster as poster_module
 from dispatcher.kube.errors import describe
 from dispatcher.kube.poster import AsyncPoster
 from tests.dispatcher.kube_support import NAMESPACE, kube
@@ -150,8 +151,9 @@ async def test_no_answer_or_half_an_answer_is_a_connection_error(answer: bytes) 
     server, port, seen, _ = await serve(cut)
     poster = poster_for(client.Configuration(host=f"http://127.0.0.1:{port}"))
     async with server:
-        with pytest.raises(ConnectionError):
+        with pytest.raises(ConnectionError, match="may have been applied"):
             await poster.post("/x", b"{}", "", LIMITS)
+        poster.close()
     assert len(seen) == 1  # a fresh connection is not retried: the create may have landed
     assert describe(ConnectionError("x")).status == 0  # retried by the caller, maybe applied
 
@@ -179,6 +181,50 @@ async def test_a_silent_server_times_out_and_errors_keep_their_shape() -> None:
     failure = describe(throttled.value)
     assert (failure.status, failure.reason, failure.message, failure.retry_after) == \
         (429, "TooManyRequests", "slow down", 3.0)
+
+
+async def test_concurrent_creates_open_connections_and_keep_max_idle_of_them() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   seen: list[bytes]) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            await asyncio.sleep(0.2)  # all twelve requests are in flight at once
+            writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server, port, seen, accepted = await serve(slow)
+    poster = poster_for(client.Configuration(host=f"http://127.0.0.1:{port}"))  # max_idle=4
+    async with server:
+        answers = await asyncio.gather(*(poster.post("/x", b"{}", "", LIMITS)
+                                         for _ in range(12)))
+        assert [a.status for a in answers] == [201] * 12
+        assert accepted[0] == 12  # no create waited for another's connection
+        for _ in range(4):
+            await poster.post("/x", b"{}", "", LIMITS)
+        assert accepted[0] == 12  # idle ones kept alive and reused
+        poster.close()
+    assert len(seen) == 16
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_an_oversized_answer_is_refused(framing: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(poster_module, "MAX_BODY_BYTES", 64)
+    big = b'{"kind":"Job","padding":"' + b"x" * 200 + b'"}'
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   seen: list[bytes]) -> None:
+        seen.append(await read_request(reader))
+        writer.write(chunked(big) if framing == "chunked" else
+                     b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big))
+        await writer.drain()
+
+    server, port, _, _ = await serve(huge)
+    poster = poster_for(client.Configuration(host=f"http://127.0.0.1:{port}"))
+    async with server:
+        with pytest.raises(ConnectionError, match="too large"):
+            await poster.post("/x", b"{}", "", LIMITS)
+        poster.close()
 
 
 @pytest.fixture
@@ -229,14 +275,15 @@ async def test_tls_is_verified_with_the_configured_ca_and_server_name(
     assert (await poster.post("/x", b"{}", "", LIMITS)).status == 201
     poster.close()
 
-    wrong_name = client.Configuration(host=host)
+    wrong_name = client.Configuration(host=host)  # the IP is not in the certificate
     wrong_name.ssl_ca_cert = str(tls_files[0])
-    with pytest.raises(ssl.SSLCertVerificationError):  # an OSError: retried, never trusted
-        await poster_for(wrong_name).post("/x", b"{}", "", LIMITS)
-
     unknown = client.Configuration(host=host)  # system CAs only
-    with pytest.raises(ssl.SSLCertVerificationError):
-        await poster_for(unknown).post("/x", b"{}", "", LIMITS)
+    for untrusted in (wrong_name, unknown):
+        poster = poster_for(untrusted)
+        # An OSError: retried by the caller, never trusted.
+        with pytest.raises(ssl.SSLCertVerificationError, match="CERTIFICATE_VERIFY_FAILED"):
+            await poster.post("/x", b"{}", "", LIMITS)
+        poster.close()
 
     insecure = client.Configuration(host=host)
     insecure.verify_ssl = False  # kubeconfig insecure-skip-tls-verify
