@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from contracts.messages import (
+    MAX_NESTING,
     MAX_PAYLOAD_BYTES,
     InvalidMessage,
     ProvisionerMessage,
@@ -139,3 +140,26 @@ def test_deep_nesting_is_too_deep() -> None:
     with pytest.raises(InvalidMessage) as caught:
         parse_message(b"[" * 2000 + b"]" * 2000)
     assert caught.value.reason is RejectReason.TOO_DEEP
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_the_depth_limit_is_the_same_on_every_interpreter(opener: str) -> None:
+    """33 levels are too_deep whatever the interpreter's recursion limit; 32 are parsed
+    (and refused for what they are: not a message)."""
+    closer = "]" if opener == "[" else "}"
+    limit = MAX_NESTING
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message((opener * (limit + 1) + "1" + closer * (limit + 1)).encode())
+    assert caught.value.reason is RejectReason.TOO_DEEP
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message((opener * limit + "1" + closer * limit).encode())
+    assert caught.value.reason is not RejectReason.TOO_DEEP
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    # 60 brackets, backslashes and quotes inside one string value: nesting depth 1, so the
+    # payload is judged on its fields (a handle cannot hold them).
+    handle = '[{\\"' * 30
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(json.dumps({"server_handle": handle}).encode())
+    assert caught.value.reason is RejectReason.BAD_HANDLE
