@@ -67,7 +67,7 @@ def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
     configuration = load_configuration(settings.kubeconfig, pool_size=workers + 2)
     kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers,
                       kubeconfig=settings.kubeconfig)
-    return KubernetesExecutor(kube, settings, template)
+    return KubernetesExecutor(kube, settings, template, metrics=metrics)
 
 
 async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSettings,

@@ -6,7 +6,6 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contracts.messages import ProvisionerMessage
@@ -27,9 +26,10 @@ from dispatcher.kube.creating import JobPayload, create_job
 from dispatcher.kube.errors import JobCreateFailed
 from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
+from dispatcher.metrics import Metrics
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST, selector
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from dispatcher.supervision import cancel_and_wait
+from dispatcher.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -64,8 +64,14 @@ def _pod_job(pod: dict[str, Any]) -> str | None:
 
 class KubernetesExecutor:
     def __init__(self, kube: KubeClient, settings: DispatcherSettings,
-                 template: JobTemplateSettings, check_interval: float = 1.0) -> None:
+                 template: JobTemplateSettings, check_interval: float = 1.0,
+                 metrics: Metrics | None = None) -> None:
         self.kube = kube
+        # The event and stuck-pod loops run under the same supervision as the dispatcher's
+        # own (logged, restarted with backoff, counted in infra_loop_restarts_total; not
+        # ready while down). Their state lives in this object, and the next listing repairs
+        # anything a crash skipped.
+        self.supervisor = Supervisor(metrics or Metrics())
         self.settings = settings
         self.template = template
         self._body = JobBodyTemplate(settings, template)
@@ -83,8 +89,6 @@ class KubernetesExecutor:
         self._synced = {"jobs": False, "pods": False}
         self._watch_ok = {"jobs": False, "pods": False}
         self._watches: list[ListWatch] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._down: set[str] = set()
         self._first_sync = asyncio.Event()
         # Jobs whose create got no answer: a later 409 may be our own create (metrics).
         self._unanswered: set[str] = set()
@@ -107,8 +111,8 @@ class KubernetesExecutor:
                               on_unauthorized=self.kube.reload_credentials)
             self._watches.append(watch)
             watch.start()
-        self._tasks = [asyncio.create_task(self._supervised("kube-events", self._consume)),
-                       asyncio.create_task(self._supervised("kube-stuck", self._check_stuck))]
+        self.supervisor.start("kube-events", self._consume)
+        self.supervisor.start("kube-stuck", self._check_stuck)
         await self._first_sync.wait()
 
     def _health_setter(self, loop: asyncio.AbstractEventLoop, kind: str):  # type: ignore[no-untyped-def]
@@ -119,32 +123,12 @@ class KubernetesExecutor:
     async def stop(self) -> None:
         for watch in self._watches:
             watch.stop()
-        for task in self._tasks:
-            await cancel_and_wait(task)
+        await self.supervisor.stop_all()
         self.kube.close()
 
     @property
     def healthy(self) -> bool:
-        return all(self._watch_ok.values()) and not self._down
-
-    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """An event or stuck-pod loop that raises (an object it cannot read) is logged and
-        restarted with backoff; not ready meanwhile. Its state lives in this object, and
-        the next listing repairs anything the crash skipped."""
-        backoff = 0.1
-        while True:
-            try:
-                await loop()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("executor loop crashed; restarting it",
-                          extra={"loop": name, "error": str(exc)[:500], "retry_in": backoff},
-                          exc_info=exc)
-            self._down.add(name)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
-            self._down.discard(name)
+        return all(self._watch_ok.values()) and self.supervisor.all_up
 
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:

@@ -21,8 +21,14 @@ from typing import Any
 
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
+from tenacity import Retrying, retry_if_exception_type
+from tenacity.wait import wait_exponential
 
 from dispatcher.kube.errors import UNAUTHORIZED, describe
+
+# What ends a list or a watch without ending the dispatcher: the next listing repairs it.
+WATCH_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+WATCH_FAILURE_PAUSE = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -78,31 +84,55 @@ class ListWatch:
                 response.shutdown()
 
     def _run(self) -> None:
-        backoff = 0.2
         while not self._stop.is_set():
+            version = self._list_until_it_works()
+            if version is None:
+                return  # stopped
+            self.on_health(True)
             try:
-                version = self._list()
-                self.on_health(True)
-                backoff = 0.2
                 while not self._stop.is_set():
                     version = self._watch(version)
             except Gone:
                 log.info("watch expired, listing again", extra={"kind": self.kind})
-                continue
-            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                if self._stop.is_set():
-                    return
-                failure = describe(exc) if not isinstance(exc, ValueError) else None
-                self.on_health(False)
-                if failure and failure.status == UNAUTHORIZED and self.on_unauthorized:
-                    self.on_unauthorized()  # rotated token: read it again before retrying
-                log.warning(
-                    "watch failed; will list again",
-                    extra={"kind": self.kind, "error": failure.message if failure else str(exc),
-                           "status": failure.status if failure else None, "retry_in": backoff},
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.backoff_max)
+            except WATCH_TRANSIENT as exc:
+                self._failed(exc, "watch failed; listing again", WATCH_FAILURE_PAUSE)
+                # A watch that fails at once while listing works must not relist in a spin.
+                self._stop.wait(WATCH_FAILURE_PAUSE)
+
+    def _list_until_it_works(self) -> str | None:
+        """List, retried for as long as it takes: any API or connection failure is
+        transient here (the listing is how the consumer catches up), waiting 0.2 s doubling
+        to ``backoff_max``, the wait cut short by stop(). None once stopped."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(WATCH_TRANSIENT),
+            wait=wait_exponential(multiplier=0.2, max=self.backoff_max),
+            stop=lambda _state: self._stop.is_set(),
+            sleep=self._pause,
+            before_sleep=lambda state: self._failed(
+                state.outcome.exception() if state.outcome else None, "listing failed; retrying",
+                state.upcoming_sleep),
+            reraise=True,
+        )
+        try:
+            return retrying(self._list)
+        except WATCH_TRANSIENT:
+            if self._stop.is_set():
+                return None
+            raise
+
+    def _pause(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # returns at once on stop()
+
+    def _failed(self, exc: BaseException | None, what: str, retry_in: float | None) -> None:
+        if self._stop.is_set() or exc is None:
+            return
+        failure = describe(exc) if not isinstance(exc, ValueError) else None
+        self.on_health(False)
+        if failure and failure.status == UNAUTHORIZED and self.on_unauthorized:
+            self.on_unauthorized()  # rotated token: read it again before retrying
+        log.warning(what, extra={
+            "kind": self.kind, "error": failure.message if failure else str(exc),
+            "status": failure.status if failure else None, "retry_in": retry_in})
 
     def _list(self) -> str:
         objects: list[dict[str, Any]] = []

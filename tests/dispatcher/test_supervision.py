@@ -87,15 +87,19 @@ async def test_the_executor_event_loop_survives_an_object_it_cannot_read() -> No
     from dispatcher.kube.watching import Change
     from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
-    executor = KubernetesExecutor(None, DispatcherSettings(), JobTemplateSettings())  # type: ignore[arg-type]
+    metrics = Metrics()
+    executor = KubernetesExecutor(None, DispatcherSettings(), JobTemplateSettings(),  # type: ignore[arg-type]
+                                  metrics=metrics)
     executor._watch_ok = {"jobs": True, "pods": True}
     await executor._events.put(Change("jobs", "ADDED", {"metadata": None}))  # unreadable
     good = {"metadata": {"name": "prov-a-1", "labels": {}}, "status": {}}
     await executor._events.put(Change("jobs", "ADDED", good))
-    task = asyncio.create_task(executor._supervised("kube-events", executor._consume))
+    executor.supervisor.start("kube-events", executor._consume)
     await asyncio.sleep(0.02)
     assert not executor.healthy  # down until restarted: /readyz 503
     await asyncio.sleep(0.3)
     assert executor.healthy
     assert "prov-a-1" in executor._jobs  # the loop went on after the bad object
-    task.cancel()
+    # The crash is counted like the dispatcher's own loops'.
+    assert metrics.loop_restarts.labels("kube-events")._value.get() == 1
+    await executor.supervisor.stop_all()
