@@ -332,33 +332,33 @@ return 1
 # Move a whole list back to the queue: newest first off the source, each to the consuming
 # end, so the oldest ends up consumed first (claim order is kept). Returns the count.
 # KEYS: source list, queue.
-REQUEUE_ALL = """
-local source, queue = KEYS[1], KEYS[2]
-local n = 0
-while true do
-  local v = redis.call('LPOP', source)
-  if not v then return n end
-  redis.call('RPUSH', queue, v)
-  n = n + 1
+MOVE_ALL_FUNCTION = """
+local function move_all(source, queue)
+  local n = 0
+  while true do
+    local v = redis.call('LPOP', source)
+    if not v then return n end
+    redis.call('RPUSH', queue, v)
+    n = n + 1
+  end
 end
+"""
+
+REQUEUE_ALL = MOVE_ALL_FUNCTION + """
+local source, queue = KEYS[1], KEYS[2]
+return move_all(source, queue)
 """
 
 # Requeue a dead replica's claims, only while its heartbeat is still absent (checked in
 # the same step, so a replica that comes back keeps its list), and forget the replica.
 # Returns the count, or -1 when the replica is alive.
 # KEYS: its heartbeat, its processing list, queue, replicas. ARGV: replica.
-RECOVER = """
+RECOVER = MOVE_ALL_FUNCTION + """
 local heartbeat, processing, queue, replicas = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local replica = ARGV[1]
 if redis.call('EXISTS', heartbeat) == 1 then return -1 end
 redis.call('SREM', replicas, replica)
-local n = 0
-while true do
-  local v = redis.call('LPOP', processing)
-  if not v then return n end
-  redis.call('RPUSH', queue, v)
-  n = n + 1
-end
+return move_all(processing, queue)
 """
 
 # Requeue one claimed payload, only if it is still in the processing list (so it is never
