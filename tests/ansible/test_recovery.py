@@ -163,6 +163,20 @@ def started_at(converged: Converged, name: str) -> str:
     return answer.stdout.strip()
 
 
+def assert_new_daemon_and_workloads_untouched(converged: Converged, old_pid: int,
+                                              before: dict[str, str]) -> None:
+    """A new dockerd answers, and every workload still runs with its original start time."""
+    host = converged.host
+    new_pid = int(host.exec("systemctl show --property=MainPID --value docker").stdout)
+    assert new_pid not in (0, old_pid)
+    assert host.exec("timeout 10 docker info --format '{{.ServerVersion}}'").returncode == 0
+    for policy in POLICIES:
+        name = f"keep-{policy}"
+        running = host.exec(f"docker inspect -f '{{{{.State.Running}}}}' {name}").stdout.strip()
+        assert running == "true", f"{name} does not run after the recovery"
+        assert started_at(converged, name) == before[policy], f"{name} was restarted"
+
+
 def test_docker_recovery_brings_a_hung_daemon_back(converged: Converged, hung_docker: int) -> None:
     host = converged.host
     # Recorded before the hang (the fixture started them): when each container started.
@@ -187,15 +201,8 @@ def test_docker_recovery_brings_a_hung_daemon_back(converged: Converged, hung_do
     assert result.artifact["docker_was_responsive"] is False
     assert result.artifact["infra_ssh"]["listen_ports"] == [22]
 
-    new_pid = int(host.exec("systemctl show --property=MainPID --value docker").stdout)
-    assert new_pid not in (0, hung_docker)
-    assert host.exec("timeout 10 docker info --format '{{.ServerVersion}}'").returncode == 0
-    for policy in POLICIES:
-        name = f"keep-{policy}"
-        running = host.exec(f"docker inspect -f '{{{{.State.Running}}}}' {name}").stdout.strip()
-        assert running == "true", f"{name} does not run after the recovery"
-        # live-restore: the workloads never stopped while the daemon restarted.
-        assert started_at(converged, name) == before[policy], f"{name} was restarted"
+    # live-restore: the workloads never stopped while the daemon restarted.
+    assert_new_daemon_and_workloads_untouched(converged, hung_docker, before)
 
 
 def test_docker_recovery_fails_naming_a_workload_that_does_not_come_back(
@@ -273,12 +280,5 @@ def test_docker_recovery_kills_a_daemon_that_does_not_stop(
     # systemd saw the daemon die of SIGKILL (not stop on its own).
     journal = host.exec(f"journalctl -u docker.service --since @{since} --no-pager").stdout
     assert "status=9/KILL" in journal, journal[-3000:]
-    new_pid = int(host.exec("systemctl show --property=MainPID --value docker").stdout)
-    assert new_pid not in (0, deaf_docker)
-    assert host.exec("timeout 10 docker info --format '{{.ServerVersion}}'").returncode == 0
-    for policy in POLICIES:
-        name = f"keep-{policy}"
-        running = host.exec(f"docker inspect -f '{{{{.State.Running}}}}' {name}").stdout.strip()
-        assert running == "true", f"{name} does not run after the recovery"
-        # live-restore: a SIGKILLed daemon leaves the containers running too.
-        assert started_at(converged, name) == before[policy], f"{name} was restarted"
+    # live-restore: a SIGKILLed daemon leaves the containers running too.
+    assert_new_daemon_and_workloads_untouched(converged, deaf_docker, before)
