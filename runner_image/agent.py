@@ -33,12 +33,12 @@ class SshAgent:
             stderr=asyncio.subprocess.DEVNULL,
         )
         try:
-            for _ in range(200):
+            for _ in range(1000):
                 if os.path.exists(socket):  # noqa: ASYNC240 - a stat, no I/O wait
                     break
                 if process.returncode is not None:
                     raise AgentError(f"ssh-agent exited with {process.returncode}")
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.002)  # it appears within a few ms
             else:
                 raise AgentError("ssh-agent did not create its socket within 2s")
             env = {**os.environ, "SSH_AUTH_SOCK": str(socket)}

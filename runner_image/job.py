@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import importlib
 import logging
 import shutil
 import tempfile
@@ -57,6 +56,7 @@ from runner_image.reaping import stop_leftovers
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
 from runner_image.ssh import SshClient, SshError, SshErrorKind, SshResult, SshTarget
+from runner_image.warmup import Warmup
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class RunContext:
     redact: Redactor
     cancelled: threading.Event
     deadline: RunDeadline
+    warmup: Warmup  # what the play and the report import, loaded during the SSH check
 
     @property
     def request_id(self) -> str:
@@ -127,10 +128,52 @@ class Job:
         return out.cancelled(where, claimed=self.claimed)
 
     async def _execute(self) -> out.Outcome:
-        message = self.ctx.message
         problem = self._check_settings()
         if problem:
             return problem
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
+        except OSError as exc:
+            return out.rejected(ErrorKind.CONFIG_ERROR, f"RUNNER_SCRATCH_DIR is not a writable "
+                                f"directory: {exc.strerror}")
+        # The agent needs nothing from the server's row: it starts (three processes) while
+        # the lock is taken and the row read.
+        agent_start = asyncio.ensure_future(
+            SshAgent.start(scratch / "agent.sock", self.settings.ssh_private_key))
+        agent: SshAgent | None = None
+        client: SshClient | None = None
+        try:
+            locked = await self._lock_and_read()
+            if isinstance(locked, out.Outcome):
+                return locked
+            server, password = locked
+            try:
+                agent = await agent_start
+            except AgentError as exc:
+                return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
+            action = self.ctx.message.action
+            self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
+                                                  _START_STATUS[action])
+            log.info("server claimed", extra={"status": _START_STATUS[action].value,
+                                              "action": action.value})
+            target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
+            client = SshClient(scratch, agent.socket, target, self.settings.ssh_connect_timeout)
+            return await self._run_steps(server, password, agent, client, scratch)
+        finally:
+            if client is not None:
+                await client.close()
+            if agent is None:
+                agent = await _abandon(agent_start)
+            if agent is not None:
+                await agent.stop()
+            stopped = await stop_leftovers()
+            if stopped:
+                log.warning("stopped processes the play left behind",
+                            extra={"processes": stopped})
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _lock_and_read(self) -> tuple[ServerRecord, SecretStr | None] | out.Outcome:
+        """The server's row and root password, read with its lock held; or why not."""
         # Lock, then read: a run that waited while another (a reinstall) held the server
         # must see what that run left (its new host key, its status), not what was before.
         wait = self.deadline.cap(self.settings.server_lock_timeout)
@@ -162,35 +205,7 @@ class Job:
                                     "CREDENTIALS_KEY; set the key it was stored with")
             if password is not None:
                 self.ctx.redact.add(password.get_secret_value())
-        try:
-            scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
-        except OSError as exc:
-            return out.rejected(ErrorKind.CONFIG_ERROR, f"RUNNER_SCRATCH_DIR is not a writable "
-                                f"directory: {exc.strerror}")
-        agent: SshAgent | None = None
-        client: SshClient | None = None
-        try:
-            try:
-                agent = await SshAgent.start(scratch / "agent.sock", self.settings.ssh_private_key)
-            except AgentError as exc:
-                return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
-            self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
-                                                  _START_STATUS[message.action])
-            log.info("server claimed", extra={"status": _START_STATUS[message.action].value,
-                                              "action": message.action.value})
-            target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
-            client = SshClient(scratch, agent.socket, target, self.settings.ssh_connect_timeout)
-            return await self._run_steps(server, password, agent, client, scratch)
-        finally:
-            if client is not None:
-                await client.close()
-            if agent is not None:
-                await agent.stop()
-            stopped = await stop_leftovers()
-            if stopped:
-                log.warning("stopped processes the play left behind",
-                            extra={"processes": stopped})
-            shutil.rmtree(scratch, ignore_errors=True)
+        return server, password
 
     def _check_settings(self) -> out.Outcome | None:
         """Configuration problems found before anything is touched."""
@@ -228,6 +243,7 @@ class Job:
                          agent: SshAgent, client: SshClient, scratch: Path) -> out.Outcome:
         own_key = parse_public_key(agent.public_key)
         own_key = PublicKey(own_key.key_type, own_key.body, "infra-service-provisioner")
+        self.ctx.warmup.start()  # the SSH check (or the reinstall) is the run's longest wait
         if self.ctx.message.force_reinstall:
             failure = await self._reinstall(server, own_key)
             if failure:
@@ -414,8 +430,7 @@ class Job:
         host_vars.pop("ssh_port", None)
         if s.requested_ssh_port is not None:
             host_vars["ssh_port"] = s.requested_ssh_port
-        # Its import began in a thread at start-up; wait for it without blocking the loop.
-        await asyncio.to_thread(importlib.import_module, "ansible_runner")
+        await self.ctx.warmup.wait()
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
                                   client.control_dir, host_vars, self.handle,
                                   mitogen=s.play_mitogen, passthrough=s.play_env_passthrough)
@@ -454,6 +469,16 @@ def connect_port_from(stats: dict[str, Any], current: int) -> int:
                         extra={"reported": str(port)[:40]})
         return current
     return port
+
+
+async def _abandon(start: asyncio.Future[SshAgent]) -> SshAgent | None:
+    """The agent of a start no longer needed: None if it failed or is stopped here, the
+    agent (for the caller to stop) if it had already started."""
+    start.cancel()  # SshAgent.start stops its process when cancelled
+    try:
+        return await start
+    except (asyncio.CancelledError, AgentError):
+        return None
 
 
 def _ssh_error(state: RetryCallState) -> SshError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -42,6 +41,7 @@ from runner_image.settings import (
     load,
     scrub_secret_environment,
 )
+from runner_image.warmup import Warmup
 
 if TYPE_CHECKING:  # imported when the run needs them: start-up stays short
     from runner_image.db import ServerStore
@@ -160,11 +160,8 @@ async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerS
     policy = Backoff(settings.report_attempts, settings.report_backoff_base)
     signals = Cancellation()
     ctx = RunContext(message, settings, db_settings, info.job_name, info.redact,
-                     signals.event, deadline)
+                     signals.event, deadline, Warmup("runner_image.report", "ansible_runner"))
     log.info("run started", extra={"action": message.action.value})
-    # From here the run mostly waits (database, ssh-agent, SSH): import what comes later
-    # meanwhile. Started earlier, the imports would only compete with start-up for the GIL.
-    _preload("runner_image.report", "ansible_runner")
     # The deploy key is decoded in a thread while the database connection is set up; a
     # bad key still ends the run before anything is touched.
     key_check = asyncio.ensure_future(asyncio.to_thread(
@@ -300,15 +297,6 @@ def _terminate_with(outcome: out.Outcome, code: int, redact: redaction.Redactor)
     error = outcome.error
     write_for_outcome(error.kind if error else None, error.message if error else None, code,
                       redact)
-
-
-def _preload(*modules: str) -> None:
-    """Import modules in a thread, to overlap steps that wait on the network."""
-    def load_all() -> None:
-        for name in modules:
-            importlib.import_module(name)
-
-    threading.Thread(target=load_all, name="preload", daemon=True).start()
 
 
 def _deploy_key_problem(line: str) -> str | None:

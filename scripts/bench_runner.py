@@ -12,8 +12,14 @@ alternates, for ``--rounds`` rounds:
 Prints medians, the ratio (target <= 0.7) and the runner's own time outside the play
 (target <= 1 s), split into phases from the runner's log timestamps.
 
+With ``--venv DIR`` the runner and both ansible-playbook baselines run on that venv's
+interpreter instead of this one, e.g. one made from the Debian python3 the runner image
+ships (a distribution's build of CPython is often much faster than a self-compiled one):
+    /usr/bin/python3 -m venv /tmp/ip
+    /tmp/ip/bin/pip install -r <(python3 scripts/image/requirements.py pyproject.toml runner)
+
 Usage: .venv/bin/python scripts/bench_runner.py [--rounds 5] [--project-dir DIR]
-       [--playbook playbooks/bench.yml]
+       [--playbook playbooks/bench.yml] [--venv DIR] [--tasks] [--log FILE]
 """
 
 from __future__ import annotations
@@ -59,9 +65,17 @@ def keypair(directory: Path, name: str) -> tuple[Path, str]:
     return path, (directory / f"{name}.pub").read_text().strip()
 
 
-def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner_image", *args], env=env, cwd=REPO,
+def cli(python: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([python, "-m", "runner_image", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, check=False)
+
+
+def interpreter(python: str) -> str:
+    """The interpreter's version and the binary the venv points at."""
+    return subprocess.run(
+        [python, "-c", "import os, platform, sys; "
+         "print(platform.python_version(), os.path.realpath(sys.executable))"],
+        capture_output=True, text=True, check=True).stdout.strip()
 
 
 def create_database(dsn: str, password: str) -> None:
@@ -141,6 +155,10 @@ def main() -> int:
     parser.add_argument("--project-dir", type=Path, default=DEFAULT_PROJECT)
     parser.add_argument("--playbook", default="playbooks/bench.yml")
     parser.add_argument("--tasks", action="store_true", help="print per-task times")
+    parser.add_argument("--log", type=Path, help="write the last runner round's log here")
+    parser.add_argument("--venv", type=Path,
+                        help="run the runner and ansible-playbook from this venv (default: "
+                             "the one running this script)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
@@ -155,6 +173,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     _, orchestrator = keypair(work, "orchestrator")
     scratch = work / "s"
     scratch.mkdir()
+    python = str(args.venv / "bin" / "python") if args.venv else sys.executable
     with postgres_server() as pg, redis_server(password=REDIS_PASSWORD) as rds, \
             vps_host(name_prefix="infra-bench") as host:
         host.authorize_key(public)
@@ -170,7 +189,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         }
         for command in (["migrate"], ["register-server", "--handle", "bench", "--address",
                                       host.address, "--port", str(host.ssh_port)]):
-            done = cli(command, env)
+            done = cli(python, command, env)
             if done.returncode:
                 print(done.stderr, file=sys.stderr)
                 return 1
@@ -183,7 +202,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                    "enqueued_at": "2026-01-01T00:00:00+00:00"}
             cpu["start"] = children_cpu()
             started, launched = time.perf_counter(), time.time()
-            done = subprocess.run([sys.executable, "-m", "runner_image"], cwd=REPO,
+            done = subprocess.run([python, "-m", "runner_image"], cwd=REPO,
                                   env={**env, "PROVISIONER_MESSAGE": json.dumps(msg),
                                        "JOB_NAME": "bench"},
                                   capture_output=True, text=True, check=False)
@@ -199,7 +218,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         inventory = work / "inventory.ini"
         inventory.write_text(f"bench ansible_host={host.address} ansible_port={host.ssh_port} "
                              f"ansible_user=root\n")
-        ansible_playbook = str(Path(sys.executable).with_name("ansible-playbook"))
+        ansible_playbook = str(Path(python).with_name("ansible-playbook"))
 
         tuned_inventory = work / "tuned.ini"
         tuned_inventory.write_text(inventory.read_text().strip()
@@ -258,6 +277,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                   f"ansible-playbook {plain_walls[-1]:.2f}s, tuned {tuned_walls[-1]:.2f}s",
                   flush=True)
 
+    if args.log:
+        args.log.write_text(last_log["stderr"])
     if args.tasks:
         print("\nper task, last runner round:")
         for name, seconds in task_times(last_log["stderr"]):
@@ -266,6 +287,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     ratio = med(runner_walls) / med(plain_walls)
     print()
     print(f"play: {args.playbook} ({args.rounds} rounds, converged host, medians)")
+    print(f"interpreter: {python} ({interpreter(python)})")
     print(f"  plain ansible-playbook (defaults)   {med(plain_walls):6.2f} s")
     print(f"  ansible-playbook, runner's settings {med(tuned_walls):6.2f} s   (pipelining, "
           "ControlMaster, fixed interpreter; no Mitogen)")

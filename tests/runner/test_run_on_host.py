@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,8 +246,16 @@ async def test_two_runners_never_interleave_on_one_server(
     while (await server_row(db, handle))["last_request_id"] != first["request_id"]:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-    res = runner.run(second, SERVER_LOCK_TIMEOUT="1")
-    assert res.rc == 10
+    scratch = Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))
+    try:
+        res = runner.run(second, SERVER_LOCK_TIMEOUT="1", RUNNER_SCRATCH_DIR=str(scratch))
+        assert res.rc == 10
+        # Its ssh-agent had started beside the lock wait: stopped, and the scratch removed.
+        assert processes_mentioning(str(scratch)) == []
+        assert os.listdir(scratch) == []
+        assert not res.events("stopped processes the play left behind")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     busy = await result_for(redis_client, runner.keys, second["request_id"])
     assert busy["error"]["kind"] == "server_busy"
     row = await server_row(db, handle)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -16,7 +17,14 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from contracts.results import ResultEntry
-from tests.runner.conftest import Runner, message, result_for, server_row, unique_handle
+from tests.runner.conftest import (
+    Runner,
+    message,
+    processes_mentioning,
+    result_for,
+    server_row,
+    unique_handle,
+)
 from tests.support.services import free_port
 
 
@@ -24,10 +32,17 @@ def ts(line: dict) -> float:
     return datetime.fromisoformat(line["ts"]).timestamp()
 
 
-async def test_unknown_server(runner: Runner, redis_client: aioredis.Redis) -> None:
+async def test_unknown_server(runner: Runner, redis_client: aioredis.Redis,
+                              tmp_path_factory: pytest.TempPathFactory) -> None:
     msg = message("no-such-server")
-    res = runner.run(msg)
+    # The run's ssh-agent starts while the lock is taken and the row read: a run that ends
+    # there leaves neither the agent nor its scratch directory behind.
+    scratch = tmp_path_factory.mktemp("us", numbered=True)
+    res = runner.run(msg, RUNNER_SCRATCH_DIR=str(scratch))
     assert res.rc == 10
+    assert processes_mentioning(str(scratch)) == []
+    assert os.listdir(scratch) == []
+    assert not res.events("stopped processes the play left behind")  # stopped, not swept
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     ResultEntry.model_validate(result)
     assert result["status"] == "failed"
