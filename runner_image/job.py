@@ -11,8 +11,6 @@ import asyncio
 import base64
 import hashlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -52,11 +50,11 @@ from runner_image.play import (
     prepare_environment,
     run_playbooks,
 )
-from runner_image.reaping import stop_leftovers
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
 from runner_image.ssh import SshClient, SshError, SshErrorKind, SshResult, SshTarget
 from runner_image.warmup import Warmup
+from runner_image.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +92,10 @@ def fingerprint(host_key: str) -> str:
 
 
 class Job:
-    def __init__(self, ctx: RunContext, store: ServerStore) -> None:
+    def __init__(self, ctx: RunContext, store: ServerStore, workspace: Workspace) -> None:
         self.ctx = ctx
         self.store = store
+        self.workspace = workspace
         self.settings = ctx.settings
         self.handle = ctx.message.server_handle
         self.claimed = False
@@ -131,16 +130,9 @@ class Job:
         problem = self._check_settings()
         if problem:
             return problem
-        try:
-            scratch = Path(tempfile.mkdtemp(prefix="r", dir=self.settings.runner_scratch_dir))
-        except OSError as exc:
-            return out.rejected(ErrorKind.CONFIG_ERROR, f"RUNNER_SCRATCH_DIR is not a writable "
-                                f"directory: {exc.strerror}")
-        # The agent needs nothing from the server's row: it starts (three processes) while
-        # the lock is taken and the row read.
-        agent_start = asyncio.ensure_future(
-            SshAgent.start(scratch / "agent.sock", self.settings.ssh_private_key))
-        agent: SshAgent | None = None
+        workspace = self.workspace
+        if workspace.problem is not None or workspace.scratch is None:
+            return out.rejected(ErrorKind.CONFIG_ERROR, workspace.problem or "no scratch directory")
         client: SshClient | None = None
         try:
             locked = await self._lock_and_read()
@@ -148,7 +140,7 @@ class Job:
                 return locked
             server, password = locked
             try:
-                agent = await agent_start
+                agent = await workspace.agent()  # started beside the lock and the read
             except AgentError as exc:
                 return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
             action = self.ctx.message.action
@@ -157,20 +149,12 @@ class Job:
             log.info("server claimed", extra={"status": _START_STATUS[action].value,
                                               "action": action.value})
             target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
-            client = SshClient(scratch, agent.socket, target, self.settings.ssh_connect_timeout)
-            return await self._run_steps(server, password, agent, client, scratch)
+            client = SshClient(workspace.scratch, agent.socket, target,
+                               self.settings.ssh_connect_timeout)
+            return await self._run_steps(server, password, agent, client, workspace.scratch)
         finally:
             if client is not None:
                 await client.close()
-            if agent is None:
-                agent = await _abandon(agent_start)
-            if agent is not None:
-                await agent.stop()
-            stopped = await stop_leftovers()
-            if stopped:
-                log.warning("stopped processes the play left behind",
-                            extra={"processes": stopped})
-            shutil.rmtree(scratch, ignore_errors=True)
 
     async def _lock_and_read(self) -> tuple[ServerRecord, SecretStr | None] | out.Outcome:
         """The server's row and root password, read with its lock held; or why not."""
@@ -469,16 +453,6 @@ def connect_port_from(stats: dict[str, Any], current: int) -> int:
                         extra={"reported": str(port)[:40]})
         return current
     return port
-
-
-async def _abandon(start: asyncio.Future[SshAgent]) -> SshAgent | None:
-    """The agent of a start no longer needed: None if it failed or is stopped here, the
-    agent (for the caller to stop) if it had already started."""
-    start.cancel()  # SshAgent.start stops its process when cancelled
-    try:
-        return await start
-    except (asyncio.CancelledError, AgentError):
-        return None
 
 
 def _ssh_error(state: RetryCallState) -> SshError:

@@ -42,6 +42,7 @@ from runner_image.settings import (
     scrub_secret_environment,
 )
 from runner_image.warmup import Warmup
+from runner_image.workspace import Workspace
 
 if TYPE_CHECKING:  # imported when the run needs them: start-up stays short
     from runner_image.db import ServerStore
@@ -169,6 +170,8 @@ async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerS
 
     async with contextlib.AsyncExitStack() as held:
         held.enter_context(signals.handled())
+        workspace = await held.enter_async_context(Workspace.opened(
+            settings.runner_scratch_dir, settings.ssh_private_key))
         try:
             store = await held.enter_async_context(open_store(db_settings, policy))
         except Exception as exc:
@@ -182,7 +185,8 @@ async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerS
             log.error("configuration error", extra={"error": key_problem})
             outcome = out.rejected(ErrorKind.CONFIG_ERROR, f"configuration: {key_problem}")
         elif store is not None:
-            outcome, claimed = await _execute(ctx, store, signals)
+            outcome, claimed = await _execute(ctx, store, workspace, signals)
+        workspace.wind_up_soon()  # beside the report
         ok = await _report(info, ctx, outcome, claimed, store, policy)
 
     code = outcome.exit_code if ok else ExitCode.COULD_NOT_REPORT
@@ -219,12 +223,12 @@ class Cancellation:
                 loop.remove_signal_handler(sig)
 
 
-async def _execute(ctx: RunContext, store: ServerStore,
+async def _execute(ctx: RunContext, store: ServerStore, workspace: Workspace,
                    signals: Cancellation) -> tuple[out.Outcome, bool]:
     """The job's outcome, and whether it claimed the server (only then is a status written)."""
     from runner_image.job import Job
 
-    job = Job(ctx, store)
+    job = Job(ctx, store, workspace)
     signals.task = asyncio.create_task(job.execute())
     try:
         outcome = await signals.task
