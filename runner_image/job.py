@@ -133,28 +133,24 @@ class Job:
         workspace = self.workspace
         if workspace.problem is not None or workspace.scratch is None:
             return out.rejected(ErrorKind.CONFIG_ERROR, workspace.problem or "no scratch directory")
-        client: SshClient | None = None
+        locked = await self._lock_and_read()
+        if isinstance(locked, out.Outcome):
+            return locked
+        server, password = locked
         try:
-            locked = await self._lock_and_read()
-            if isinstance(locked, out.Outcome):
-                return locked
-            server, password = locked
-            try:
-                agent = await workspace.agent()  # started beside the lock and the read
-            except AgentError as exc:
-                return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
-            action = self.ctx.message.action
-            self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
-                                                  _START_STATUS[action])
-            log.info("server claimed", extra={"status": _START_STATUS[action].value,
-                                              "action": action.value})
-            target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
-            client = SshClient(workspace.scratch, agent.socket, target,
-                               self.settings.ssh_connect_timeout)
-            return await self._run_steps(server, password, agent, client, workspace.scratch)
-        finally:
-            if client is not None:
-                await client.close()
+            agent = await workspace.agent()  # started beside the lock and the read
+        except AgentError as exc:
+            return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
+        action = self.ctx.message.action
+        self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
+                                              _START_STATUS[action])
+        log.info("server claimed", extra={"status": _START_STATUS[action].value,
+                                          "action": action.value})
+        target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
+        client = SshClient(workspace.scratch, agent.socket, target,
+                           self.settings.ssh_connect_timeout)
+        workspace.clients.append(client)  # its control master is closed in the wind-up
+        return await self._run_steps(server, password, agent, client, workspace.scratch)
 
     async def _lock_and_read(self) -> tuple[ServerRecord, SecretStr | None] | out.Outcome:
         """The server's row and root password, read with its lock held; or why not."""

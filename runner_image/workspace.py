@@ -3,8 +3,8 @@ up at the end whatever happened.
 
 Neither needs anything from the server's row, and the agent takes three processes (~30 ms)
 to start: begun first, it is ready by the time the server is locked and read. The wind-up
-(the agent stopped, processes the play left behind stopped, the directory removed) can run
-beside the report, which needs none of it.
+(SSH control masters closed, the agent stopped, processes the play left behind stopped, the
+directory removed) runs beside the report, which needs none of it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from runner_image.agent import AgentError, SshAgent
 from runner_image.reaping import stop_leftovers
+from runner_image.ssh import SshClient
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Workspace:
         self.problem: str | None = None  # why there is no scratch directory (and no agent)
         self._agent_start: asyncio.Future[SshAgent] | None = None
         self._winding_up: asyncio.Future[None] | None = None
+        self.clients: list[SshClient] = []  # their control masters are closed at the end
         try:
             self.scratch = Path(tempfile.mkdtemp(prefix="r", dir=scratch_root))
         except OSError as exc:
@@ -65,6 +67,8 @@ class Workspace:
         await self._winding_up
 
     async def _wind_up(self) -> None:
+        for client in self.clients:
+            await client.close()
         if self._agent_start is not None:
             agent = await _settle(self._agent_start)
             if agent is not None:
