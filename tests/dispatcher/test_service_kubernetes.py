@@ -207,11 +207,12 @@ def _crashed(k: Kube, job: str) -> None:
 async def test_job_that_ends_without_a_runner_result_is_reported(
         start, k8s: Kube, redis_client, keys, drive, kind: str, status: str,
         job_deleted: bool, reason: str) -> None:
-    # Short grace periods only where the case needs them: elsewhere a slow machine could
-    # let the dispatcher give up on a pod-less Job before the case drives it.
-    grace = "1" if drive in (_config_error, _image_pull, _unschedulable) else "120"
-    dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS=grace,
-                       DISPATCHER_PENDING_TIMEOUT_SECONDS=grace)
+    # A short grace only for the timer the case is about: any other timer running out
+    # first (a slow machine, or a creationTimestamp cut to whole seconds, which ages a pod
+    # by up to 1 s at once) would end the Job for another reason before the case drives it.
+    dispatcher = start(
+        DISPATCHER_IMAGE_PULL_GRACE_SECONDS="2" if drive is _image_pull else "120",
+        DISPATCHER_PENDING_TIMEOUT_SECONDS="3" if drive is _unschedulable else "120")
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await redis_client.lpush(keys.queue, message("srv-1", "r2"))  # waits for srv-1
     await wait_until(lambda: job_count(k8s, 1), what="Job")
