@@ -14,7 +14,7 @@ import gc
 import logging
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from contracts.exit_codes import ExitCode
 from contracts.logs import configure_logging
@@ -26,6 +26,9 @@ from runner_image.settings import (
     DatabaseSettings,
     load,
 )
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger("runner_image")
 
@@ -64,16 +67,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- migrate / register-server ---------------------------------------------------------------
-async def _migrate() -> int:
+async def _open_database(command: str) -> tuple[DatabaseSettings, asyncpg.Connection] | None:
+    """The database settings and a connection for an admin command; None (logged) if the
+    settings are invalid or the database cannot be reached."""
     from runner_image.db import connect
-    from runner_image.migrations import MigrationError, apply_migrations
 
     try:
         db = load(DatabaseSettings)
-        conn = await connect(db)
+        return db, await connect(db)
     except (ConfigError, OSError) as exc:
-        log.error("migrate failed", extra={"error": str(exc)})
+        log.error(f"{command} failed", extra={"error": str(exc)})
+        return None
+
+
+async def _migrate() -> int:
+    from runner_image.migrations import MigrationError, apply_migrations
+
+    opened = await _open_database("migrate")
+    if opened is None:
         return ExitCode.REJECTED
+    _, conn = opened
     try:
         applied = await apply_migrations(conn)
     except MigrationError as exc:
@@ -86,7 +99,6 @@ async def _migrate() -> int:
 
 
 async def _register(args: argparse.Namespace) -> int:
-    from runner_image.db import connect
     from runner_image.register import Registration, register
 
     names = (*SECRET_VARIABLES, args.password_env)
@@ -96,12 +108,10 @@ async def _register(args: argparse.Namespace) -> int:
                        provider=args.provider, provider_server_id=args.provider_server_id,
                        password_env=args.password_env, clear_password=args.clear_password,
                        forget_host_key=args.forget_host_key)
-    try:
-        db = load(DatabaseSettings)
-        conn = await connect(db)
-    except (ConfigError, OSError) as exc:
-        log.error("register-server failed", extra={"error": str(exc)})
+    opened = await _open_database("register-server")
+    if opened is None:
         return ExitCode.REJECTED
+    db, conn = opened
     try:
         inserted = await register(conn, db, reg)
     except ConfigError as exc:
