@@ -3,6 +3,8 @@
 Order of steps (each step's failure ends the run with a specific outcome):
 validate inputs -> lock and claim the server -> [provider reinstall] -> SSH check
 (record/verify the host key) -> install keys -> play(s). Reporting is done by the caller.
+Without a reinstall, the first play's ansible-playbook is started when the SSH check
+starts and held at its gate until the keys are installed (play.start_play).
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ from runner_image.db import (
 from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
 from runner_image.play import (
+    PlayEnvironment,
     PlayOutcome,
     PlayStatus,
+    StartedPlay,
     mitogen_strategy_dir,
     prepare_environment,
     run_playbooks,
+    start_play,
 )
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
@@ -223,7 +228,23 @@ class Job:
                          agent: SshAgent, client: SshClient, scratch: Path) -> out.Outcome:
         own_key = parse_public_key(agent.public_key)
         own_key = PublicKey(own_key.key_type, own_key.body, "infra-service-provisioner")
+        env = self._play_environment(server, client, scratch)
+        early: StartedPlay | None = None
+        if not self.ctx.message.force_reinstall:
+            # ansible-playbook spends about a second starting before its first play: it
+            # starts now and waits at its gate while the SSH check and the key installation
+            # run; it connects to nothing unless released.
+            early = await self._start_play_early(env)
         self.ctx.warmup.start()  # the SSH check (or the reinstall) is the run's longest wait
+        try:
+            return await self._checked_steps(server, password, client, own_key, env, early)
+        finally:
+            if early is not None:
+                await early.abandon()  # nothing to do once the play ran
+
+    async def _checked_steps(self, server: ServerRecord, password: SecretStr | None,
+                             client: SshClient, own_key: PublicKey, env: PlayEnvironment,
+                             early: StartedPlay | None) -> out.Outcome:
         if self.ctx.message.force_reinstall:
             failure = await self._reinstall(server, own_key)
             if failure:
@@ -249,7 +270,47 @@ class Job:
         if self.ctx.message.force_reinstall:
             await self.store.set_status(self.handle, self.ctx.request_id,
                                         ServerStatus.PROVISIONING, None)
-        return await self._play(server, client, scratch)
+        return await self._play(server, env, early)
+
+    def _play_environment(self, server: ServerRecord, client: SshClient,
+                          scratch: Path) -> PlayEnvironment:
+        """The plays' private directory, inventory and environment (public values only)."""
+        s = self.settings
+        host_vars = {
+            **s.play_vars,
+            "ansible_host": server.address,
+            "ansible_port": server.ssh_port,
+            "ansible_user": server.ssh_user,
+            "ansible_python_interpreter": s.target_python,
+            "infra_server_handle": self.handle,
+            "infra_request_id": self.ctx.request_id,
+            "infra_action": self.ctx.message.action.value,
+            "infra_deploy_key_user": s.deploy_key_user,
+            "infra_orchestrator_public_key": s.orchestrator_ssh_public_key,
+            # The SSH port contract: the port sshd must keep listening on (the one the run
+            # connected on); ssh_port only when a move was explicitly requested.
+            "infra_ssh_port": server.ssh_port,
+        }
+        host_vars.pop("ssh_port", None)
+        if s.requested_ssh_port is not None:
+            host_vars["ssh_port"] = s.requested_ssh_port
+        return prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
+                                   client.control_dir, host_vars, self.handle,
+                                   mitogen=s.play_mitogen, passthrough=s.play_env_passthrough)
+
+    async def _start_play_early(self, env: PlayEnvironment) -> StartedPlay | None:
+        """The first play's process, gated; None if it cannot start (it is then started,
+        and its failure reported, at the play)."""
+        first = self.settings.playbooks_for(self.ctx.message.is_recovery)[0]
+        left = self.deadline.left()
+        try:
+            return await start_play(env, first, self.ctx.log_context, self.ctx.redact,
+                                    gated=True, gate_timeout=None if left == float("inf")
+                                    else left)
+        except OSError as exc:
+            log.warning("ansible-playbook could not be started ahead of the SSH check",
+                        extra={"error": str(exc)})
+            return None
 
     # -- steps ---------------------------------------------------------------------------
     async def _reinstall(self, server: ServerRecord, own_key: PublicKey) -> out.Outcome | None:
@@ -389,31 +450,11 @@ class Job:
         log.info("keys installed", extra={"deploy_key_user": deploy_user, "changed": changed})
         return None
 
-    async def _play(self, server: ServerRecord, client: SshClient, scratch: Path) -> out.Outcome:
+    async def _play(self, server: ServerRecord, env: PlayEnvironment,
+                    early: StartedPlay | None) -> out.Outcome:
         s = self.settings
         message = self.ctx.message
-        host_vars = {
-            **s.play_vars,
-            "ansible_host": server.address,
-            "ansible_port": server.ssh_port,
-            "ansible_user": server.ssh_user,
-            "ansible_python_interpreter": s.target_python,
-            "infra_server_handle": self.handle,
-            "infra_request_id": self.ctx.request_id,
-            "infra_action": message.action.value,
-            "infra_deploy_key_user": s.deploy_key_user,
-            "infra_orchestrator_public_key": s.orchestrator_ssh_public_key,
-            # The SSH port contract: the port sshd must keep listening on (the one the run
-            # connected on); ssh_port only when a move was explicitly requested.
-            "infra_ssh_port": server.ssh_port,
-        }
-        host_vars.pop("ssh_port", None)
-        if s.requested_ssh_port is not None:
-            host_vars["ssh_port"] = s.requested_ssh_port
         await self.ctx.warmup.wait()
-        env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
-                                  client.control_dir, host_vars, self.handle,
-                                  mitogen=s.play_mitogen, passthrough=s.play_env_passthrough)
         self.deadline.require("the play", needed=1.0)
         by_deadline = self.deadline.capped(s.play_timeout)
         budget = self.deadline.cap(s.play_timeout)
@@ -421,7 +462,8 @@ class Job:
                   else f"PLAY_TIMEOUT={s.play_timeout:g}s")
         played: PlayOutcome = await run_playbooks(
             env, s.playbooks_for(message.is_recovery), budget=budget, budget_source=source,
-            cancelled=self.ctx.cancelled, context=self.ctx.log_context, redact=self.ctx.redact)
+            cancelled=self.ctx.cancelled, context=self.ctx.log_context, redact=self.ctx.redact,
+            first=early)
         self.details["play_seconds"] = round(played.duration, 3)
         self.details.update(played.details)
         outcome = out.from_play(played)

@@ -16,6 +16,11 @@ Known ansible-runner traps and how they are avoided here:
   process group.
 - Writable HOME / ANSIBLE_HOME / local temp and a short ControlPath come from the run's
   scratch directory.
+
+The first play's process may be started ahead, gated (``start_play(gated=True)``): it
+waits before its first play on an inherited pipe until ``StartedPlay.release()``, so
+ansible-playbook's start-up overlaps the runner's SSH check (see
+``ansible_callbacks/infra_start_gate.py``).
 """
 
 from __future__ import annotations
@@ -89,9 +94,11 @@ class EventSink:
         self.stats: dict[str, Any] = {}
         self.details: dict[str, str | int | float | bool | None] = {}
         self.stats_data: dict[str, Any] = {}
+        self.seen: set[str] = set()  # event kinds so far (playbook_on_start: at the gate)
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
+        self.seen.add(kind)
         data = event.get("event_data") or {}
         if kind in _LOGGED_EVENTS:
             fields = {"ansible_event": kind, "task": data.get("task"), "host": data.get("host"),
@@ -253,8 +260,67 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             continue
 
 
-async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: EventSink,
-                   context: dict[str, Any]) -> _Finished:
+GATE_PLUGIN_DIR = Path(__file__).resolve().parent / "ansible_callbacks"
+# The gate's protocol (see ansible_callbacks/infra_start_gate.py, which ansible-playbook
+# loads, not the runner).
+GATE_FD_VARIABLE = "INFRA_START_GATE_FD"
+GATE_TIMEOUT_VARIABLE = "INFRA_START_GATE_TIMEOUT"
+GATE_OPEN = b"go\n"
+
+
+@dataclass
+class StartedPlay:
+    """One ansible-playbook process, started and streaming its events into ``sink``.
+
+    A gated one waits before its first play until ``release()``; ``abandon()`` stops it,
+    and before ``release()`` it has connected to nothing.
+    """
+
+    playbook: Path
+    sink: EventSink
+    proc: asyncio.subprocess.Process
+    pump: asyncio.Task[None]
+    raw: _BoundedText
+    context: dict[str, Any]
+    gate: int | None = None  # the pipe's write end while the gate is shut
+    started: float = field(default_factory=time.monotonic)
+
+    def release(self) -> None:
+        """Let the plays run (a process that already ended is reported by ``finish``)."""
+        if self.gate is None:
+            return
+        try:
+            os.write(self.gate, GATE_OPEN)
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(self.gate)
+            self.gate = None
+        log.info("play released", extra={**self.context, "playbook": self.playbook.name,
+                                          "waited_seconds": round(time.monotonic()
+                                                                  - self.started, 3)})
+
+    async def abandon(self) -> None:
+        """Stop the process if it still runs: closing the gate alone makes a waiting
+        ansible-playbook exit, the process group's SIGKILL covers one still starting."""
+        if self.gate is not None:
+            os.close(self.gate)
+            self.gate = None
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+            log.info("ansible status", extra={**self.context, "ansible_status": "abandoned",
+                                              "playbook": self.playbook.name})
+        if not self.pump.done():
+            self.pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.pump
+
+
+async def start_play(env: PlayEnvironment, playbook: Path, context: dict[str, Any],
+                     redact: Callable[[str], str], *, gated: bool = False,
+                     gate_timeout: float | None = None) -> StartedPlay:
     """Start ansible-playbook as ansible-runner would, without its pexpect/thread machinery.
 
     ansible-runner prepares the command, its environment and the event callback plugin;
@@ -262,11 +328,15 @@ async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: Eve
     C in ``_posixsubprocess``: no Python-level fork beside running threads, unlike pexpect's
     ``forkpty``), and its output is decoded into events by ansible-runner's own
     ``OutputEventFilter`` as it arrives, so events are still streamed.
+
+    ``gated``: the process waits before its first play for ``StartedPlay.release()`` (at
+    most ``gate_timeout`` seconds), so its start-up can overlap the runner's SSH check.
     """
     from ansible_runner.config.runner import RunnerConfig
     from ansible_runner.runner import Runner
     from ansible_runner.utils import OutputEventFilter
 
+    sink = EventSink({**context, "playbook": playbook.name}, redact)
     config = RunnerConfig(
         private_data_dir=str(env.private_data_dir), project_dir=str(env.project_dir),
         playbook=str(playbook), inventory=str(env.inventory), envvars=env.envvars,
@@ -278,15 +348,33 @@ async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: Eve
     # inherited variables the play needs; not the runner's whole environment.
     child_env = {k: v for k, v in config.env.items()
                  if k not in os.environ or k in env.envvars or _passed(k)}
+    gate_read, gate_write = -1, None
+    if gated:
+        gate_read, gate_write = os.pipe()  # both ends close-on-exec; the child gets one
+        child_env[GATE_FD_VARIABLE] = str(gate_read)
+        if gate_timeout is not None:
+            child_env[GATE_TIMEOUT_VARIABLE] = f"{max(0.0, gate_timeout):.3f}"
+        child_env["ANSIBLE_CALLBACK_PLUGINS"] = os.pathsep.join(filter(None, (
+            child_env.get("ANSIBLE_CALLBACK_PLUGINS"), str(GATE_PLUGIN_DIR))))
     events = Runner(config, event_handler=sink)
     raw = _BoundedText(MASK_WINDOW)
     stream = OutputEventFilter(raw, events.event_callback, suppress_ansible_output=True)
-    log.info("ansible status", extra={**context, "ansible_status": "starting"})
-    proc = await asyncio.create_subprocess_exec(
-        *config.command, cwd=config.cwd, env=child_env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True)
-    log.info("ansible status", extra={**context, "ansible_status": "running"})
+    log.info("ansible status", extra={**context, "ansible_status": "starting",
+                                      "playbook": playbook.name, "gated": gated})
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *config.command, cwd=config.cwd, env=child_env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, pass_fds=(gate_read,) if gated else ())
+    except BaseException:
+        if gate_write is not None:
+            os.close(gate_write)
+        raise
+    finally:
+        if gated:
+            os.close(gate_read)
+    log.info("ansible status", extra={**context, "ansible_status": "running",
+                                      "playbook": playbook.name})
 
     async def pump() -> None:
         assert proc.stdout is not None
@@ -296,9 +384,17 @@ async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: Eve
         stream.write(decoder.decode(b"", final=True))
         stream.close()
 
+    return StartedPlay(playbook, sink, proc, asyncio.create_task(pump()), raw, context,
+                       gate_write)
+
+
+async def _finish(play: StartedPlay, limit: float) -> _Finished:
+    """Release the play if it waits, and see it end within ``limit`` seconds."""
+    play.release()
+    proc = play.proc
     status = "successful"
     try:
-        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), max(0.1, limit))
+        await asyncio.wait_for(asyncio.gather(play.pump, proc.wait()), max(0.1, limit))
     except TimeoutError:
         status = "timeout"
         await _stop(proc)
@@ -308,17 +404,20 @@ async def _run_one(env: PlayEnvironment, playbook: Path, limit: float, sink: Eve
         await _stop(proc)
     if status == "successful" and proc.returncode != 0:
         status = "failed"
-    log.info("ansible status", extra={**context, "ansible_status": status})
-    return _Finished(status, proc.returncode, raw.text)
+    log.info("ansible status", extra={**play.context, "ansible_status": status,
+                                      "playbook": play.playbook.name})
+    return _Finished(status, proc.returncode, play.raw.text)
 
 
 async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: float,
                         budget_source: str, cancelled: threading.Event,
-                        context: dict[str, Any], redact: Callable[[str], str]) -> PlayOutcome:
+                        context: dict[str, Any], redact: Callable[[str], str],
+                        first: StartedPlay | None = None) -> PlayOutcome:
     """Run ``playbooks`` in order within one time budget; stop at the first failure.
 
     ``budget_source`` names what set the budget (PLAY_TIMEOUT or the run's deadline), for
-    the timeout message.
+    the timeout message. ``first``: the first playbook's process, started ahead (gated);
+    the budget counts from its release.
     """
     started = time.monotonic()
     total = PlayRecap()
@@ -328,9 +427,13 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
         remaining = budget - (time.monotonic() - started)
         if remaining <= 0 or cancelled.is_set():
             break
-        sink = EventSink({**context, "playbook": playbook.name}, redact)
         log.info("play starting", extra={**context, "playbook": playbook.name})
-        result = await _run_one(env, playbook, remaining, sink, context)
+        if first is not None and first.playbook == playbook:
+            started_play, first = first, None
+        else:
+            started_play = await start_play(env, playbook, context, redact)
+        sink = started_play.sink
+        result = await _finish(started_play, remaining)
         total = _add(total, sink.recap())
         details.update(sink.details)
         stats.update(sink.stats_data)

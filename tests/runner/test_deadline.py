@@ -102,8 +102,12 @@ async def test_slow_ssh(runner: Runner, redis_client: aioredis.Redis, db,
     assert rc == 12, stderr
     result = await assert_reported_in_time(redis_client, runner, db, msg, launched, 40)
     assert "SSH check" in result["error"]["message"]
-    attempts = [e for e in parse_logs(stderr) if e["event"] == "ssh attempt failed"]
+    logs = parse_logs(stderr)
+    attempts = [e for e in logs if e["event"] == "ssh attempt failed"]
     assert 1 <= len(attempts) < 5  # cut short by the deadline, not by SSH_ATTEMPTS
+    # The play's process waited at its gate through the check and was stopped there.
+    assert [e["ansible_status"] for e in logs if e["event"] == "ansible status"] == [
+        "starting", "running", "abandoned"]
 
 
 async def test_slow_lock(runner: Runner, redis_client: aioredis.Redis, db, runner_db) -> None:

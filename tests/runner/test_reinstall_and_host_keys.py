@@ -52,6 +52,9 @@ async def test_host_key_lifecycle_and_reinstall(
     assert "force_reinstall" in result["error"]["message"]
     assert len(res.events("ssh attempt failed")) == 1  # not retried
     assert not res.events("play starting")
+    # The play's process, started ahead, was stopped at its gate: it ran nothing.
+    assert res.events("ansible status")[-1]["ansible_status"] == "abandoned"
+    assert not res.events("play released") and not res.events("ansible event")
     row = await server_row(db, handle)
     assert row["host_key"] == recorded and row["status"] == "FAILED"
 

@@ -86,6 +86,13 @@ async def test_happy_path(runner: Runner, host: Host, redis_client: aioredis.Red
     assert all(line["server_handle"] == handle and line["job_name"] for line in res.logs)
     tasks = [e.get("task") for e in res.events("ansible event")]
     assert "Write the marker file" in tasks
+    # ansible-playbook started before the SSH check and waited at its gate: its first
+    # event came only after the check passed, the keys were in and the play was released.
+    order = [line["event"] for line in res.logs]
+    assert res.events("ansible status")[0]["gated"] is True
+    assert (order.index("ansible status") < order.index("ssh check passed")
+            < order.index("keys installed") < order.index("play released")
+            < order.index("ansible event")), order
     # A play that ends normally leaves nothing behind to be stopped.
     assert not res.events("stopped processes the play left behind")
     assert processes_mentioning(runner.env["RUNNER_SCRATCH_DIR"]) == []

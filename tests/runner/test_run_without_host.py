@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -20,6 +22,7 @@ from contracts.results import ResultEntry
 from tests.runner.conftest import (
     Runner,
     message,
+    parse_logs,
     processes_mentioning,
     result_for,
     server_row,
@@ -72,6 +75,11 @@ async def test_closed_port_is_unreachable_after_spaced_attempts(
     assert "after 3 attempts" in result["error"]["message"]
     row = await server_row(db, handle)
     assert row["status"] == "UNREACHABLE" and "Connection refused" in row["status_reason"]
+    # ansible-playbook, started ahead and held at its gate, was stopped unreleased.
+    assert [e["ansible_status"] for e in res.events("ansible status")] == [
+        "starting", "running", "abandoned"]
+    assert not res.events("play released") and not res.events("ansible event")
+    assert processes_mentioning(runner.env["RUNNER_SCRATCH_DIR"]) == []
 
 
 @pytest.fixture
@@ -113,6 +121,33 @@ async def test_open_port_without_ssh_is_unreachable(
     assert result["status"] == "unreachable"
     text = result["error"]["message"]
     assert "timed out" in text or "no SSH answer" in text
+
+
+async def test_sigterm_during_the_ssh_check_stops_the_waiting_play(
+        runner: Runner, redis_client: aioredis.Redis, silent_port: int,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ansible-playbook starts ahead of the SSH check and waits at its gate; a pod deleted
+    during the check stops it unreleased, and the run still reports."""
+    handle = unique_handle("termcheck")
+    runner.register(handle, "127.0.0.1", silent_port)
+    msg = message(handle)
+    scratch = tmp_path_factory.mktemp("tc", numbered=True)
+    proc = runner.start(msg, RUNNER_SCRATCH_DIR=str(scratch), SSH_ATTEMPTS="1",
+                        SSH_CONNECT_TIMEOUT="60", SSH_COMMAND_TIMEOUT="60")
+    until = time.monotonic() + 60
+    while not any("ansible-playbook" in p for p in processes_mentioning(str(scratch))):
+        assert proc.poll() is None and time.monotonic() < until, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 15, stderr
+    logs = parse_logs(stderr)
+    statuses = [e["ansible_status"] for e in logs if e["event"] == "ansible status"]
+    assert statuses == ["starting", "running", "abandoned"]
+    assert not [e for e in logs if e["event"] in {"play released", "ansible event"}]
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "cancelled"
+    assert processes_mentioning(str(scratch)) == [] and os.listdir(scratch) == []
 
 
 async def test_invalid_message_is_rejected(runner: Runner, redis_client: aioredis.Redis) -> None:
