@@ -46,6 +46,7 @@ from runner_image.db import (
 from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
 from runner_image.play import (
+    GateUnavailable,
     PlayEnvironment,
     PlayOutcome,
     PlayStatus,
@@ -307,9 +308,9 @@ class Job:
             return await start_play(env, first, self.ctx.log_context, self.ctx.redact,
                                     gated=True, gate_timeout=None if left == float("inf")
                                     else left)
-        except OSError as exc:
-            log.warning("ansible-playbook could not be started ahead of the SSH check",
-                        extra={"error": str(exc)})
+        except (OSError, GateUnavailable) as exc:
+            log.warning("ansible-playbook could not be started ahead of the SSH check; it "
+                        "starts after the key installation", extra={"error": str(exc)})
             return None
 
     # -- steps ---------------------------------------------------------------------------

@@ -266,6 +266,11 @@ GATE_PLUGIN_DIR = Path(__file__).resolve().parent / "ansible_callbacks"
 GATE_FD_VARIABLE = "INFRA_START_GATE_FD"
 GATE_TIMEOUT_VARIABLE = "INFRA_START_GATE_TIMEOUT"
 GATE_OPEN = b"go\n"
+GATE_PLUGIN = GATE_PLUGIN_DIR / "infra_start_gate.py"
+
+
+class GateUnavailable(Exception):
+    """The gate plugin is not installed: an early process would not wait, so none starts."""
 
 
 @dataclass
@@ -332,6 +337,8 @@ async def start_play(env: PlayEnvironment, playbook: Path, context: dict[str, An
     ``gated``: the process waits before its first play for ``StartedPlay.release()`` (at
     most ``gate_timeout`` seconds), so its start-up can overlap the runner's SSH check.
     """
+    if gated and not GATE_PLUGIN.is_file():
+        raise GateUnavailable(f"{GATE_PLUGIN} is missing; reinstall the runner package")
     from ansible_runner.config.runner import RunnerConfig
     from ansible_runner.runner import Runner
     from ansible_runner.utils import OutputEventFilter

@@ -9,7 +9,7 @@ scripts/build-images.sh all
 .venv/bin/ruff check .
 .venv/bin/mypy  # strict, on the packages listed in pyproject's [tool.mypy]
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from runner_image import play as play_module
 from runner_image.play import (
+    GateUnavailable,
     PlayEnvironment,
     StartedPlay,
     prepare_environment,
@@ -109,3 +111,12 @@ async def test_abandon_stops_a_play_still_starting(tmp_path: Path, project: Path
     await play.abandon()  # idempotent
     await asyncio.sleep(0.5)
     assert not marker.exists()
+
+
+async def test_no_gated_start_without_the_gate_plugin(tmp_path: Path, project: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without its gate, an early ansible-playbook would run its play at once: refused."""
+    monkeypatch.setattr(play_module, "GATE_PLUGIN", tmp_path / "missing.py")
+    with pytest.raises(GateUnavailable, match=r"missing\.py is missing"):
+        await started(tmp_path, project)
+    assert not (tmp_path / "pd" / "artifacts").exists()  # nothing was prepared or started
