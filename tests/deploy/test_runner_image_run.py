@@ -135,6 +135,12 @@ def test_full_run_from_the_image(runner_image: Image, host: Host, database: str,
     # JSON-lines logs naming the run; no secret in logs or result.
     logs = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
     assert logs and all(line.get("request_id") == request_id for line in logs)
+    # The image ships the play's start gate: ansible-playbook started ahead of the SSH
+    # check and ran its first play only once released.
+    order = [line["event"] for line in logs]
+    assert next(e for e in logs if e["event"] == "ansible status").get("gated") is True
+    assert (order.index("ansible status") < order.index("ssh check passed")
+            < order.index("play released") < order.index("ansible event")), order
     for value in secrets.values():
         if value:
             assert value not in everything and value not in json.dumps(result)
