@@ -319,8 +319,12 @@ class StartedPlay:
                                               "playbook": self.playbook.name})
         if not self.pump.done():
             self.pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.pump
+        # wait() neither raises the pump's error nor swallows a cancellation of this task.
+        await asyncio.wait([self.pump])
+        error = None if self.pump.cancelled() else self.pump.exception()
+        if error is not None:  # only its type: the text may quote the play's output
+            log.warning("the abandoned play's output could not be read",
+                        extra={**self.context, "error": type(error).__name__})
 
 
 async def start_play(env: PlayEnvironment, playbook: Path, context: dict[str, Any],
