@@ -44,7 +44,9 @@ class ErrorKind(StrEnum):
     key differs from the recorded one), deploy_key_failed (installing the SSH keys failed),
     play_failed (an Ansible task failed: task, host, output tail), play_timeout (the plays ran
     past their budget), cancelled (the run was stopped), lock_lost (the row lock was lost
-    during the run), internal (a bug; the message names the exception).
+    during the run), runner_environment (the runner's pod could not provide what a run needs,
+    such as its ssh-agent; nothing was changed, retry), internal (a bug; the message names the
+    exception).
     Dispatcher, for a Job that ended without the runner's result: job_failed (the pod
     failed), image_pull (the runner image could not be pulled), unschedulable (no node took
     the pod in time), oom_killed, evicted, job_deleted.
@@ -65,6 +67,7 @@ class ErrorKind(StrEnum):
     PLAY_TIMEOUT = "play_timeout"
     CANCELLED = "cancelled"
     LOCK_LOST = "lock_lost"
+    RUNNER_ENVIRONMENT = "runner_environment"
     INTERNAL = "internal"
     JOB_FAILED = "job_failed"
     IMAGE_PULL = "image_pull"

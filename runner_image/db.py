@@ -64,6 +64,10 @@ class LockLost(Exception):
     """The run no longer holds its server's lock; nothing may be written for it."""
 
 
+class WrongCredentialsKey(Exception):
+    """pgcrypto could not decrypt a stored secret with CREDENTIALS_KEY."""
+
+
 class MissingCredentialsKey(Exception):
     pass
 
@@ -133,10 +137,15 @@ class ServerStore:
                 f"server {handle} has a root password but CREDENTIALS_KEY is not set; "
                 "set it to the key the password was stored with"
             )
-        value = await self.conn.fetchval(
-            "SELECT pgp_sym_decrypt(root_password_enc, $2) FROM servers WHERE handle = $1",
-            handle, self.settings.credentials_key.get_secret_value(),
-        )
+        try:
+            value = await self.conn.fetchval(
+                "SELECT pgp_sym_decrypt(root_password_enc, $2) FROM servers WHERE handle = $1",
+                handle, self.settings.credentials_key.get_secret_value(),
+            )
+        except asyncpg.ExternalRoutineInvocationError:
+            # pgcrypto's "Wrong key or corrupt data" (SQLSTATE 39000); any other error here
+            # (a timeout, a lost connection) says nothing about the key.
+            raise WrongCredentialsKey(handle) from None
         return SecretStr(value) if value is not None else None
 
     async def claim(self, handle: str, request_id: str, status: ServerStatus) -> bool:

@@ -34,14 +34,16 @@ from tenacity import (
 from contracts.messages import Action, ProvisionerMessage
 from contracts.results import ErrorKind
 from runner_image import outcome as out
-from runner_image.agent import AgentError, SshAgent
+from runner_image.agent import AgentUnavailable, KeyRejected, SshAgent
 from runner_image.db import (
+    TRANSIENT_DB_ERRORS,
     LockLost,
     MissingCredentialsKey,
     ServerBusy,
     ServerRecord,
     ServerStatus,
     ServerStore,
+    WrongCredentialsKey,
 )
 from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.deploy_key import PublicKey, install_script, parse_public_key
@@ -145,8 +147,12 @@ class Job:
         server, password = locked
         try:
             agent = await workspace.agent()  # started beside the lock and the read
-        except AgentError as exc:
+        except KeyRejected as exc:
             return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
+        except AgentUnavailable as exc:
+            return out.failed(ErrorKind.RUNNER_ENVIRONMENT,
+                              f"{exc}; nothing was changed: retry the request, and check the "
+                              "node and the runner image if it repeats", server_status=None)
         action = self.ctx.message.action
         self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
                                               _START_STATUS[action])
@@ -185,10 +191,14 @@ class Job:
                 password = await self.store.root_password(self.handle)
             except MissingCredentialsKey as exc:
                 return out.rejected(ErrorKind.CONFIG_ERROR, str(exc))
-            except asyncpg.PostgresError:
+            except WrongCredentialsKey:
                 return out.rejected(ErrorKind.CONFIG_ERROR,
                                     f"the root password of {self.handle} cannot be decrypted with "
                                     "CREDENTIALS_KEY; set the key it was stored with")
+            except (asyncpg.PostgresError, *TRANSIENT_DB_ERRORS) as exc:
+                return out.failed(ErrorKind.DATABASE_UNAVAILABLE,
+                                  f"reading the root password of {self.handle} failed: "
+                                  f"{type(exc).__name__}: {exc}", server_status=None)
             if password is not None:
                 self.ctx.redact.add(password.get_secret_value())
         return server, password

@@ -190,11 +190,20 @@ async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerS
         ok = await _report(info, ctx, outcome, claimed, store, policy)
 
     code = outcome.exit_code if ok else ExitCode.COULD_NOT_REPORT
-    _terminate_with(outcome, code, info.redact)
-    log.info("run finished", extra={"status": outcome.status.value, "exit_code": int(code),
-                                    "error_kind": outcome.error.kind if outcome.error else None,
-                                    "duration_seconds": round(time.monotonic() - info.t0, 3)})
+    _finish(info, outcome, code)
     return code
+
+
+def _finish(info: RunInfo, outcome: out.Outcome, code: int) -> None:
+    """The pod's termination message and the run's last log line, both saying why."""
+    _terminate_with(outcome, code, info.redact)
+    error = outcome.error
+    # The message is masked by the log filter, as the result's is by build_entry.
+    log.log(logging.INFO if error is None else logging.ERROR, "run finished", extra={
+        "status": outcome.status.value, "exit_code": int(code),
+        "error_kind": error.kind.value if error else None,
+        "error": error.message if error else None,
+        "duration_seconds": round(time.monotonic() - info.t0, 3)})
 
 
 class Cancellation:
@@ -278,9 +287,9 @@ async def _report_only(info: RunInfo, outcome: out.Outcome, message: Provisioner
         await _publish(info.redis_settings, entry, EARLY_REPORT_POLICY)
     except Exception as exc:
         log.error("could not publish the result", extra={"error": str(exc)})
-        _terminate_with(outcome, ExitCode.COULD_NOT_REPORT, info.redact)
+        _finish(info, outcome, ExitCode.COULD_NOT_REPORT)
         return ExitCode.COULD_NOT_REPORT
-    _terminate_with(outcome, outcome.exit_code, info.redact)
+    _finish(info, outcome, outcome.exit_code)
     return outcome.exit_code
 
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(redis-server postgresql podman runc debootstrap openssh-client openssh-server
-          sshpass python3-venv git ca-certificates prometheus)
+          sshpass python3-venv git ca-certificates prometheus gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

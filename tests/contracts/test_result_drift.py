@@ -77,7 +77,8 @@ RUNNER_KINDS_BY_STATUS = {
     # The runner's own branches (runner_image/job.py, __main__.py, play.py).
     "failed": [ErrorKind.SERVER_BUSY, ErrorKind.UNKNOWN_SERVER, ErrorKind.DATABASE_UNAVAILABLE,
                ErrorKind.PROVIDER_ERROR, ErrorKind.HOST_KEY_MISMATCH,
-               ErrorKind.DEPLOY_KEY_FAILED, ErrorKind.LOCK_LOST, ErrorKind.INTERNAL],
+               ErrorKind.DEPLOY_KEY_FAILED, ErrorKind.LOCK_LOST, ErrorKind.RUNNER_ENVIRONMENT,
+               ErrorKind.INTERNAL],
     "rejected": [ErrorKind.INVALID_MESSAGE, ErrorKind.CONFIG_ERROR],
     "unreachable": [ErrorKind.SSH_UNREACHABLE, ErrorKind.SSH_AUTH_FAILED],
 }

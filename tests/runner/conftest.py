@@ -3,20 +3,23 @@ subprocess with the environment the dispatcher gives it (the real interface)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
@@ -114,9 +117,26 @@ class RunResult:
     rc: int
     stderr: str
     logs: list[dict[str, Any]] = field(default_factory=list)
+    # What the run left behind (its published results and the server's row), read when a
+    # failing assertion asks for ``explain``.
+    state: Callable[[], str] = lambda: ""
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.logs if line.get("event") == name]
+
+    @property
+    def explain(self) -> str:
+        """The assertion message of a check on this run: its log, then what it published
+        and the server's row, so that a failure in CI says why without a rerun."""
+        return f"exit code {self.rc}\n--- runner log\n{self.stderr}\n{self.state()}"
+
+
+def assert_logged_why(res: RunResult, result: dict[str, Any]) -> None:
+    """The run's last log line names the published error, masked the same way."""
+    finished = res.events("run finished")
+    assert len(finished) == 1, res.explain
+    assert finished[0]["error_kind"] == result["error"]["kind"], res.explain
+    assert finished[0]["error"] == result["error"]["message"], res.explain
 
 
 def parse_logs(stderr: str) -> list[dict[str, Any]]:
@@ -170,23 +190,47 @@ class Runner:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(self, msg: dict[str, Any], timeout: float = 180, **overrides: str) -> RunResult:
-        return self._wait(self.start(msg, **overrides), timeout)
+        return self._wait(self.start(msg, **overrides), timeout, msg)
 
     def run_env(self, env: dict[str, str], timeout: float = 180) -> RunResult:
         """Run with exactly ``env`` (to test missing variables)."""
         proc = subprocess.Popen([sys.executable, "-m", "runner_image"], env=env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        return self._wait(proc, timeout)
+        msg = json.loads(env["PROVISIONER_MESSAGE"]) if "PROVISIONER_MESSAGE" in env else None
+        return self._wait(proc, timeout, msg)
 
-    @staticmethod
-    def _wait(proc: subprocess.Popen[str], timeout: float) -> RunResult:
+    def _wait(self, proc: subprocess.Popen[str], timeout: float,
+              msg: dict[str, Any] | None) -> RunResult:
         try:
             _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, stderr = proc.communicate()
-            raise AssertionError(f"runner did not finish in {timeout}s:\n{stderr}") from None
-        return RunResult(proc.returncode, stderr, parse_logs(stderr))
+            raise AssertionError(f"runner did not finish in {timeout}s:\n{stderr}\n"
+                                 f"{self.state_of(msg)}") from None
+        try:
+            logs = parse_logs(stderr)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"the runner wrote a line that is not JSON ({exc}):\n"
+                                 f"{stderr}") from None
+        return RunResult(proc.returncode, stderr, logs, lambda: self.state_of(msg))
+
+    def state_of(self, msg: dict[str, Any] | None) -> str:
+        """The results published for ``msg``'s request and its server's row, as text."""
+        if msg is None:
+            return "(no message: no result or row to show)"
+        client = sync_redis.Redis.from_url(self.env["REDIS_URL"],
+                                           password=self.env.get("REDIS_PASSWORD") or None)
+        try:
+            entries = [json.loads(e) for e in client.lrange(self.keys.results, 0, -1)]
+            mine = [e for e in entries if e.get("request_id") == msg.get("request_id")]
+        except Exception as exc:  # the explanation must not hide the failure it explains
+            mine = [f"(results unreadable: {exc})"]
+        finally:
+            client.close()
+        return (f"--- published results for {msg.get('request_id')}\n"
+                f"{json.dumps(mine, indent=1)}\n--- servers row of "
+                f"{msg.get('server_handle')}\n{_read_row(self.env, msg.get('server_handle'))}")
 
     def register(self, handle: str, address: str, port: int, *, user: str = "root",
                  password: str | None = None, provider_server_id: str | None = None,
@@ -200,6 +244,33 @@ class Runner:
             env["SERVER_ROOT_PASSWORD"] = password
         done = run_cli(args, env)
         assert done.returncode == 0, done.stderr
+
+
+def _read_row(env: dict[str, str], handle: object) -> str:
+    """The server's row, read on a thread of its own (the test's loop may be running)."""
+    async def read() -> str:
+        conn = await asyncpg.connect(env["DATABASE_URL"], password=env["DATABASE_PASSWORD"])
+        try:
+            row = await conn.fetchrow(
+                "SELECT handle, status, status_reason, last_request_id, ssh_port,"
+                " last_run_started_at, last_run_finished_at FROM servers WHERE handle = $1",
+                handle)
+        finally:
+            await conn.close()
+        return json.dumps(dict(row), default=str) if row else "(no row)"
+
+    box: list[str] = []
+
+    def work() -> None:
+        try:
+            box.append(asyncio.run(read()))
+        except Exception as exc:
+            box.append(f"(row unreadable: {exc})")
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(30)
+    return box[0] if box else "(row read timed out)"
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from runner_image.db import LockLost, ServerStatus, ServerStore
+from runner_image.db import LockLost, ServerStatus, ServerStore, WrongCredentialsKey
 from runner_image.migrations import MIGRATIONS_DIR, MigrationError, apply_migrations
 from runner_image.settings import DatabaseSettings
 from tests.runner.conftest import (
@@ -155,3 +155,28 @@ async def test_writes_need_the_servers_lock(runner: Runner, runner_db: RunnerDb,
     row = await server_row(db, handle)
     assert (row["status"], row["ssh_port"], row["last_request_id"]) == ("READY", 2222, "req-a")
     await db.execute("SELECT pg_advisory_unlock_all()")
+
+
+async def test_only_a_wrong_key_is_reported_as_one(runner: Runner, runner_db: RunnerDb,
+                                                   db) -> None:
+    """pgcrypto's refusal is the key's fault; a statement cancelled while another session
+    holds the table (a migration, say) is not, and must not read as one."""
+    handle = unique_handle("pwread")
+    runner.register(handle, "10.0.0.9", 22, password="a-root-password")
+    wrong = ServerStore(db, DatabaseSettings(database_url=runner_db.url,
+                                             credentials_key="not-the-key"))
+    with pytest.raises(WrongCredentialsKey):
+        await wrong.root_password(handle)
+    right = ServerStore(db, DatabaseSettings(database_url=runner_db.url,
+                                             credentials_key=CREDENTIALS_KEY))
+    assert (await right.root_password(handle)).get_secret_value() == "a-root-password"
+    blocker = await runner_db.connect()
+    try:
+        await db.execute("SET statement_timeout = '300ms'")
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE servers IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await right.root_password(handle)
+    finally:
+        await db.execute("RESET statement_timeout")
+        await blocker.close()

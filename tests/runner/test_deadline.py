@@ -161,7 +161,7 @@ async def test_settings_that_cannot_fit_are_refused_naming_them(
     runner.register(handle, "127.0.0.1", free_port())
     msg = message(handle)
     res = runner.run(msg, JOB_ACTIVE_DEADLINE_SECONDS="91", PLAY_TIMEOUT="1500")
-    assert res.rc == 13, res.stderr
+    assert res.rc == 13, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "rejected" and result["error"]["kind"] == "config_error"
     text = result["error"]["message"]

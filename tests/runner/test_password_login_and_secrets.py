@@ -109,7 +109,7 @@ async def test_password_login_then_key_login_and_no_secret_leaks(
     wrong = unique_handle("wrongpw")
     runner.register(wrong, host.address, host.ssh_port, password="not-the-root-password")
     res = runner.run(message(wrong))
-    assert res.rc == 11
+    assert res.rc == 11, res.explain
     assert res.events("ssh attempt failed")[0]["kind"] == "auth"
 
     handle = unique_handle("pw")
@@ -148,6 +148,7 @@ async def test_password_login_then_key_login_and_no_secret_leaks(
                     "PermitRootLogin prohibit-password\nPasswordAuthentication no\n")
     host.exec("systemctl reload ssh")
     again = message(handle)
-    assert runner.run(again).rc == 0
+    res = runner.run(again)
+    assert res.rc == 0, res.explain
     result = await result_for(redis_client, runner.keys, again["request_id"])
     assert result["details"]["auth_method"] == "publickey"

@@ -38,7 +38,8 @@ async def test_host_key_lifecycle_and_reinstall(
 
     # 1. First contact records the key.
     first = message(handle)
-    assert runner.run(first).rc == 0
+    res = runner.run(first)
+    assert res.rc == 0, res.explain
     recorded = (await server_row(db, handle))["host_key"]
     assert recorded == current_host_key(host)
 
@@ -46,7 +47,7 @@ async def test_host_key_lifecycle_and_reinstall(
     host.regenerate_host_keys()
     changed = message(handle)
     res = runner.run(changed)
-    assert res.rc == 10
+    assert res.rc == 10, res.explain
     result = await result_for(redis_client, runner.keys, changed["request_id"])
     assert result["error"]["kind"] == "host_key_mismatch"
     assert "force_reinstall" in result["error"]["message"]
@@ -67,7 +68,7 @@ async def test_host_key_lifecycle_and_reinstall(
     provider.reset(pending_polls=2, on_reinstall=reinstalled)
     reinstall = message(handle, force_reinstall=True)
     res = runner.run(reinstall, PROVIDER_REQUEST_TIMEOUT="20")
-    assert res.rc == 0, res.stderr
+    assert res.rc == 0, res.explain
     result = await result_for(redis_client, runner.keys, reinstall["request_id"])
     assert result["status"] == "succeeded" and result["action"] == "reinstall"
     posts = [r for r in provider.requests if r.method == "POST"]
@@ -84,7 +85,8 @@ async def test_host_key_lifecycle_and_reinstall(
 
     # 4. The new key is now the verified one.
     again = message(handle)
-    assert runner.run(again).rc == 0
+    res = runner.run(again)
+    assert res.rc == 0, res.explain
 
 
 @pytest.mark.parametrize(("behaviour", "env", "expected"), [
@@ -103,7 +105,7 @@ async def test_provider_errors_end_in_a_failure_with_the_providers_message(
     runner.register(handle, "127.0.0.1", free_port(), provider_server_id="77")
     msg = message(handle, force_reinstall=True)
     res = runner.run(msg, **env)
-    assert res.rc == 10, res.stderr
+    assert res.rc == 10, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "failed" and result["action"] == "reinstall"
     assert result["error"]["kind"] == "provider_error"
@@ -122,7 +124,7 @@ async def test_reinstall_without_provider_credentials_is_rejected(
     env = runner.environment(msg)
     del env["PROVIDER_API_PASSWORD"]
     res = runner.run_env(env)
-    assert res.rc == 13
+    assert res.rc == 13, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert "PROVIDER_API_PASSWORD" in result["error"]["message"]
     assert (await server_row(db, handle))["status"] == "NEW"
@@ -135,7 +137,8 @@ async def test_a_run_waiting_for_the_lock_reads_what_the_reinstall_left(
     (read after the lock), not the one recorded before it."""
     handle = unique_handle("queued")
     runner.register(handle, host.address, host.ssh_port, provider_server_id="4243")
-    assert runner.run(message(handle)).rc == 0
+    res = runner.run(message(handle))
+    assert res.rc == 0, res.explain
     old_key = (await server_row(db, handle))["host_key"]
 
     reinstall = await runner_db.connect()  # stands in for the reinstall run holding the lock

@@ -55,7 +55,7 @@ async def test_happy_path(runner: Runner, host: Host, redis_client: aioredis.Red
     handle = registered(runner, host, "happy")
     msg = message(handle)
     res = runner.run(msg)
-    assert res.rc == 0, res.stderr
+    assert res.rc == 0, res.explain
 
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     ResultEntry.model_validate(result)  # valid against the published contract
@@ -113,7 +113,8 @@ async def test_deploy_key_idempotent_and_other_keys_kept(
     changed_flags = []
     for _ in range(2):
         msg = message(handle)
-        assert runner.run(msg).rc == 0
+        res = runner.run(msg)
+        assert res.rc == 0, res.explain
         changed_flags.append(
             (await result_for(redis_client, runner.keys, msg["request_id"]))["details"][
                 "deploy_key_changed"])
@@ -129,7 +130,8 @@ async def test_deploy_key_for_another_user(runner: Runner, host: Host,
                                            orchestrator_key: Keypair) -> None:
     host.exec("id deploy >/dev/null 2>&1 || useradd -m -s /bin/sh deploy")
     handle = registered(runner, host, "user")
-    assert runner.run(message(handle), DEPLOY_KEY_USER="deploy").rc == 0
+    res = runner.run(message(handle), DEPLOY_KEY_USER="deploy")
+    assert res.rc == 0, res.explain
     assert authorized_lines(host, "deploy") == [orchestrator_key.public]
     stat = host.exec("stat -c '%a %U' /home/deploy/.ssh /home/deploy/.ssh/authorized_keys")
     assert stat.stdout.split("\n")[:2] == ["700 deploy", "600 deploy"]
@@ -140,7 +142,7 @@ async def test_failing_task_gives_structured_error(runner: Runner, host: Host,
     handle = registered(runner, host, "fail")
     msg = message(handle)
     res = runner.run(msg, SETUP_PLAYBOOK="playbooks/failing.yml")
-    assert res.rc == 10
+    assert res.rc == 10, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "failed"
     error = result["error"]
@@ -161,7 +163,7 @@ async def test_plays_run_through_mitogen_unless_turned_off(
     handle = registered(runner, host, "strategy")
     msg = message(handle)
     res = runner.run(msg, SETUP_PLAYBOOK="playbooks/strategy_probe.yml", PLAY_MITOGEN=mitogen)
-    assert res.rc == 0, res.stderr
+    assert res.rc == 0, res.explain
     # The task's parent on the server: Mitogen's persistent interpreter names itself
     # "python3.11(mitogen:...)"; with Ansible's own strategy it is the per-task python3
     # reading the pipelined AnsiballZ payload.
@@ -181,7 +183,7 @@ async def test_play_timeout(runner: Runner, host: Host, redis_client: aioredis.R
     started = time.monotonic()
     res = runner.run(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_TIMEOUT="4",
                      PLAY_VARS='{"slow_seconds": 60}')
-    assert res.rc == 12, res.stderr
+    assert res.rc == 12, res.explain
     assert time.monotonic() - started < 40  # stopped, not waited out (the sleep is 60 s)
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "timed_out"
@@ -219,7 +221,8 @@ async def test_recovery_runs_the_recovery_playbooks_in_order(
     host.exec("rm -f /var/lib/infra-test/recovery.log")
     handle = registered(runner, host, "recover")
     msg = message(handle, is_recovery=True)
-    assert runner.run(msg).rc == 0
+    res = runner.run(msg)
+    assert res.rc == 0, res.explain
     assert host.exec("cat /var/lib/infra-test/recovery.log").stdout.split() == ["one", "two"]
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["action"] == "recovery" and result["status"] == "succeeded"
@@ -233,7 +236,7 @@ async def test_wrong_credentials(runner: Runner, host: Host, redis_client: aiore
     handle = registered(runner, host, "creds")
     msg = message(handle)
     res = runner.run(msg, SSH_PRIVATE_KEY=stranger.private)
-    assert res.rc == 11
+    assert res.rc == 11, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "unreachable"
     assert result["error"]["kind"] == "ssh_auth_failed"
@@ -256,7 +259,7 @@ async def test_two_runners_never_interleave_on_one_server(
     scratch = Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))
     try:
         res = runner.run(second, SERVER_LOCK_TIMEOUT="1", RUNNER_SCRATCH_DIR=str(scratch))
-        assert res.rc == 10
+        assert res.rc == 10, res.explain
         # Its ssh-agent had started beside the lock wait: stopped, and the scratch removed.
         assert processes_mentioning(str(scratch)) == []
         assert os.listdir(scratch) == []
@@ -300,7 +303,7 @@ async def test_key_installation_follows_no_symlink(
     handle = registered(runner, host, "symlink")
     msg = message(handle)
     res = runner.run(msg, DEPLOY_KEY_USER=user)
-    assert res.rc == 10, res.stderr
+    assert res.rc == 10, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["error"]["kind"] == "deploy_key_failed"
     assert expected.format(u=user) in result["error"]["message"]
@@ -321,7 +324,7 @@ async def test_root_ssh_directory_symlink_is_refused_too(
         handle = registered(runner, host, "rootlink")
         msg = message(handle)
         res = runner.run(msg)
-        assert res.rc == 10, res.stderr
+        assert res.rc == 10, res.explain
         result = await result_for(redis_client, runner.keys, msg["request_id"])
         assert result["error"]["kind"] == "deploy_key_failed"
         assert "/root/.ssh is a symlink" in result["error"]["message"]
@@ -340,7 +343,7 @@ async def test_secrets_are_masked_before_the_output_is_cut(
     # The tail keeps the last 2000 characters: 35 of the secret, the newline, the filler.
     res = runner.run(msg, SETUP_PLAYBOOK="playbooks/leak.yml",
                      PLAY_VARS=json.dumps({"leak_file": "/root/leak.txt", "filler": 1964}))
-    assert res.rc == 10, res.stderr
+    assert res.rc == 10, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     tail = result["error"]["output_tail"]
     assert tail.endswith("y" * 1964) and len(tail) <= 2000

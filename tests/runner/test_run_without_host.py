@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from contracts.results import ResultEntry
 from tests.runner.conftest import (
     Runner,
+    assert_logged_why,
     message,
     parse_logs,
     processes_mentioning,
@@ -28,6 +29,7 @@ from tests.runner.conftest import (
     server_row,
     unique_handle,
 )
+from tests.runner.test_agent import fake_agent, late_listen_agent
 from tests.support.services import free_port
 
 
@@ -42,7 +44,7 @@ async def test_unknown_server(runner: Runner, redis_client: aioredis.Redis,
     # there leaves neither the agent nor its scratch directory behind.
     scratch = tmp_path_factory.mktemp("us", numbered=True)
     res = runner.run(msg, RUNNER_SCRATCH_DIR=str(scratch))
-    assert res.rc == 10
+    assert res.rc == 10, res.explain
     assert processes_mentioning(str(scratch)) == []
     assert os.listdir(scratch) == []
     assert not res.events("stopped processes the play left behind")  # stopped, not swept
@@ -60,7 +62,7 @@ async def test_closed_port_is_unreachable_after_spaced_attempts(
     runner.register(handle, "127.0.0.1", free_port())  # nothing listens there
     msg = message(handle)
     res = runner.run(msg, SSH_ATTEMPTS="3", SSH_BACKOFF_BASE="0.5")
-    assert res.rc == 11
+    assert res.rc == 11, res.explain
     attempts = res.events("ssh attempt failed")
     assert [a["attempt"] for a in attempts] == [1, 2, 3]
     gaps = [ts(b) - ts(a) for a, b in itertools.pairwise(attempts)]
@@ -115,7 +117,7 @@ async def test_open_port_without_ssh_is_unreachable(
     runner.register(handle, "127.0.0.1", silent_port)
     msg = message(handle)
     res = runner.run(msg, SSH_ATTEMPTS="2", SSH_CONNECT_TIMEOUT="1", SSH_BACKOFF_BASE="0.1")
-    assert res.rc == 11
+    assert res.rc == 11, res.explain
     assert len(res.events("ssh attempt failed")) == 2
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "unreachable"
@@ -153,10 +155,11 @@ async def test_sigterm_during_the_ssh_check_stops_the_waiting_play(
 async def test_invalid_message_is_rejected(runner: Runner, redis_client: aioredis.Redis) -> None:
     msg = message("srv-1", is_recovry=True)  # a typo must not run a full setup
     res = runner.run(msg)
-    assert res.rc == 13
+    assert res.rc == 13, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "rejected" and result["error"]["kind"] == "invalid_message"
     assert "is_recovry" in result["error"]["message"]
+    assert_logged_why(res, result)
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
@@ -181,7 +184,7 @@ async def test_bad_setting_is_named_without_its_value(
     if value is not None:
         env[variable] = value
     res = runner.run_env(env)
-    assert res.rc == 13
+    assert res.rc == 13, res.explain
     assert expected in res.stderr
     assert "hunter2-db-secret" not in res.stderr
     assert "Traceback" not in res.stderr  # every line is a JSON log line (parse_logs)
@@ -189,6 +192,7 @@ async def test_bad_setting_is_named_without_its_value(
     assert result["status"] == "rejected" and result["error"]["kind"] == "config_error"
     assert expected in result["error"]["message"]
     assert "hunter2-db-secret" not in json.dumps(result)
+    assert_logged_why(res, result)
 
 
 @pytest.mark.parametrize(("key", "expected"), [
@@ -214,10 +218,11 @@ async def test_bad_deploy_key_is_rejected_before_touching_the_server(
     runner.register(handle, "127.0.0.1", free_port())
     msg = message(handle)
     res = runner.run(msg, ORCHESTRATOR_SSH_PUBLIC_KEY=key)
-    assert res.rc == 13
+    assert res.rc == 13, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "rejected" and expected in result["error"]["message"]
     assert "ORCHESTRATOR_SSH_PUBLIC_KEY" in result["error"]["message"]
+    assert_logged_why(res, result)
     row = await server_row(db, handle)
     assert row["status"] == "NEW" and row["last_request_id"] is None  # untouched
 
@@ -228,9 +233,10 @@ async def test_missing_playbook_is_a_configuration_error(
     runner.register(handle, "127.0.0.1", free_port())
     msg = message(handle)
     res = runner.run(msg, SETUP_PLAYBOOK="playbooks/nope.yml")
-    assert res.rc == 13
+    assert res.rc == 13, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["error"]["kind"] == "config_error" and "nope.yml" in result["error"]["message"]
+    assert_logged_why(res, result)
     assert (await server_row(db, handle))["status"] == "NEW"
 
 
@@ -245,16 +251,17 @@ async def test_missing_mitogen_is_a_configuration_error(
     msg = message(handle)
     pythonpath = f"{tmp_path}:{runner.env['PYTHONPATH']}"
     res = runner.run(msg, PYTHONPATH=pythonpath)
-    assert res.rc == 13, res.stderr
+    assert res.rc == 13, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["error"]["kind"] == "config_error"
     assert "PLAY_MITOGEN=false" in result["error"]["message"]
+    assert_logged_why(res, result)
     assert not res.events("ssh attempt failed")  # stopped before touching the server
     assert (await server_row(db, handle))["status"] == "NEW"
     # The same run with Ansible's own strategy gets past the check (to the closed port).
     res = runner.run(message(handle), PYTHONPATH=pythonpath, PLAY_MITOGEN="false",
                      SSH_ATTEMPTS="1")
-    assert res.rc == 11, res.stderr
+    assert res.rc == 11, res.explain
 
 
 def test_report_retries_until_redis_is_back(runner: Runner) -> None:
@@ -290,7 +297,7 @@ async def test_could_not_report_exits_non_zero(runner: Runner) -> None:
     msg = message("no-such-server")
     res = runner.run(msg, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", REDIS_PASSWORD="",
                      REPORT_ATTEMPTS="2", REPORT_BACKOFF_BASE="0.1")
-    assert res.rc == 14
+    assert res.rc == 14, res.explain
     assert res.events("could not publish the result")
 
 
@@ -299,10 +306,11 @@ async def test_database_unavailable_is_reported(runner: Runner,
     msg = message("srv-1")
     res = runner.run(msg, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x",
                      REPORT_ATTEMPTS="2", REPORT_BACKOFF_BASE="0.1")
-    assert res.rc == 10
+    assert res.rc == 10, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["error"]["kind"] == "database_unavailable"
     assert "DATABASE_URL" in result["error"]["message"]
+    assert_logged_why(res, result)
 
 
 @pytest.mark.parametrize(("env", "expected"), [
@@ -324,9 +332,46 @@ async def test_unusable_credentials_are_rejected_before_touching_the_server(
         if value is not None:
             full[name] = value
     res = runner.run_env(full)
-    assert res.rc == 13, res.stderr
+    assert res.rc == 13, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["status"] == "rejected" and expected in result["error"]["message"]
     assert "some-root-password" not in res.stderr + json.dumps(result)
+    assert_logged_why(res, result)
     row = await server_row(db, handle)
     assert row["status"] == "NEW" and row["last_request_id"] is None
+
+
+async def test_an_ssh_agent_that_listens_late_is_not_a_configuration_error(
+        runner: Runner, redis_client: aioredis.Redis, tmp_path) -> None:
+    """The CI failure of a fresh clone: on a busy machine ssh-agent's socket file existed
+    before it listened, ssh-add was refused, and a valid key was reported as config_error
+    in 0.1 s. With listen() delayed the run now gets past the agent (to the closed port)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    late_listen_agent(bin_dir)
+    handle = unique_handle("lateagent")
+    runner.register(handle, "127.0.0.1", free_port())
+    msg = message(handle)
+    res = runner.run(msg, PATH=f"{bin_dir}:{runner.env['PATH']}", SSH_ATTEMPTS="1")
+    assert res.rc == 11, res.explain
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "ssh_unreachable", res.explain
+
+
+async def test_an_ssh_agent_that_cannot_start_is_the_pods_environment(
+        runner: Runner, redis_client: aioredis.Redis, db, tmp_path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_agent(bin_dir, 'echo "ssh-agent: cannot allocate memory" >&2; exit 1')
+    handle = unique_handle("noagent")
+    runner.register(handle, "127.0.0.1", free_port())
+    msg = message(handle)
+    res = runner.run(msg, PATH=f"{bin_dir}:{runner.env['PATH']}")
+    assert res.rc == 10, res.explain
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert (result["status"], result["error"]["kind"]) == ("failed", "runner_environment")
+    assert "cannot allocate memory" in result["error"]["message"]
+    assert "retry" in result["error"]["message"]
+    assert_logged_why(res, result)
+    row = await server_row(db, handle)
+    assert row["status"] == "NEW" and row["last_request_id"] is None  # untouched

@@ -63,7 +63,7 @@ async def run_and_check(runner: Runner, redis: aioredis.Redis, db, handle: str, 
                         expect_port: int, changed: bool, **overrides: str) -> dict[str, Any]:
     msg = message(handle)
     res = runner.run(msg, timeout=1800, **overrides)
-    assert res.rc == 0, res.stderr
+    assert res.rc == 0, res.explain
     result = await result_for(redis, runner.keys, msg["request_id"])
     assert result["status"] == "succeeded"
     assert result["ssh_port"] == expect_port and result["ssh_port_changed"] is changed
@@ -100,7 +100,7 @@ async def test_a_play_without_a_port_report_leaves_the_port_alone(
         runner.register(handle, host.address, first)
         msg = message(handle)
         res = runner.run(msg, SETUP_PLAYBOOK="playbooks/recovery_one.yml")
-        assert res.rc == 0, res.stderr
+        assert res.rc == 0, res.explain
         result = await result_for(redis_client, runner.keys, msg["request_id"])
         assert result["ssh_port"] == first and result["ssh_port_changed"] is False
         assert (await server_row(db, handle))["ssh_port"] == first
@@ -113,7 +113,7 @@ async def test_failed_runs_do_not_touch_the_port(
     runner.register(handle, "127.0.0.1", port)
     msg = message(handle)
     res = runner.run(msg, SSH_ATTEMPTS="1", PLAY_VARS=json.dumps({"ssh_port": 2200}))
-    assert res.rc == 11
+    assert res.rc == 11, res.explain
     result = await result_for(redis_client, runner.keys, msg["request_id"])
     assert result["ssh_port"] is None and result["ssh_port_changed"] is None
     assert (await server_row(db, handle))["ssh_port"] == port

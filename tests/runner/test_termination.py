@@ -105,7 +105,7 @@ async def test_the_runner_writes_its_termination_message(runner: Runner,
     path = tmp_path / "termination-log"
     msg = message("no-such-server")
     res = runner.run(msg, TERMINATION_MESSAGE_PATH=str(path))
-    assert res.rc == 10
+    assert res.rc == 10, res.explain
     text = path.read_text()
     assert text.startswith("unknown_server: ") and "no-such-server" in text
     assert text.count("\n") == 1
@@ -123,12 +123,12 @@ async def test_an_invalid_message_and_an_unreported_run_say_so(runner: Runner,
     path = tmp_path / "termination-log"
     res = runner.run({"server_handle": "x", "request_id": "r-bad", "bogus": 1},
                      TERMINATION_MESSAGE_PATH=str(path))
-    assert res.rc == 13
+    assert res.rc == 13, res.explain
     assert path.read_text().startswith("invalid_message: ")
     res = runner.run(message("no-such-server"), TERMINATION_MESSAGE_PATH=str(path),
                      REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", REDIS_PASSWORD="",
                      REPORT_ATTEMPTS="2", REPORT_BACKOFF_BASE="0.1")
-    assert res.rc == 14
+    assert res.rc == 14, res.explain
     assert path.read_text().startswith("could_not_report: ")
 
 
