@@ -1,8 +1,10 @@
-"""Shared fixtures: real Redis and PostgreSQL servers for the whole session."""
+"""Shared fixtures: real Redis and PostgreSQL servers and a real Kubernetes control plane for
+the whole session; a namespace of that control plane per test."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -10,13 +12,16 @@ import redis.asyncio as aioredis
 
 from contracts.connections import RedisSettings, create_redis
 from contracts.keys import Keys
+from tests.support import controlplane
+from tests.support.controlplane import ControlPlane
 from tests.support.services import PostgresServer, RedisServer, postgres_server, redis_server
 
 # Fixtures that start or reach a real service: a test marked `unit` must use none of them,
 # so `pytest -m unit` stays a seconds-long layer of pure logic.
 SERVICE_FIXTURES = {"redis_srv", "redis_settings", "redis_client", "pg_srv", "runner_db", "db",
                     "db_env", "runner", "cluster", "start_dispatcher", "hosts", "host",
-                    "converged", "provider", "server_db", "runner_image", "dispatcher_image"}
+                    "converged", "provider", "server_db", "runner_image", "dispatcher_image",
+                    "control_plane", "kube_ns"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -62,3 +67,25 @@ def keys() -> Keys:
 def pg_srv() -> Iterator[PostgresServer]:
     with postgres_server() as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver, kube-controller-manager and kube-scheduler, once per session."""
+    with controlplane.running() as cp:
+        print(f"\nkubernetes control plane started in {cp.started_in:.1f} s ({cp.server})")
+        yield cp
+        dead = [name for name, alive in cp.alive().items() if not alive]
+        assert not dead, f"control plane components died during the session: {dead}"
+
+
+@pytest.fixture
+def kube_ns(control_plane: ControlPlane) -> Iterator[str]:
+    """A namespace of its own for the test, enforcing PodSecurity ``restricted``."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    control_plane.kubectl("create", "namespace", name)
+    control_plane.kubectl("label", "namespace", name,
+                          "pod-security.kubernetes.io/enforce=restricted",
+                          "pod-security.kubernetes.io/enforce-version=latest")
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
