@@ -6,8 +6,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/podman/containers.conf}
-mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
-mirror=${mirror:-http://deb.debian.org/debian}
+# The Debian mirror this machine's apt uses (deb822 sources first, then sources.list).
+mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)}
+mirror=${mirror:-$(awk '$1 == "deb" && $2 !~ /^\[/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
+if [ -z "$mirror" ]; then
+  echo "scripts/build-images.sh: no Debian mirror found in /etc/apt/sources.list.d/*.sources" \
+       "or /etc/apt/sources.list; set DEBIAN_MIRROR to the mirror debootstrap should use" >&2
+  exit 1
+fi
 suite=bookworm
 
 VPS_IMAGE=${VPS_IMAGE:-localhost/infra-vps:bookworm}
