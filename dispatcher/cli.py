@@ -62,8 +62,11 @@ def _settings_error(exc: ValidationError, prefix: str) -> str:
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
         variable = field if field.isupper() else f"{prefix}{field}".upper()
-        # The offending value is deliberately not echoed: it may be a secret.
-        lines.append(f"invalid setting {variable}: {err['msg']}")
+        # Where inside a structured setting (e.g. the variable of a secret reference);
+        # names only, the offending value is deliberately not echoed: it may be a secret.
+        inner = ".".join(str(part) for part in err["loc"][1:])
+        where = f" ({inner})" if inner else ""
+        lines.append(f"invalid setting {variable}{where}: {err['msg']}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts.exit_codes import ExitCode
@@ -25,6 +26,19 @@ SCRATCH_PATH = "/scratch"
 # The runner's documented verdict exit codes (the contract's ExitCode, all but SUCCESS).
 RUNNER_VERDICT_EXIT_CODES = tuple(int(c) for c in ExitCode if c is not ExitCode.SUCCESS)
 LABEL_VERSION = "app.kubernetes.io/version"
+# When Kubernetes' deadline runs out, on the pod template and in the runner's environment
+# through the downward API: the runner has no API access to read the Job's startTime.
+ANNOTATION_DEADLINE_AT = "infra-service.io/deadline-at"
+ENV_DEADLINE_AT = "JOB_DEADLINE_AT"
+
+
+def deadline_at_after(seconds: int, now: datetime | None = None) -> str:
+    """RFC 3339 UTC time ``seconds`` after now, whole seconds cut off. Kubernetes counts
+    activeDeadlineSeconds from the Job's status.startTime (whole seconds too), which is
+    never earlier than the Job's creation: so this instant is never later than Kubernetes'
+    own deadline (up to the clock skew between this process and the control plane)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    return (moment + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def image_version(image: str) -> str | None:
@@ -78,16 +92,21 @@ class JobFields:
     request_id: str
     action: str
     message_json: str
+    # Empty: now + activeDeadlineSeconds, computed when the body is built or rendered.
+    deadline_at: str = ""
 
     @classmethod
-    def of(cls, message: ProvisionerMessage, job_name: str | None = None) -> JobFields:
+    def of(cls, message: ProvisionerMessage, job_name: str | None = None,
+           deadline_at: str = "") -> JobFields:
         return cls(job_name or job_name_for(message), message.server_handle,
-                   message.request_id or "", message.action.value, message.to_json())
+                   message.request_id or "", message.action.value, message.to_json(),
+                   deadline_at)
 
 
 def build_job(message: ProvisionerMessage, settings: DispatcherSettings,
-              template: JobTemplateSettings, job_name: str | None = None) -> dict[str, Any]:
-    return job_body(JobFields.of(message, job_name), settings, template)
+              template: JobTemplateSettings, job_name: str | None = None,
+              deadline_at: str = "") -> dict[str, Any]:
+    return job_body(JobFields.of(message, job_name, deadline_at), settings, template)
 
 
 class JobBodyTemplate:
@@ -110,8 +129,11 @@ class JobBodyTemplate:
             self._parts.append(order.index(found.group(0)))
             position = found.end()
         self._parts.append(text[position:])
+        self._deadline_seconds = template.active_deadline_seconds
 
     def render(self, fields: JobFields) -> bytes:
+        if not fields.deadline_at:
+            fields = replace(fields, deadline_at=deadline_at_after(self._deadline_seconds))
         values = [json.dumps(v) for v in astuple(fields)]
         return "".join(p if isinstance(p, str) else values[p] for p in self._parts).encode()
 
@@ -119,10 +141,15 @@ class JobBodyTemplate:
 def job_body(fields: JobFields, settings: DispatcherSettings,
              template: JobTemplateSettings) -> dict[str, Any]:
     name, message_json = fields.name, fields.message_json
-    labels = {**template.labels, **labels_for(fields.handle, fields.request_id, fields.action,
-                                              settings.instance)}
+    deadline_at = fields.deadline_at or deadline_at_after(template.active_deadline_seconds)
+    own = labels_for(fields.handle, fields.request_id, fields.action, settings.instance)
     if version := image_version(template.image):
-        labels[LABEL_VERSION] = version
+        own[LABEL_VERSION] = version
+    labels = {**template.labels, **own}
+    # Operators' pod labels and annotations first: the dispatcher's own win on a clash (its
+    # labels select the pods, its annotation is the runner's deadline).
+    pod_labels = {**template.labels, **template.pod_labels, **own}
+    pod_annotations = {**template.pod_annotations, ANNOTATION_DEADLINE_AT: deadline_at}
     annotations = {
         **template.annotations,
         ANNOTATION_MESSAGE: message_json,
@@ -139,12 +166,15 @@ def job_body(fields: JobFields, settings: DispatcherSettings,
         {"name": "HOME", "value": SCRATCH_PATH},
         {"name": "TMPDIR", "value": SCRATCH_PATH},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": ENV_DEADLINE_AT, "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{ANNOTATION_DEADLINE_AT}']"}}},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(template.env.items())]
     env += [
         {"name": k, "valueFrom": {"secretKeyRef": {
             "name": ref.secret, "key": ref.key, "optional": ref.optional}}}
         for k, ref in sorted(template.secret_env.items())
+        if ref.key or not ref.optional  # an optional reference without a key is left out
     ]
     container: dict[str, Any] = {
         "name": "runner",
@@ -194,7 +224,8 @@ def job_body(fields: JobFields, settings: DispatcherSettings,
         "backoffLimit": 0,  # the runner retries SSH itself; a second pod would rerun the play
         "activeDeadlineSeconds": template.active_deadline_seconds,
         "ttlSecondsAfterFinished": template.ttl_seconds_after_finished,
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations},
+                     "spec": pod_spec},
     }
     if template.pod_failure_policy:
         # Requires restartPolicy Never (set above); GA since Kubernetes 1.31, on by default

@@ -48,10 +48,12 @@ def dns_subdomain_problem(value: str) -> str | None:
 def label_key_problem(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if prefix and dns_subdomain_problem(prefix):
-        return f"label key {key!r}: prefix {dns_subdomain_problem(prefix)}"
+        return (f"label key {key!r}: the prefix before '/' must be a DNS subdomain: "
+                f"{dns_subdomain_problem(prefix)}")
     if not name or len(name) > 63 or not _NAME_PART.match(name):
-        return (f"label key {key!r}: the name part must be 1-63 alphanumerics, '-', '_' or "
-                "'.', starting and ending alphanumeric")
+        return (f"label key {key!r} is not a qualified name: the name part (after an "
+                "optional 'prefix/') must be 1-63 alphanumerics, '-', '_' or '.', starting "
+                "and ending alphanumeric (no spaces)")
     return None
 
 
@@ -60,6 +62,27 @@ def label_value_problem(value: str) -> str | None:
         return (f"label value {value!r} must be at most 63 alphanumerics, '-', '_' or '.', "
                 "starting and ending alphanumeric (no spaces)")
     return None
+
+
+ANNOTATIONS_TOTAL_LIMIT = 256 * 1024  # bytes of all keys and values (the API server's rule)
+
+
+def annotation_key_problem(key: str) -> str | None:
+    """The API server checks annotation keys as qualified names after lower-casing them
+    (so, unlike a label key, an upper-case prefix passes)."""
+    problem = label_key_problem(key.lower())
+    if problem:
+        return problem.replace(f"label key {key.lower()!r}", f"annotation key {key!r}", 1)
+    return None
+
+
+def annotations_problems(annotations: dict[str, str]) -> list[str]:
+    problems = [p for p in map(annotation_key_problem, annotations) if p]
+    total = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if total > ANNOTATIONS_TOTAL_LIMIT:
+        problems.append(f"annotations take {total} bytes (keys and values); Kubernetes allows "
+                        f"at most {ANNOTATIONS_TOTAL_LIMIT} (256 KiB) in all")
+    return problems
 
 
 def labels_problems(labels: dict[str, str]) -> list[str]:

@@ -7,6 +7,7 @@ Helm chart renders them.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from enum import StrEnum
@@ -32,9 +33,22 @@ class SecretKeyRef(BaseModel):
 
     secret: str = Field(description="Secret name", pattern=DNS_SUBDOMAIN_PATTERN,
                         max_length=253)
-    key: str = Field(description="Key inside the Secret", pattern=CONFIG_KEY_PATTERN,
-                     max_length=253)
+    key: str = Field(description="Key inside the Secret; empty only for an optional "
+                     "reference, which is then left out of the Job", max_length=253)
     optional: bool = False
+
+    @model_validator(mode="after")
+    def _key(self) -> SecretKeyRef:
+        if not self.key:
+            if not self.optional:
+                raise ValueError(
+                    f"the key of a required secret reference (secret {self.secret!r}) is "
+                    "empty; an empty key leaves the variable out, which only an optional "
+                    "reference may do: name the key in the Secret")
+        elif not re.match(CONFIG_KEY_PATTERN, self.key):
+            raise ValueError(f"secret key {self.key!r} must be alphanumerics, '-', '_' or "
+                             "'.' (a Secret's data key)")
+        return self
 
 
 class JobTemplateSettings(BaseSettings):
@@ -93,7 +107,15 @@ class JobTemplateSettings(BaseSettings):
     scratch_size_limit: str = Field(default="1Gi", description="emptyDir size for scratch space")
     run_as_user: int = Field(default=10001, description="UID of the runner container")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on Jobs/Pods")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations")
+    annotations: dict[str, str] = Field(default_factory=dict,
+                                        description="Extra annotations on Jobs")
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on runner pods only (the pod "
+        "template); the dispatcher's own labels win on a clash")
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations on runner pods (the pod template), "
+        'e.g. {"karpenter.sh/do-not-disrupt": "true"}; the dispatcher\'s own '
+        "(infra-service.io/deadline-at) wins on a clash")
 
     # What the API server would refuse, refused here already, naming the setting (the
     # dry-run preflight at start catches the rest).
@@ -113,13 +135,21 @@ class JobTemplateSettings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("labels", "node_selector")
+    @field_validator("labels", "node_selector", "pod_labels")
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         problems = k8s_formats.labels_problems(labels)
         if problems:
             raise ValueError("; ".join(problems))
         return labels
+
+    @field_validator("annotations", "pod_annotations")
+    @classmethod
+    def _annotations(cls, annotations: dict[str, str]) -> dict[str, str]:
+        problems = k8s_formats.annotations_problems(annotations)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return annotations
 
     @field_validator("tolerations")
     @classmethod

@@ -117,7 +117,7 @@ async def run() -> int:
                                                      f"configuration: {problem}"),
                                   message, message.request_id, message.server_handle)
     deadline = RunDeadline.start(settings.job_active_deadline_seconds,
-                                 settings.report_reserve_seconds)
+                                 settings.report_reserve_seconds, settings.job_deadline_at)
     return await _run_job(info, message, settings, db_settings, deadline)
 
 
@@ -162,7 +162,9 @@ async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerS
     signals = Cancellation()
     ctx = RunContext(message, settings, db_settings, info.job_name, info.redact,
                      signals.event, deadline, Warmup("runner_image.report", "ansible_runner"))
-    log.info("run started", extra={"action": message.action.value})
+    log.info("run started", extra={"action": message.action.value,
+                                   "deadline": deadline.wall_clock(),
+                                   "deadline_from": deadline.counted_from})
     # The deploy key is decoded in a thread while the database connection is set up; a
     # bad key still ends the run before anything is touched.
     key_check = asyncio.ensure_future(asyncio.to_thread(

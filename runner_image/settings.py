@@ -112,7 +112,13 @@ class RunnerSettings(BaseSettings):
     job_active_deadline_seconds: float | None = Field(
         default=None, gt=0,
         description="Set by the dispatcher: the Job's activeDeadlineSeconds; the run's single "
-        "deadline is the pod's start plus this",
+        "deadline is the pod's start plus this, or JOB_DEADLINE_AT if that is earlier",
+    )
+    job_deadline_at: str | None = Field(
+        default=None,
+        description="Set by the dispatcher (downward API, annotation "
+        "infra-service.io/deadline-at): when Kubernetes' deadline runs out, RFC 3339 UTC; "
+        "missing or invalid: the deadline counts from the runner's own start (a warning)",
     )
     report_reserve_seconds: float = Field(
         default=30.0, ge=1,

@@ -1,8 +1,9 @@
 """Runs each message as a local subprocess: development and the demo, no cluster needed.
 
 The runner gets the same environment a Job would give it (message, Job name, deploy key,
-DISPATCHER_JOB_ENV), plus this process's own environment for its secrets. Runs do not
-survive a dispatcher restart: Jobs found in Redis but unknown here are reported as lost.
+the deadline's instant, DISPATCHER_JOB_ENV), plus this process's own environment for its
+secrets. Runs do not survive a dispatcher restart: Jobs found in Redis but unknown here are
+reported as lost.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from contracts.messages import ProvisionerMessage
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected
-from dispatcher.jobspec import runner_env
+from dispatcher.jobspec import ENV_DEADLINE_AT, deadline_at_after, runner_env
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ class LocalExecutor:
         self._forget_finished()
         env = {**os.environ, **self.template.env,
                **runner_env(message, job_name, self.settings.orchestrator_ssh_public_key,
-                            self.template.active_deadline_seconds)}
+                            self.template.active_deadline_seconds),
+               # What a Job's pod gets through the downward API: no Kubernetes kills this
+               # process, but the runner's deadline counts from the launch all the same.
+               ENV_DEADLINE_AT: deadline_at_after(self.template.active_deadline_seconds)}
         stdout = None
         if self.settings.local_workdir:
             workdir = Path(self.settings.local_workdir)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from contracts.messages import parse_message
-from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
+from dispatcher.jobspec import (
+    ANNOTATION_DEADLINE_AT,
+    ENV_DEADLINE_AT,
+    JobBodyTemplate,
+    JobFields,
+    build_job,
+    deadline_at_after,
+)
 from dispatcher.naming import ANNOTATION_MESSAGE, LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
@@ -110,8 +118,10 @@ def test_the_serialised_template_is_the_job_body(body: str) -> None:
                                    env={"X": "\u00e9\n\"y\""},
                                    secret_env={"P": {"secret": "s", "key": "k"}})
     message = parse_message(body).with_identity()
-    expected = json.dumps(build_job(message, settings, template), separators=(",", ":"))
-    rendered = JobBodyTemplate(settings, template).render(JobFields.of(message))
+    at = "2026-12-07T03:00:00Z"
+    expected = json.dumps(build_job(message, settings, template, deadline_at=at),
+                          separators=(",", ":"))
+    rendered = JobBodyTemplate(settings, template).render(JobFields.of(message, deadline_at=at))
     assert rendered == expected.encode()
 
 
@@ -139,3 +149,77 @@ def test_pod_failure_policy_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -
     # The log fallback works on every supported cluster, so it stays.
     assert job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == \
         "FallbackToLogsOnError"
+
+
+def _deadline_env(job: dict) -> dict:
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return env[ENV_DEADLINE_AT]
+
+
+def test_the_pod_is_told_when_kubernetes_deadline_runs_out(job: dict) -> None:
+    """now + activeDeadlineSeconds (whole seconds, cut) on the pod template, and in the
+    runner's environment through the downward API: never a copied value the runner could
+    not relate to the Job's start."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    fresh = build_job(parse_message(b'{"server_handle": "srv-2"}').with_identity(),
+                      DispatcherSettings(), JobTemplateSettings(active_deadline_seconds=900))
+    after = datetime.now(UTC)
+    at = fresh["spec"]["template"]["metadata"]["annotations"][ANNOTATION_DEADLINE_AT]
+    assert at.endswith("Z") and "." not in at, at
+    moment = datetime.fromisoformat(at)
+    assert before + timedelta(seconds=900) <= moment <= after + timedelta(seconds=900), at
+    assert _deadline_env(fresh) == {"name": ENV_DEADLINE_AT, "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.annotations['{ANNOTATION_DEADLINE_AT}']"}}}
+    # The Job itself does not carry it: the pod is where the runner reads it from.
+    assert ANNOTATION_DEADLINE_AT not in fresh["metadata"]["annotations"]
+
+
+def test_the_template_fills_the_deadline_per_render() -> None:
+    """A template built once must not freeze the deadline of its first Job."""
+    template = JobTemplateSettings(active_deadline_seconds=600)
+    body = JobBodyTemplate(DispatcherSettings(), template)
+    message = parse_message(b'{"server_handle": "srv-3"}').with_identity()
+    before = datetime.now(UTC).replace(microsecond=0)
+    rendered = json.loads(body.render(JobFields.of(message)))
+    at = datetime.fromisoformat(
+        rendered["spec"]["template"]["metadata"]["annotations"][ANNOTATION_DEADLINE_AT])
+    assert before + timedelta(seconds=600) <= at <= datetime.now(UTC) + timedelta(seconds=600)
+    pinned = json.loads(body.render(JobFields.of(message, deadline_at="2030-01-01T00:00:00Z")))
+    assert pinned["spec"]["template"]["metadata"]["annotations"][ANNOTATION_DEADLINE_AT] == \
+        "2030-01-01T00:00:00Z"
+
+
+def test_deadline_at_cuts_to_whole_seconds() -> None:
+    """Kubernetes' startTime has whole seconds: cutting ours keeps it at or before theirs."""
+    now = datetime(2026, 12, 7, 3, 0, 0, 999_000, tzinfo=UTC)
+    assert deadline_at_after(60, now) == "2026-12-07T03:01:00Z"
+
+
+def test_operators_pod_labels_and_annotations_lose_to_the_dispatchers_own() -> None:
+    template = JobTemplateSettings(
+        labels={"team": "ops"},
+        pod_labels={"team": "pods", "app.kubernetes.io/instance": "mine", "tier": "batch"},
+        pod_annotations={"karpenter.sh/do-not-disrupt": "true",
+                         "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                         ANNOTATION_DEADLINE_AT: "never"})
+    job = build_job(parse_message(b'{"server_handle": "srv-4"}').with_identity(),
+                    DispatcherSettings(instance="prod"), template)
+    pod_meta = job["spec"]["template"]["metadata"]
+    assert pod_meta["labels"]["tier"] == "batch"
+    assert pod_meta["labels"]["team"] == "pods"  # the pod's own value beats the Job-wide one
+    assert pod_meta["labels"]["app.kubernetes.io/instance"] == "prod"  # the dispatcher's
+    assert job["metadata"]["labels"]["team"] == "ops" and "tier" not in job["metadata"]["labels"]
+    assert pod_meta["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    assert pod_meta["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert pod_meta["annotations"][ANNOTATION_DEADLINE_AT] != "never"
+    assert "karpenter.sh/do-not-disrupt" not in job["metadata"]["annotations"]
+
+
+def test_an_optional_secret_reference_without_a_key_is_left_out() -> None:
+    template = JobTemplateSettings(secret_env={
+        "REDIS_PASSWORD": {"secret": "s", "key": "", "optional": True},
+        "SSH_PRIVATE_KEY": {"secret": "s", "key": "ssh-private-key"}})
+    job = build_job(parse_message(b'{"server_handle": "srv-5"}').with_identity(),
+                    DispatcherSettings(), template)
+    names = [e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert "SSH_PRIVATE_KEY" in names and "REDIS_PASSWORD" not in names

@@ -33,6 +33,9 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
      "secretKeyRef.key: Required value"),
     ({"scratch_size_limit": "1 Gi"}, "quantities must match"),
     ({"node_selector": {"zone": "eu west"}}, "spec.template.spec.nodeSelector"),
+    ({"annotations": {"owner team": "ops"}}, "metadata.annotations"),
+    ({"pod_annotations": {"owner team": "ops"}}, "spec.template.annotations"),
+    ({"pod_labels": {"bad key": "x"}}, "spec.template.labels"),
 ]
 
 
@@ -114,9 +117,9 @@ def start(k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis, tmp_p
 
 async def test_a_refused_configuration_is_not_ready_and_consumes_nothing(
         start, k8s: Kube, redis_client: aioredis.Redis, keys: Keys) -> None:
-    # An annotation key with a space: the settings model does not check annotations; the
-    # API does, and the dry run finds it.
-    bad = start(ready=False, DISPATCHER_JOB_ANNOTATIONS='{"owner team": "ops"}')
+    # An environment variable name with '=': the settings model does not check those names;
+    # the API does, and the dry run finds it.
+    bad = start(ready=False, DISPATCHER_JOB_ENV='{"OWNER=TEAM": "ops"}')
     await wait_until(lambda: _refusal_logged(bad), timeout=60, what="refusal logged")
     status, body = bad.http(bad.health_port, "/readyz")
     assert status == 503 and json.loads(body)["job_config"] is False
@@ -127,8 +130,7 @@ async def test_a_refused_configuration_is_not_ready_and_consumes_nothing(
     assert k8s.jobs() == []
     event = next(e for e in bad.log_events() if e["event"].startswith("the Kubernetes API "
                                                                      "refuses Jobs"))
-    assert "spec.template.annotations" in event["error"] or \
-        "metadata.annotations" in event["error"]
+    assert "spec.template.spec.containers[0].env" in event["error"], event["error"]
     assert bad.http(bad.health_port, "/healthz")[0] == 200  # not a crash: no restarts
     bad.kill()
     start()  # fixed settings
