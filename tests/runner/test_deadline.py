@@ -1,8 +1,11 @@
 """One deadline for the whole run: each phase slow in turn (provider task, SSH, the lock,
 the play), the status and the result are still written before the Job's deadline.
 
-Kubernetes counts activeDeadlineSeconds from the Job's start; the runner counts from its
-own process start. The runner is started here through ``sh -c 'sleep S; exec python ...'``:
+Kubernetes counts activeDeadlineSeconds from the Job's start; the runner counts from the
+earlier of JOB_DEADLINE_AT (handed over by the dispatcher, see the unit tests at the end and
+tests/kube/test_runner_deadline.py against a real control plane) and its own process start.
+The cases below give no JOB_DEADLINE_AT, so the process start is what counts: the runner is
+started here through ``sh -c 'sleep S; exec python ...'``:
 ``exec`` keeps the process (and its start time), so the runner begins with S seconds of its
 deadline already gone, as after a slow pod start. The settings of each case fit the
 deadline (else they are refused, see the last test); what is left after the slow start
@@ -13,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from runner_image.deadline import RunDeadline, parse_deadline_at, process_age
 from tests.runner.conftest import (
     REPO,
     Keypair,
@@ -168,3 +173,79 @@ async def test_settings_that_cannot_fit_are_refused_naming_them(
     assert "JOB_ACTIVE_DEADLINE_SECONDS=91s" in text and "PLAY_TIMEOUT (1500s)" in text
     assert (await server_row(db, handle))["status"] == "NEW"  # nothing touched
     assert not res.events("run started")
+
+
+# -- JOB_DEADLINE_AT: Kubernetes' deadline, handed to the pod by the dispatcher -------------
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2026-12-07T03:00:00Z", datetime(2026, 12, 7, 3, 0, 0, tzinfo=UTC)),
+    ("2026-12-07T03:00:00.5z", datetime(2026, 12, 7, 3, 0, 0, 500_000, tzinfo=UTC)),
+    ("2026-12-07T04:00:00+01:00", datetime(2026, 12, 7, 3, 0, 0, tzinfo=UTC)),
+    (" 2026-12-07T03:00:00Z\n", datetime(2026, 12, 7, 3, 0, 0, tzinfo=UTC)),
+    (None, None),
+    ("", None),
+])
+def test_deadline_at_parses_rfc3339(value: str | None, expected: datetime | None) -> None:
+    assert parse_deadline_at(value) == expected
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", ["soon", "2026-12-07", "2026-12-07T03:00:00",
+                                   "1765076400", "2026-13-07T03:00:00Z"])
+def test_deadline_at_that_is_not_a_zoned_time_is_refused(value: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (any ValueError: the caller logs it)
+        parse_deadline_at(value)
+
+
+def _iso(seconds_from_now: float) -> str:
+    return datetime.fromtimestamp(time.time() + seconds_from_now, UTC).isoformat()
+
+
+@pytest.mark.unit
+def test_an_earlier_kubernetes_deadline_wins(caplog: pytest.LogCaptureFixture) -> None:
+    """A pod whose image took 40 s to pull: Kubernetes' deadline is 40 s earlier than this
+    process's start + JOB_ACTIVE_DEADLINE_SECONDS, and it is the run's deadline."""
+    with caplog.at_level(logging.WARNING, logger="runner_image.deadline"):
+        deadline = RunDeadline.start(100, 5, _iso(60))
+    assert deadline.at is not None
+    left = deadline.at - time.monotonic()
+    assert 58 < left < 60.5, left
+    assert deadline.left() == pytest.approx(left - 5, abs=0.5)
+    assert "the Job's start" in deadline.counted_from
+    message = deadline.exhausted("the SSH check")
+    assert "JOB_ACTIVE_DEADLINE_SECONDS=100s from the Job's start" in message, message
+    assert caplog.records == []
+
+
+@pytest.mark.unit
+def test_a_later_kubernetes_deadline_does_not_extend_the_run() -> None:
+    """A dispatcher clock ahead of the node's: the process's own count is the bound."""
+    deadline = RunDeadline.start(100, 5, _iso(500))
+    assert deadline.at is not None
+    assert deadline.at - time.monotonic() <= 100
+    assert deadline.counted_from == "the pod's start"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("value", "logged"), [
+    (None, "JOB_DEADLINE_AT is not set"),
+    ("", "JOB_DEADLINE_AT is not set"),
+    ("next tuesday", "JOB_DEADLINE_AT is not a time"),
+    ("2026-12-07T03:00:00", "JOB_DEADLINE_AT is not a time"),
+])
+def test_missing_or_invalid_deadline_at_falls_back_to_the_process_start(
+        value: str | None, logged: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="runner_image.deadline"):
+        deadline = RunDeadline.start(100, 5, value)
+    assert deadline.at is not None
+    started = time.monotonic() - process_age()
+    assert deadline.at == pytest.approx(started + 100, abs=0.5)
+    assert deadline.counted_from == "the pod's start"
+    assert [r.getMessage() for r in caplog.records if logged in r.getMessage()], caplog.text
+
+
+@pytest.mark.unit
+def test_no_job_deadline_means_no_deadline_whatever_deadline_at_says() -> None:
+    deadline = RunDeadline.start(None, 5, _iso(10))
+    assert deadline.at is None and deadline.left() == float("inf")
