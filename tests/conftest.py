@@ -14,6 +14,7 @@ from contracts.connections import RedisSettings, create_redis
 from contracts.keys import Keys
 from tests.support import controlplane
 from tests.support.controlplane import ControlPlane
+from tests.support.node import Node, running_node
 from tests.support.services import PostgresServer, RedisServer, postgres_server, redis_server
 
 # Fixtures that start or reach a real service: a test marked `unit` must use none of them,
@@ -21,7 +22,7 @@ from tests.support.services import PostgresServer, RedisServer, postgres_server,
 SERVICE_FIXTURES = {"redis_srv", "redis_settings", "redis_client", "pg_srv", "runner_db", "db",
                     "db_env", "runner", "cluster", "start_dispatcher", "hosts", "host",
                     "converged", "provider", "server_db", "runner_image", "dispatcher_image",
-                    "control_plane", "kube_ns"}
+                    "control_plane", "kube_ns", "kube_node"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -77,6 +78,15 @@ def control_plane() -> Iterator[ControlPlane]:
         yield cp
         dead = [name for name, alive in cp.alive().items() if not alive]
         assert not dead, f"control plane components died during the session: {dead}"
+
+
+@pytest.fixture(scope="session")
+def kube_node(control_plane: ControlPlane) -> Iterator[Node]:
+    """A node (tests/support/node.py: the kubelet's part, pods as podman containers) that
+    the scheduler binds the session's pods to."""
+    with running_node(control_plane, "node-1") as node:
+        yield node
+        assert not node.errors, f"the node agent failed: {node.errors}"
 
 
 @pytest.fixture

@@ -1,0 +1,313 @@
+"""The node stand-in (tests/support/node.py) against the real control plane: the real Job
+controller creates the pods, the real scheduler binds them to the node, and what the node
+writes back is what the Job controller acts on. Every assertion reads the API (kubectl or
+JSON), never the node's internals; the container output comes from ``log_of`` (the API's
+pods/log would need a kubelet port)."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.controlplane import ControlPlane
+from tests.support.hosts import podman, podman_env
+from tests.support.node import LEASE_SECONDS, Node
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "localhost/infra-python-base:bookworm"  # python3 and a shell, built by debootstrap
+NODE = "node-1"
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    with open(Path(tempfile.gettempdir()) / "infra-service-image-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the lock tests/deploy/images.py builds under
+        if podman("image", "exists", IMAGE, check=False).returncode != 0:
+            subprocess.run([str(REPO / "scripts" / "build-images.sh"), "python"], check=True,
+                           env=podman_env(), timeout=900)
+    return IMAGE
+
+
+# -- building restricted-compliant Jobs ------------------------------------------------------
+
+def job(name: str, script: str, image: str = IMAGE, *, backoff_limit: int = 0,
+        env: list[Obj] | None = None, token: bool = False, **spec: Any) -> Obj:
+    container: Obj = {
+        "name": "main", "image": image, "command": ["sh", "-c", script],
+        "env": env or [], "imagePullPolicy": "IfNotPresent",
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}}}
+    pod_spec: Obj = {
+        "restartPolicy": "Never", "automountServiceAccountToken": token,
+        "terminationGracePeriodSeconds": 10,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container]}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"backoffLimit": backoff_limit, "template": {"spec": pod_spec}, **spec}}
+
+
+def create(cp: ControlPlane, namespace: str, obj: Obj) -> None:
+    cp.kubectl("-n", namespace, "create", "-f", "-", stdin=json.dumps(obj))
+
+
+def pods_of(cp: ControlPlane, namespace: str, job_name: str) -> list[Obj]:
+    listing: Any = cp.get(f"/api/v1/namespaces/{namespace}/pods"
+                          f"?labelSelector=job-name%3D{job_name}")
+    return list(listing["items"])
+
+
+def job_obj(cp: ControlPlane, namespace: str, name: str) -> Obj:
+    found: Any = cp.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}")
+    return dict(found)
+
+
+def finished(cp: ControlPlane, namespace: str, name: str) -> Obj | None:
+    """The Job's Complete or Failed condition, once the Job controller set it."""
+    for condition in job_obj(cp, namespace, name).get("status", {}).get("conditions") or []:
+        if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
+            return dict(condition)
+    return None
+
+
+def explain(cp: ControlPlane, node: Node, namespace: str) -> str:
+    """What a failing test prints: kubectl describe of everything, each container's log."""
+    described = cp.kubectl("-n", namespace, "describe", "jobs,pods", check=False)
+    pods: Any = cp.get(f"/api/v1/namespaces/{namespace}/pods")
+    logs = "\n".join(f"--- log of {p['metadata']['name']}:\n"
+                     f"{node.log_of(namespace, p['metadata']['name'])}" for p in pods["items"])
+    return (f"\n{described.stdout}{described.stderr}\n{logs}\n"
+            f"node errors: {node.errors}\n"
+            f"kube-controller-manager:\n{cp.log_of('kube-controller-manager', 15)}")
+
+
+def wait_for(what: str, probe: Callable[[], Any], cp: ControlPlane, node: Node,
+             namespace: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := probe():
+            return result
+        time.sleep(0.3)
+    pytest.fail(f"{what}: not after {timeout:g} s{explain(cp, node, namespace)}")
+
+
+def container_status(pod: Obj) -> Obj:
+    return dict((pod.get("status", {}).get("containerStatuses") or [{}])[0])
+
+
+# -- the node ---------------------------------------------------------------------------------
+
+def test_the_node_registers_ready_and_renews_its_lease(control_plane: ControlPlane,
+                                                       kube_node: Node) -> None:
+    nodes = control_plane.kubectl("get", "nodes", "--no-headers").stdout
+    assert any(line.split()[:2] == [NODE, "Ready"] for line in nodes.splitlines()), nodes
+    node: Any = control_plane.get(f"/api/v1/nodes/{NODE}")
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
+    assert {"cpu", "memory", "pods"} <= set(node["status"]["allocatable"])
+    # The node-lifecycle controller taints a node whose Lease stops: none here.
+    assert not [t for t in node["spec"].get("taints") or []
+                if t["key"].startswith("node.kubernetes.io/")], node["spec"]
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}"
+    first: Any = control_plane.get(lease_path)
+    assert first["spec"]["holderIdentity"] == NODE
+    assert first["metadata"]["ownerReferences"][0]["uid"] == node["metadata"]["uid"]
+    time.sleep(LEASE_SECONDS * 2 + 0.5)
+    second: Any = control_plane.get(lease_path)
+    assert second["spec"]["renewTime"] > first["spec"]["renewTime"], (first, second)
+
+
+# -- Jobs run to their end --------------------------------------------------------------------
+
+def test_a_job_whose_pod_exits_0_completes(control_plane: ControlPlane, kube_node: Node,
+                                           kube_ns: str, image: str) -> None:
+    create(control_plane, kube_ns, job("ok", 'echo "hello from $POD_NAME on $NODE"', env=[
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]))
+    wait_for("Job ok Complete", lambda: finished(control_plane, kube_ns, "ok"),
+             control_plane, kube_node, kube_ns)
+    jobs = control_plane.kubectl("-n", kube_ns, "get", "jobs", "--no-headers").stdout
+    assert jobs.split()[:2] == ["ok", "Complete"], jobs
+    (pod,) = pods_of(control_plane, kube_ns, "ok")
+    name = pod["metadata"]["name"]
+    assert pod["status"]["phase"] == "Succeeded", pod["status"]
+    assert pod["status"]["podIP"] == pod["status"]["hostIP"] == "127.0.0.1"
+    terminated = container_status(pod)["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed"), terminated
+    assert terminated["startedAt"] <= terminated["finishedAt"]
+    conditions = {c["type"]: c for c in pod["status"]["conditions"]}
+    assert conditions["PodScheduled"]["status"] == "True"
+    assert conditions["Ready"]["status"] == "False"
+    assert conditions["Ready"]["reason"] == "PodCompleted"
+    assert kube_node.log_of(kube_ns, name) == f"hello from {name} on {NODE}\n"
+
+
+def test_a_pod_exiting_3_carries_its_termination_message_and_fails_the_job(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    create(control_plane, kube_ns, job(
+        "three", "echo 'disk full on /scratch' > /dev/termination-log; exit 3"))
+    condition = wait_for("Job three Failed", lambda: finished(control_plane, kube_ns, "three"),
+                         control_plane, kube_node, kube_ns)
+    assert (condition["type"], condition["reason"]) == ("Failed", "BackoffLimitExceeded")
+    (pod,) = pods_of(control_plane, kube_ns, "three")
+    assert pod["status"]["phase"] == "Failed"
+    terminated = container_status(pod)["state"]["terminated"]
+    assert terminated["exitCode"] == 3, terminated
+    assert terminated["reason"] == "Error"
+    assert terminated["message"] == "disk full on /scratch\n"
+    jobs = control_plane.kubectl("-n", kube_ns, "get", "jobs", "--no-headers").stdout
+    assert jobs.split()[:2] == ["three", "Failed"], jobs
+
+
+def test_fallback_to_logs_on_error_reports_the_log_tail(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    spec = job("tail", "echo first; echo 'last words' >&2; exit 1")
+    spec["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = \
+        "FallbackToLogsOnError"
+    create(control_plane, kube_ns, spec)
+    wait_for("Job tail Failed", lambda: finished(control_plane, kube_ns, "tail"),
+             control_plane, kube_node, kube_ns)
+    (pod,) = pods_of(control_plane, kube_ns, "tail")
+    terminated = container_status(pod)["state"]["terminated"]
+    assert terminated["exitCode"] == 1
+    assert terminated["message"] == "first\nlast words", terminated
+
+
+def test_a_pod_failure_policy_fail_job_rule_fails_the_job_at_once(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    create(control_plane, kube_ns, job("policy", "exit 42", backoff_limit=6, podFailurePolicy={
+        "rules": [{"action": "FailJob",
+                   "onExitCodes": {"containerName": "main", "operator": "In",
+                                   "values": [42]}}]}))
+    condition = wait_for("Job policy Failed",
+                         lambda: finished(control_plane, kube_ns, "policy"),
+                         control_plane, kube_node, kube_ns)
+    assert (condition["type"], condition["reason"]) == ("Failed", "PodFailurePolicy"), condition
+    assert "exit code 42" in condition["message"], condition
+    # backoffLimit 6 would have allowed retries: the rule stopped them.
+    assert len(pods_of(control_plane, kube_ns, "policy")) == 1
+
+
+def test_the_deadline_fails_the_job_and_the_node_stops_the_container(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    script = ("trap 'echo got SIGTERM; exit 143' TERM; echo started; "
+              "while true; do sleep 0.2; done")
+    create(control_plane, kube_ns, job("slow", script, activeDeadlineSeconds=5))
+    pod = wait_for("the pod running", lambda: next(
+        (p for p in pods_of(control_plane, kube_ns, "slow")
+         if p.get("status", {}).get("phase") == "Running"), None),
+        control_plane, kube_node, kube_ns)
+    name = pod["metadata"]["name"]
+    assert "running" in container_status(pod)["state"]
+    condition = wait_for("Job slow Failed", lambda: finished(control_plane, kube_ns, "slow"),
+                         control_plane, kube_node, kube_ns, timeout=45)
+    assert (condition["type"], condition["reason"]) == ("Failed", "DeadlineExceeded")
+    # The Job controller deleted the pod; the node stopped it with SIGTERM and completed the
+    # deletion, so the pod is gone from the API and its container from podman.
+    wait_for("the pod deleted", lambda: not pods_of(control_plane, kube_ns, "slow"),
+             control_plane, kube_node, kube_ns, timeout=30)
+    assert kube_node.log_of(kube_ns, name) == "started\ngot SIGTERM\n"
+    left = podman("ps", "-a", "--filter", f"label=io.kubernetes.pod.name={name}",
+                  "--format", "{{.Names}}").stdout
+    assert left.strip() == "", left
+    jobs = control_plane.kubectl("-n", kube_ns, "get", "jobs", "--no-headers").stdout
+    assert jobs.split()[:2] == ["slow", "Failed"], jobs
+
+
+# -- a pod that cannot start -----------------------------------------------------------------
+
+def waiting_reasons(cp: ControlPlane, namespace: str, job_name: str) -> Iterator[Obj]:
+    for pod in pods_of(cp, namespace, job_name):
+        waiting = container_status(pod).get("state", {}).get("waiting")
+        if waiting:
+            yield dict(waiting)
+
+
+def test_a_missing_secret_key_is_create_container_config_error_until_it_exists(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    control_plane.kubectl("-n", kube_ns, "create", "secret", "generic", "creds",
+                          "--from-literal=user=deploy")
+    create(control_plane, kube_ns, job("needs", 'echo "token is $TOKEN"', env=[
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        {"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "x",
+                                                         "optional": True}}}]))
+    waiting = wait_for("CreateContainerConfigError", lambda: next(
+        (w for w in waiting_reasons(control_plane, kube_ns, "needs")
+         if w["reason"] == "CreateContainerConfigError"), None),
+        control_plane, kube_node, kube_ns)
+    assert waiting["message"] == f"couldn't find key token in Secret {kube_ns}/creds", waiting
+    pods = control_plane.kubectl("-n", kube_ns, "get", "pods", "--no-headers").stdout
+    assert "CreateContainerConfigError" in pods, pods
+    # The kubelet keeps trying: once the key exists, the pod runs and the Job completes.
+    patch = {"data": {"token": base64.b64encode(b"s3cret").decode()}}
+    control_plane.kubectl("-n", kube_ns, "patch", "secret", "creds", "-p", json.dumps(patch))
+    wait_for("Job needs Complete", lambda: finished(control_plane, kube_ns, "needs"),
+             control_plane, kube_node, kube_ns)
+    (pod,) = pods_of(control_plane, kube_ns, "needs")
+    assert kube_node.log_of(kube_ns, pod["metadata"]["name"]) == "token is s3cret\n"
+
+
+def test_an_image_not_in_local_storage_is_err_image_pull_then_back_off(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str) -> None:
+    missing = "localhost/infra-no-such-image:1"
+    create(control_plane, kube_ns, job("noimage", "true", image=missing))
+    seen: set[str] = set()
+
+    def both() -> bool:
+        seen.update(w["reason"] for w in waiting_reasons(control_plane, kube_ns, "noimage"))
+        return {"ErrImagePull", "ImagePullBackOff"} <= seen
+
+    wait_for("ErrImagePull and ImagePullBackOff", both, control_plane, kube_node, kube_ns,
+             timeout=30)
+    (pod,) = pods_of(control_plane, kube_ns, "noimage")
+    assert pod["status"]["phase"] == "Pending"
+    assert finished(control_plane, kube_ns, "noimage") is None
+    events = control_plane.kubectl("-n", kube_ns, "get", "events", "--field-selector",
+                                   f"involvedObject.name={pod['metadata']['name']}").stdout
+    assert f'Pulling image "{missing}"' in events, events
+
+
+# -- the service account token ----------------------------------------------------------------
+
+WHOAMI = """
+import json, os, ssl, urllib.request
+base = "/var/run/secrets/kubernetes.io/serviceaccount"
+token = open(base + "/token").read()
+context = ssl.create_default_context(cafile=base + "/ca.crt")
+url = "https://%s:%s/apis/authentication.k8s.io/v1/selfsubjectreviews" % (
+    os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+request = urllib.request.Request(url, body.encode(), method="POST", headers={
+    "Authorization": "Bearer " + token, "Content-Type": "application/json"})
+info = json.load(urllib.request.urlopen(request, context=context))["status"]["userInfo"]
+print(json.dumps({"namespace": open(base + "/namespace").read(),
+                  "username": info["username"],
+                  "pod": info["extra"]["authentication.kubernetes.io/pod-name"][0]}))
+"""
+
+
+def test_a_pod_calls_the_api_with_its_service_account_token(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    wait_for("the default ServiceAccount", lambda: control_plane.kubectl(
+        "-n", kube_ns, "get", "serviceaccount", "default", check=False).returncode == 0,
+        control_plane, kube_node, kube_ns, timeout=30)
+    spec = job("whoami", "exec python3 -c \"$SCRIPT\"", token=True,
+               env=[{"name": "SCRIPT", "value": WHOAMI}])
+    create(control_plane, kube_ns, spec)
+    wait_for("Job whoami Complete", lambda: finished(control_plane, kube_ns, "whoami"),
+             control_plane, kube_node, kube_ns)
+    (pod,) = pods_of(control_plane, kube_ns, "whoami")
+    name = pod["metadata"]["name"]
+    assert json.loads(kube_node.log_of(kube_ns, name)) == {
+        "namespace": kube_ns, "username": f"system:serviceaccount:{kube_ns}:default",
+        "pod": name}
+
