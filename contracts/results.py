@@ -75,6 +75,8 @@ class ErrorKind(StrEnum):
     OOM_KILLED = "oom_killed"
     EVICTED = "evicted"
     JOB_DELETED = "job_deleted"
+    ADMISSION_REJECTED = "admission_rejected"
+    DISRUPTED = "disrupted"
 
 
 class ResultError(BaseModel):

@@ -35,6 +35,12 @@ class JobEndReason(StrEnum):
     POD_NOT_CREATED = "PodNotCreated"  # the dispatcher's own: no pod appeared
     JOB_DELETED = "JobDeleted"  # the dispatcher's own: the Job vanished before it ended
     POD_FAILURE_POLICY = "PodFailurePolicy"  # a runner verdict exit code failed the Job
+    # The dispatcher's own: the Job controller's FailedCreate Event says the API server
+    # refused the pod at admission (PodSecurity, ResourceQuota, a policy webhook).
+    ADMISSION_REJECTED = "AdmissionRejected"
+    # The dispatcher's own: the Job ended without the runner's result and its last pod
+    # carried the DisruptionTarget condition (eviction, preemption, node drain).
+    DISRUPTED = "Disrupted"
 
 
 # Kubernetes reasons -> result error kinds the Scheduler can act on; any other: job_failed.
@@ -53,6 +59,8 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     JobEndReason.PENDING_TIMEOUT: ErrorKind.UNSCHEDULABLE,
     JobEndReason.POD_NOT_CREATED: ErrorKind.UNSCHEDULABLE,
     JobEndReason.JOB_DELETED: ErrorKind.JOB_DELETED,
+    JobEndReason.ADMISSION_REJECTED: ErrorKind.ADMISSION_REJECTED,
+    JobEndReason.DISRUPTED: ErrorKind.DISRUPTED,
 }
 
 

@@ -126,6 +126,9 @@ class Launcher:
                  extra={**ctx, "action": message.action.value})
 
     async def _create(self, message: ProvisionerMessage, name: str) -> bool:
+        # Held (the settings' Job or its runner pod refused): a claimed message waits here,
+        # still claimed, instead of launching into a refusal already seen.
+        await self.config.accepted.wait()
         try:
             async with self._creates:
                 return await self.executor.launch(message, name)

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from contracts.messages import Action, RejectReason
 from contracts.results import ErrorKind, ResultStatus
 from dispatcher.failures import JobEndReason
+from dispatcher.kube.classify import ADMISSION_CAUSES
 from dispatcher.queue import Depths
 
 # Runs take seconds (a rejected message) to most of an hour (a reinstall); the last bucket is
@@ -58,6 +59,7 @@ RESULT_STATUSES = (*(status.value for status in ResultStatus), "other")
 # The verbs KubeClient.call counts with their expected codes (0: no response); other codes
 # (429, 5xx, ...) appear when they happen.
 API_CODES = {"create": ("201", "409", "0"), "create_dry_run": ("201", "0"),
+             "create_pod_dry_run": ("201", "403", "0"),
              "patch": ("200", "404", "0"), "create_event": ("201", "0")}
 
 
@@ -163,6 +165,10 @@ class Metrics:
         self.loop_restarts = Counter("infra_loop_restarts",
                                      "Background loops that crashed and were restarted",
                                      ["loop"], registry=r)
+        self.pod_admission_rejections = Counter(
+            "infra_pod_admission_rejections", "Runner pods the API server refused at "
+            "admission (the Job controller's FailedCreate Events), by cause",
+            ["cause"], registry=r)
         self.ready = Gauge("infra_ready", "1 when Redis and the executor are reachable",
                            registry=r)
         self.queue_exporter = Gauge(
@@ -181,6 +187,8 @@ class Metrics:
                 self.job_failures.labels(kind, action)
             for status in RESULT_STATUSES[:-1]:
                 self.job_duration.labels(action, status)
+        for cause in ADMISSION_CAUSES:
+            self.pod_admission_rejections.labels(cause)
         for verb, codes in API_CODES.items():
             for code in codes:
                 self.api_responses.labels(verb, code)

@@ -1,16 +1,31 @@
-"""Does the API accept Jobs built from the settings? A dry-run create, at start-up, every
-DISPATCHER_PREFLIGHT_SECONDS, and whenever a create is refused: while the answer is no,
-nothing is consumed (a bad setting must not dead-letter every message)."""
+"""Does the API accept Jobs built from the settings, and their pods? A dry-run create of the
+Job and of the pod the Job controller would make from it, at start-up, every
+DISPATCHER_PREFLIGHT_SECONDS, whenever a create is refused, and at once when a runner pod
+was refused at admission: while the answer is no, nothing is consumed or launched (a bad
+setting, a namespace policy or a full quota must not fail every message); the messages stay
+queued or claimed, nothing is lost."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from dispatcher.executors.base import Executor
+from dispatcher.executors.base import POD_REFUSAL_PREFIX, Executor
 
 log = logging.getLogger("dispatcher")
 REFUSED_PERIOD_SECONDS = 10.0  # while refused, check this often: notice the fix quickly
+
+
+def _refusal_line(refusal: str) -> str:
+    if refusal.startswith(POD_REFUSAL_PREFIX):
+        return ("launches held: the Kubernetes API refuses the runner pods of Jobs built "
+                "from the settings at admission (dry run of the pod); messages stay queued "
+                "until the namespace's policy or quota, or the DISPATCHER_JOB_* settings "
+                "(chart values runner.*), are fixed")
+    return ("the Kubernetes API refuses Jobs built from the settings (dry run); no message "
+            "is consumed until the DISPATCHER_JOB_* settings (chart values runner.*) are "
+            "fixed")
 
 
 class JobConfigCheck:
@@ -21,6 +36,19 @@ class JobConfigCheck:
         # while it is clear.
         self.accepted = asyncio.Event()
         self.refusal: str | None = None
+        self._wake = asyncio.Event()
+        executor.on_pod_rejected = self.hold
+
+    def hold(self, refusal: str) -> None:
+        """A runner pod was refused at admission: stop launching into the same refusal at
+        once, and check again now (the dry run releases the hold if the pod passes)."""
+        if self.refusal is None:
+            log.error("launches held: a runner pod was refused at admission; checking "
+                      "whether the runner pod built from the settings is refused too",
+                      extra={"error": refusal[:1000]})
+        self.refusal = refusal
+        self.accepted.clear()
+        self._wake.set()
 
     async def check(self) -> bool:
         """True if the API accepts the settings' Job. Unanswered (API down): the last
@@ -40,9 +68,7 @@ class JobConfigCheck:
             self.accepted.set()
             return True
         if refusal != self.refusal:
-            log.error("the Kubernetes API refuses Jobs built from the settings (dry run); "
-                      "no message is consumed until the DISPATCHER_JOB_* settings (chart "
-                      "values runner.*) are fixed", extra={"error": refusal})
+            log.error(_refusal_line(refusal), extra={"error": refusal})
         self.refusal = refusal
         self.accepted.clear()
         return False
@@ -52,5 +78,7 @@ class JobConfigCheck:
             period = self.period_seconds
             if self.refusal is not None:
                 period = min(period, REFUSED_PERIOD_SECONDS)
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), period)
+            self._wake.clear()
             await self.check()

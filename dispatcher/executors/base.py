@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -52,8 +53,15 @@ class TransientLaunchError(Exception):
         self.maybe_applied = maybe_applied
 
 
+# How a preflight refusal of the runner pod (not of the Job) begins: launches are held.
+POD_REFUSAL_PREFIX = "runner pod refused at admission"
+
+
 class Executor(Protocol):
     ends: asyncio.Queue[JobEnd]
+    # Called (on the event loop) when the backend saw a runner pod refused at admission,
+    # with the refusal; the preflight holds launches until a dry run passes again.
+    on_pod_rejected: Callable[[str], None] | None
 
     async def start(self) -> None:
         """Begin observing Jobs; Jobs that ended while nobody watched are put on ``ends``."""
@@ -69,7 +77,9 @@ class Executor(Protocol):
     async def preflight(self) -> str | None:
         """Check that Jobs built from the settings are accepted (server-side dry run).
 
-        None when accepted; the refusal (naming the offending field) otherwise. Raises
+        None when accepted; the refusal (naming the offending field) otherwise, starting
+        with POD_REFUSAL_PREFIX when the Job passes but its pod is refused at admission
+        (PodSecurity, ResourceQuota, a policy webhook). Raises
         TransientLaunchError when the backend cannot tell now.
         """
 

@@ -6,14 +6,26 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from contracts.messages import ProvisionerMessage
-from dispatcher.executors.base import JobEnd, JobView, LaunchRejected, TransientLaunchError
+from dispatcher.executors.base import (
+    POD_REFUSAL_PREFIX,
+    JobEnd,
+    JobView,
+    LaunchRejected,
+    TransientLaunchError,
+)
+from dispatcher.failures import JobEndReason
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import (
+    FAILED_CREATE,
+    AdmissionRejection,
+    admission_rejection,
     awaits_pod_detail,
     finished_at,
+    is_rbac_denial,
     job_outcome,
     job_without_pod,
     next_check,
@@ -22,8 +34,8 @@ from dispatcher.kube.classify import (
     utcnow,
 )
 from dispatcher.kube.client import KubeClient
-from dispatcher.kube.creating import JobPayload, create_job
-from dispatcher.kube.errors import JobCreateFailed
+from dispatcher.kube.creating import JobPayload, create_job, dry_run_pod
+from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, KubeCallFailed
 from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.metrics import Metrics
@@ -36,6 +48,9 @@ JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 # How long a failed Job waits for its pod's end to arrive on the pod watch (see
 # classify.awaits_pod_detail); past it the Job's own reason is reported.
 POD_DETAIL_GRACE_SECONDS = 5.0
+# The Job controller's Events saying it could not create a pod (see _apply_event).
+FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={FAILED_CREATE}"
+EARLY_REJECTIONS_MAX = 1000  # rejections seen before their Job (bounded memory)
 
 
 def _slim_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +113,11 @@ class KubernetesExecutor:
         # dispatcher with thousands of Jobs in flight does next to nothing.
         self._due: list[tuple[float, str]] = []
         self._due_at: dict[str, float] = {}
+        self.on_pod_rejected: Callable[[str], None] | None = None
+        # FailedCreate rejections whose Job the Job watch has not delivered yet.
+        self._early_rejections: dict[str, tuple[str | None, str, AdmissionRejection]] = {}
+        self._events_ok = False
+        self._pod_check_denied = False  # RBAC refuses the pod dry run: logged once
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,6 +131,14 @@ class KubernetesExecutor:
                               on_unauthorized=self.kube.reload_credentials)
             self._watches.append(watch)
             watch.start()
+        # Not part of readiness: without it a pod refused at admission is still reported
+        # as PodNotCreated after DISPATCHER_PENDING_TIMEOUT_SECONDS.
+        events = ListWatch("events", self.kube.core.list_namespaced_event, self.namespace, "",
+                           deliver, on_health=self._events_health(loop),
+                           on_unauthorized=self.kube.reload_credentials,
+                           field_selector=FAILED_CREATE_SELECTOR)
+        self._watches.append(events)
+        events.start()
         self.supervisor.start("kube-events", self._consume)
         self.supervisor.start("kube-stuck", self._check_stuck)
         await self._first_sync.wait()
@@ -118,6 +146,11 @@ class KubernetesExecutor:
     def _health_setter(self, loop: asyncio.AbstractEventLoop, kind: str):  # type: ignore[no-untyped-def]
         def set_health(ok: bool) -> None:
             loop.call_soon_threadsafe(self._watch_ok.__setitem__, kind, ok)
+        return set_health
+
+    def _events_health(self, loop: asyncio.AbstractEventLoop) -> Callable[[bool], None]:
+        def set_health(ok: bool) -> None:
+            loop.call_soon_threadsafe(setattr, self, "_events_ok", ok)
         return set_health
 
     async def stop(self) -> None:
@@ -161,6 +194,32 @@ class KubernetesExecutor:
             if exc.failure.retryable:
                 raise TransientLaunchError(str(exc), exc.failure.retry_after) from None
             return str(exc)
+        return await self._pod_preflight(body)
+
+    async def _pod_preflight(self, job: dict[str, Any]) -> str | None:
+        """The pod the Job controller would create, with ``dryRun=All``: PodSecurity,
+        ResourceQuota and policy webhooks judge pods, not Jobs, so only this tells whether
+        the Job's pod will be admitted."""
+        try:
+            await dry_run_pod(self.kube, self.namespace, job)
+        except KubeCallFailed as exc:
+            failure = exc.failure
+            rejection = admission_rejection(failure.message)
+            if rejection is not None:
+                return f"{POD_REFUSAL_PREFIX} ({rejection.cause}): {rejection.message}; " \
+                       f"{rejection.advice}"
+            if failure.status == 403 and is_rbac_denial(failure.message):
+                if not self._pod_check_denied:
+                    log.warning("cannot check runner pods ahead (RBAC: grant create on pods, "
+                                "as the chart's Role does); a pod refused at admission is "
+                                "still reported from the Job controller's Events",
+                                extra={"error": failure.message[:500]})
+                self._pod_check_denied = True
+                return None
+            if failure.retryable or failure.status == UNAUTHORIZED:
+                raise TransientLaunchError(str(exc), failure.retry_after) from None
+            return f"{POD_REFUSAL_PREFIX}: {failure.message}"
+        self._pod_check_denied = False
         return None
 
     async def stop_job(self, job_name: str, reason: str, message: str) -> None:
@@ -239,7 +298,11 @@ class KubernetesExecutor:
     async def _consume(self) -> None:
         while True:
             item = await self._events.get()
-            if isinstance(item, Sync):
+            if item.kind == "events":
+                for event in item.objects if isinstance(item, Sync) else \
+                        ([item.object] if item.type != "DELETED" else []):
+                    self._apply_event(event)
+            elif isinstance(item, Sync):
                 self._apply_sync(item)
             elif item.kind == "jobs":
                 self._apply_job(item)
@@ -284,6 +347,54 @@ class KubernetesExecutor:
         self._evaluate(name)
         if not known:
             self._schedule(name)
+            early = self._early_rejections.pop(name, None)
+            if early is not None:
+                self._rejected(name, *early)
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        """A FailedCreate Event of the Job controller: when the API server refused the
+        Job's pod at admission, the message fails at once (the Job controller would retry
+        the same pod until the pending timeout) and launches are held."""
+        involved = event.get("involvedObject") or {}
+        if event.get("reason") != FAILED_CREATE or involved.get("kind") != "Job":
+            return
+        rejection = admission_rejection(event.get("message") or "")
+        name = involved.get("name")
+        if rejection is None or not name:
+            return
+        when = event.get("lastTimestamp") or event.get("eventTime") or \
+            event.get("firstTimestamp") or ""
+        if name not in self._jobs:
+            if len(self._early_rejections) < EARLY_REJECTIONS_MAX:
+                self._early_rejections[name] = (involved.get("uid"), when, rejection)
+            return
+        self._rejected(name, involved.get("uid"), when, rejection)
+
+    def _rejected(self, name: str, uid: str | None, when: str,
+                  rejection: AdmissionRejection) -> None:
+        job = self._jobs.get(name)
+        if job is None or name in self._emitted or self._end_of(name, job, settle=False):
+            return
+        if uid and job["metadata"].get("uid") and uid != job["metadata"]["uid"]:
+            return  # an Event of an earlier Job of that name
+        refused_at = parse_time(when)
+        for pod in self._pods.get(name, {}).values():
+            if pod["status"].get("phase") in ("Running", "Succeeded"):
+                return  # a pod got in since: an old Event (a quota that was full)
+            created = parse_time(pod["metadata"].get("creationTimestamp"))
+            if refused_at and created and created > refused_at:
+                return
+        labels = job["metadata"]["labels"]
+        self.kube.metrics.pod_admission_rejections.labels(rejection.cause).inc()
+        log.error("runner pod refused at admission: the message fails now, the Job is "
+                  "stopped and launches are held while the runner pod is refused",
+                  extra={"job_name": name, "server_handle": labels.get(LABEL_HANDLE),
+                         "request_id": labels.get(LABEL_REQUEST), "cause": rejection.cause,
+                         "error": rejection.message[:1000], "advice": rejection.advice})
+        if self.on_pod_rejected is not None:
+            self.on_pod_rejected(f"{POD_REFUSAL_PREFIX} ({rejection.cause}): "
+                                 f"{rejection.message}")
+        self._stuck(name, JobEndReason.ADMISSION_REJECTED, rejection.message)
 
     def _apply_pod(self, change: Change) -> None:
         job = _pod_job(change.object)

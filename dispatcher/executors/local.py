@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ class LocalExecutor:
         self.ends: asyncio.Queue[JobEnd] = asyncio.Queue()
         self._runs: dict[str, _Run] = {}
         self.healthy = True
+        self.on_pod_rejected: Callable[[str], None] | None = None  # no admission here
 
     async def start(self) -> None:
         return None

@@ -5,6 +5,7 @@ Pure functions over the API's JSON, so every Kubernetes failure mode is unit-tes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,63 @@ FATAL_WAITING = {"CreateContainerConfigError", "CreateContainerError", "InvalidI
                  "ImageInspectError", "ErrImageNeverPull"}
 # Image pulls can be transient (registry hiccup): fatal only after a grace period.
 PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
+
+
+# The Job controller's Event when it could not create a pod ("Error creating: <API error>").
+FAILED_CREATE = "FailedCreate"
+FAILED_CREATE_PREFIX = "Error creating: "
+# Why the API server refused a pod at admission (infra_pod_admission_rejections_total{cause}).
+ADMISSION_CAUSES = ("pod_security", "quota", "policy", "other")
+
+
+@dataclass(frozen=True)
+class AdmissionRejection:
+    """The API server refused a runner pod at admission: no retry of the same pod can
+    pass until the namespace's policy or quota, or the runner settings, change."""
+
+    cause: str  # one of ADMISSION_CAUSES
+    message: str  # the API server's own words (what failed and why)
+
+    @property
+    def advice(self) -> str:
+        return {
+            "pod_security": "the namespace's PodSecurity level refuses the runner pod: fix "
+                            "the runner settings (DISPATCHER_JOB_*, chart values runner.*) "
+                            "or the namespace's pod-security.kubernetes.io labels",
+            "quota": "a ResourceQuota of the namespace refuses the runner pod: raise or "
+                     "remove the quota (kubectl describe quota), or lower the runner's "
+                     "resources",
+            "policy": "an admission webhook or policy refuses the runner pod: fix the "
+                      "policy or the runner settings it objects to",
+        }.get(self.cause, "fix what the message names (namespace policy, quota, service "
+                          "account) or the runner settings")
+
+
+def admission_rejection(message: str) -> AdmissionRejection | None:
+    """The API server's refusal of a pod (a FailedCreate Event's message, or the answer to
+    a pod create), when it was refused at admission; None when the failure may pass on its
+    own (a timeout, an internal error, the API server shutting down) or is the caller's own
+    authorization (RBAC: the dispatcher may not create pods, even as a dry run)."""
+    text = message.strip()
+    if text.startswith(FAILED_CREATE_PREFIX):
+        text = text[len(FAILED_CREATE_PREFIX):]
+    if is_rbac_denial(text):
+        return None
+    if "violates PodSecurity" in text:
+        return AdmissionRejection("pod_security", text)
+    if "exceeded quota" in text or "failed quota" in text:
+        return AdmissionRejection("quota", text)
+    if ("admission webhook" in text and "denied the request" in text) or \
+            ("ValidatingAdmissionPolicy" in text and "denied request" in text):
+        return AdmissionRejection("policy", text)
+    if " is forbidden: " in text:
+        return AdmissionRejection("other", text)
+    return None
+
+
+def is_rbac_denial(message: str) -> bool:
+    """A 403 from authorization (RBAC), not from admission."""
+    return " cannot create resource " in message
 
 
 def parse_time(value: str | None) -> datetime | None:

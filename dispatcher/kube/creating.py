@@ -14,7 +14,7 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from dispatcher.kube.client import KubeClient
-from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, describe
+from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, call_failed, describe
 from dispatcher.naming import LABEL_REQUEST
 
 log = logging.getLogger(__name__)
@@ -83,3 +83,32 @@ async def _is_ours(kube: KubeClient, namespace: str, body: JobPayload) -> bool:
                   extra={"job_name": name, "request_id": body.request_id,
                          "other_request_id": labels.get(LABEL_REQUEST)})
     return ours
+
+
+def pod_of(job: dict[str, Any]) -> dict[str, Any]:
+    """The pod the Job controller would create for ``job``: its template, with the labels
+    the controller adds (so label-based policies see what they will see)."""
+    name = job["metadata"]["name"]
+    template = job["spec"]["template"]
+    meta = template.get("metadata") or {}
+    labels = {**(meta.get("labels") or {}), "batch.kubernetes.io/job-name": name,
+              "job-name": name}
+    metadata: dict[str, Any] = {"generateName": f"{name[:57]}-", "labels": labels}
+    if meta.get("annotations"):
+        metadata["annotations"] = meta["annotations"]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+
+
+async def dry_run_pod(kube: KubeClient, namespace: str, job: dict[str, Any]) -> None:
+    """Create the Job's pod with ``dryRun=All``: admitted (PodSecurity, ResourceQuota,
+    webhooks) like the Job controller's create, never stored. Raises KubeCallFailed."""
+    payload = json.dumps(pod_of(job), separators=(",", ":")).encode()
+    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods"
+    try:
+        await kube.post("create_pod_dry_run", path, payload, "dryRun=All")
+    except ApiException as exc:
+        if exc.status == UNAUTHORIZED:
+            await asyncio.to_thread(kube.reload_credentials)
+        raise call_failed("creating the runner pod (dry run)", exc) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise call_failed("creating the runner pod (dry run)", exc) from None

@@ -57,8 +57,10 @@ class ListWatch:
                  label_selector: str, deliver: Callable[[Sync | Change], None],
                  on_health: Callable[[bool], None], timeout_seconds: int = 300,
                  page_size: int = 500, backoff_max: float = 10.0,
-                 on_unauthorized: Callable[[], object] | None = None) -> None:
+                 on_unauthorized: Callable[[], object] | None = None,
+                 field_selector: str = "") -> None:
         self.on_unauthorized = on_unauthorized
+        self.field_selector = field_selector
         self.kind = kind
         self.list_fn = list_fn
         self.namespace = namespace
@@ -138,7 +140,7 @@ class ListWatch:
         objects: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"label_selector": self.label_selector,
+            kwargs: dict[str, Any] = {**self._selectors(),
                                       "limit": self.page_size, "_preload_content": False,
                                       "_request_timeout": (5, 60)}
             if token:
@@ -153,9 +155,17 @@ class ListWatch:
         self.deliver(Sync(self.kind, objects))
         return version
 
+    def _selectors(self) -> dict[str, str]:
+        selectors = {}
+        if self.label_selector:
+            selectors["label_selector"] = self.label_selector
+        if self.field_selector:
+            selectors["field_selector"] = self.field_selector
+        return selectors
+
     def _watch(self, version: str) -> str:
         response = self.list_fn(
-            self.namespace, label_selector=self.label_selector, watch=True,
+            self.namespace, **self._selectors(), watch=True,
             resource_version=version, allow_watch_bookmarks=True,
             timeout_seconds=self.timeout_seconds, _preload_content=False,
             _request_timeout=(5, self.timeout_seconds + 30),

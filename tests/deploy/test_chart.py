@@ -36,7 +36,8 @@ KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 VALUE_SETS = {"defaults": {}, "full": FULL_VALUES, "kind": KIND_VALUES}
 EXPECTED_RULES = {
     ("batch", "jobs"): ["create", "get", "list", "watch", "patch"],
-    ("", "pods"): ["list", "watch"],
+    ("", "pods"): ["create", "list", "watch"],
+    ("", "events"): ["list", "watch"],
     ("events.k8s.io", "events"): ["create"],
 }
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
