@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dispatcher.kube.classify import finished_at, job_outcome, job_without_pod, stuck_reason
+from dispatcher.kube.classify import (
+    ADMISSION_CAUSES,
+    admission_rejection,
+    finished_at,
+    is_rbac_denial,
+    job_outcome,
+    job_without_pod,
+    stuck_reason,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -105,3 +113,58 @@ def test_a_failed_job_waits_for_its_pods_end_unless_the_deadline_ended_it() -> N
     assert not awaits_pod_detail(job(("Failed", "DeadlineExceeded")), [running])
     assert not awaits_pod_detail(job(("Complete", "")), [])
     assert not awaits_pod_detail(job(), [running])
+
+
+# -- pods refused at admission (the Job controller's FailedCreate Events) ------------------
+# Messages as the real v1.36 Job controller and API server write them (tests/kube/
+# test_admission.py meets the first two live).
+POD_SECURITY = ('Error creating: pods "prov-web-7-3f9c-t4svn" is forbidden: violates '
+                'PodSecurity "restricted:latest": runAsUser=0 (container "runner" must not '
+                'set runAsUser=0)')
+QUOTA = ('Error creating: pods "prov-web-7-3f9c-t4svn" is forbidden: exceeded quota: no-pods, '
+         'requested: pods=1, used: pods=0, limited: pods=0')
+QUOTA_LIMITS = ('Error creating: pods "prov-web-7-3f9c-t4svn" is forbidden: failed quota: '
+                'compute: must specify limits.cpu for: runner')
+WEBHOOK = ('Error creating: admission webhook "validate.kyverno.svc-fail" denied the request: '
+           'policy require-labels: label team is required')
+VAP = ('Error creating: pods "prov-web-7-3f9c-t4svn" is forbidden: ValidatingAdmissionPolicy '
+       "'no-root' with binding 'no-root' denied request: runner must not run as root")
+SERVICE_ACCOUNT = ('Error creating: pods "prov-web-7-3f9c-t4svn" is forbidden: error looking '
+                   'up service account infra/runner: serviceaccount "runner" not found')
+
+
+@pytest.mark.parametrize(("message", "cause"), [
+    (POD_SECURITY, "pod_security"), (QUOTA, "quota"), (QUOTA_LIMITS, "quota"),
+    (WEBHOOK, "policy"), (VAP, "policy"), (SERVICE_ACCOUNT, "other")])
+def test_a_pod_refused_at_admission_is_named_with_the_api_words(message: str,
+                                                                 cause: str) -> None:
+    found = admission_rejection(message)
+    assert found is not None and found.cause == cause
+    assert found.cause in ADMISSION_CAUSES
+    # The API's own message, without the controller's "Error creating: " prefix.
+    assert found.message == message.removeprefix("Error creating: ")
+    assert found.advice  # what to do, for the log line
+
+
+@pytest.mark.parametrize("message", [
+    "Error creating: Internal error occurred: resource quota evaluation timed out",
+    "Error creating: Timeout: request did not complete within requested timeout",
+    "Error creating: the server is currently unable to handle the request",
+    "Error creating: Post \"https://webhook.svc:443/validate\": dial tcp: connection refused",
+    "",
+])
+def test_failures_that_may_pass_are_not_rejections(message: str) -> None:
+    assert admission_rejection(message) is None
+
+
+def test_a_dry_run_the_dispatcher_may_not_make_is_rbac_not_admission() -> None:
+    """The pod dry run answered 403 by the authorizer: the Role lacks `create pods`, which
+    says nothing about the runner pod."""
+    denied = ('pods "prov-preflight-1-x" is forbidden: User "system:serviceaccount:infra:'
+              'infra-service" cannot create resource "pods" in API group "" in the '
+              'namespace "infra"')
+    assert is_rbac_denial(denied)
+    assert admission_rejection(denied) is None
+    assert not is_rbac_denial(QUOTA)
+    # The same words answered to a dry run (no prefix) classify the same way.
+    assert admission_rejection(QUOTA.removeprefix("Error creating: ")).cause == "quota"
