@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from contracts.connections import RedisSettings, create_redis
 from dispatcher.executors.base import Executor
@@ -19,11 +20,16 @@ from dispatcher.queue_state import QueueStateExporter
 from dispatcher.service import BLOCK_SECONDS, Dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
 
+if TYPE_CHECKING:  # the kubernetes package is only needed by the Kubernetes executor
+    from dispatcher.kube.access import AccessCheck
+
 log = logging.getLogger("dispatcher")
 # After SIGTERM, shutdown gets DISPATCHER_SHUTDOWN_TIMEOUT_SECONDS for Job creations in
 # progress plus this for the rest (requeue, closing watches and servers). The chart's
 # terminationGracePeriodSeconds is the shutdown timeout + 10 s, so this fires first.
 SHUTDOWN_MARGIN_SECONDS = 5.0
+# How often the RBAC grants are asked about again (a fixed Role is noticed within this).
+ACCESS_CHECK_SECONDS = 60.0
 EXIT_SHUTDOWN_OVERRUN = 1
 
 
@@ -56,18 +62,21 @@ class ShutdownWatchdog:
 
 
 def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
-                   metrics: Metrics) -> Executor:
+                   metrics: Metrics) -> tuple[Executor, AccessCheck | None]:
+    """The executor, and for the Kubernetes one the check of its RBAC grants."""
     if settings.executor is ExecutorKind.LOCAL:
-        return LocalExecutor(settings, template)
+        return LocalExecutor(settings, template), None
     # Imported here so the local executor works without the kubernetes package.
     from dispatcher.executors.kubernetes import KubernetesExecutor
+    from dispatcher.kube.access import AccessCheck
     from dispatcher.kube.client import KubeClient, load_configuration
 
     workers = settings.dispatch_concurrency + 2
     configuration = load_configuration(settings.kubeconfig, pool_size=workers + 2)
     kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers,
                       kubeconfig=settings.kubeconfig)
-    return KubernetesExecutor(kube, settings, template, metrics=metrics)
+    return (KubernetesExecutor(kube, settings, template, metrics=metrics),
+            AccessCheck(kube, settings.namespace, ACCESS_CHECK_SECONDS))
 
 
 async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSettings,
@@ -85,8 +94,10 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
     metrics = Metrics()
     redis = create_redis(redis_settings)
     blocking = create_redis(redis_settings, blocking_timeout=BLOCK_SECONDS + 5)
-    executor = build_executor(settings, template, metrics)
+    executor, access = build_executor(settings, template, metrics)
     dispatcher = Dispatcher(settings, redis_settings.keys, redis, blocking, executor, metrics)
+    if access is not None:
+        dispatcher.supervisor.start("rbac", access.loop)
     store = QueueStore(redis, redis_settings.keys, settings.replica_id)
 
     async def healthz() -> tuple[int, str, bytes]:
@@ -98,7 +109,8 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
         checks = {"started": dispatcher.started, "loops": dispatcher.loops_up,
                   "job_config": dispatcher.config_refusal is None,
                   "redis": dispatcher.redis_ok,
-                  "executor": executor.healthy, "job_creation": not dispatcher.launch_failing}
+                  "executor": executor.healthy, "job_creation": not dispatcher.launch_failing,
+                  "rbac": access is None or access.problem is None}
         ready = all(checks.values())
         metrics.ready.set(1 if ready else 0)
         return (200 if ready else 503), "application/json", json.dumps(checks).encode() + b"\n"
