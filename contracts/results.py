@@ -43,13 +43,20 @@ class ErrorKind(StrEnum):
     host unreachable), ssh_auth_failed (the login was refused), host_key_mismatch (the host
     key differs from the recorded one), deploy_key_failed (installing the SSH keys failed),
     play_failed (an Ansible task failed: task, host, output tail), play_timeout (the plays ran
-    past their budget), cancelled (the run was stopped), lock_lost (the row lock was lost
+    past their budget), lock_lost (the row lock was lost
     during the run), runner_environment (the runner's pod could not provide what a run needs,
     such as its ssh-agent; nothing was changed, retry), internal (a bug; the message names the
     exception).
     Dispatcher, for a Job that ended without the runner's result: job_failed (the pod
     failed), image_pull (the runner image could not be pulled), unschedulable (no node took
-    the pod in time), oom_killed, evicted, job_deleted.
+    the pod in time), oom_killed, evicted, job_deleted, cancelled (the runner was stopped by
+    SIGTERM, its pod deleted, and no disruption explains it; the server's status says where
+    it stopped), admission_rejected (the API server refused the Job's pod at admission:
+    PodSecurity, ResourceQuota, a policy webhook; the message is the API's; fix the
+    namespace's policy or quota, or the runner settings, then send the message again),
+    disrupted (the cluster evicted or preempted the pod, a node drain for instance, and the
+    Job ended before a replacement pod reported; the message names the node and the
+    disruption's reason; the play may have stopped midway, send the message again).
     """
 
     INVALID_MESSAGE = "invalid_message"
