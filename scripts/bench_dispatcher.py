@@ -25,15 +25,16 @@ until the end of the run, so the idle figures see them all in flight) and the ra
 (emptied after each loop: its Jobs deleted and their pods waited for), so etcd does not grow
 without bound.
 
-Per run: ``--idle`` single messages pushed at idle (push -> the Job's ADDED event on the
-watch), interleaved with as many single raw creates (client-side create time, and create
-start -> ADDED event); then ``--rounds`` rounds, each a burst of ``--burst`` messages to the
-dispatcher followed by two raw loops over as many Job bodies: the dispatcher's own
-transport (dispatcher/kube/poster.py: pooled keep-alive POSTs of serialised bodies on the
-event loop, DISPATCHER_DISPATCH_CONCURRENCY of them at once) and the official kubernetes
-client (create_namespaced_job from as many threads). The faster of the two is the baseline;
-the ratio is dispatcher Jobs/s over it; figures are medians over the rounds. CPU is process
-CPU time (user + system, every thread, /proc/PID/stat) of the dispatcher and of
+Per run, after an unmeasured warm-up (each transport opens its connections): ``--idle``
+single messages pushed at idle (push -> the Job's ADDED event on the watch), interleaved
+with as many single raw creates through the dispatcher's transport (client-side create time,
+and create start -> ADDED event); then ``--rounds`` rounds, each a burst of ``--burst``
+messages to the dispatcher followed by two raw loops over as many Job bodies: the
+dispatcher's own transport (dispatcher/kube/poster.py: pooled keep-alive POSTs of serialised
+bodies on the event loop, DISPATCHER_DISPATCH_CONCURRENCY of them at once) and the official
+kubernetes client (create_namespaced_job from as many threads). The faster of the two is the
+baseline; the ratio is dispatcher Jobs/s over it; figures are medians over the rounds. CPU
+is process CPU time (user + system, every thread, /proc/PID/stat) of the dispatcher and of
 kube-apiserver, and the raw loops' own threads' CPU time; not wall time. The 1-minute load
 average is printed beside every figure (the machine has 2 shared cores). Asserts nothing.
 
@@ -87,6 +88,7 @@ CONCURRENCY = DispatcherSettings().dispatch_concurrency  # the dispatcher's crea
 LATENCY_GOAL_MS = 2.0
 RATIO_GOAL = 0.9
 QUIET_CORES = 0.2
+WARM_UP = 2 * CONCURRENCY  # Jobs the dispatcher creates before the measurements
 TIMEOUTS = (5.0, 30.0)  # (connect, read) seconds for the raw creates
 
 
@@ -392,6 +394,29 @@ class Bench:
         return self.cp.pids["kube-apiserver"]
 
 
+async def warm_up(bench: Bench, args: argparse.Namespace, run: int, raw_ns: str) -> None:
+    """Not measured: every transport opens its connections (TLS with client certificates)
+    before the figures, so no round pays for them: the dispatcher creates WARM_UP Jobs, each
+    raw loop sends CONCURRENCY dry-run creates at once."""
+    redis = create_redis(RedisSettings(url=bench.redis_url))
+    handles = [f"warm-{run}-{i}" for i in range(WARM_UP)]
+    await redis.lpush(RedisSettings().keys.queue,
+                      *(json.dumps({"server_handle": h, "request_id": h}) for h in handles))
+    await asyncio.to_thread(bench.watch.wait_names, [job_name(h) for h in handles], 120)
+    await redis.aclose()
+    bodies = job_bodies(f"warm-{run}", CONCURRENCY, "baseline")
+    path = f"/apis/batch/v1/namespaces/{raw_ns}/jobs"
+    await asyncio.gather(*(bench.poster.post(path, json.dumps(b).encode(), "dryRun=All",
+                                             TIMEOUTS) for b in bodies))
+
+    def official(body: dict[str, Any]) -> None:
+        bench.batch.create_namespaced_job(raw_ns, body, dry_run="All",
+                                          _request_timeout=TIMEOUTS)
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(official, bodies))
+
+
 async def idle_latency(bench: Bench, args: argparse.Namespace, run: int, raw_ns: str,
                        figures: RunFigures) -> None:
     """Single messages pushed at idle, interleaved with single raw creates through the
@@ -483,7 +508,7 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
     figures = RunFigures()
     namespace = bench.namespaces.create(f"bench-{run}")
     raw_ns = bench.namespaces.create(f"bench-{run}-raw")
-    total = args.idle + args.burst * args.rounds
+    total = WARM_UP + args.idle + args.burst * args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         dispatcher = DispatcherProcess({
             "REDIS_URL": bench.redis_url,
@@ -498,6 +523,7 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
             dispatcher.wait_ready(60)
             assert dispatcher.proc is not None
             pid = dispatcher.proc.pid
+            await warm_up(bench, args, run, raw_ns)
             await idle_latency(bench, args, run, raw_ns, figures)
 
             for round_no in range(args.rounds):
