@@ -440,10 +440,13 @@ class PodWorker:
         return status
 
     def _write_status(self) -> None:
-        """Read, merge (keeping the conditions others own), PUT pods/status; again on 409."""
+        """Read, merge (keeping the conditions others own), PUT pods/status; again on 409,
+        and on 403 for a while: the Node authorizer learns that a pod is bound to this node
+        from its own watch, a moment after the node's watch saw the binding."""
         mine = self._status()
         api = self.node.api
-        for _ in range(20):
+        forbidden_until = time.monotonic() + 15
+        for _ in range(200):
             try:
                 pod = api.get(self.path)
                 if pod["metadata"]["uid"] != self.uid:
@@ -461,9 +464,12 @@ class PodWorker:
                 if exc.status == 404:
                     self.gone.set()
                     return
-                if exc.status != 409:
+                if exc.status == 403 and time.monotonic() < forbidden_until:
+                    time.sleep(0.2)
+                elif exc.status != 409:
                     raise
-        raise RuntimeError(f"pods/status of {self.namespace}/{self.name}: 20 conflicts")
+        raise RuntimeError(f"pods/status of {self.namespace}/{self.name}: no write in 200 "
+                           "tries")
 
     def _delete(self) -> None:
         with contextlib.suppress(ApiError):  # 404: already gone
