@@ -464,8 +464,18 @@ async def idle_latency(bench: Bench, args: argparse.Namespace, run: int, raw_ns:
     print(f"  (raw Jobs and their pods deleted in {taken:.1f} s)")
 
 
+def api_calls(dispatcher: DispatcherProcess) -> dict[str, float]:
+    """The dispatcher's Kubernetes API responses so far, by verb (its /metrics)."""
+    counts: dict[str, float] = {}
+    for line in dispatcher.metrics().splitlines():
+        if line.startswith("infra_kube_api_responses_total{"):
+            verb = line.split('verb="', 1)[1].split('"', 1)[0]
+            counts[verb] = counts.get(verb, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
-                pid: int) -> tuple[float, float, float]:
+                dispatcher: DispatcherProcess) -> tuple[float, float, float, str]:
     """--burst messages at once to the dispatcher: (Jobs/s, CPU ms per Job of the dispatcher,
     of kube-apiserver)."""
     redis = create_redis(RedisSettings(url=bench.redis_url))
@@ -473,10 +483,13 @@ async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
     handles = [f"burst-{run}-{round_no}-{i}" for i in range(args.burst)]
     payloads = [json.dumps({"server_handle": h, "request_id": h}) for h in handles]
     names = [job_name(h) for h in handles]
+    assert dispatcher.proc is not None
+    pid = dispatcher.proc.pid
     await asyncio.to_thread(settle, bench.cp)
     profiler = profile(pid, args.profile) if args.profile and round_no == 0 else None
     if profiler is not None:
         await asyncio.sleep(1.0)
+    calls_before = await asyncio.to_thread(api_calls, dispatcher)
     cpu_before, api_before = cpu_seconds(pid), cpu_seconds(bench.apiserver)
     start = time.perf_counter()
     for chunk in range(0, len(payloads), 500):
@@ -488,7 +501,10 @@ async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
     api = (cpu_seconds(bench.apiserver) - api_before) / args.burst * 1000
     end_profile(profiler, args.profile)
     await redis.aclose()
-    return args.burst / (last - start), cpu, api
+    calls = await asyncio.to_thread(api_calls, dispatcher)
+    text = ", ".join(f"{verb} {n - calls_before.get(verb, 0):.0f}"
+                     for verb, n in sorted(calls.items()) if n > calls_before.get(verb, 0))
+    return args.burst / (last - start), cpu, api, text
 
 
 async def raw_round(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
@@ -527,10 +543,10 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
             await idle_latency(bench, args, run, raw_ns, figures)
 
             for round_no in range(args.rounds):
-                rate, cpu, api = await burst(bench, args, run, round_no, pid)
+                rate, cpu, api, calls = await burst(bench, args, run, round_no, dispatcher)
                 print(f"  burst {round_no + 1} ({args.burst} messages): dispatcher "
                       f"{rate:.0f} Jobs/s, {cpu:.2f} ms CPU per Job, kube-apiserver {api:.2f}"
-                      f" ms CPU per Job ({load()})")
+                      f" ms CPU per Job; the dispatcher's API calls: {calls} ({load()})")
                 # Alternate which raw loop goes first, so neither always follows the burst.
                 kinds = ["poster", "official"] if round_no % 2 == 0 else ["official", "poster"]
                 raws = {}
