@@ -32,7 +32,7 @@ from tests.deploy.chart import (
 )
 
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas known.
-KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
+KUBE_VERSIONS = ("1.31.0", kubernetes_validate.utils.latest_version())
 VALUE_SETS = {"defaults": {}, "full": FULL_VALUES, "kind": KIND_VALUES}
 EXPECTED_RULES = {
     ("batch", "jobs"): ["create", "get", "list", "watch", "patch"],

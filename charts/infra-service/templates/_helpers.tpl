@@ -74,7 +74,9 @@ app.kubernetes.io/managed-by: infra-service-dispatcher
 
 {{/*
 Secret references of the runner as the dispatcher reads them (DISPATCHER_JOB_SECRET_ENV):
-{"ENV": {"secret": name, "key": key, "optional": bool}}. An entry with an empty key is left out.
+{"ENV": {"secret": name, "key": key, "optional": bool}}. An optional entry with an empty key
+is left out; a required one is kept, so that the dispatcher refuses it at start (the schema
+refuses it first, unless skipped).
 */}}
 {{- define "infra-service.runnerSecretEnv" -}}
 {{- $default := include "infra-service.secretName" . }}
@@ -88,7 +90,7 @@ Secret references of the runner as the dispatcher reads them (DISPATCHER_JOB_SEC
 {{- $refs = merge (deepCopy .Values.runner.secretEnv) $refs }}
 {{- $out := dict }}
 {{- range $env, $ref := $refs }}
-{{- if $ref.key }}
+{{- if or $ref.key (not $ref.optional) }}
 {{- $_ := set $out $env (dict "secret" (default $default $ref.secret) "key" $ref.key "optional" (default false $ref.optional)) }}
 {{- end }}
 {{- end }}
@@ -121,6 +123,18 @@ Secret references of the runner as the dispatcher reads them (DISPATCHER_JOB_SEC
 {{- end }}
 {{- if eq (int .Values.dispatcher.healthPort) (int .Values.dispatcher.metricsPort) }}
 {{- fail "dispatcher.healthPort and dispatcher.metricsPort must differ" }}
+{{- end }}
+{{- if not .Values.runner.sshPrivateKey.key }}
+{{- fail "runner.sshPrivateKey.key is empty: SSH_PRIVATE_KEY is required by every run (an empty key leaves the variable out, meant for optional secrets only); name the key of the Secret" }}
+{{- end }}
+{{- range $what, $map := dict "runner.annotations" .Values.runner.annotations "runner.podAnnotations" .Values.runner.podAnnotations }}
+{{- $size := 0 }}
+{{- range $k, $v := $map }}
+{{- $size = add $size (len $k) (len (toString $v)) }}
+{{- end }}
+{{- if gt (int $size) 262144 }}
+{{- fail (printf "%s take %d bytes (keys and values); Kubernetes allows at most 262144 (256 KiB) in all" $what (int $size)) }}
+{{- end }}
 {{- end }}
 {{- range $name := list "PROVISIONER_MESSAGE" "JOB_NAME" "ORCHESTRATOR_SSH_PUBLIC_KEY" }}
 {{- if hasKey $.Values.runner.env $name }}
