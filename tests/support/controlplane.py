@@ -136,6 +136,7 @@ class ControlPlane:
     etcd_port: int
     started_in: float = 0.0
     pids: dict[str, int] = field(default_factory=dict)
+    args: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
@@ -190,6 +191,23 @@ class ControlPlane:
         state = json.loads((directory / "state.json").read_text())
         return cls(directory, Path(state["bin"]), state["api_port"], state["etcd_port"],
                    state["started_in"], state["pids"])
+
+    def kill(self, component: str) -> None:
+        """SIGKILL one component (a crash, not a shutdown)."""
+        pid = self.pids[component]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    def restart(self, component: str) -> None:
+        """Start a killed or stopped component again with its own arguments (same ports,
+        same data); for the API server, wait until it is ready."""
+        if _alive(self.pids[component]):
+            _terminate(self.pids[component])
+        self.pids[component] = _spawn(self, component, self.args[component])
+        if component == "kube-apiserver":
+            _wait_ready(self)
 
     def stop(self) -> None:
         # Controllers first, etcd last, so nothing logs a storm of errors on the way down.
@@ -271,6 +289,7 @@ def start(directory: Path, bin_dir: Path | None = None) -> ControlPlane:
 
 
 def _spawn(cp: ControlPlane, name: str, args: list[str]) -> int:
+    cp.args[name] = args
     log = (cp.directory / f"{name}.log").open("ab")
     proc = subprocess.Popen([str(cp.bin / name), *args], stdin=subprocess.DEVNULL, stdout=log,
                             stderr=log, start_new_session=True)
