@@ -130,9 +130,19 @@ def test_the_node_registers_ready_and_renews_its_lease(control_plane: ControlPla
 
 def test_a_job_whose_pod_exits_0_completes(control_plane: ControlPlane, kube_node: Node,
                                            kube_ns: str, image: str) -> None:
-    create(control_plane, kube_ns, job("ok", 'echo "hello from $POD_NAME on $NODE"', env=[
+    control_plane.kubectl("-n", kube_ns, "create", "configmap", "settings",
+                          "--from-literal=greeting=hello", "--from-literal=mode=fast")
+    spec = job("ok", 'echo "$GREETING from $WHO on $NODE ($APP, $CFG_mode)"', env=[
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]))
+        {"name": "WHO", "value": "$(POD_NAME)"},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings",
+                                                               "key": "greeting"}}}])
+    container = spec["spec"]["template"]["spec"]["containers"][0]
+    container["envFrom"] = [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}]
+    spec["spec"]["template"]["metadata"] = {"labels": {"app": "demo"}}
+    create(control_plane, kube_ns, spec)
     wait_for("Job ok Complete", lambda: finished(control_plane, kube_ns, "ok"),
              control_plane, kube_node, kube_ns)
     jobs = control_plane.kubectl("-n", kube_ns, "get", "jobs", "--no-headers").stdout
@@ -148,7 +158,10 @@ def test_a_job_whose_pod_exits_0_completes(control_plane: ControlPlane, kube_nod
     assert conditions["PodScheduled"]["status"] == "True"
     assert conditions["Ready"]["status"] == "False"
     assert conditions["Ready"]["reason"] == "PodCompleted"
-    assert kube_node.log_of(kube_ns, name) == f"hello from {name} on {NODE}\n"
+    expected = f"hello from {name} on {NODE} (demo, fast)\n"
+    assert kube_node.log_of(kube_ns, name) == expected
+    # pods/log: the real API server asks the node's log endpoint.
+    assert control_plane.kubectl("-n", kube_ns, "logs", name).stdout == expected
 
 
 def test_a_pod_exiting_3_carries_its_termination_message_and_fails_the_job(

@@ -39,8 +39,10 @@ What stands in for the kubelet, and how it differs:
   hostIP/podIP 127.0.0.1). Deletion: SIGTERM, the grace period, SIGKILL, the final status,
   then DELETE with ``gracePeriodSeconds=0``. Events: Pulling, Failed, BackOff, Created,
   Started, Killing.
-- Logs: the API server's pods/log would ask the kubelet's port, which nothing serves;
-  ``log_of`` reads the container output the node keeps in a file.
+- Logs: the container's output goes to a file; ``log_of`` reads it, and the node serves
+  the kubelet's ``/containerLogs`` endpoint on 127.0.0.1 (the port in its status), so
+  ``kubectl logs`` (tail, limit, follow) works through the real API server. Nothing else
+  of the kubelet's port (exec, attach, port-forward, metrics) is served.
 """
 
 from __future__ import annotations
@@ -49,15 +51,18 @@ import base64
 import contextlib
 import datetime as dt
 import functools
+import http.server
 import json
 import logging
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -803,6 +808,10 @@ def _write_files(directory: Path, files: Mapping[str, tuple[bytes, int]],
 
 # -- the node ---------------------------------------------------------------------------------
 
+def _podman_version() -> str:
+    return podman("version", "--format", "{{.Client.Version}}", check=False).stdout.strip()
+
+
 def _host_memory() -> str:
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -832,10 +841,14 @@ class Node:
         self._listed = threading.Event()
         self._response: httpx.Response | None = None
         self._node_uid = ""
+        self._logs_server: LogServer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> Node:
-        self._register()
+        self.cp.pki.issue(f"{self.name}-serving", self.name, server=True, ips=[HOST_IP])
+        self._logs_server = LogServer(self, self.cp.pki.path(f"{self.name}-serving.crt"),
+                                      self.cp.pki.path(f"{self.name}-serving.key"))
+        self._register(self._logs_server.port)
         self._renew_lease()
         for target, label in ((self._heartbeats, "heartbeats"), (self._watch_pods, "watch")):
             thread = threading.Thread(target=target, name=f"{self.name}-{label}", daemon=True)
@@ -869,6 +882,8 @@ class Node:
                 self._response.close()
         for thread in self._threads:
             thread.join(15)
+        if self._logs_server is not None:
+            self._logs_server.close()
         self.api.close()
 
     def __enter__(self) -> Node:
@@ -884,6 +899,14 @@ class Node:
         if path is None or not path.exists():
             return ""
         return path.read_text(errors="replace")
+
+    def log_file(self, namespace: str, pod: str) -> tuple[Path | None, bool]:
+        """The pod's log file, and whether its container may still write to it."""
+        with self._lock:
+            path = self._logs.get((namespace, pod))
+            live = any(w.namespace == namespace and w.name == pod
+                       and "terminated" not in w.state for w in self._workers.values())
+        return path, live
 
     def log_path(self, namespace: str, pod: str, path: Path) -> None:
         with self._lock:
@@ -933,7 +956,7 @@ class Node:
                  "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
                 for kind, status, reason, message in rows]
 
-    def _register(self) -> None:
+    def _register(self, port: int) -> None:
         resources = {"cpu": str(os.cpu_count() or 1), "memory": _host_memory(), "pods": "110",
                      "ephemeral-storage": "20Gi"}
         node = {
@@ -946,13 +969,15 @@ class Node:
             "status": {
                 "capacity": resources, "allocatable": resources,
                 "conditions": self._conditions(),
-                "addresses": [{"type": "InternalIP", "address": HOST_IP},
-                              {"type": "Hostname", "address": self.name}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                # No Hostname address: the API server would try it first, through DNS.
+                "addresses": [{"type": "InternalIP", "address": HOST_IP}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
                 "nodeInfo": {"kubeletVersion": KUBELET_VERSION,
                              "kubeProxyVersion": "", "operatingSystem": "linux",
-                             "architecture": "amd64", "containerRuntimeVersion": "podman://",
-                             "osImage": "infra-service node stand-in", "kernelVersion": "",
+                             "architecture": "amd64",
+                             "containerRuntimeVersion": f"podman://{_podman_version()}",
+                             "osImage": "infra-service node stand-in",
+                             "kernelVersion": os.uname().release,
                              "machineID": "", "systemUUID": "", "bootID": ""}}}
         try:
             created = self.api.request("POST", "/api/v1/nodes", node)
@@ -1078,6 +1103,70 @@ class Node:
             worker = self._workers.get(uid)
         if worker is not None:
             worker.update(None)
+
+
+class LogServer:
+    """The one kubelet endpoint the tests use through the API server: ``GET
+    /containerLogs/<namespace>/<pod>/<container>`` (``kubectl logs``, with ``tailLines``,
+    ``limitBytes`` and ``follow``), on 127.0.0.1 at the port the Node's status announces.
+    The API server has no kubelet client certificate here, so it neither presents one nor
+    checks this server's; the server asks for none either (everything stays on 127.0.0.1)."""
+
+    def __init__(self, node: Node, cert: Path, key: Path) -> None:
+        self.node = node
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        self._server = http.server.ThreadingHTTPServer((HOST_IP, 0), self._handler())
+        self._server.daemon_threads = True
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name=f"{node.name}-logs")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        node = self.node
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug("node %s logs: " + fmt, node.name, *args)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                query = urllib.parse.parse_qs(url.query)
+                path, live = (node.log_file(parts[1], parts[2])
+                              if len(parts) == 4 and parts[0] == "containerLogs"
+                              else (None, False))
+                if path is None or not path.exists():
+                    self.send_error(404, "no such container log on this node")
+                    return
+                data = path.read_bytes()
+                offset = len(data)
+                if tail := query.get("tailLines"):
+                    lines = data.splitlines(keepends=True)
+                    data = b"".join(lines[-int(tail[0]):]) if int(tail[0]) else b""
+                if limit := query.get("limitBytes"):
+                    data = data[:int(limit[0])]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(data)
+                while query.get("follow") == ["true"] and live:
+                    time.sleep(0.2)
+                    _, live = node.log_file(parts[1], parts[2])
+                    with path.open("rb") as stream:
+                        stream.seek(offset)
+                        more = stream.read()
+                    offset += len(more)
+                    self.wfile.write(more)
+                    self.wfile.flush()
+
+        return Handler
 
 
 @contextlib.contextmanager
