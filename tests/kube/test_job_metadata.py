@@ -17,7 +17,7 @@ from dispatcher.jobspec import ANNOTATION_DEADLINE_AT, JobBodyTemplate, JobField
 from dispatcher.kube.client import KubeClient, load_configuration
 from dispatcher.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
-from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings, SecretKeyRef
 from tests.support.controlplane import ControlPlane
 
 POD_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
@@ -115,3 +115,21 @@ def test_the_real_job_controller_puts_pod_labels_and_annotations_on_the_pod(
     assert job["metadata"]["labels"]["team"] == "ops"
     assert "tier" not in job["metadata"]["labels"]
     assert not set(POD_ANNOTATIONS) & set(job["metadata"].get("annotations", {}))
+
+
+async def test_a_required_secret_reference_without_a_key(control_plane: ControlPlane,
+                                                        kube_ns: str) -> None:
+    """Kept in the Job (not silently dropped), the real API refuses it: the dispatcher would
+    stay unready. The settings refuse it at start already, naming the variable."""
+    empty = SecretKeyRef.model_construct(secret="infra-service", key="", optional=False)
+    accepted, refusal = await _preflight(control_plane, kube_ns,
+                                         _unchecked(secret_env={"SSH_PRIVATE_KEY": empty}))
+    assert not accepted
+    assert refusal is not None and "secretKeyRef.key: Required value" in refusal, refusal
+    with pytest.raises(ValueError, match="required secret reference"):
+        JobTemplateSettings(secret_env={"SSH_PRIVATE_KEY": {"secret": "s", "key": ""}})
+    # An optional one without a key is left out of the Job, as the chart means it.
+    optional = JobTemplateSettings(secret_env={
+        "REDIS_PASSWORD": {"secret": "infra-service", "key": "", "optional": True}})
+    accepted, refusal = await _preflight(control_plane, kube_ns, optional)
+    assert accepted, refusal
