@@ -195,6 +195,19 @@ def test_fallback_to_logs_on_error_reports_the_log_tail(
     assert terminated["message"] == "first\nlast words", terminated
 
 
+def test_a_container_over_its_memory_limit_is_oom_killed(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    spec = job("hungry", "exec python3 -c 'x = bytearray(300 * 2**20)'")
+    spec["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}}
+    create(control_plane, kube_ns, spec)
+    wait_for("Job hungry Failed", lambda: finished(control_plane, kube_ns, "hungry"),
+             control_plane, kube_node, kube_ns)
+    (pod,) = pods_of(control_plane, kube_ns, "hungry")
+    terminated = container_status(pod)["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled"), terminated
+
+
 def test_a_pod_failure_policy_fail_job_rule_fails_the_job_at_once(
         control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
     create(control_plane, kube_ns, job("policy", "exit 42", backoff_limit=6, podFailurePolicy={

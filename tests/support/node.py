@@ -283,6 +283,7 @@ class PodWorker:
     conditions: dict[str, _Condition] = field(default_factory=dict)
     waiting_reason: str | None = None
     image_id: str = ""
+    memory: PodMemory | None = None
 
     @property
     def namespace(self) -> str:
@@ -662,10 +663,8 @@ class PodWorker:
         capabilities = security.get("capabilities") or {}
         cmd += [arg for cap in capabilities.get("drop") or [] for arg in ("--cap-drop", cap)]
         cmd += [arg for cap in capabilities.get("add") or [] for arg in ("--cap-add", cap)]
-        limits = (container.get("resources") or {}).get("limits") or {}
-        if "memory" in limits:
-            memory = str(_bytes(limits["memory"]))
-            cmd += ["--memory", memory, "--memory-swap", memory]
+        if self.memory is not None:
+            cmd += self.memory.args
         message_file = self.directory / "termination-log"
         message_file.touch()
         message_file.chmod(0o666)
@@ -691,6 +690,15 @@ class PodWorker:
     def _run_container(self, volumes: list[str], env: dict[str, str]) -> None:
         name = f"k8s_{self.container['name']}_{self.name}_{self.namespace}_{self.uid[:8]}"
         podman("rm", "-f", "-t", "0", name, check=False)  # a leftover of an earlier node
+        limits = (self.container.get("resources") or {}).get("limits") or {}
+        self.memory = PodMemory(f"k8s-{self.node.name}-{self.uid}",
+                                _bytes(limits["memory"]) if "memory" in limits else None)
+        try:
+            self._create_and_run(name, volumes, env)
+        finally:
+            self.memory.remove()
+
+    def _create_and_run(self, name: str, volumes: list[str], env: dict[str, str]) -> None:
         cmd, process_env = self._retrying(lambda: self._create_command(name, volumes, env),
                                           "CreateContainerConfigError")
         delay = BACKOFF_FIRST
@@ -761,7 +769,8 @@ class PodWorker:
             started = finished
         else:
             code = int(state.get("ExitCode", attach_code or 0))
-            reason = ("OOMKilled" if state.get("OOMKilled")
+            oom = state.get("OOMKilled") or (self.memory and self.memory.oom_killed())
+            reason = ("OOMKilled" if oom
                       else "Completed" if code == 0 else "Error")
             terminated = {"exitCode": code, "reason": reason}
             message = (self.directory / "termination-log").read_bytes()[:MESSAGE_LIMIT]
@@ -776,6 +785,67 @@ class PodWorker:
                           containerID=f"podman://{self.container_id}")
         self.state = {"terminated": terminated}
         self.phase = "Succeeded" if terminated["exitCode"] == 0 else "Failed"
+
+
+CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+class PodMemory:
+    """The container's memory limit, where the kernel says when it kills for it.
+
+    On cgroup v1 (as on the project's machines) podman cannot tell an OOM kill from any other
+    SIGKILL, so the node makes a pod cgroup holding the limit, starts the container under it
+    (``--cgroup-parent``) and listens for the kernel's OOM notification on it (an eventfd
+    registered through ``cgroup.event_control``), as the container runtime does for the
+    kubelet. Elsewhere podman's ``--memory`` and its ``OOMKilled`` are used."""
+
+    def __init__(self, name: str, limit: int | None) -> None:
+        self.args: list[str] = []
+        self.path: Path | None = None
+        self._eventfd: int | None = None
+        if limit is None:
+            return
+        try:
+            self._cgroup_v1(CGROUP_V1_MEMORY / name, limit)
+            self.args = ["--cgroup-parent", f"/{name}"]
+        except OSError as exc:
+            log.info("no v1 memory cgroup for %s (%s): podman --memory", name, exc)
+            self.remove()
+            self.args = ["--memory", str(limit), "--memory-swap", str(limit)]
+
+    def _cgroup_v1(self, path: Path, limit: int) -> None:
+        if not (CGROUP_V1_MEMORY / "cgroup.event_control").exists():
+            raise OSError("no cgroup v1 memory controller")
+        self.path = path
+        path.mkdir(exist_ok=True)
+        (path / "memory.limit_in_bytes").write_text(str(limit))
+        with contextlib.suppress(OSError):  # absent without swap accounting
+            (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+        self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        control = os.open(path / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            (path / "cgroup.event_control").write_text(f"{self._eventfd} {control}")
+        finally:
+            os.close(control)
+
+    def oom_killed(self) -> bool:
+        if self._eventfd is None:
+            return False
+        try:
+            return os.eventfd_read(self._eventfd) > 0
+        except BlockingIOError:
+            return False
+
+    def remove(self) -> None:
+        if self._eventfd is not None:
+            os.close(self._eventfd)
+            self._eventfd = None
+        if self.path is not None and self.path.exists():
+            with contextlib.suppress(OSError):  # conmon's cgroup, then the pod's
+                for sub in self.path.iterdir():
+                    if sub.is_dir():
+                        sub.rmdir()
+                self.path.rmdir()
 
 
 def _bytes(quantity: str | int) -> int:
