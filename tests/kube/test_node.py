@@ -126,6 +126,19 @@ def test_the_node_registers_ready_and_renews_its_lease(control_plane: ControlPla
     assert second["spec"]["renewTime"] > first["spec"]["renewTime"], (first, second)
 
 
+def test_the_node_reads_only_what_its_pods_reference(control_plane: ControlPlane,
+                                                    kube_node: Node, kube_ns: str) -> None:
+    """The node runs with its own identity: the Node authorizer lets it read a Secret only
+    when a pod bound to it references that Secret."""
+    control_plane.kubectl("-n", kube_ns, "create", "secret", "generic", "unrelated",
+                          "--from-literal=k=v")
+    refused = control_plane.kubectl("-n", kube_ns, "get", "secret", "unrelated",
+                                    user=NODE, check=False)
+    assert refused.returncode != 0
+    assert "no relationship found between node 'node-1' and this object" in refused.stderr, \
+        refused.stderr
+
+
 # -- Jobs run to their end --------------------------------------------------------------------
 
 def test_a_job_whose_pod_exits_0_completes(control_plane: ControlPlane, kube_node: Node,

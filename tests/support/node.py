@@ -85,6 +85,7 @@ STATUS_SECONDS = 10.0      # Ready heartbeat in the Node's status
 WATCH_SECONDS = 60         # server-side timeout of one watch request
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 5.0
 DEFAULT_GRACE_SECONDS = 30
+GRAPH_LAG_SECONDS = 15     # how long a 403 may be the Node authorizer not knowing a pod yet
 MESSAGE_LIMIT = 4096                      # bytes of a termination message file
 LOG_TAIL_LINES, LOG_TAIL_BYTES = 80, 2048  # FallbackToLogsOnError
 HOST_IP = "127.0.0.1"
@@ -451,7 +452,7 @@ class PodWorker:
         from its own watch, a moment after the node's watch saw the binding."""
         mine = self._status()
         api = self.node.api
-        forbidden_until = time.monotonic() + 15
+        forbidden_until = time.monotonic() + GRAPH_LAG_SECONDS
         for _ in range(200):
             try:
                 pod = api.get(self.path)
@@ -519,8 +520,10 @@ class PodWorker:
     def _retrying(self, what: Callable[[], Any], reason: str) -> Any:
         """Retry ``what`` with the kubelet's back-off, the container waiting with ``reason``
         and the error's message meanwhile (creating the missing object lets the pod start).
-        403 is retried too: the Node authorizer's graph learns of a new pod asynchronously."""
+        403 is retried too, quietly at first: the Node authorizer's graph learns that a pod
+        is bound here (and so which Secrets the node may read) a moment after the node."""
         delay = BACKOFF_FIRST
+        quiet_until = time.monotonic() + GRAPH_LAG_SECONDS
         while True:
             try:
                 return what()
@@ -529,6 +532,9 @@ class PodWorker:
             except ApiError as exc:
                 if exc.status != 403:
                     raise
+                if time.monotonic() < quiet_until:
+                    self._sleep(0.2)
+                    continue
                 self._waiting(reason, exc.message)
             self._sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
