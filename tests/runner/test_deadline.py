@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from runner_image.deadline import RunDeadline, parse_deadline_at, process_age
+from runner_image.deadline import RunDeadline, parse_deadline_at
 from tests.runner.conftest import (
     REPO,
     Keypair,
@@ -202,8 +202,15 @@ def _iso(seconds_from_now: float) -> str:
     return datetime.fromtimestamp(time.time() + seconds_from_now, UTC).isoformat()
 
 
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if this process had just started (pytest's own may be minutes old)."""
+    monkeypatch.setattr("runner_image.deadline.process_age", lambda: 0.0)
+
+
 @pytest.mark.unit
-def test_an_earlier_kubernetes_deadline_wins(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_earlier_kubernetes_deadline_wins(caplog: pytest.LogCaptureFixture,
+                                             fresh_process: None) -> None:
     """A pod whose image took 40 s to pull: Kubernetes' deadline is 40 s earlier than this
     process's start + JOB_ACTIVE_DEADLINE_SECONDS, and it is the run's deadline."""
     with caplog.at_level(logging.WARNING, logger="runner_image.deadline"):
@@ -219,7 +226,7 @@ def test_an_earlier_kubernetes_deadline_wins(caplog: pytest.LogCaptureFixture) -
 
 
 @pytest.mark.unit
-def test_a_later_kubernetes_deadline_does_not_extend_the_run() -> None:
+def test_a_later_kubernetes_deadline_does_not_extend_the_run(fresh_process: None) -> None:
     """A dispatcher clock ahead of the node's: the process's own count is the bound."""
     deadline = RunDeadline.start(100, 5, _iso(500))
     assert deadline.at is not None
@@ -235,12 +242,12 @@ def test_a_later_kubernetes_deadline_does_not_extend_the_run() -> None:
     ("2026-12-07T03:00:00", "JOB_DEADLINE_AT is not a time"),
 ])
 def test_missing_or_invalid_deadline_at_falls_back_to_the_process_start(
-        value: str | None, logged: str, caplog: pytest.LogCaptureFixture) -> None:
+        value: str | None, logged: str, caplog: pytest.LogCaptureFixture,
+        fresh_process: None) -> None:
     with caplog.at_level(logging.WARNING, logger="runner_image.deadline"):
         deadline = RunDeadline.start(100, 5, value)
     assert deadline.at is not None
-    started = time.monotonic() - process_age()
-    assert deadline.at == pytest.approx(started + 100, abs=0.5)
+    assert deadline.at == pytest.approx(time.monotonic() + 100, abs=0.5)
     assert deadline.counted_from == "the pod's start"
     assert [r.getMessage() for r in caplog.records if logged in r.getMessage()], caplog.text
 
@@ -249,3 +256,11 @@ def test_missing_or_invalid_deadline_at_falls_back_to_the_process_start(
 def test_no_job_deadline_means_no_deadline_whatever_deadline_at_says() -> None:
     deadline = RunDeadline.start(None, 5, _iso(10))
     assert deadline.at is None and deadline.left() == float("inf")
+
+
+@pytest.mark.unit
+def test_the_process_start_counts_from_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without JOB_DEADLINE_AT, a process 30 s old has 30 s less."""
+    monkeypatch.setattr("runner_image.deadline.process_age", lambda: 30.0)
+    deadline = RunDeadline.start(100, 5, "")
+    assert deadline.at == pytest.approx(time.monotonic() + 70, abs=0.5)
