@@ -113,7 +113,9 @@ class JobBodyTemplate:
     """The Job body serialised once per settings; per message only its own fields are
     JSON-encoded into the gaps. Serialising the whole body for every Job was the largest
     CPU cost of a burst after the HTTP call itself. ``render`` equals
-    ``json.dumps(build_job(...), separators=(",", ":"))`` (a test holds it to that)."""
+    ``json.dumps(build_job(...), separators=(",", ":"))`` for the same fields (a test holds
+    it to that). The deadline instant is a gap like the others: a field left empty is
+    filled at render time (now + activeDeadlineSeconds), never frozen at construction."""
 
     def __init__(self, settings: DispatcherSettings, template: JobTemplateSettings) -> None:
         # Sentinels no setting can contain (NUL is refused in labels, env and annotations

@@ -171,7 +171,8 @@ class JobTemplateSettings(BaseSettings):
     @field_validator("env")
     @classmethod
     def _no_reserved_env(cls, env: dict[str, str]) -> dict[str, str]:
-        reserved = {"PROVISIONER_MESSAGE", "JOB_NAME", "ORCHESTRATOR_SSH_PUBLIC_KEY"}
+        reserved = {"PROVISIONER_MESSAGE", "JOB_NAME", "ORCHESTRATOR_SSH_PUBLIC_KEY",
+                    "JOB_DEADLINE_AT"}
         clash = reserved & env.keys()
         if clash:
             raise ValueError(f"{sorted(clash)} are set by the dispatcher itself")

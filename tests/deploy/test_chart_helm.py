@@ -186,3 +186,15 @@ def test_what_the_chart_renders_at_the_floor_is_valid_there(helm: Path, tmp_path
             kubernetes_validate.validate(obj, FLOOR, strict=True)
     (budget,) = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_the_deadline_instant_cannot_be_set_as_plain_runner_env(helm: Path,
+                                                                tmp_path: Path) -> None:
+    done = run_helm(helm, tmp_path, "template",
+                    {"runner": {"env": {"JOB_DEADLINE_AT": "2030-01-01T00:00:00Z"}}})
+    assert done.returncode != 0 and "JOB_DEADLINE_AT" in done.stderr, done.stderr
+    done = run_helm(helm, tmp_path, "template",
+                    {"runner": {"env": {"JOB_DEADLINE_AT": "2030-01-01T00:00:00Z"}}},
+                    "--skip-schema-validation")
+    assert "runner.env.JOB_DEADLINE_AT is set by the dispatcher itself" in done.stderr, \
+        done.stderr

@@ -100,3 +100,8 @@ def test_the_dispatcher_does_not_start_with_them(variable: str, value: str, said
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert f"invalid setting {variable}" in done.stderr and said in done.stderr, done.stderr
+
+
+def test_the_deadline_instant_is_the_dispatchers_to_set() -> None:
+    with pytest.raises(ValidationError, match="JOB_DEADLINE_AT"):
+        JobTemplateSettings(env={"JOB_DEADLINE_AT": "2030-01-01T00:00:00Z"})

@@ -136,7 +136,7 @@ refuses it first, unless skipped).
 {{- fail (printf "%s take %d bytes (keys and values); Kubernetes allows at most 262144 (256 KiB) in all" $what (int $size)) }}
 {{- end }}
 {{- end }}
-{{- range $name := list "PROVISIONER_MESSAGE" "JOB_NAME" "ORCHESTRATOR_SSH_PUBLIC_KEY" }}
+{{- range $name := list "PROVISIONER_MESSAGE" "JOB_NAME" "ORCHESTRATOR_SSH_PUBLIC_KEY" "JOB_DEADLINE_AT" }}
 {{- if hasKey $.Values.runner.env $name }}
 {{- fail (printf "runner.env.%s is set by the dispatcher itself; remove it" $name) }}
 {{- end }}
