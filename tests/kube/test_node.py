@@ -313,6 +313,22 @@ def test_an_image_not_in_local_storage_is_err_image_pull_then_back_off(
     events = control_plane.kubectl("-n", kube_ns, "get", "events", "--field-selector",
                                    f"involvedObject.name={pod['metadata']['name']}").stdout
     assert f'Pulling image "{missing}"' in events, events
+    # Deleting a pod that never started: the node reports it terminated and completes the
+    # deletion (kubectl waits for the object to go).
+    control_plane.kubectl("-n", kube_ns, "delete", "pod", pod["metadata"]["name"],
+                          "--timeout=30s")
+
+
+def test_a_pod_the_node_cannot_run_says_why(control_plane: ControlPlane, kube_node: Node,
+                                           kube_ns: str, image: str) -> None:
+    spec = job("restarts", "exit 1")
+    spec["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+    create(control_plane, kube_ns, spec)
+    waiting = wait_for("CreateContainerError", lambda: next(
+        (w for w in waiting_reasons(control_plane, kube_ns, "restarts")
+         if w["reason"] == "CreateContainerError"), None),
+        control_plane, kube_node, kube_ns)
+    assert "restartPolicy Never only" in waiting["message"], waiting
 
 
 # -- the service account token ----------------------------------------------------------------

@@ -374,7 +374,7 @@ class PodWorker:
             self._pull()
             volumes = self._volumes()
             env = self._environment()
-        except _Unsupported as exc:
+        except (_Unsupported, NotImplementedError) as exc:
             self._waiting("CreateContainerError", str(exc))
             while True:
                 self._sleep(BACKOFF_MAX)
@@ -397,6 +397,8 @@ class PodWorker:
         waiting: Obj = {"reason": reason}
         if message:
             waiting["message"] = message
+        if self.state == {"waiting": waiting}:
+            return  # the kubelet writes a status when it changes
         self.state = {"waiting": waiting}
         if reason != self.waiting_reason:
             event = "BackOff" if reason.endswith("BackOff") else "Failed"
