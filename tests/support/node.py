@@ -3,7 +3,10 @@ part, and only that, running each pod bound to it as a podman container.
 
     with running_node(cp, "node-1", mounts={"/plays": plays_dir}) as node:
         ...                               # Jobs created now get their pods run
-        node.log_of(namespace, pod_name)  # the container's output (there is no pods/log)
+        node.log_of(namespace, pod_name)  # the container's output (kubectl logs works too)
+
+``mounts`` are host directories the node adds read-only to every container (what a
+ConfigMap volume would carry, e.g. the tests' small plays).
 
 What is real: everything around the node. The Job controller creates the pods, the scheduler
 binds them to this Node, the Node authorizer and NodeRestriction admission decide what the
@@ -22,11 +25,13 @@ What stands in for the kubelet, and how it differs:
   secret, downwardAPI), mounted read-only from files written by the node. A pod the node
   cannot run stays waiting with ``CreateContainerError`` and a message saying why.
 - Containers: ``podman create`` + ``podman start --attach`` of the pod's image (local images
-  only: an image not in podman's storage is ``ErrImagePull`` then ``ImagePullBackOff``, as no
-  registry is reachable), the pod's user and groups, read-only root when asked, capabilities
-  as in the securityContext, no privilege escalation, the memory limit, and the HOST network
-  (no pod network, no Service addresses: the processes use 127.0.0.1). ``restartPolicy:
-  Never`` only (Job pods); no probes, no lifecycle hooks, no image pulls, no token refresh.
+  only, whatever the pull policy: an image not in podman's storage is ``ErrImagePull`` then
+  ``ImagePullBackOff``, as no registry is reachable), the pod's user and groups (and the
+  runAsNonRoot check), read-only root when asked, capabilities as in the securityContext, no
+  privilege escalation, the memory limit (``OOMKilled`` from the kernel's notification, see
+  ``PodMemory``), and the HOST network (no pod network, no Service addresses: processes use
+  127.0.0.1). ``restartPolicy: Never`` only (Job pods); no CPU limits, probes, lifecycle
+  hooks, image pulls or token refresh.
 - Environment: value, secretKeyRef / configMapKeyRef (optional or not), fieldRef (name,
   namespace, uid, labels['x'], annotations['x'], spec.nodeName, spec.serviceAccountName,
   status.podIP, status.hostIP), envFrom, ``$(VAR)`` expansion, read with the node's own
