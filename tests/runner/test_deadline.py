@@ -264,3 +264,31 @@ def test_the_process_start_counts_from_proc(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr("runner_image.deadline.process_age", lambda: 30.0)
     deadline = RunDeadline.start(100, 5, "")
     assert deadline.at == pytest.approx(time.monotonic() + 70, abs=0.5)
+
+
+@pytest.mark.parametrize(("value", "warned", "counted_from"), [
+    ("not a time", "JOB_DEADLINE_AT is not a time", "the pod's start"),
+    (None, "JOB_DEADLINE_AT is not set", "the pod's start"),
+    ("2099-01-01T00:00:00Z", None, "the pod's start"),  # later: its own start is earlier
+])
+async def test_the_runner_runs_on_whatever_job_deadline_at_says(
+        runner: Runner, redis_client: aioredis.Redis, value: str | None, warned: str | None,
+        counted_from: str) -> None:
+    """A missing, invalid or later JOB_DEADLINE_AT never breaks a run: it counts from its
+    own start, says so once at warning level, and goes on to its ordinary end."""
+    msg = message(unique_handle("dl-at"))  # unregistered: ends quickly as unknown_server
+    overrides = {"JOB_ACTIVE_DEADLINE_SECONDS": "3600"}
+    if value is not None:
+        overrides["JOB_DEADLINE_AT"] = value
+    res = runner.run(msg, **overrides)
+    assert res.rc == 10, res.explain
+    result = await result_for(redis_client, runner.keys, msg["request_id"])
+    assert result["error"]["kind"] == "unknown_server", result
+    [started] = res.events("run started")
+    assert started["deadline_from"] == counted_from, started
+    warnings = [e for e in res.logs if e["level"] == "warning"
+                and e["event"].startswith("JOB_DEADLINE_AT")]
+    if warned is None:
+        assert warnings == [], warnings
+    else:
+        assert [e["event"].split(";")[0] for e in warnings] == [warned], warnings
