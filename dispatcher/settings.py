@@ -76,8 +76,8 @@ class JobTemplateSettings(BaseSettings):
     )
     pod_failure_policy: bool = Field(
         default=True, description="Give Jobs a podFailurePolicy that fails the Job at once on "
-        "the runner's documented exit codes (condition reason PodFailurePolicy); turn off for "
-        "clusters older than Kubernetes 1.26, where the field is not served"
+        "the runner's documented exit codes (condition reason PodFailurePolicy); GA since "
+        "Kubernetes 1.31, the chart's floor"
     )
     service_account_name: str | None = Field(
         default=None, description="Service account of runner pods (its token is never mounted)"
