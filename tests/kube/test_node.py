@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.controlplane import ControlPlane
 from tests.support.hosts import podman, podman_env
-from tests.support.node import LEASE_SECONDS, Node
+from tests.support.node import LEASE_SECONDS, Node, running_node
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/infra-python-base:bookworm"  # python3 and a shell, built by debootstrap
@@ -366,3 +366,32 @@ def test_a_pod_calls_the_api_with_its_service_account_token(
         "namespace": kube_ns, "username": f"system:serviceaccount:{kube_ns}:default",
         "pod": name}
 
+
+# -- a second node, with mounts ---------------------------------------------------------------
+
+def test_a_second_node_runs_the_pods_bound_to_it_with_its_mounts(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str,
+        tmp_path: Path) -> None:
+    plays = tmp_path / "plays"
+    plays.mkdir()
+    (plays / "site.yml").write_text("- hosts: all\n")
+    taint = {"key": "infra-service.test/node", "value": "node-2", "effect": "NoSchedule"}
+    spec = job("pinned", "cat /plays/site.yml; echo on $NODE", env=[
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}])
+    pod_spec = spec["spec"]["template"]["spec"]
+    pod_spec["nodeSelector"] = {"kubernetes.io/hostname": "node-2"}
+    pod_spec["tolerations"] = [{**taint, "operator": "Equal"}]
+    try:
+        with running_node(control_plane, "node-2", mounts={"/plays": plays},
+                          taints=[taint]) as second:
+            create(control_plane, kube_ns, spec)
+            wait_for("Job pinned Complete", lambda: finished(control_plane, kube_ns, "pinned"),
+                     control_plane, second, kube_ns)
+            (pod,) = pods_of(control_plane, kube_ns, "pinned")
+            name = pod["metadata"]["name"]
+            assert pod["spec"]["nodeName"] == "node-2"
+            assert second.log_of(kube_ns, name) == "- hosts: all\non node-2\n"
+            assert kube_node.log_of(kube_ns, name) == ""  # node-1 watches only its own pods
+            assert not second.errors, second.errors
+    finally:
+        control_plane.kubectl("delete", "node", "node-2", "--wait=false", check=False)

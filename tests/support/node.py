@@ -62,6 +62,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -908,10 +909,11 @@ class Node:
 
     def __init__(self, cp: ControlPlane, name: str = "node-1",
                  mounts: Mapping[str, Path] | None = None, directory: Path | None = None,
-                 ) -> None:
+                 taints: list[Obj] | None = None) -> None:
         self.cp = cp
         self.name = name
         self.mounts = dict(mounts or {})
+        self.taints = list(taints or [])  # registered with them, as --register-with-taints
         self.directory = directory or Path(tempfile.mkdtemp(prefix=f"{name}-"))
         self.api = Api(cp, name)
         self.closing = threading.Event()
@@ -961,8 +963,11 @@ class Node:
         for worker in workers:
             worker.wake.set()
         if self._response is not None:
+            # Closing a response does not wake a thread blocked reading it; shutting the
+            # socket down does.
             with contextlib.suppress(Exception):
-                self._response.close()
+                stream = self._response.extensions["network_stream"]
+                stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(15)
         if self._logs_server is not None:
@@ -1048,7 +1053,7 @@ class Node:
                 "kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
                 "beta.kubernetes.io/arch": "amd64"}},
-            "spec": {},
+            "spec": {"taints": self.taints} if self.taints else {},
             "status": {
                 "capacity": resources, "allocatable": resources,
                 "conditions": self._conditions(),
@@ -1254,10 +1259,13 @@ class LogServer:
 
 @contextlib.contextmanager
 def running_node(cp: ControlPlane, name: str = "node-1",
-                 mounts: Mapping[str, Path] | None = None) -> Iterator[Node]:
-    """A node named ``name``, authenticated as ``system:node:<name>`` (group system:nodes)."""
+                 mounts: Mapping[str, Path] | None = None,
+                 taints: list[Obj] | None = None) -> Iterator[Node]:
+    """A node named ``name``, authenticated as ``system:node:<name>`` (group system:nodes).
+    A node for one test should be tainted (and its pods tolerate the taint): its Node object
+    outlives it, Ready for the lease duration, and the scheduler would bind other pods to it."""
     add_user(cp, name, f"system:node:{name}", ("system:nodes",))
-    node = Node(cp, name, mounts)
+    node = Node(cp, name, mounts, taints=taints)
     try:
         yield node.start()
     finally:
