@@ -221,6 +221,19 @@ def test_a_container_over_its_memory_limit_is_oom_killed(
     assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled"), terminated
 
 
+def test_a_command_that_does_not_exist_is_a_start_error(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    spec = job("nocmd", "")
+    spec["spec"]["template"]["spec"]["containers"][0]["command"] = ["/no/such/program"]
+    create(control_plane, kube_ns, spec)
+    wait_for("Job nocmd Failed", lambda: finished(control_plane, kube_ns, "nocmd"),
+             control_plane, kube_node, kube_ns)
+    (pod,) = pods_of(control_plane, kube_ns, "nocmd")
+    terminated = container_status(pod)["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (128, "StartError"), terminated
+    assert "/no/such/program" in terminated["message"], terminated
+
+
 def test_a_pod_failure_policy_fail_job_rule_fails_the_job_at_once(
         control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
     create(control_plane, kube_ns, job("policy", "exit 42", backoff_limit=6, podFailurePolicy={

@@ -734,11 +734,12 @@ class PodWorker:
                                        env=podman_env(), stdin=subprocess.DEVNULL,
                                        stdout=output, stderr=subprocess.STDOUT)
         try:
-            self.phase = "Running"
-            self.state = {"running": {"startedAt": now()}}
-            self._write_status()
-            self.node.event(self.pod, "Normal", "Started",
-                            f"Started container {self.container['name']}")
+            if self._started(process):
+                self.phase = "Running"
+                self.state = {"running": {"startedAt": now()}}
+                self._write_status()
+                self.node.event(self.pod, "Normal", "Started",
+                                f"Started container {self.container['name']}")
             self._wait(process)
         finally:
             if process.poll() is None:  # the node is stopping, or the pod is gone
@@ -747,6 +748,20 @@ class PodWorker:
         self._terminated(process.returncode)
         podman("rm", "-f", self.container_id, check=False)
         self._write_status()
+
+    def _started(self, process: subprocess.Popen[bytes]) -> bool:
+        """Whether the container's process started (``podman start --attach`` returns only
+        when it ends; a runtime that cannot exec the command leaves it ``created``)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = podman("inspect", "--format", "{{.State.Status}}", str(self.container_id),
+                            check=False).stdout.strip()
+            if status not in ("created", "configured", "initialized", ""):
+                return True
+            if process.poll() is not None:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _wait(self, process: subprocess.Popen[bytes]) -> None:
         stopping = False
