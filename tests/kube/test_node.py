@@ -139,6 +139,17 @@ def test_the_node_reads_only_what_its_pods_reference(control_plane: ControlPlane
         refused.stderr
 
 
+def test_the_node_lists_and_watches_again_after_its_connection_drops(
+        control_plane: ControlPlane, kube_node: Node, kube_ns: str, image: str) -> None:
+    wait_for("a watch to cut", kube_node.cut_watch, control_plane, kube_node, kube_ns,
+             timeout=10)
+    create(control_plane, kube_ns, job("after", "echo still here"))
+    wait_for("Job after Complete", lambda: finished(control_plane, kube_ns, "after"),
+             control_plane, kube_node, kube_ns)
+    (pod,) = pods_of(control_plane, kube_ns, "after")
+    assert kube_node.log_of(kube_ns, pod["metadata"]["name"]) == "still here\n"
+
+
 # -- Jobs run to their end --------------------------------------------------------------------
 
 def test_a_job_whose_pod_exits_0_completes(control_plane: ControlPlane, kube_node: Node,

@@ -977,17 +977,24 @@ class Node:
             workers = list(self._workers.values())
         for worker in workers:
             worker.wake.set()
-        if self._response is not None:
-            # Closing a response does not wake a thread blocked reading it; shutting the
-            # socket down does.
-            with contextlib.suppress(Exception):
-                stream = self._response.extensions["network_stream"]
-                stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        self.cut_watch()
         for thread in self._threads:
             thread.join(15)
         if self._logs_server is not None:
             self._logs_server.close()
         self.api.close()
+
+    def cut_watch(self) -> bool:
+        """Cut the pod watch's connection, as a network failure would (the node then lists
+        and watches again); whether there was one. Closing a response does not wake a
+        thread blocked reading it; shutting its socket down does."""
+        response = self._response
+        if response is None:
+            return False
+        with contextlib.suppress(Exception):
+            stream = response.extensions["network_stream"]
+            stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        return True
 
     def __enter__(self) -> Node:
         return self.start()
