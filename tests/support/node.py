@@ -17,8 +17,11 @@ failures, apply podFailurePolicy, backoffLimit and activeDeadlineSeconds.
 
 What stands in for the kubelet, and how it differs:
 - Registration: the Node object (capacity and allocatable from this machine, the Ready
-  condition, kubelet version) is created once and its Ready condition refreshed every
-  ``STATUS_SECONDS``; the Lease in ``kube-node-lease`` is renewed every ``LEASE_SECONDS``.
+  condition, kubelet version, optional taints as ``--register-with-taints``; its only address
+  is InternalIP 127.0.0.1, as the API server would look a Hostname up in DNS) is created
+  once and its Ready condition refreshed every ``STATUS_SECONDS``; the Lease in
+  ``kube-node-lease`` is renewed every ``LEASE_SECONDS``. ``start()`` returns once the
+  node-lifecycle controller has lifted the ``not-ready`` taint admission puts on a new Node.
 - Pods: listed and watched across namespaces with ``spec.nodeName=<node>`` (relisted on 410
   Gone or a dropped connection). Exactly one container and no init containers; volumes are
   emptyDir (a tmpfs), secret, configMap and projected (serviceAccountToken, configMap,
