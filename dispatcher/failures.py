@@ -41,6 +41,8 @@ class JobEndReason(StrEnum):
     # The dispatcher's own: the Job ended without the runner's result and its last pod
     # carried the DisruptionTarget condition (eviction, preemption, node drain).
     DISRUPTED = "Disrupted"
+    # The dispatcher's own: the runner exited with its cancelled code (SIGTERM, pod deleted).
+    CANCELLED = "Cancelled"
 
 
 # Kubernetes reasons -> result error kinds the Scheduler can act on; any other: job_failed.
@@ -61,6 +63,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     JobEndReason.JOB_DELETED: ErrorKind.JOB_DELETED,
     JobEndReason.ADMISSION_REJECTED: ErrorKind.ADMISSION_REJECTED,
     JobEndReason.DISRUPTED: ErrorKind.DISRUPTED,
+    JobEndReason.CANCELLED: ErrorKind.CANCELLED,
 }
 
 

@@ -51,19 +51,30 @@ def image_version(image: str) -> str | None:
 
 
 def pod_failure_policy() -> dict[str, Any]:
-    """Every exit code the runner documents as its own verdict fails the Job at once, so the
-    Job's Failed condition reads ``PodFailurePolicy`` naming the container's exit code instead
-    of ``BackoffLimitExceeded`` (the runner's termination message is on the pod).
+    """First, a pod the cluster disrupted (condition ``DisruptionTarget``: an eviction or a
+    node drain, preemption, the taint manager, pod GC) is ignored: not counted against
+    backoffLimit, the Job controller replaces it, within the Job's activeDeadlineSeconds. The
+    runner, stopped by SIGTERM, publishes no result (it cannot know whether its pod is
+    replaced); the dispatcher reports the Job's end (``disrupted``) if no later pod does.
+
+    Then every exit code the runner documents as its own verdict fails the Job at once, so
+    the Job's Failed condition reads ``PodFailurePolicy`` naming the container's exit code
+    instead of ``BackoffLimitExceeded`` (the runner's termination message is on the pod).
     Other exits (a crash, a signal) fall through to backoffLimit, which is 0 anyway."""
     codes = list(RUNNER_VERDICT_EXIT_CODES)
-    return {"rules": [{
-        "action": "FailJob",
-        "onExitCodes": {"containerName": "runner", "operator": "In", "values": codes},
-        # Empty, not absent: the 1.25 and 1.26 OpenAPI schemas mark it required (client-side
-        # validation, e.g. kubectl, refuses the Job without it); the API server accepts an
-        # empty list beside onExitCodes.
-        "onPodConditions": [],
-    }]}
+    return {"rules": [
+        # status is defaulted to "True" by the API server; stated for older validators.
+        {"action": "Ignore",
+         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "runner", "operator": "In", "values": codes},
+            # Empty, not absent: the 1.25 and 1.26 OpenAPI schemas mark it required
+            # (client-side validation, e.g. kubectl, refuses the Job without it); the API
+            # server accepts an empty list beside onExitCodes.
+            "onPodConditions": [],
+        },
+    ]}
 
 
 def runner_env(message: ProvisionerMessage, job_name: str, public_key: str,

@@ -189,7 +189,14 @@ async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerS
         elif store is not None:
             outcome, claimed = await _execute(ctx, store, workspace, signals)
         workspace.wind_up_soon()  # beside the report
-        ok = await _report(info, ctx, outcome, claimed, store, policy)
+        # Stopped by SIGTERM: the pod is being deleted, and whether it is replaced (a
+        # disruption: eviction, node drain, preemption) or not (the Job deleted or past its
+        # deadline, the pod deleted) only Kubernetes knows. The server's status is written
+        # as always; the result is left to the dispatcher, which sees how the Job ends.
+        signalled = signals.event.is_set() and outcome.error is not None and \
+            outcome.error.kind is ErrorKind.CANCELLED
+        ok = await _report(info, ctx, outcome, claimed, store, policy,
+                           publish=not signalled)
 
     code = outcome.exit_code if ok else ExitCode.COULD_NOT_REPORT
     _finish(info, outcome, code)
@@ -210,7 +217,9 @@ def _finish(info: RunInfo, outcome: out.Outcome, code: int) -> None:
 
 class Cancellation:
     """SIGTERM (pod deletion) or SIGINT: set the run's flag, which the play's thread reads,
-    and cancel the job's task, which turns into a ``cancelled`` outcome."""
+    and cancel the job's task, which turns into a ``cancelled`` outcome: the server's status
+    is written, the exit code is CANCELLED, and no result is published (the dispatcher
+    publishes one when the Job ends without a runner result)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -252,9 +261,10 @@ async def _execute(ctx: RunContext, store: ServerStore, workspace: Workspace,
 
 
 async def _report(info: RunInfo, ctx: RunContext, outcome: out.Outcome, claimed: bool,
-                  store: ServerStore | None, policy: Backoff) -> bool:
-    """The server's status (if this run claimed it), then the result; False when either
-    could not be written before the deadline."""
+                  store: ServerStore | None, policy: Backoff, *, publish: bool = True) -> bool:
+    """The server's status (if this run claimed it), then the result unless ``publish``
+    is false (SIGTERM: the dispatcher reports); False when either could not be written
+    before the deadline."""
     from runner_image.report import write_status
 
     message, deadline = ctx.message, ctx.deadline
@@ -271,6 +281,10 @@ async def _report(info: RunInfo, ctx: RunContext, outcome: out.Outcome, claimed:
         except Exception as exc:
             log.error("could not write the server status", extra={"error": str(exc)})
             ok = False
+    if not publish:
+        log.warning("stopped by SIGTERM: no result published; the dispatcher reports how "
+                    "the Job ended (disrupted and replaced, deleted, or past its deadline)")
+        return ok
     entry = info.entry(outcome, message, message.request_id, message.server_handle)
     try:
         await asyncio.wait_for(_publish(info.redis_settings, entry, policy),

@@ -7,6 +7,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from contracts.messages import ProvisionerMessage
@@ -24,6 +25,7 @@ from dispatcher.kube.classify import (
     AdmissionRejection,
     admission_rejection,
     awaits_pod_detail,
+    disruption,
     finished_at,
     is_rbac_denial,
     job_outcome,
@@ -68,6 +70,7 @@ def _slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     status = pod.get("status") or {}
     return {"metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
                          "creationTimestamp": meta.get("creationTimestamp")},
+            "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
             "status": {k: status.get(k) for k in ("phase", "reason", "message", "conditions",
                                                   "containerStatuses")}}
 
@@ -117,6 +120,11 @@ class KubernetesExecutor:
         # FailedCreate rejections whose Job the Job watch has not delivered yet.
         self._early_rejections: dict[str, tuple[str | None, str, AdmissionRejection]] = {}
         self._events_ok = False
+        # The last disruption of each Job's pods (the pod's creation time, what happened):
+        # kept after the pod is gone, dropped when a later pod of the Job runs.
+        # Its reason: Evicted for the kubelet's node-pressure eviction (status.reason
+        # Evicted), Disrupted for the rest (the Eviction API of a drain, preemption, taints).
+        self._disruptions: dict[str, tuple[datetime | None, str, str]] = {}
         self._pod_check_denied = False  # RBAC refuses the pod dry run: logged once
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -253,8 +261,14 @@ class KubernetesExecutor:
                 return None
         self._awaiting_pod.pop(name, None)
         labels = job["metadata"]["labels"]
+        succeeded, reason, message = outcome
+        if not succeeded and name in self._disruptions:
+            # The last pod was disrupted (a drain, an eviction) and no later pod reported:
+            # that, not the deadline or the cancelled exit code, is what happened.
+            _, reason, message = self._disruptions[name]
         return JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
-                      *outcome, started_at=parse_time(job["status"].get("startTime")),
+                      succeeded, reason, message,
+                      started_at=parse_time(job["status"].get("startTime")),
                       action=labels.get(LABEL_ACTION), finished_at=finished_at(job))
 
     def _schedule(self, name: str) -> None:
@@ -282,13 +296,17 @@ class KubernetesExecutor:
         end = self._end_of(name, job, settle=False)
         if end is None:
             labels = job["metadata"]["labels"]
+            reason: str = JobEndReason.JOB_DELETED
+            message = "the Job was deleted before its runner reported (kubectl delete, or " \
+                "a namespace cleanup)"
+            if name in self._disruptions:
+                _, reason, message = self._disruptions[name]
             end = JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
-                         False, "JobDeleted",
-                         "the Job was deleted before its runner reported (kubectl delete, "
-                         "or a namespace cleanup)",
+                         False, reason, message,
                          started_at=parse_time(job["status"].get("startTime")),
                          action=labels.get(LABEL_ACTION))
         self._emit(end)
+        self._disruptions.pop(name, None)
         self._jobs.pop(name, None)
         self._pods.pop(name, None)
         self._emitted.discard(name)
@@ -322,6 +340,9 @@ class KubernetesExecutor:
                 if job:
                     pods.setdefault(job, {})[pod["metadata"]["name"]] = _slim_pod(pod)
             self._pods = pods
+            for job, by_name in pods.items():
+                for pod in by_name.values():
+                    self._note_disruption(job, pod)
             self._started = {job for job, by_name in pods.items()
                              if any(p["status"].get("phase") not in (None, "Pending")
                                     for p in by_name.values())}
@@ -401,16 +422,36 @@ class KubernetesExecutor:
         if not job:
             return
         pod_name = change.object["metadata"]["name"]
+        pod = _slim_pod(change.object)
+        self._note_disruption(job, pod)
         if change.type == "DELETED":
             self._pods.get(job, {}).pop(pod_name, None)
             return
-        pod = _slim_pod(change.object)
         self._pods.setdefault(job, {})[pod_name] = pod
         if pod["status"].get("phase") not in (None, "Pending"):
             self._started.add(job)
         self._check_pod(job, pod)
         self._evaluate(job)
         self._schedule(job)
+
+    def _note_disruption(self, job_name: str, pod: dict[str, Any]) -> None:
+        """Remember the latest disrupted pod of a Job; forget it once a later pod runs
+        (that pod's own end, or its runner's result, is then what counts)."""
+        created = parse_time(pod["metadata"].get("creationTimestamp"))
+        text = disruption(pod)
+        prior = self._disruptions.get(job_name)
+        if text is not None:
+            if prior is None or prior[0] is None or created is None or created >= prior[0]:
+                if prior is None or prior[2] != text:
+                    log.warning("runner pod disrupted; the Job controller replaces it",
+                                extra={"job_name": job_name, "detail": text})
+                evicted = pod["status"].get("reason") == "Evicted"
+                self._disruptions[job_name] = (
+                    created, JobEndReason.EVICTED if evicted else JobEndReason.DISRUPTED, text)
+        elif prior is not None and pod["status"].get("phase") in ("Running", "Succeeded",
+                                                                   "Failed") \
+                and created is not None and prior[0] is not None and created > prior[0]:
+            del self._disruptions[job_name]
 
     def _check_pod(self, job_name: str, pod: dict[str, Any]) -> None:
         if job_name in self._emitted or job_name not in self._jobs:
@@ -422,6 +463,13 @@ class KubernetesExecutor:
 
     def _stuck(self, job_name: str, reason: str, message: str) -> None:
         labels = self._jobs[job_name]["metadata"]["labels"]
+        if job_name in self._disruptions and reason in (
+                JobEndReason.UNSCHEDULABLE, JobEndReason.PENDING_TIMEOUT,
+                JobEndReason.POD_NOT_CREATED):
+            # The replacement of a disrupted pod never started (a drained node, no room).
+            _, reason, disrupted = self._disruptions[job_name]
+            message = f"{disrupted}; the replacement pod: {message}"
+
         self._emit(JobEnd(job_name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                           False, reason, message, action=labels.get(LABEL_ACTION),
                           stop_job=True))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from contracts.exit_codes import ExitCode
 from contracts.messages import ProvisionerMessage
 from dispatcher.executors.base import JobEnd, JobView, LaunchRejected
 from dispatcher.jobspec import ENV_DEADLINE_AT, deadline_at_after, runner_env
@@ -93,8 +94,10 @@ class LocalExecutor:
     async def _wait(self, job_name: str, run: _Run) -> None:
         code = await run.process.wait()
         ok = code == 0
+        # The runner's cancelled code (SIGTERM) is the dispatcher's to report, as on a pod.
+        failed = "Cancelled" if code == ExitCode.CANCELLED else "Error"
         run.end = JobEnd(job_name, run.message.server_handle, run.message.request_id or "",
-                         ok, "Completed" if ok else "Error",
+                         ok, "Completed" if ok else failed,
                          "runner completed" if ok else f"runner exited with code {code}",
                          started_at=run.started_at, action=run.message.action.value,
                          finished_at=datetime.now(UTC))

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from contracts.exit_codes import ExitCode
+
 # Waiting reasons that never resolve on their own (Airflow treats the same set as fatal).
 FATAL_WAITING = {"CreateContainerConfigError", "CreateContainerError", "InvalidImageName",
                  "ImageInspectError", "ErrImageNeverPull"}
@@ -136,6 +138,10 @@ def _pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             term = (cs.get("state") or {}).get("terminated")
             if not term or term.get("exitCode", 0) == 0:
                 continue
+            if term.get("exitCode") == ExitCode.CANCELLED:
+                return "Cancelled", "the runner was stopped by SIGTERM (its pod was " \
+                    "deleted) before it finished" + \
+                    (f": {term['message']}" if term.get("message") else "")
             if term.get("reason") == "OOMKilled":
                 return "OOMKilled", f"runner container {cs.get('name')} was OOMKilled; " \
                                     "raise the Job's memory limit"
@@ -143,6 +149,23 @@ def _pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 f"runner exited with code {term.get('exitCode')}" + \
                 (f": {term['message']}" if term.get("message") else "")
     return None
+
+
+def disruption(pod: dict[str, Any]) -> str | None:
+    """What disrupted the pod, naming its node, when it carries the DisruptionTarget
+    condition (set by the Eviction API, scheduler preemption, the taint manager, pod GC or
+    the kubelet's node-pressure and shutdown evictions), else None."""
+    cond = _condition(pod, "DisruptionTarget")
+    if cond is None:
+        return None
+    name = (pod.get("metadata") or {}).get("name") or "?"
+    node = (pod.get("spec") or {}).get("nodeName")
+    where = f"on node {node}" if node else "before it was bound to a node"
+    why = cond.get("reason") or "DisruptionTarget"
+    if cond.get("message"):
+        why = f"{why}: {cond['message']}"
+    return f"pod {name} {where} was disrupted ({why}); the Job ended before a " \
+        "replacement pod reported"
 
 
 def stuck_reason(pod: dict[str, Any], now: datetime, pull_grace: float,

@@ -216,7 +216,8 @@ def test_runner_job_from_the_rendered_settings(rendered: Rendered,
     wanted = plain_env(rendered.one("Deployment"))["DISPATCHER_JOB_POD_FAILURE_POLICY"]
     assert ("podFailurePolicy" in job["spec"]) == (wanted == "true")
     if wanted == "true":
-        assert job["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+        actions = [r["action"] for r in job["spec"]["podFailurePolicy"]["rules"]]
+        assert actions == ["Ignore", "FailJob"]  # disruptions first, then runner verdicts
 
 
 def test_runner_job_carries_the_full_values(full: Rendered,

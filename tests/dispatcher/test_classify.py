@@ -9,6 +9,7 @@ import pytest
 from dispatcher.kube.classify import (
     ADMISSION_CAUSES,
     admission_rejection,
+    disruption,
     finished_at,
     is_rbac_denial,
     job_outcome,
@@ -168,3 +169,39 @@ def test_a_dry_run_the_dispatcher_may_not_make_is_rbac_not_admission() -> None:
     assert not is_rbac_denial(QUOTA)
     # The same words answered to a dry run (no prefix) classify the same way.
     assert admission_rejection(QUOTA.removeprefix("Error creating: ")).cause == "quota"
+
+
+# -- disruptions and cancellations -----------------------------------------------------------
+def disrupted_pod(reason: str = "EvictionByEvictionAPI", message: str = "Eviction API: evicting",
+                  node: str | None = "node-3") -> dict:
+    return {"metadata": {"name": "prov-web-7-3f9c-abcde", "creationTimestamp": ts(30)},
+            "spec": {"nodeName": node},
+            "status": {"phase": "Failed", "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": reason,
+                 "message": message}]}}
+
+
+def test_a_disrupted_pod_names_its_node_and_the_reason() -> None:
+    text = disruption(disrupted_pod())
+    assert text is not None
+    assert "prov-web-7-3f9c-abcde" in text and "on node node-3" in text
+    assert "EvictionByEvictionAPI: Eviction API: evicting" in text
+    preempted = disruption(disrupted_pod("PreemptionByScheduler", "", node=None))
+    assert preempted is not None and "PreemptionByScheduler" in preempted
+    assert "before it was bound to a node" in preempted
+
+
+def test_a_pod_without_the_condition_or_with_it_false_is_not_disrupted() -> None:
+    assert disruption(pod("Running")) is None
+    false = disrupted_pod()
+    false["status"]["conditions"][0]["status"] = "False"
+    assert disruption(false) is None
+
+
+def test_the_runner_cancelled_exit_code_reads_cancelled() -> None:
+    """Exit code 15: SIGTERM stopped the runner (its pod deleted); it published nothing."""
+    killed = pod("Failed", terminated={"exitCode": 15, "reason": "Error",
+                                       "message": "cancelled: the run was cancelled (SIGTERM)"})
+    assert job_outcome(job(("Failed", "PodFailurePolicy")), [killed]) == (
+        False, "Cancelled", "the runner was stopped by SIGTERM (its pod was deleted) before "
+        "it finished: cancelled: the run was cancelled (SIGTERM)")

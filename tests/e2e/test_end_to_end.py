@@ -238,9 +238,9 @@ async def test_deleting_a_running_job_stops_its_runner(
     await asyncio.to_thread(cluster.batch.delete_namespaced_job, job["metadata"]["name"],
                             NAMESPACE, propagation_policy="Background")
     result = (await wait_for_results(redis_client, [rid]))[rid]
-    # Whoever comes first reports: the dispatcher (the Job is gone) or the cancelled runner.
-    assert (result["status"], result["error"]["kind"]) in \
-        {("failed", "job_deleted"), ("failed", "cancelled")}, result
+    # The dispatcher reports (the Job is gone); the SIGTERMed runner publishes nothing.
+    assert (result["status"], result["error"]["kind"], result["reported_by"]) == \
+        ("failed", "job_deleted", "dispatcher"), result
     (run,) = cluster.node.runs
     await wait_for(lambda: run.finished is not None, timeout=60,
                    what="the runner container ended")

@@ -21,6 +21,7 @@ from tests.runner.conftest import (
     Runner,
     make_keypair,
     message,
+    parse_logs,
     processes_mentioning,
     result_for,
     server_row,
@@ -195,8 +196,11 @@ async def test_play_timeout(runner: Runner, host: Host, redis_client: aioredis.R
     assert processes_mentioning(runner.env["RUNNER_SCRATCH_DIR"]) == []
 
 
-async def test_sigterm_cancels_the_play_and_still_reports(
+async def test_sigterm_cancels_the_play_writes_the_status_and_leaves_the_result(
         runner: Runner, host: Host, redis_client: aioredis.Redis, db) -> None:
+    """SIGTERM: the pod is going, replaced (a disruption) or not, which only Kubernetes
+    knows; the runner writes the server's status and exits with its cancelled code, and the
+    dispatcher publishes the result when the Job ends (disrupted, job_deleted...)."""
     handle = registered(runner, host, "term")
     msg = message(handle)
     proc = runner.start(msg, SETUP_PLAYBOOK="playbooks/slow.yml", PLAY_VARS='{"slow_seconds": 60}')
@@ -209,8 +213,10 @@ async def test_sigterm_cancels_the_play_and_still_reports(
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 15, stderr
-    result = await result_for(redis_client, runner.keys, msg["request_id"])
-    assert result["status"] == "failed" and result["error"]["kind"] == "cancelled"
+    assert await redis_client.lrange(runner.keys.results, 0, -1) == [], stderr
+    assert await redis_client.exists(runner.keys.reported(msg["request_id"])) == 0
+    assert any(e["event"].startswith("stopped by SIGTERM: no result published")
+               for e in parse_logs(stderr)), stderr
     row = await server_row(db, handle)
     assert row["status"] == "FAILED" and "cancelled" in row["status_reason"]
     assert processes_mentioning(runner.env["RUNNER_SCRATCH_DIR"]) == []
