@@ -181,3 +181,47 @@ def test_the_chart_schema_accepts_real_kubernetes_values() -> None:
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "prov",
                          "effect": "NoSchedule"}, {"operator": "Exists"}]}})
+
+
+class _Verdicts:
+    """An executor whose dry runs answer from a list (None: accepted)."""
+
+    def __init__(self, *verdicts: str | None) -> None:
+        self.verdicts = list(verdicts)
+        self.on_pod_rejected = None
+        self.asked = 0
+
+    async def preflight(self) -> str | None:
+        self.asked += 1
+        return self.verdicts.pop(0) if len(self.verdicts) > 1 else self.verdicts[0]
+
+
+@pytest.mark.unit
+async def test_a_pod_refused_at_admission_holds_launches_until_a_dry_run_passes() -> None:
+    """The executor reports a rejection: launches stop at once (before any dry run), the
+    loop checks again without waiting for its period, and a passing dry run releases."""
+    from dispatcher.preflight import JobConfigCheck
+
+    refused = "runner pod refused at admission (quota): pods is forbidden: exceeded quota"
+    executor = _Verdicts(None, refused, None)
+    check = JobConfigCheck(executor, period_seconds=3600)  # type: ignore[arg-type]
+    assert await check.check() and check.accepted.is_set()
+    assert executor.on_pod_rejected == check.hold  # wired by the check itself
+    loop = asyncio.create_task(check.loop())
+    try:
+        executor.on_pod_rejected(refused)  # type: ignore[misc]
+        assert not check.accepted.is_set() and check.refusal == refused  # held at once
+        await wait_until(lambda: _async(executor.asked >= 2), timeout=5,
+                         interval=0.01, what="a dry run after the rejection")
+        assert not check.accepted.is_set()  # the dry run is refused too: still held
+        assert check.refusal is not None and check.refusal.startswith(
+            "runner pod refused at admission")
+        check.hold(refused)  # seen again: checked again, and this time it passes
+        await asyncio.wait_for(check.accepted.wait(), 5)
+        assert check.refusal is None
+    finally:
+        loop.cancel()
+
+
+async def _async(value: Any) -> Any:
+    return value
