@@ -45,6 +45,8 @@ def start(control_plane: ControlPlane, kube_ns: str, redis_srv: RedisServer,
             "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
             "DISPATCHER_API_RETRY_MAX_SECONDS": "1", "DISPATCHER_PREFLIGHT_SECONDS": "1",
             "DISPATCHER_JOB_IMAGE": "infra-service-runner:test",
+            # No node runs these pods (a node another test registered must not try).
+            "DISPATCHER_JOB_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": "nowhere"}),
             "ORCHESTRATOR_SSH_PUBLIC_KEY": PUBLIC_KEY, **env,
         }, tmp_path / f"dispatcher-{len(started)}.log").start()
         started.append(process)
