@@ -14,15 +14,19 @@ from contracts.connections import RedisSettings, create_redis
 from contracts.keys import Keys
 from tests.support import controlplane
 from tests.support.controlplane import ControlPlane
+from tests.support.kube_env import KubeEnv
+from tests.support.kube_env import kube_env as open_kube_env
 from tests.support.node import Node, running_node
 from tests.support.services import PostgresServer, RedisServer, postgres_server, redis_server
+from tests.support.status_node import StatusNode
+from tests.support.status_node import status_node as running_status_node
 
 # Fixtures that start or reach a real service: a test marked `unit` must use none of them,
 # so `pytest -m unit` stays a seconds-long layer of pure logic.
 SERVICE_FIXTURES = {"redis_srv", "redis_settings", "redis_client", "pg_srv", "runner_db", "db",
                     "db_env", "runner", "cluster", "start_dispatcher", "hosts", "host",
                     "converged", "provider", "server_db", "runner_image", "dispatcher_image",
-                    "control_plane", "kube_ns", "kube_node"}
+                    "control_plane", "kube_ns", "kube_node", "status_node", "kube_env"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -99,3 +103,19 @@ def kube_ns(control_plane: ControlPlane) -> Iterator[str]:
                           "pod-security.kubernetes.io/enforce-version=latest")
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def status_node(control_plane: ControlPlane) -> Iterator[StatusNode]:
+    """A node whose kubelet is the test (tests/support/status_node.py)."""
+    with running_status_node(control_plane) as node:
+        yield node
+
+
+@pytest.fixture
+def kube_env(control_plane: ControlPlane, kube_ns: str, status_node: StatusNode,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEnv]:
+    """The test's namespace with the dispatcher's ServiceAccount behind the fault proxy."""
+    with open_kube_env(control_plane, kube_ns, status_node,
+                       tmp_path_factory.mktemp("kube")) as env:
+        yield env

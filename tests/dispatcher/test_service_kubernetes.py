@@ -1,11 +1,12 @@
-"""The dispatcher as a process, through the real kubernetes client, against the emulator."""
+"""The dispatcher as a process, through the real kubernetes client, against the real API
+server and controllers (through the fault proxy, as a ServiceAccount with exactly its grants);
+the runner pods are bound to a status node whose kubelet is the test."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,17 +21,16 @@ from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.jobspec import build_job
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until
+from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer
 
 SECRET_DB_PASSWORD = "db-Pa55-do-not-leak-7f3a"
 
 
 @pytest.fixture
-def k8s(tmp_path: Path) -> Iterator[Kube]:
-    with kube(tmp_path, bookmark_interval=1) as k:
-        yield k
+def k8s(kube_env: Kube) -> Kube:
+    return kube_env
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def start(k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis, tmp_p
     def start(replica: str = "r1", ready: bool = True, **env: str) -> DispatcherProcess:
         process = DispatcherProcess({
             "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-            "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
+            **k8s.dispatcher_env(),
             "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
             "DISPATCHER_ORPHAN_GRACE_SECONDS": "3", "DISPATCHER_API_RETRY_MAX_SECONDS": "1",
             # A secret in the dispatcher's own environment must never reach a Job.
@@ -95,7 +95,7 @@ async def test_job_carries_the_contract_and_no_secret(start, k8s: Kube, redis_cl
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "infra-db"
     assert json.loads(env["PROVISIONER_MESSAGE"]["value"])["is_recovery"] is True
-    # Job names are what the real API accepts: the emulator validates them like it.
+    # Job names are what the real API server accepts.
     assert len(job["metadata"]["name"]) <= 63
     stored = k8s.everything()
     for secret in (SECRET_DB_PASSWORD, redis_srv.password):
@@ -108,7 +108,8 @@ async def test_runner_result_is_the_only_result(start, k8s: Kube, redis_client, 
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await wait_until(lambda: job_count(k8s, 1), what="Job")
     await runner_reports(redis_client, keys, "r1", "srv-1")
-    await asyncio.to_thread(k8s.kubelet.succeed, NAMESPACE, job_for(k8s, "r1")["metadata"]["name"])
+    await asyncio.to_thread(k8s.kubelet.succeed, k8s.namespace,
+                            job_for(k8s, "r1")["metadata"]["name"])
     await wait_until(lambda: _slots_empty(redis_client, keys), what="slot released")
     got = await results(redis_client, keys)
     assert [(r["request_id"], r["reported_by"]) for r in got] == [("r1", "runner")]
@@ -124,7 +125,7 @@ async def test_runner_failures_are_counted_by_kind_and_timed(start, k8s: Kube, r
                         error=ResultError(kind="ssh_unreachable", message="port 22 closed"))
     assert await publish_result(redis_client, keys, entry)
     name = job_for(k8s, "r1")["metadata"]["name"]
-    await asyncio.to_thread(k8s.kubelet.fail, NAMESPACE, name, 11, None, "",
+    await asyncio.to_thread(k8s.kubelet.fail, k8s.namespace, name, 11, None,
                             "ssh_unreachable: port 22 closed")
 
     async def counted() -> str | None:
@@ -154,44 +155,44 @@ async def _slots_empty(redis: aioredis.Redis, keys: Keys) -> bool:
 
 
 def _config_error(k: Kube, job: str) -> None:
-    pod = k.kubelet.start_job(NAMESPACE, job)
-    k.kubelet.waiting(NAMESPACE, pod, "CreateContainerConfigError",
+    pod = k.kubelet.start_job(k.namespace, job)
+    k.kubelet.waiting(k.namespace, pod, "CreateContainerConfigError",
                       'couldn\'t find key password in Secret infra/infra-db')
 
 
 def _image_pull(k: Kube, job: str) -> None:
-    pod = k.kubelet.start_job(NAMESPACE, job)
-    k.kubelet.waiting(NAMESPACE, pod, "ImagePullBackOff", 'Back-off pulling image "nope:1"')
+    pod = k.kubelet.start_job(k.namespace, job)
+    k.kubelet.waiting(k.namespace, pod, "ImagePullBackOff", 'Back-off pulling image "nope:1"')
 
 
 def _oom(k: Kube, job: str) -> None:
-    k.kubelet.fail(NAMESPACE, job, exit_code=137, reason="OOMKilled")
+    k.kubelet.fail(k.namespace, job, exit_code=137, reason="OOMKilled")
 
 
 def _deadline(k: Kube, job: str) -> None:
-    k.kubelet.start_job(NAMESPACE, job)
-    k.kubelet.exceed_deadline(NAMESPACE, job)
+    k.kubelet.start_job(k.namespace, job)
+    k.kubelet.exceed_deadline(k.namespace, job)
 
 
 def _evicted(k: Kube, job: str) -> None:
-    pod = k.kubelet.start_job(NAMESPACE, job)
-    k.kubelet.run(NAMESPACE, pod)
-    k.kubelet.evict(NAMESPACE, pod, "The node was low on resource: memory.")
-    k.kubelet.sync_job(NAMESPACE, job)
+    pod = k.kubelet.start_job(k.namespace, job)
+    k.kubelet.run(k.namespace, pod)
+    k.kubelet.evict(k.namespace, pod, "The node was low on resource: memory.")
 
 
 def _deleted(k: Kube, job: str) -> None:
-    k.kubelet.start_job(NAMESPACE, job)
-    k.batch.delete_namespaced_job(job, NAMESPACE, propagation_policy="Background")
+    k.kubelet.start_job(k.namespace, job)
+    k.batch.delete_namespaced_job(job, k.namespace, propagation_policy="Background")
 
 
 def _unschedulable(k: Kube, job: str) -> None:
-    pod = k.kubelet.start_job(NAMESPACE, job)
-    k.kubelet.unschedulable(NAMESPACE, pod, "0/3 nodes are available: 3 Insufficient memory.")
+    """The dispatcher of this case selects a node that does not exist (see the test): the
+    real scheduler says so on the pod."""
+    k.kubelet.start_job(k.namespace, job)
 
 
 def _crashed(k: Kube, job: str) -> None:
-    k.kubelet.fail(NAMESPACE, job, exit_code=5)
+    k.kubelet.fail(k.namespace, job, exit_code=5)
 
 
 @pytest.mark.parametrize(("drive", "kind", "status", "job_deleted", "reason"), [
@@ -210,9 +211,12 @@ async def test_job_that_ends_without_a_runner_result_is_reported(
     # A short grace only for the timer the case is about: any other timer running out
     # first (a slow machine, or a creationTimestamp cut to whole seconds, which ages a pod
     # by up to 1 s at once) would end the Job for another reason before the case drives it.
+    nowhere = {"DISPATCHER_JOB_NODE_SELECTOR": json.dumps({"infra-service.io/test-node":
+                                                           "nowhere"})}
     dispatcher = start(
         DISPATCHER_IMAGE_PULL_GRACE_SECONDS="2" if drive is _image_pull else "120",
-        DISPATCHER_PENDING_TIMEOUT_SECONDS="3" if drive is _unschedulable else "120")
+        DISPATCHER_PENDING_TIMEOUT_SECONDS="3" if drive is _unschedulable else "120",
+        **(nowhere if drive is _unschedulable else {}))
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await redis_client.lpush(keys.queue, message("srv-1", "r2"))  # waits for srv-1
     await wait_until(lambda: job_count(k8s, 1), what="Job")
@@ -232,7 +236,7 @@ async def test_job_that_ends_without_a_runner_result_is_reported(
     await wait_until(lambda: _has_job(k8s, "r2"), what="next Job for the server")
     # The reason is on the Job as a Warning Event (events.k8s.io/v1, seen by kubectl
     # describe through core/v1), with the pod's message.
-    events = [e for e in k8s.emulator.control.objects("events", NAMESPACE)
+    events = [e for e in k8s.objects("events")
               if e["involvedObject"]["name"] == name
               and e.get("reportingComponent") == "infra-service.io/dispatcher"]
     assert [(e["type"], e["reason"]) for e in events] == [("Warning", reason)]
@@ -250,8 +254,11 @@ async def test_job_that_ends_without_a_runner_result_is_reported(
         assert job["spec"]["activeDeadlineSeconds"] == 1
         assert job["metadata"]["annotations"]["infra-service.io/stopped"].startswith(
             f"{reason}: ")
-        pods = await asyncio.to_thread(k8s.emulator.control.objects, "pods", NAMESPACE)
-        assert not [p for p in pods if p["metadata"]["name"].startswith(name)]
+
+        async def pods_gone() -> bool:  # the Job controller deletes them, the node obliges
+            pods = await asyncio.to_thread(k8s.objects, "pods")
+            return not [p for p in pods if p["metadata"]["name"].startswith(name)]
+        await wait_until(pods_gone, what="the stopped Job's pods deleted")
     metrics = dispatcher.metrics()
     assert sum(metric_value(metrics, "infra_jobs_failed_total", f'{{reason="{r}"}}')
                for r in _reasons(dispatcher)) == 1
@@ -283,7 +290,7 @@ async def test_sigkill_at_random_moments_gives_exactly_one_job_per_message(
     cap = {"DISPATCHER_MAX_IN_FLIGHT": "1000"}
     replicas = [start("r1", **cap)]
     # Slow creates down so that the kills land in the middle of the burst.
-    k8s.emulator.control.inject(verb="create", resource="jobs", delay=0.03, count=100_000)
+    k8s.inject(verb="create", resource="jobs", delay=0.03, count=100_000)
     await redis_client.lpush(keys.queue, *payloads)
     jobs_at_kill = []
     for round_ in range(6):
@@ -336,13 +343,19 @@ async def test_two_replicas_share_the_queue(start, k8s: Kube, redis_client, keys
 async def test_api_faults_are_retried_with_the_message_kept(start, k8s: Kube, redis_client,
                                                             keys) -> None:
     dispatcher = start()
-    control = k8s.emulator.control
+    control = k8s
     control.inject(verb="create", resource="jobs", status=500, count=3)
     control.inject(verb="create", resource="jobs", status=429, retry_after=1, count=2)
     control.inject(verb="create", resource="jobs", drop=True, count=2)
     await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(5)])
     await wait_until(lambda: job_count(k8s, 5), timeout=60, what="5 Jobs")
-    metrics = dispatcher.metrics()
+
+    async def answered() -> str | None:  # a Job is stored before its reply is counted
+        text = await asyncio.to_thread(dispatcher.metrics)
+        return text if metric_value(text, "infra_kube_api_responses_total",
+                                    '{code="201",verb="create"}') >= 5 else None
+
+    metrics = await wait_until(answered, timeout=30, what="5 creates answered 201")
     assert metric_value(metrics, "infra_kube_api_responses_total",
                         '{code="500",verb="create"}') == 3
     assert metric_value(metrics, "infra_kube_api_responses_total",
@@ -354,13 +367,13 @@ async def test_api_faults_are_retried_with_the_message_kept(start, k8s: Kube, re
 
 async def test_readiness_follows_an_api_outage(start, k8s: Kube, redis_client, keys) -> None:
     dispatcher = start()
-    k8s.emulator.down()
+    k8s.api_down()
     await redis_client.lpush(keys.queue, message("s1", "r1"))
     await wait_until(lambda: _status(dispatcher, 503), timeout=30, what="readyz 503")
     # Safe in Redis (claimed, or still queued) while the API is down.
     kept = await redis_client.llen(keys.processing("r1")) + await redis_client.llen(keys.queue)
     assert kept == 1
-    k8s.emulator.up()
+    await asyncio.to_thread(k8s.api_up)
     await wait_until(lambda: job_count(k8s, 1), timeout=30, what="Job after outage")
     await wait_until(lambda: _status(dispatcher, 200), timeout=30, what="readyz 200")
 
@@ -377,40 +390,13 @@ async def test_restart_readopts_jobs_and_reports_ends_missed_while_down(
     await redis_client.lpush(keys.queue, message("srv-1", "second"))
     await wait_until(lambda: job_count(k8s, 1), what="first Job")
     dispatcher.kill()
-    await asyncio.to_thread(k8s.kubelet.fail, NAMESPACE, job_for(k8s, "first")["metadata"]["name"])
+    await asyncio.to_thread(k8s.kubelet.fail, k8s.namespace,
+                            job_for(k8s, "first")["metadata"]["name"])
     start()
     got = await wait_until(lambda: result_for(redis_client, keys, "first"), what="readoption")
     assert got["reported_by"] == "dispatcher"
     await wait_until(lambda: _has_job(k8s, "second"), what="second Job")
     assert len(k8s.jobs()) == 2
-
-
-async def test_watch_expiry_relists_without_missing_an_end(tmp_path: Path, redis_srv,
-                                                           redis_client, keys) -> None:
-    with kube(tmp_path, window=5, default_watch_timeout=1) as k8s:
-        dispatcher = DispatcherProcess({
-            "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-            "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
-        }, tmp_path / "dispatcher.log").start()
-        try:
-            dispatcher.wait_ready()
-            await redis_client.lpush(keys.queue, message("srv-1", "r1"))
-            await wait_until(lambda: job_count(k8s, 1), what="Job")
-            name = job_for(k8s, "r1")["metadata"]["name"]
-            # Churn other Jobs past the watch window, then end ours while the watch is
-            # reconnecting from a compacted resourceVersion.
-            for i in range(12):
-                k8s.batch.create_namespaced_job("elsewhere", {
-                    "metadata": {"name": f"other-{i}"},
-                    "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-                        {"name": "c", "image": "busybox"}]}}}})
-            await asyncio.to_thread(k8s.kubelet.fail, NAMESPACE, name)
-            k8s.emulator.control.compact()
-            got = await wait_until(lambda: result_for(redis_client, keys, "r1"), timeout=30,
-                                   what="result after relist")
-            assert got["error"]["kind"] == "job_failed"
-        finally:
-            dispatcher.kill()
 
 
 async def test_in_flight_cap_holds_with_jobs(start, k8s: Kube, redis_client, keys) -> None:
@@ -427,7 +413,7 @@ async def test_in_flight_cap_holds_with_jobs(start, k8s: Kube, redis_client, key
         for job in active:
             rid = job["metadata"]["labels"][LABEL_REQUEST]
             await runner_reports(redis_client, keys, rid, job["metadata"]["labels"][LABEL_HANDLE])
-            await asyncio.to_thread(k8s.kubelet.succeed, NAMESPACE, job["metadata"]["name"])
+            await asyncio.to_thread(k8s.kubelet.succeed, k8s.namespace, job["metadata"]["name"])
             finished.add(job["metadata"]["name"])
     assert len(await results(redis_client, keys)) == 10
 
@@ -437,7 +423,7 @@ async def test_existing_job_counts_as_dispatched_not_duplicated(start, k8s: Kube
     # A Job for the request already exists (a crash after create, before the ack).
     body = build_job(parse_message(message("srv-1", "r1")).with_identity(),
                      DispatcherSettings(instance="infra-service"), JobTemplateSettings())
-    k8s.batch.create_namespaced_job(NAMESPACE, body)
+    k8s.batch.create_namespaced_job(k8s.namespace, body)
     dispatcher = start()
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await wait_until(lambda: _processing_empty(redis_client, keys), what="ack")
@@ -462,7 +448,7 @@ async def test_unauthorized_reloads_credentials_and_keeps_the_message(start, k8s
                                                                       keys) -> None:
     """401 means rotated or expired credentials: reload and retry, never dead-letter."""
     dispatcher = start()
-    k8s.emulator.control.inject(verb="create", resource="jobs", status=401, count=3)
+    k8s.inject(verb="create", resource="jobs", status=401, count=3)
     await redis_client.lpush(keys.queue, message("srv-1", "r-401"))
     await wait_until(lambda: job_count(k8s, 1), timeout=60, what="Job after 401s")
     assert await redis_client.llen(keys.dead_letter) == 0
@@ -477,7 +463,7 @@ async def test_a_create_whose_reply_was_lost_counts_as_created(start, k8s: Kube,
                                                                keys) -> None:
     """The create is stored but its answer is lost; the retry meets 409 on our own Job."""
     dispatcher = start(DISPATCHER_MAX_IN_FLIGHT="100")
-    k8s.emulator.control.inject(verb="create", resource="jobs", drop=True, applied=True,
+    k8s.inject(verb="create", resource="jobs", drop=True, applied=True,
                                 count=5)
     await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(12)])
     await wait_until(lambda: job_count(k8s, 12), timeout=60, what="12 Jobs")
@@ -499,7 +485,7 @@ async def test_stopping_a_stuck_job_is_retried_and_the_failure_reported_anyway(
     all the same (the Job then ends at its own deadline)."""
     dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS="1",
                        DISPATCHER_PENDING_TIMEOUT_SECONDS="1")
-    k8s.emulator.control.inject(verb="patch", resource="jobs", status=503, count=failures)
+    k8s.inject(verb="patch", resource="jobs", status=503, count=failures)
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await wait_until(lambda: job_count(k8s, 1), what="Job")
     name = job_for(k8s, "r1")["metadata"]["name"]
@@ -522,7 +508,7 @@ async def test_a_job_the_api_refuses_is_dead_lettered_and_frees_its_server(
         start, k8s: Kube, redis_client, keys) -> None:
     """422 for this message's Job while the settings' Job (dry run) is accepted."""
     start()  # the preflight at start-up passes; the next one is minutes away
-    k8s.emulator.control.inject(verb="create", resource="jobs", status=422, count=1,
+    k8s.inject(verb="create", resource="jobs", status=422, count=1,
                                 message="spec.template: Invalid value")
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await redis_client.lpush(keys.queue, message("srv-1", "r2"))  # waits for srv-1
@@ -539,7 +525,7 @@ async def test_a_create_refused_because_of_the_settings_waits_for_their_fix(
     """The create and the dry run of the settings' Job are both refused: the message stays
     claimed (no dead letter) until a later dry run is accepted, then its Job is created."""
     start(DISPATCHER_PREFLIGHT_SECONDS="1")
-    k8s.emulator.control.inject(verb="create", resource="jobs", status=422, count=3,
+    k8s.inject(verb="create", resource="jobs", status=422, count=3,
                                 message="spec.template.metadata.annotations: Invalid value")
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await wait_until(lambda: _has_job(k8s, "r1"), timeout=60, what="Job once accepted")

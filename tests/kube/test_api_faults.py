@@ -1,8 +1,8 @@
 """The dispatcher against the real API server when the API misbehaves: answers injected by a
-fault proxy in front of it (500, 429 with Retry-After, dropped connections, a create stored
-but its reply lost, 410 Gone on a watch, 401), and the real kube-apiserver and etcd killed
-and started again. Nothing popped is lost, each message gets exactly one Job, and an end
-that happens while a watch is down is still reported.
+fault proxy in front of it (cut connections, then 410 Gone on the watch), and the real
+kube-apiserver and etcd killed and started again. Nothing popped is lost, each message gets
+exactly one Job, and an end that happens while a watch is down is still reported. (Injected
+500, 429, 401, dropped and lost-reply creates: tests/dispatcher/test_service_kubernetes.py.)
 
 The dispatcher authenticates as a ServiceAccount holding exactly the grants it needs
 (dispatcher/kube/access.py, the same list the chart's Role grants), with a token from the
@@ -21,37 +21,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
-from dispatcher.kube.access import REQUIRED
 from dispatcher.naming import LABEL_REQUEST
-from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until
+from tests.dispatcher.support import DispatcherProcess, message, results, wait_until
 from tests.support.controlplane import ControlPlane
 from tests.support.faultproxy import FaultProxy, fault_proxy
+from tests.support.kube_env import grant_dispatcher
 from tests.support.services import RedisServer
 
-ACCOUNT = "dispatcher"
 INSTANCE = "faults"
-
-
-def grant_dispatcher(cp: ControlPlane, namespace: str) -> str:
-    """A ServiceAccount with the dispatcher's grants in ``namespace``; a token of it."""
-    rules: dict[tuple[str, str], list[str]] = {}
-    for grant in REQUIRED:
-        rules.setdefault((grant.group, grant.resource), []).append(grant.verb)
-    objects = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": ACCOUNT}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": ACCOUNT},
-         "rules": [{"apiGroups": [g], "resources": [r], "verbs": v}
-                   for (g, r), v in rules.items()]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": ACCOUNT},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
-         "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": namespace}]},
-    ]
-    cp.kubectl("-n", namespace, "create", "-f", "-",
-               stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
-    return cp.kubectl("-n", namespace, "create", "token", ACCOUNT, "--duration",
-                      "1h").stdout.strip()
 
 
 @pytest.fixture
@@ -110,51 +87,6 @@ def count_jobs(cp: ControlPlane, namespace: str, n: int) -> Callable[[], Any]:
     return check
 
 
-async def test_api_faults_are_retried_with_the_message_kept(
-        start: Callable[..., DispatcherProcess], control_plane: ControlPlane, kube_ns: str,
-        proxy: FaultProxy, redis_client: aioredis.Redis, keys: Keys) -> None:
-    dispatcher = start()
-    proxy.inject("create", "jobs", status=500, count=3)
-    proxy.inject("create", "jobs", status=429, retry_after=1, count=2)
-    proxy.inject("create", "jobs", drop=True, count=2)
-    await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(5)])
-    try:
-        await wait_until(count_jobs(control_plane, kube_ns, 5), timeout=60, what="5 Jobs")
-    except TimeoutError as exc:
-        raise AssertionError(explain(control_plane, kube_ns, dispatcher, proxy)) from exc
-    assert sorted(j["metadata"]["labels"][LABEL_REQUEST] for j in
-                  jobs(control_plane, kube_ns)) == [f"r{i}" for i in range(5)]
-    metrics = dispatcher.metrics()
-    assert metric_value(metrics, "infra_kube_api_responses_total",
-                        '{code="500",verb="create"}') == 3
-    assert metric_value(metrics, "infra_kube_api_responses_total",
-                        '{code="429",verb="create"}') == 2
-    assert metric_value(metrics, "infra_kube_api_responses_total",
-                        '{code="201",verb="create"}') == 5
-    assert await redis_client.llen(keys.dead_letter) == 0
-
-
-async def test_a_create_whose_reply_was_lost_counts_as_created_once(
-        start: Callable[..., DispatcherProcess], control_plane: ControlPlane, kube_ns: str,
-        proxy: FaultProxy, redis_client: aioredis.Redis, keys: Keys) -> None:
-    """The real API server stored the Job; its reply never came. The retry meets 409 on
-    the dispatcher's own Job, which counts as created, once."""
-    dispatcher = start(DISPATCHER_MAX_IN_FLIGHT="100")
-    proxy.inject("create", "jobs", drop=True, applied=True, count=3)
-    await redis_client.lpush(keys.queue, *[message(f"s{i}", f"r{i}") for i in range(6)])
-    await wait_until(count_jobs(control_plane, kube_ns, 6), timeout=60, what="6 Jobs")
-
-    async def counted() -> float | None:
-        value = metric_value(dispatcher.metrics(), "infra_jobs_created_total")
-        return value if value >= 6 else None
-
-    assert await wait_until(counted, timeout=30, what="6 created") == 6, explain(
-        control_plane, kube_ns, dispatcher, proxy)
-    assert metric_value(dispatcher.metrics(), "infra_kube_api_responses_total",
-                        '{code="409",verb="create"}') == 3
-    assert len(jobs(control_plane, kube_ns)) == 6
-
-
 async def test_an_end_while_the_watch_is_gone_is_reported_after_410(
         start: Callable[..., DispatcherProcess], control_plane: ControlPlane, kube_ns: str,
         proxy: FaultProxy, redis_client: aioredis.Redis, keys: Keys) -> None:
@@ -182,18 +114,6 @@ async def test_an_end_while_the_watch_is_gone_is_reported_after_410(
                if '"watch expired, listing again"' in line]
     assert any(e["kind"] == "jobs" for e in expired), explain(control_plane, kube_ns,
                                                                dispatcher, proxy)
-
-
-async def test_unauthorized_reloads_credentials_and_keeps_the_message(
-        start: Callable[..., DispatcherProcess], control_plane: ControlPlane, kube_ns: str,
-        proxy: FaultProxy, redis_client: aioredis.Redis, keys: Keys) -> None:
-    dispatcher = start()
-    proxy.inject("create", "jobs", status=401, count=3)
-    await redis_client.lpush(keys.queue, message("srv-1", "r-401"))
-    await wait_until(count_jobs(control_plane, kube_ns, 1), timeout=60, what="Job after 401s")
-    assert await redis_client.llen(keys.dead_letter) == 0
-    assert metric_value(dispatcher.metrics(), "infra_kube_api_responses_total",
-                        '{code="401",verb="create"}') == 3
 
 
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
