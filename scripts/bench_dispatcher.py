@@ -520,6 +520,25 @@ async def raw_round(bench: Bench, args: argparse.Namespace, run: int, round_no: 
     return figures
 
 
+def count_objects(bench: Bench, namespace: str) -> str:
+    """Jobs, pods and Events of a namespace (Events: the Job controller's and the
+    scheduler's)."""
+    core = bench.namespaces.core
+    counts = []
+    for kind, fn in (("Jobs", bench.batch.list_namespaced_job),
+                     ("pods", core.list_namespaced_pod),
+                     ("Events", core.list_namespaced_event)):
+        total, token = 0, None
+        while True:
+            response = fn(namespace, limit=500, _continue=token)
+            total += len(response.items)
+            token = response.metadata._continue
+            if not token:
+                break
+        counts.append(f"{total} {kind}")
+    return ", ".join(counts)
+
+
 async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigures:
     figures = RunFigures()
     namespace = bench.namespaces.create(f"bench-{run}")
@@ -565,6 +584,8 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
                 print(f"    ratio to the fastest raw loop ({fastest}): {result.ratio:.2f} "
                       f"(goal >= {RATIO_GOAL}) ({result.load})")
 
+            print(f"  the dispatcher's namespace holds {count_objects(bench, namespace)}: what "
+                  f"its three watches (Jobs, pods, Events) were sent ({load()})")
             figures.rss = peak_rss_mb(pid)
             figures.in_flight = total
             await asyncio.to_thread(settle, bench.cp)
