@@ -1,11 +1,13 @@
 """kube/ raises its own JobCreateFailed; the Kubernetes executor decides what is transient
 (TransientLaunchError, retried with the message kept) and what is refused for good
-(LaunchRejected, dead-lettered). Against the emulator over HTTP, faults injected there."""
+(LaunchRejected, dead-lettered). Against the real API server, as the dispatcher's
+ServiceAccount through the fault proxy (tests/support/faultproxy.py), faults injected there."""
 
 from __future__ import annotations
 
 import ast
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +19,26 @@ from dispatcher.executors.kubernetes import KubernetesExecutor
 from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
+from tests.support.kube_env import KubeEnv as Kube
 
 KUBE_PACKAGE = Path(__file__).resolve().parents[2] / "dispatcher" / "kube"
 
 
 @pytest.fixture
-def k8s(tmp_path: Path) -> Iterator[Kube]:
-    with kube(tmp_path) as k:
-        yield k
+def k8s(kube_env: Kube) -> Kube:
+    return kube_env
 
 
 @pytest.fixture
 async def executor(k8s: Kube) -> AsyncIterator[KubernetesExecutor]:
-    settings = DispatcherSettings(instance="infra-service", namespace=NAMESPACE,
+    settings = DispatcherSettings(instance="infra-service", namespace=k8s.namespace,
                                   kubeconfig=str(k8s.kubeconfig))
-    built = build_executor(settings, JobTemplateSettings(), Metrics())
+    # The runner pods go to the status node only: nothing runs them.
+    env = k8s.dispatcher_env()
+    template = JobTemplateSettings(
+        node_selector=json.loads(env["DISPATCHER_JOB_NODE_SELECTOR"]),
+        tolerations=json.loads(env["DISPATCHER_JOB_TOLERATIONS"]))
+    built, _ = build_executor(settings, template, Metrics())
     assert isinstance(built, KubernetesExecutor)
     yield built
     built.kube.close()
@@ -43,12 +49,12 @@ def _message(rid: str) -> tuple[ProvisionerMessage, str]:
     return message, job_name_for(message)
 
 
-@pytest.mark.parametrize(("status", "retry_after"), [(500, None), (503, 2.0), (429, 1.0),
+@pytest.mark.parametrize(("status", "retry_after"), [(500, None), (503, 2), (429, 1),
                                                       (403, None), (404, None), (401, None)])
 async def test_passing_failures_are_transient(executor: KubernetesExecutor, k8s: Kube,
-                                              status: int, retry_after: float | None) -> None:
-    k8s.emulator.control.inject(verb="create", resource="jobs", status=status,
-                                retry_after=retry_after, count=1)
+                                              status: int, retry_after: int | None) -> None:
+    k8s.inject(verb="create", resource="jobs", status=status, retry_after=retry_after,
+               count=1)
     message, name = _message(f"r-{status}")
     with pytest.raises(TransientLaunchError) as raised:
         await executor.launch(message, name)
@@ -61,8 +67,8 @@ async def test_passing_failures_are_transient(executor: KubernetesExecutor, k8s:
 
 async def test_a_refusal_no_retry_can_fix_is_rejected(executor: KubernetesExecutor,
                                                       k8s: Kube) -> None:
-    k8s.emulator.control.inject(verb="create", resource="jobs", status=422, count=1,
-                                message="spec.template: Invalid value")
+    k8s.inject(verb="create", resource="jobs", status=422, count=1,
+               message="spec.template: Invalid value")
     message, name = _message("r-422")
     with pytest.raises(LaunchRejected, match="HTTP 422"):
         await executor.launch(message, name)
@@ -71,8 +77,7 @@ async def test_a_refusal_no_retry_can_fix_is_rejected(executor: KubernetesExecut
 
 async def test_a_lost_reply_makes_the_next_conflict_our_own_create(
         executor: KubernetesExecutor, k8s: Kube) -> None:
-    k8s.emulator.control.inject(verb="create", resource="jobs", drop=True, applied=True,
-                                count=1)
+    k8s.inject(verb="create", resource="jobs", drop=True, applied=True, count=1)
     message, name = _message("r-lost")
     with pytest.raises(TransientLaunchError) as raised:
         await executor.launch(message, name)
@@ -85,7 +90,7 @@ async def test_a_lost_reply_makes_the_next_conflict_our_own_create(
 
 async def test_preflight_tells_a_refusal_from_no_answer(executor: KubernetesExecutor,
                                                         k8s: Kube) -> None:
-    control = k8s.emulator.control
+    control = k8s
     control.inject(verb="create", resource="jobs", status=422, count=1,
                    message="spec.template.spec.containers[0].image: Required value")
     assert "Required value" in (await executor.preflight() or "")
