@@ -1,14 +1,13 @@
 """One end, two handlers: the ends loop and the reconciler may meet the same request at
 once (a stuck Job being stopped fails with DeadlineExceeded while its stuck end is still
 being reported). The handler in progress reports and counts it; the other leaves it.
-Real Redis, the emulator over HTTP (a slow patch), the real executor."""
+Real Redis, the real API server and Job controller as the dispatcher's ServiceAccount through
+the fault proxy (a slow patch), the real executor."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,21 +24,25 @@ from dispatcher.naming import job_name_for
 from dispatcher.queue import Acquisition, QueueStore
 from dispatcher.redis_retry import RedisRetry
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
+from tests.dispatcher.support import wait_until
+from tests.support.kube_env import KubeEnv as Kube
 
 
 @pytest.fixture
-def k8s(tmp_path: Path) -> Iterator[Kube]:
-    with kube(tmp_path) as k:
-        yield k
+def k8s(kube_env: Kube) -> Kube:
+    return kube_env
 
 
 async def test_an_end_being_handled_is_left_to_its_handler(
         k8s: Kube, redis_client: aioredis.Redis, keys: Keys) -> None:
-    settings = DispatcherSettings(instance="infra-service", namespace=NAMESPACE,
+    settings = DispatcherSettings(instance="infra-service", namespace=k8s.namespace,
                                   kubeconfig=str(k8s.kubeconfig))
     metrics = Metrics()
-    executor = build_executor(settings, JobTemplateSettings(), metrics)
+    env = k8s.dispatcher_env()  # the runner pod goes to the status node: nothing runs it
+    template = JobTemplateSettings(
+        node_selector=json.loads(env["DISPATCHER_JOB_NODE_SELECTOR"]),
+        tolerations=json.loads(env["DISPATCHER_JOB_TOLERATIONS"]))
+    executor, _ = build_executor(settings, template, metrics)
     assert isinstance(executor, KubernetesExecutor)
     store = QueueStore(redis_client, keys, "r1")
     message = ProvisionerMessage(server_handle="srv-1", request_id="r1").with_identity()
@@ -54,13 +57,16 @@ async def test_an_end_being_handled_is_left_to_its_handler(
         ends = Ends(executor, store, RedisRetry(metrics), redis_client, keys,
                     DispatchState(), metrics)
         # The stop takes a while (a slow API); meanwhile the reconciler meets the Job failed.
-        k8s.emulator.control.inject(verb="patch", resource="jobs", delay=1.0, count=1)
+        k8s.inject(verb="patch", resource="jobs", delay=1.0, count=1)
         stuck = JobEnd(name, "srv-1", "r1", False, "ImagePullBackOff",
                        'Back-off pulling image "nope:1"', action="setup", stop_job=True)
         failed = JobEnd(name, "srv-1", "r1", False, "DeadlineExceeded",
                         "Job was active longer than specified deadline", action="setup")
         first = asyncio.create_task(ends.finish(stuck))
-        await asyncio.sleep(0.3)  # the stop is under way
+
+        async def stopping() -> bool:  # the stop's patch reached the (slow) API
+            return ("patch", "jobs") in k8s.proxy.seen
+        await wait_until(stopping, timeout=10, interval=0.01, what="the stop under way")
         await ends.finish(failed)
         await first
     finally:
