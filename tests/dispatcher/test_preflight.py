@@ -1,12 +1,12 @@
-"""Settings the API server would refuse: refused offline by the settings model, by the
-emulator exactly like the API server (with and without dryRun), and by the dispatcher's
-dry-run preflight before any message is consumed."""
+"""Settings the API server would refuse: refused offline by the settings model, by the real
+API server (with and without dryRun; the keys of labels and annotations are checked against it
+in tests/kube/test_job_metadata.py), and by the dispatcher's dry-run preflight, against the real
+API server, before any message is consumed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from contracts.keys import Keys
 from contracts.messages import parse_message
 from dispatcher.jobspec import build_job
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message, wait_until
+from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer
 
 # Each passed the chart schema and the settings model before, and the API refused it.
@@ -58,15 +58,16 @@ def test_valid_settings_still_load() -> None:
 
 
 @pytest.fixture
-def k8s(tmp_path: Path) -> Iterator[Kube]:
-    with kube(tmp_path) as k:
-        yield k
+def k8s(kube_env: Kube) -> Kube:
+    return kube_env
 
 
-def _body(**fields: Any) -> dict[str, Any]:
-    # model_construct: skip the settings' own checks, to see what the API says.
+def _body(k8s: Kube, **fields: Any) -> dict[str, Any]:
+    # model_construct: skip the settings' own checks, to see what the API says. The pod goes
+    # to the status node (nothing runs it) unless the case is about its placement.
+    pinned = {"node_selector": k8s.node.selector, "tolerations": k8s.node.tolerations}
     template = JobTemplateSettings.model_construct(**{**JobTemplateSettings().model_dump(),
-                                                      **fields})
+                                                      **pinned, **fields})
     if "secret_env" in fields:
         from dispatcher.settings import SecretKeyRef
         template.secret_env = {k: SecretKeyRef.model_construct(**v)
@@ -75,24 +76,29 @@ def _body(**fields: Any) -> dict[str, Any]:
     return build_job(msg, DispatcherSettings(instance="infra-service"), template)
 
 
+# Label and annotation keys and values: tests/kube/test_job_metadata.py, through the preflight.
+CHECKED_ELSEWHERE = {"labels", "annotations", "pod_annotations", "pod_labels"}
+
+
 @pytest.mark.parametrize("dry_run", [True, False])
-@pytest.mark.parametrize(("fields", "api_says"), REFUSED)
-def test_the_emulator_refuses_like_the_api_server(k8s: Kube, fields: dict[str, Any],
-                                                  api_says: str, dry_run: bool) -> None:
+@pytest.mark.parametrize(("fields", "api_says"),
+                         [c for c in REFUSED if not CHECKED_ELSEWHERE & set(c[0])])
+def test_the_real_api_server_refuses_them(k8s: Kube, fields: dict[str, Any], api_says: str,
+                                          dry_run: bool) -> None:
     kwargs = {"dry_run": "All"} if dry_run else {}
     with pytest.raises(ApiException) as caught:
-        k8s.batch.create_namespaced_job(NAMESPACE, _body(**fields), **kwargs)
+        k8s.batch.create_namespaced_job(k8s.namespace, _body(k8s, **fields), **kwargs)
     assert caught.value.status in (400, 422)
     assert api_says in json.loads(caught.value.body)["message"]
     assert k8s.jobs() == []
 
 
 def test_dry_run_validates_without_persisting(k8s: Kube) -> None:
-    created = k8s.batch.create_namespaced_job(NAMESPACE, _body(), dry_run="All")
+    created = k8s.batch.create_namespaced_job(k8s.namespace, _body(k8s), dry_run="All")
     assert created.metadata.name.startswith("prov-srv-1-")
     assert created.metadata.uid  # defaulted and admitted like a real create
     assert k8s.jobs() == []
-    k8s.batch.create_namespaced_job(NAMESPACE, _body())
+    k8s.batch.create_namespaced_job(k8s.namespace, _body(k8s))
     assert len(k8s.jobs()) == 1
 
 
@@ -103,8 +109,7 @@ def start(k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis, tmp_p
     def start(ready: bool = True, **env: str) -> DispatcherProcess:
         process = DispatcherProcess({
             "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-            "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
-            **env}, tmp_path / f"dispatcher-{len(started)}.log").start()
+            **k8s.dispatcher_env(), **env}, tmp_path / f"dispatcher-{len(started)}.log").start()
         started.append(process)
         if ready:
             process.wait_ready(60)
