@@ -2,14 +2,14 @@
 
 Jobs are completed by the test as soon as they appear, so a server's next Job can only
 exist once its previous one ended: the order the test sees a server's Jobs in is the order
-they ran in.
+they ran in. Against the real API server and Job controller; the test is the kubelet of the
+status node the runner pods are bound to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,15 +20,14 @@ from contracts.keys import Keys
 from contracts.reporting import publish_result
 from contracts.results import Reporter, ResultEntry, ResultStatus
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
-from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import DispatcherProcess, message
+from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer
 
 
 @pytest.fixture
-def k8s(tmp_path: Path) -> Iterator[Kube]:
-    with kube(tmp_path, bookmark_interval=1) as k:
-        yield k
+def k8s(kube_env: Kube) -> Kube:
+    return kube_env
 
 
 async def runner_reports(redis: aioredis.Redis, keys: Keys, rid: str, handle: str) -> None:
@@ -48,7 +47,7 @@ async def test_each_servers_messages_run_in_push_order(
     servers, per_server = 15, 8  # more servers than the default cap of 10
     processes = [DispatcherProcess({
         "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-        "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
+        **k8s.dispatcher_env(),
         "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_LOG_LEVEL": "INFO",
     }, tmp_path / f"dispatcher-{i}.log", replica=f"r{i}").start() for i in range(replicas)]
     try:
@@ -73,7 +72,7 @@ async def test_each_servers_messages_run_in_push_order(
                 handle, rid = labels[LABEL_HANDLE], labels[LABEL_REQUEST]
                 seen.setdefault(handle, []).append(int(rid.rsplit("-", 1)[1]))
                 await runner_reports(redis_client, keys, rid, handle)
-                await asyncio.to_thread(k8s.kubelet.succeed, NAMESPACE, job["metadata"]["name"])
+                await asyncio.to_thread(k8s.kubelet.succeed, k8s.namespace, job["metadata"]["name"])
                 done.add(job["metadata"]["name"])
             if crash and len(done) >= len(payloads) // 3 and processes[0].proc and \
                     processes[0].proc.poll() is None:
