@@ -386,8 +386,11 @@ class KubernetesExecutor:
         when = event.get("lastTimestamp") or event.get("eventTime") or \
             event.get("firstTimestamp") or ""
         if name not in self._jobs:
-            if len(self._early_rejections) < EARLY_REJECTIONS_MAX:
-                self._early_rejections[name] = (involved.get("uid"), when, rejection)
+            # Another release's Job, or ours not delivered yet: kept a while (the oldest
+            # goes first); a later retry of the Job controller updates the Event anyway.
+            if len(self._early_rejections) >= EARLY_REJECTIONS_MAX:
+                del self._early_rejections[next(iter(self._early_rejections))]
+            self._early_rejections[name] = (involved.get("uid"), when, rejection)
             return
         self._rejected(name, involved.get("uid"), when, rejection)
 

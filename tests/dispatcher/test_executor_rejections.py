@@ -1,0 +1,180 @@
+"""The Kubernetes executor's reading of two signals the watches deliver, without a cluster:
+the Job controller's FailedCreate Events (a pod refused at admission) and pods carrying
+DisruptionTarget (evicted, drained, preempted). tests/kube/test_admission.py and
+test_disruption.py meet the same objects from the real control plane."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dispatcher.executors.base import JobEnd
+from dispatcher.executors.kubernetes import KubernetesExecutor
+from dispatcher.kube.watching import Change, Sync
+from dispatcher.metrics import Metrics
+from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+
+pytestmark = pytest.mark.unit
+
+JOB = "prov-web-7-abc"
+UID = "0b7f-job-uid"
+LABELS = {LABEL_HANDLE: "web-7", LABEL_REQUEST: "req-1"}
+QUOTA = ('Error creating: pods "prov-web-7-abc-x1" is forbidden: exceeded quota: no-pods, '
+         'requested: pods=1, used: pods=0, limited: pods=0')
+
+
+def job(*conditions: tuple[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": JOB, "uid": UID, "labels": LABELS,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"startTime": "2026-01-01T00:00:00Z",
+                       "conditions": [{"type": t, "status": "True", "reason": r,
+                                       "message": f"{r} happened",
+                                       "lastTransitionTime": "2026-01-01T00:05:00Z"}
+                                      for t, r in conditions]}}
+
+
+def event(message: str = QUOTA, uid: str = UID, at: str = "2026-01-01T00:00:02Z"
+          ) -> dict[str, Any]:
+    return {"metadata": {"name": f"{JOB}.17a"}, "reason": "FailedCreate", "type": "Warning",
+            "involvedObject": {"kind": "Job", "name": JOB, "uid": uid}, "message": message,
+            "firstTimestamp": at, "lastTimestamp": at}
+
+
+def pod(name: str, phase: str, created: str = "2026-01-01T00:00:01Z",
+        disrupted: str | None = None, status_reason: str | None = None) -> dict[str, Any]:
+    conditions = [{"type": "DisruptionTarget", "status": "True", "reason": disrupted,
+                   "message": "Eviction API: evicting"}] if disrupted else []
+    return {"metadata": {"name": name, "creationTimestamp": created,
+                         "labels": {"batch.kubernetes.io/job-name": JOB}},
+            "spec": {"nodeName": "node-3"},
+            "status": {"phase": phase, "reason": status_reason, "conditions": conditions}}
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.executor = KubernetesExecutor(
+            SimpleNamespace(metrics=self.metrics),  # type: ignore[arg-type]
+            DispatcherSettings(), JobTemplateSettings())
+        self.held: list[str] = []
+        self.executor.on_pod_rejected = self.held.append
+        self.executor._apply_sync(Sync("jobs", []))
+        self.executor._apply_sync(Sync("pods", []))
+
+    def job(self, obj: dict[str, Any], kind: str = "MODIFIED") -> None:
+        self.executor._apply_job(Change("jobs", kind, obj))
+
+    def pod(self, obj: dict[str, Any], kind: str = "MODIFIED") -> None:
+        self.executor._apply_pod(Change("pods", kind, obj))
+
+    def event(self, obj: dict[str, Any]) -> None:
+        self.executor._apply_event(obj)
+
+    def ends(self) -> list[JobEnd]:
+        found = []
+        while not self.executor.ends.empty():
+            found.append(self.executor.ends.get_nowait())
+        return found
+
+    def rejections(self, cause: str) -> float:
+        return self.metrics.pod_admission_rejections.labels(cause)._value.get()
+
+
+def test_a_pod_refused_at_admission_ends_the_job_at_once_and_holds_launches() -> None:
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.event(event())
+    [end] = h.ends()
+    assert (end.reason, end.stop_job, end.request_id) == ("AdmissionRejected", True, "req-1")
+    assert end.message == QUOTA.removeprefix("Error creating: ")
+    assert h.held and h.held[0].startswith("runner pod refused at admission (quota)")
+    assert h.rejections("quota") == 1
+    h.event(event())  # the controller's next retry: already reported, counted once
+    assert h.ends() == [] and h.rejections("quota") == 1
+
+
+def test_a_rejection_seen_before_its_job_applies_when_the_job_arrives() -> None:
+    h = Harness()
+    h.event(event())
+    assert h.ends() == []
+    h.job(job(), "ADDED")
+    assert [e.reason for e in h.ends()] == ["AdmissionRejected"]
+
+
+@pytest.mark.parametrize("case", ["transient", "other_uid", "pod_running", "pod_created_later",
+                                  "job_over", "not_failed_create"])
+def test_what_is_not_a_rejection_of_this_jobs_pod(case: str) -> None:
+    h = Harness()
+    h.job(job(("Complete", "Completed")) if case == "job_over" else job(), "ADDED")
+    h.ends()  # the completed Job's own end, if any
+    if case == "pod_running":
+        h.pod(pod(f"{JOB}-a", "Running"))
+    if case == "pod_created_later":  # the quota had room again: the pod exists since
+        h.pod(pod(f"{JOB}-a", "Pending", created="2026-01-01T00:00:09Z"))
+    found = event()
+    if case == "transient":
+        found = event("Error creating: Timeout: request did not complete within 60s")
+    elif case == "other_uid":
+        found = event(uid="an-earlier-job-of-that-name")
+    elif case == "not_failed_create":
+        found = {**event(), "reason": "SuccessfulCreate"}
+    h.event(found)
+    assert [e.reason for e in h.ends() if e.reason == "AdmissionRejected"] == []
+    assert h.held == []
+
+
+def test_a_disrupted_pod_replaced_but_the_job_over_first_is_reported_as_disrupted() -> None:
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.pod(pod(f"{JOB}-a", "Running"))
+    h.pod(pod(f"{JOB}-a", "Failed", disrupted="EvictionByEvictionAPI"))
+    h.pod(pod(f"{JOB}-a", "Failed", disrupted="EvictionByEvictionAPI"), "DELETED")
+    # The replacement, just created (a pending timeout must not be what ends it here).
+    h.pod(pod(f"{JOB}-b", "Pending", created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
+    assert h.ends() == []  # replaced, not over
+    h.job(job(("Failed", "DeadlineExceeded")))
+    [end] = h.ends()
+    assert end.reason == "Disrupted"
+    assert f"pod {JOB}-a on node node-3" in end.message
+    assert "EvictionByEvictionAPI: Eviction API: evicting" in end.message
+
+
+def test_a_replacement_that_never_starts_is_reported_as_disrupted_too() -> None:
+    """A drained node: the replacement waits for room past the pending timeout."""
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.pod(pod(f"{JOB}-a", "Failed", disrupted="EvictionByEvictionAPI"))
+    h.pod(pod(f"{JOB}-b", "Pending", created="2026-01-01T00:01:00Z"))  # long ago
+    [end] = h.ends()
+    assert (end.reason, end.stop_job) == ("Disrupted", True)
+    assert "the replacement pod: pod did not start" in end.message
+
+
+def test_a_deleted_job_whose_last_pod_was_disrupted_is_disrupted() -> None:
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.pod(pod(f"{JOB}-a", "Failed", disrupted="PreemptionByScheduler"))
+    h.job(job(), "DELETED")
+    assert [e.reason for e in h.ends()] == ["Disrupted"]
+
+
+def test_a_later_pod_that_runs_makes_its_own_end_count() -> None:
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.pod(pod(f"{JOB}-a", "Failed", disrupted="EvictionByEvictionAPI"))
+    h.pod(pod(f"{JOB}-b", "Running", created="2026-01-01T00:01:00Z"))
+    h.job(job(("Failed", "DeadlineExceeded")))
+    assert [e.reason for e in h.ends()] == ["DeadlineExceeded"]
+
+
+def test_the_kubelets_node_pressure_eviction_stays_evicted() -> None:
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.pod(pod(f"{JOB}-a", "Failed", disrupted="TerminationByKubelet", status_reason="Evicted"))
+    h.job(job(("Failed", "BackoffLimitExceeded")))
+    [end] = h.ends()
+    assert end.reason == "Evicted" and "node-3" in end.message
