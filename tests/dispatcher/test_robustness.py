@@ -19,7 +19,6 @@ from redis.exceptions import RedisError
 from contracts.connections import RedisSettings, create_redis
 from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
-from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import (
     DispatcherProcess,
     fake_runs,
@@ -28,6 +27,7 @@ from tests.dispatcher.support import (
     results,
     wait_until,
 )
+from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer, free_port, wait_for_port
 
 FAKE_RUNNER = [sys.executable, "-m", "tests.dispatcher.fake_runner"]
@@ -159,9 +159,10 @@ def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
 
 
 @pytest.fixture
-def k8s(tmp_path: Path) -> Iterator[Kube]:
-    with kube(tmp_path, bookmark_interval=1) as k:
-        yield k
+def k8s(kube_env: Kube) -> Kube:
+    """The real API server and Job controller (the runner pods are bound to the status node,
+    where nothing runs them)."""
+    return kube_env
 
 
 async def _push(redis: aioredis.Redis, keys: Keys, payload: str) -> None:
@@ -181,7 +182,7 @@ async def test_redis_killed_at_random_instants_every_message_gets_one_job(
     keys = Keys()
     dispatcher = DispatcherProcess({
         "REDIS_URL": restartable_redis.url, "REDIS_PASSWORD": "",
-        "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
+        **k8s.dispatcher_env(),
         "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
         "DISPATCHER_MAX_IN_FLIGHT": "1000",
     }, tmp_path / "dispatcher.log").start()
