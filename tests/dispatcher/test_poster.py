@@ -1,4 +1,5 @@
-"""The event-loop POST path of Job creates, over real sockets: against the emulator, and
+"""The event-loop POST path of Job creates, over real sockets: against the real API server over
+TLS (authenticated by a bearer token or a client certificate, as the kubeconfig says), and
 against small servers that answer in chunks, close idle connections, hang, or speak TLS."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 import dispatcher.kube.poster as poster_module
 from dispatcher.kube.errors import describe
 from dispatcher.kube.poster import AsyncPoster
-from tests.dispatcher.kube_support import NAMESPACE, kube
+from tests.support.kube_env import KubeEnv
 
 LIMITS = (5.0, 5.0)
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]], Awaitable[None]]
@@ -71,28 +72,50 @@ def chunked(body: bytes, headers: str = "") -> bytes:
         + encoded + b"0\r\nX-Trailer: t\r\n\r\n"
 
 
-async def test_creates_against_the_emulator_201_then_409_as_api_exception(
-        tmp_path: Path) -> None:
-    with kube(tmp_path) as k8s:
+@pytest.mark.parametrize("credentials", ["bearer token", "client certificate"])
+async def test_creates_against_the_real_api_server_201_then_409_as_api_exception(
+        kube_env: KubeEnv, credentials: str, tmp_path: Path) -> None:
+    """The bearer token: the dispatcher's ServiceAccount, through the fault proxy's TLS (a
+    certificate of the cluster's CA). The client certificate: the admin's kubeconfig, straight
+    to the API server, which authenticates the certificate the poster presents."""
+    kubeconfig = (kube_env.kubeconfig if credentials == "bearer token"
+                  else kube_env.cp.kubeconfig())
+    configuration = client.Configuration()
+    config.load_kube_config(str(kubeconfig), client_configuration=configuration)
+    assert configuration.host.startswith("https://")
+    assert bool(configuration.cert_file) == (credentials == "client certificate")
+    poster = poster_for(configuration)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "poster-1"},
+           "spec": {"template": {"spec": {
+               "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}],
+               # Only the status node would take its pod (PodSecurity refuses it anyway).
+               "nodeSelector": kube_env.node.selector,
+               "tolerations": kube_env.node.tolerations}}}}
+    body = json.dumps(job).encode()
+    path = f"/apis/batch/v1/namespaces/{kube_env.namespace}/jobs"
+    created = await poster.post(path, body, "", LIMITS)
+    assert created.status == 201
+    assert json.loads(created.data)["metadata"]["name"] == "poster-1"
+    dry = await poster.post(path, json.dumps({**job, "metadata": {"name": "dry"}}).encode(),
+                            "dryRun=All", LIMITS)
+    assert dry.status == 201
+    with pytest.raises(ApiException) as conflict:
+        await poster.post(path, body, "", LIMITS)
+    assert conflict.value.status == 409
+    assert describe(conflict.value).reason == "AlreadyExists"
+    assert [j["metadata"]["name"] for j in kube_env.jobs()] == ["poster-1"]  # dry: not stored
+    poster.close()
+    if credentials == "bearer token":
+        # The header is what authenticates: a wrong token is the API server's 401.
+        wrong = json.loads(kubeconfig.read_text())
+        wrong["users"][0]["user"]["token"] = "not-a-token"
+        (tmp_path / "wrong").write_text(json.dumps(wrong))
         configuration = client.Configuration()
-        config.load_kube_config(str(k8s.kubeconfig), client_configuration=configuration)
+        config.load_kube_config(str(tmp_path / "wrong"), client_configuration=configuration)
         poster = poster_for(configuration)
-        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "poster-1"},
-               "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-                   {"name": "c", "image": "busybox"}]}}}}
-        body = json.dumps(job).encode()
-        path = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
-        created = await poster.post(path, body, "", LIMITS)
-        assert created.status == 201
-        assert json.loads(created.data)["metadata"]["name"] == "poster-1"
-        dry = await poster.post(path, json.dumps({**job, "metadata": {"name": "dry"}}).encode(),
-                                "dryRun=All", LIMITS)
-        assert dry.status == 201
-        with pytest.raises(ApiException) as conflict:
+        with pytest.raises(ApiException) as refused:
             await poster.post(path, body, "", LIMITS)
-        assert conflict.value.status == 409
-        assert describe(conflict.value).reason == "AlreadyExists"
-        assert [j["metadata"]["name"] for j in k8s.jobs()] == ["poster-1"]  # dry run: stored not
+        assert describe(refused.value).status == 401
         poster.close()
 
 
