@@ -75,6 +75,19 @@ def _slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
                                                   "containerStatuses")}}
 
 
+def _ran(pod: dict[str, Any]) -> bool:
+    """Did the pod's runner start? A replacement deleted before its container started
+    (the Job's deadline, a drained node) leaves the disruption as what happened."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Running", "Succeeded"):
+        return True
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if "running" in state or (state.get("terminated") or {}).get("startedAt"):
+            return True
+    return False
+
+
 def _pod_job(pod: dict[str, Any]) -> str | None:
     labels = (pod.get("metadata") or {}).get("labels") or {}
     return next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
@@ -451,8 +464,7 @@ class KubernetesExecutor:
                 evicted = pod["status"].get("reason") == "Evicted"
                 self._disruptions[job_name] = (
                     created, JobEndReason.EVICTED if evicted else JobEndReason.DISRUPTED, text)
-        elif prior is not None and pod["status"].get("phase") in ("Running", "Succeeded",
-                                                                   "Failed") \
+        elif prior is not None and _ran(pod) \
                 and created is not None and prior[0] is not None and created > prior[0]:
             del self._disruptions[job_name]
 

@@ -171,6 +171,20 @@ def test_a_later_pod_that_runs_makes_its_own_end_count() -> None:
     assert [e.reason for e in h.ends()] == ["DeadlineExceeded"]
 
 
+def test_a_replacement_killed_before_it_started_leaves_the_disruption() -> None:
+    """The deadline ends the Job while the replacement waits: the Job controller deletes
+    it and the kubelet marks its never-started container terminated (no startedAt)."""
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.pod(pod(f"{JOB}-a", "Failed", disrupted="EvictionByEvictionAPI"))
+    never = pod(f"{JOB}-b", "Failed", created="2026-01-01T00:01:00Z")
+    never["status"]["containerStatuses"] = [{"name": "runner", "state": {"terminated": {
+        "exitCode": 137, "reason": "ContainerStatusUnknown"}}}]
+    h.pod(never)
+    h.job(job(("Failed", "DeadlineExceeded")))
+    assert [e.reason for e in h.ends()] == ["Disrupted"]
+
+
 def test_the_kubelets_node_pressure_eviction_stays_evicted() -> None:
     h = Harness()
     h.job(job(), "ADDED")

@@ -175,9 +175,15 @@ def _deadline(k: Kube, job: str) -> None:
 
 
 def _evicted(k: Kube, job: str) -> None:
+    """The kubelet's node-pressure eviction: the Job controller replaces the pod (the
+    disruption rule), and when the Job then ends without the runner's result, the last
+    disruption is what is reported."""
     pod = k.kubelet.start_job(k.namespace, job)
     k.kubelet.run(k.namespace, pod)
     k.kubelet.evict(k.namespace, pod, "The node was low on resource: memory.")
+    replacement = k.kubelet.start_job(k.namespace, job)
+    assert replacement != pod
+    k.kubelet.exceed_deadline(k.namespace, job)
 
 
 def _deleted(k: Kube, job: str) -> None:

@@ -135,13 +135,16 @@ class StatusNode:
             states = []
             for container, known in zip(pod["spec"]["containers"],
                                         status.get("containerStatuses") or [{}], strict=False):
-                running = "running" in (known.get("state") or {})
+                running = (known.get("state") or {}).get("running")
+                terminated: Obj = {"exitCode": 143, "reason": "Error",
+                                   "startedAt": running["startedAt"], "finishedAt": now()} \
+                    if running else {
+                        "exitCode": 137, "reason": "ContainerStatusUnknown", "finishedAt": now(),
+                        "message": "The container could not be located when the pod was "
+                                   "terminated"}
                 states.append({"name": container["name"], "image": container["image"],
                                "imageID": "", "ready": False, "restartCount": 0,
-                               "started": False, "state": {"terminated": {
-                                   "exitCode": 143 if running else 137,
-                                   "reason": "Error" if running else "ContainerStatusUnknown",
-                                   "startedAt": now(), "finishedAt": now()}}})
+                               "started": False, "state": {"terminated": terminated}})
             pod["status"] = {**status, "phase": "Failed", "containerStatuses": states}
             self.core.replace_namespaced_pod_status(meta["name"], meta["namespace"], pod)
         # The options in the body: a body replaces the query's grace period.
