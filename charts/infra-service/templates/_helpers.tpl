@@ -211,3 +211,24 @@ capabilities:
       optional: {{ default false .ref.optional }}
 {{- end }}
 {{- end }}
+
+{{/*
+Placement of a `helm test` pod, given .Values.dispatcher or .Values.runner: the nodeSelector,
+tolerations and image pull Secrets of the pods that run the same image.
+*/}}
+{{- define "infra-service.testPodPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
