@@ -239,6 +239,9 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     values = chart_values(images, redis_srv, database_url, prefix,
                           make_keypair(tmp_path, "orchestrator").public)
 
+    labels = life.kubectl_json("get", "namespace", life.ns)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+
     # -- install: the migration hook first, then the release's objects ----------------------
     started = time.monotonic()
     out = life.helm_ok(rel.install(values, "--wait", "--timeout", "180s"), "helm install")
@@ -288,6 +291,8 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     # helm prints the passing pods' output (hook-output-log-policy), then deletes them and
     # their policy (hook-succeeded): `helm uninstall` never deletes hooks.
     assert "OK: dispatcher ready" in out and "OK: PostgreSQL" in out, out
+    # the test pod read the metrics Service by its name (resolved by the node, see above)
+    assert f"{rel.fullname}-metrics.{life.ns}.svc:{values['service']['port']}" in out, out
     assert life.refused() == [], life.refused()
     leftover = [p["metadata"]["name"] for p in life.pods()
                 if p["metadata"]["labels"].get("app.kubernetes.io/component") == "test"]
@@ -306,6 +311,11 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     assert life.process_env(pod)["DISPATCHER_MAX_IN_FLIGHT"] == "3"
     deployment = rel.get("deployment", rel.fullname)
     assert deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    completed = [e for e in life.kubectl_json("get", "events")["items"]
+                 if e["involvedObject"]["name"] == migrate and e["reason"] == "Completed"]
+    assert len(completed) == 2, f"the pre-upgrade migration did not run again: {completed}"
+    assert life.kubectl_json("get", "jobs,networkpolicies", "-l",
+                             "app.kubernetes.io/component=migrations")["items"] == []
 
     # -- rollback to revision 1 -------------------------------------------------------------
     life.helm_ok(rel.helm("rollback", rel.name, "1", "--wait", "--timeout", "180s",
@@ -318,21 +328,23 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     assert life.refused() == [], life.refused()
 
     # -- uninstall: nothing of the release is left ------------------------------------------
-    # The runner Jobs are the dispatcher's, not the release's: they stay for their TTL
-    # (their logs are the run's record), and are removed here first to see the rest.
-    life.cp.kubectl("-n", life.ns, "delete", "jobs", "-l",
-                    "app.kubernetes.io/managed-by=infra-service-dispatcher", "--wait=true",
-                    "--cascade=foreground")
     life.helm_ok(rel.helm("uninstall", rel.name, "--wait", "--timeout", "120s", check=False),
                  "helm uninstall")
+    # The runner Jobs (and their pods) are the dispatcher's, not the release's: they stay for
+    # runner.ttlSecondsAfterFinished, their logs being the run's record.
+    runs = {("Job", job_name), ("Pod", runner["metadata"]["name"])}
 
     def leftovers() -> set[tuple[str, str]]:
         items = life.kubectl_json("get", KINDS)["items"]
         return {(o["kind"], o["metadata"]["name"]) for o in items} - LEFT_BY_KUBERNETES - {
-            ("Secret", SECRET)}
+            ("Secret", SECRET)} - runs
 
     try:
         life.wait(lambda: not leftovers(), 60, "an empty namespace after helm uninstall")
     except AssertionError:
         raise AssertionError(f"left behind by helm uninstall: {sorted(leftovers())}") from None
+    kept = life.kubectl_json("get", "jobs,pods")["items"]
+    assert {(o["kind"], o["metadata"]["name"]) for o in kept} == runs, kept
+    assert all(o["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+               == "infra-service-dispatcher" for o in kept if o["kind"] == "Job"), kept
     print(f"\nhelm install --wait took {installed_in:.1f} s")
