@@ -1,28 +1,34 @@
 """Fixtures of the end-to-end tests.
 
 Per package: the runner image (built once per content), a migrated database, SSH key pairs,
-two disposable hosts and the provider API. Per test: an emulator process holding the
-runner's Secrets, a node agent running its pods, and a factory for dispatcher processes
-configured the way the Helm chart configures them.
+two disposable hosts, the provider API and the e2e node (tests/support/node.py, tainted, with
+the tests' plays mounted) registered with the session's real control plane. Per test: a
+namespace of that control plane (PodSecurity ``restricted``) holding the runner's Secrets and
+the dispatcher's ServiceAccount, an observer of its Jobs and pods, and a factory for
+dispatcher processes configured the way the Helm chart configures them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes.client
 import pytest
 import redis.asyncio as aioredis
+from kubernetes.client.rest import ApiException
 
 from tests.deploy.images import Image, ensure_image
-from tests.dispatcher.kube_support import NAMESPACE, kube
 from tests.dispatcher.support import DispatcherProcess
-from tests.e2e.node_agent import NodeAgent
 from tests.e2e.support import (
     DB_NAME,
+    NODE_NAME,
+    NODE_SELECTOR,
+    NODE_TAINTS,
+    NODE_TOLERATIONS,
     PLAYS,
     PLAYS_MOUNT,
     PROVIDER_SECRET,
@@ -30,9 +36,15 @@ from tests.e2e.support import (
     Cluster,
     ServerDb,
     StartDispatcher,
+    admin_client,
+    observing,
+    token_kubeconfig,
 )
+from tests.support.controlplane import ControlPlane
 from tests.support.hosts import Host, vps_host
 from tests.support.keys import Keypair, make_keypair
+from tests.support.kube_env import grant_dispatcher
+from tests.support.node import Node, running_node
 from tests.support.provider_api import ProviderApi, provider_api
 from tests.support.services import PostgresServer, RedisServer
 
@@ -90,8 +102,47 @@ def _leak_probes(*secrets: dict[str, str]) -> list[str]:
     return probes
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[pytest.TestReport]:
+    """Keeps each phase's report on the test, so fixtures can tell a failed test."""
+    report: pytest.TestReport = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)
+    return report is None or report.failed
+
+
+@pytest.fixture(scope="package")
+def e2e_node(control_plane: ControlPlane) -> Iterator[Node]:
+    """The node that runs these tests' runner pods, with the small plays mounted read-only;
+    tainted, so no other test's pod lands there (and these Jobs select it)."""
+    with running_node(control_plane, NODE_NAME, mounts={PLAYS_MOUNT: PLAYS},
+                      taints=NODE_TAINTS) as node:
+        yield node
+        assert not node.errors, f"the e2e node failed: {node.errors}"
+
+
+def _wait_default_service_account(core: kubernetes.client.CoreV1Api, namespace: str) -> None:
+    """A new namespace's ``default`` ServiceAccount comes from a controller a moment later;
+    until then the API server refuses pods (the runner pods run with it)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+            return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture
-def cluster(tmp_path: Path, pg_srv: PostgresServer, redis_srv: RedisServer,
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, control_plane: ControlPlane,
+            kube_ns: str, e2e_node: Node, pg_srv: PostgresServer, redis_srv: RedisServer,
             ssh_keys: dict[str, Keypair], provider: ProviderApi) -> Iterator[Cluster]:
     provider.reset()
     runner_secrets = {"database-password": pg_srv.password,
@@ -99,23 +150,29 @@ def cluster(tmp_path: Path, pg_srv: PostgresServer, redis_srv: RedisServer,
                       "ssh-private-key": ssh_keys["provisioner"].private}
     provider_secrets = {"PROVIDER_API_USERNAME": provider.behaviour.username,
                         "PROVIDER_API_PASSWORD": provider.behaviour.password}
-    with kube(tmp_path, bookmark_interval=1) as k8s:
-        core = kubernetes.client.CoreV1Api(k8s.api_client)
-        core.create_namespaced_secret(NAMESPACE, _secret(RUNNER_SECRET, runner_secrets))
-        core.create_namespaced_secret(NAMESPACE, _secret(PROVIDER_SECRET, provider_secrets))
-        node_client = k8s.emulator.api_client()
-        try:
-            with NodeAgent(node_client, NAMESPACE, mounts={PLAYS_MOUNT: PLAYS}) as node:
-                yield Cluster(k8s, node, _leak_probes(runner_secrets, provider_secrets))
-        finally:
-            node_client.close()
-        assert not node.errors, f"the node agent failed: {node.errors}"
+    token = grant_dispatcher(control_plane, kube_ns)
+    kubeconfig = token_kubeconfig(control_plane, token, kube_ns, tmp_path / "dispatcher.kubeconfig")
+    api = admin_client(control_plane)
+    try:
+        core = kubernetes.client.CoreV1Api(api)
+        core.create_namespaced_secret(kube_ns, _secret(RUNNER_SECRET, runner_secrets))
+        core.create_namespaced_secret(kube_ns, _secret(PROVIDER_SECRET, provider_secrets))
+        _wait_default_service_account(core, kube_ns)
+        with observing(api, kube_ns) as observer:
+            cluster = Cluster(control_plane, kube_ns, e2e_node, observer, api, kubeconfig,
+                              [*_leak_probes(runner_secrets, provider_secrets), token])
+            yield cluster
+            if _failed(request):
+                print(f"\n=== namespace {kube_ns} as the test ended ===\n{cluster.describe()}")
+    finally:
+        api.close()
 
 
 @pytest.fixture
-def start_dispatcher(cluster: Cluster, redis_srv: RedisServer, redis_client: aioredis.Redis,
-                     server_db: ServerDb, runner_image: Image, ssh_keys: dict[str, Keypair],
-                     provider: ProviderApi, tmp_path: Path) -> Iterator[StartDispatcher]:
+def start_dispatcher(request: pytest.FixtureRequest, cluster: Cluster, redis_srv: RedisServer,
+                     redis_client: aioredis.Redis, server_db: ServerDb, runner_image: Image,
+                     ssh_keys: dict[str, Keypair], provider: ProviderApi, tmp_path: Path
+                     ) -> Iterator[StartDispatcher]:
     """Starts ``python -m dispatcher run`` against the cluster (Redis is empty already).
 
     ``runner_env`` changes the runner's plain environment (the chart's runner.env);
@@ -156,8 +213,10 @@ def start_dispatcher(cluster: Cluster, redis_srv: RedisServer, redis_client: aio
         }
         process = DispatcherProcess({
             "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-            "DISPATCHER_KUBECONFIG": str(cluster.kube.kubeconfig),
-            "DISPATCHER_NAMESPACE": NAMESPACE,
+            "DISPATCHER_KUBECONFIG": str(cluster.dispatcher_kubeconfig),
+            "DISPATCHER_NAMESPACE": cluster.namespace,
+            "DISPATCHER_JOB_NODE_SELECTOR": json.dumps(NODE_SELECTOR),
+            "DISPATCHER_JOB_TOLERATIONS": json.dumps(NODE_TOLERATIONS),
             "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
             "DISPATCHER_API_RETRY_MAX_SECONDS": "1",
             "DISPATCHER_JOB_IMAGE": runner_image.ref,
@@ -175,3 +234,7 @@ def start_dispatcher(cluster: Cluster, redis_srv: RedisServer, redis_client: aio
     yield start
     for process in started:
         process.kill()
+    if _failed(request):
+        for process in started:
+            tail = "\n".join(process.logs().splitlines()[-60:])
+            print(f"\n=== {process.log_path.name} (last 60 lines) ===\n{tail}")

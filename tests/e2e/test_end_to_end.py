@@ -1,6 +1,8 @@
 """From the Scheduler's push to the server's status: the dispatcher (a process, Kubernetes
-executor) -> the Kubernetes API emulator -> the node agent running each Job's pod as a
-container of the real runner image -> disposable hosts -> PostgreSQL + provisioner:results.
+executor, a ServiceAccount token with exactly its grants) -> the real kube-apiserver (RBAC,
+PodSecurity restricted) -> the real Job controller and scheduler -> the node stand-in running
+each pod as a container of the real runner image -> disposable hosts -> PostgreSQL +
+provisioner:results.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
-from tests.dispatcher.kube_support import NAMESPACE
 from tests.dispatcher.support import DispatcherProcess, message, metric_value
-from tests.e2e.node_agent import ContainerRun
 from tests.e2e.support import (
     RUNNER_SECRET,
     Cluster,
+    ContainerRun,
     ServerDb,
     StartDispatcher,
     unique,
@@ -36,7 +37,7 @@ async def push(redis: aioredis.Redis, handle: str, request_id: str, **flags: boo
 
 
 async def finished_job(cluster: Cluster, name: str) -> dict[str, Any]:
-    """The Job once the node wrote its final status (the runner reports before it exits)."""
+    """The Job once the Job controller wrote its end (the runner reports before it exits)."""
     def done() -> dict[str, Any] | None:
         job = cluster.job(name)
         conditions = {c["type"] for c in job["status"].get("conditions") or []
@@ -68,10 +69,9 @@ def peak_overlap(runs: list[ContainerRun]) -> int:
 
 def assert_no_secret(cluster: Cluster, *texts: str) -> None:
     stored = cluster.stored_text()
-    commands = json.dumps([run.command for run in cluster.node.runs])
     for value in cluster.secret_values:
-        assert value not in stored, "a secret value reached a Job, Pod, Event or pod log"
-        assert value not in commands, "a secret value reached a podman command line"
+        assert value not in stored, \
+            "a secret value reached a Job, Pod, Event, ConfigMap or container output"
         for text in texts:
             assert value not in text, "a secret value reached a log line or a result"
 
@@ -98,7 +98,9 @@ async def test_setup(start_dispatcher: StartDispatcher, cluster: Cluster, hosts:
     assert ssh_keys["orchestrator"].public in authorized
     assert trace(host, handle) == [f"start setup {rid}", f"end setup {rid}"]
 
-    # Kubernetes: one Job, complete, whose one pod ran the runner image to exit code 0.
+    # Kubernetes: one Job, completed by the Job controller, whose one pod (admitted under
+    # PodSecurity restricted, bound by the scheduler to the e2e node) ran the runner image to
+    # exit code 0, as the pod's user on a read-only root.
     (listed,) = cluster.objects("jobs")
     name = listed["metadata"]["name"]
     assert result["job_name"] == name
@@ -106,14 +108,18 @@ async def test_setup(start_dispatcher: StartDispatcher, cluster: Cluster, hosts:
     assert job["status"]["succeeded"] == 1 and job["status"]["completionTime"]
     (pod,) = cluster.pods_of(name)
     assert pod["status"]["phase"] == "Succeeded"
+    assert pod["spec"]["nodeName"] == cluster.node.name
     (state,) = pod["status"]["containerStatuses"]
     assert state["state"]["terminated"]["exitCode"] == 0
-    assert state["image"] == listed["spec"]["template"]["spec"]["containers"][0]["image"]
+    (container,) = listed["spec"]["template"]["spec"]["containers"]
+    assert state["image"] == container["image"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"SuccessfulCreate", "Completed"} <= set(cluster.event_reasons(name))
-    assert {"Scheduled", "Pulled", "Created", "Started"} <= \
+    # (the node stand-in records no Pulled Event for an image already present)
+    assert {"Scheduled", "Created", "Started"} <= \
         set(cluster.event_reasons(pod["metadata"]["name"]))
-    (run,) = cluster.node.runs
-    assert "--read-only" in run.command and "--user" in run.command
+    (run,) = cluster.observer.runs
+    assert (run.job_name, run.request_id, run.exit_code) == (name, rid, 0)
 
     await metric_reaches(dispatcher, "infra_jobs_succeeded_total", 1)
     assert_no_secret(cluster, dispatcher.logs(), json.dumps(result))
@@ -233,18 +239,21 @@ async def test_deleting_a_running_job_stops_its_runner(
                                                 check=False).stdout,
                    timeout=120, what="the play running on the server")
 
-    # kubectl delete job <name>: the pod goes, and the kubelet stops its container.
+    # kubectl delete job <name>: the garbage collector deletes the pod, and the node stops
+    # its container (SIGTERM, then the grace period).
     (job,) = cluster.objects("jobs")
     await asyncio.to_thread(cluster.batch.delete_namespaced_job, job["metadata"]["name"],
-                            NAMESPACE, propagation_policy="Background")
+                            cluster.namespace, propagation_policy="Background")
     result = (await wait_for_results(redis_client, [rid]))[rid]
     # The dispatcher reports (the Job is gone); the SIGTERMed runner publishes nothing.
     assert (result["status"], result["error"]["kind"], result["reported_by"]) == \
         ("failed", "job_deleted", "dispatcher"), result
-    (run,) = cluster.node.runs
+    (run,) = cluster.observer.runs
     await wait_for(lambda: run.finished is not None, timeout=60,
                    what="the runner container ended")
-    assert run.exit_code == 15  # SIGTERM: the runner cancelled its play, not killed
+    # SIGTERM: the runner cancelled its play, not killed (the node's last status write)
+    assert run.exit_code == 15, cluster.describe()
+    assert "Killing" in cluster.event_reasons(run.pod_name)
     row = await server_db.row(handle)
     assert row["status"] == "FAILED" and "cancel" in row["status_reason"]
     assert f"end setup {rid}" not in trace(host, handle)
@@ -265,9 +274,9 @@ async def test_image_that_does_not_exist(start_dispatcher: StartDispatcher, clus
     assert (result["status"], result["reported_by"], result["error"]["kind"]) == \
         ("failed", "dispatcher", "image_pull"), result
     assert image in result["error"]["message"]
-    # The stuck Job is stopped, not deleted: it stays failed (until its TTL) with the
-    # reason in an annotation and a Warning Event; its pod is gone, nothing ran, the server
-    # is untouched and free again.
+    # The stuck Job is stopped, not deleted: it stays failed (until its TTL; the Job
+    # controller fails it for its shortened deadline) with the reason in an annotation and a
+    # Warning Event; its pod is gone, nothing ran, the server is untouched and free again.
     def stopped() -> bool:
         jobs = cluster.objects("jobs")
         return len(jobs) == 1 and any(
@@ -277,7 +286,7 @@ async def test_image_that_does_not_exist(start_dispatcher: StartDispatcher, clus
     assert job["metadata"]["annotations"]["infra-service.io/stopped"].startswith(
         ("ErrImagePull: ", "ImagePullBackOff: "))
     await wait_for(lambda: not cluster.objects("pods"), timeout=30, what="stuck pod deleted")
-    assert cluster.node.runs == []
+    assert cluster.observer.runs == []
     assert (await server_db.row(handle))["status"] == "NEW"
     assert await redis_client.hlen(Keys().inflight) == 0
     events = cluster.objects("events")
@@ -304,9 +313,9 @@ async def test_missing_secret_key_is_a_container_config_error(
     result = (await wait_for_results(redis_client, [rid], timeout=60))[rid]
     assert (result["status"], result["reported_by"], result["error"]["kind"]) == \
         ("failed", "dispatcher", "config_error"), result
-    assert f"couldn't find key credentials-key in Secret infra/{RUNNER_SECRET}" in \
-        result["error"]["message"]
-    assert cluster.node.runs == []
+    assert f"couldn't find key credentials-key in Secret {cluster.namespace}/{RUNNER_SECRET}" \
+        in result["error"]["message"]
+    assert cluster.observer.runs == []
     assert (await server_db.row(handle))["status"] == "NEW"
 
 
@@ -323,12 +332,17 @@ async def test_two_messages_for_one_server_run_one_after_the_other(
 
     got = await wait_for_results(redis_client, [first, second])
     assert all(r["status"] == "succeeded" for r in got.values()), got
-    runs = sorted(cluster.node.runs, key=lambda r: r.started)
+    runs = sorted(cluster.observer.runs, key=lambda r: r.started or 0.0)
     assert [r.request_id for r in runs] == [first, second]
-    # The second Job was created only after the first one's pod had ended.
+    # The second Job was created only after the first one had ended (its pod too).
     await finished_job(cluster, runs[1].job_name)
     assert runs[0].finished is not None
-    assert cluster.node.first_seen[runs[1].job_name] >= runs[0].finished
+    assert cluster.observer.created_after_end(runs[0].job_name, runs[1].job_name), \
+        cluster.observer.job_order
+    (first_pod,) = cluster.pods_of(runs[0].job_name)
+    ended = first_pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+    created = cluster.job(runs[1].job_name)["metadata"]["creationTimestamp"]
+    assert created >= ended  # RFC 3339 UTC, whole seconds: ordered as text
     assert trace(host, handle) == [f"start setup {first}", f"end setup {first}",
                                    f"start setup {second}", f"end setup {second}"]
     assert metric_value(dispatcher.metrics(), "infra_messages_waiting_total") == 1
@@ -351,10 +365,10 @@ async def test_ten_servers_with_an_in_flight_cap_of_three(
     assert all(r["status"] == "succeeded" for r in got.values()), got
     for handle in handles:
         assert (await server_db.row(handle))["status"] == "READY"
-    node = cluster.node
-    assert node.peak_active_jobs == 3  # the cap was reached and never exceeded
-    assert peak_overlap(node.runs) <= 3
-    assert sorted(r.request_id for r in node.runs) == sorted(rids.values())
+    observer = cluster.observer
+    assert observer.peak_active_jobs == 3  # the cap was reached and never exceeded
+    assert peak_overlap(observer.runs) <= 3
+    assert sorted(r.request_id for r in observer.runs) == sorted(rids.values())
     await metric_reaches(dispatcher, "infra_jobs_succeeded_total", 10)
 
 
@@ -370,7 +384,7 @@ async def test_dispatcher_restart_in_the_middle(
     settings = {"DISPATCHER_MAX_IN_FLIGHT": "2", "runner_env": {"E2E_PLAY_SECONDS": "4"}}
     first = start_dispatcher(**settings)
     await redis_client.lpush(Keys().queue, *[message(h, rids[h]) for h in handles])
-    node = cluster.node
+    node = cluster.observer
 
     await wait_for(lambda: len(node.running()) == 2, timeout=120, what="two runners running")
     first.kill()  # SIGKILL: no shutdown of any kind

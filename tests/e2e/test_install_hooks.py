@@ -1,6 +1,7 @@
-"""The chart's migration hook Job, exactly as rendered, run on the emulated node (a podman
-container of the real runner image) against a real PostgreSQL: a fresh database gets the
-schema, and a second run (pre-upgrade) changes nothing."""
+"""The chart's migration hook Job, as rendered, created in the real API server (admitted under
+PodSecurity restricted, run by the real Job controller) and run on the e2e node stand-in (a
+podman container of the real runner image) against a real PostgreSQL: a fresh database gets
+the schema, and a second run (pre-upgrade) changes nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ import pytest
 from runner_image.migrations import MIGRATIONS_DIR
 from tests.deploy.chart import render
 from tests.deploy.images import Image
-from tests.dispatcher.kube_support import NAMESPACE
-from tests.e2e.support import RUNNER_SECRET, Cluster, unique, wait_for
+from tests.e2e.support import (
+    NODE_SELECTOR,
+    NODE_TOLERATIONS,
+    RUNNER_SECRET,
+    Cluster,
+    unique,
+    wait_for,
+)
 from tests.support.services import PostgresServer
 
 pytestmark = pytest.mark.hosts  # podman runs the hook's container
@@ -36,8 +43,10 @@ async def test_migration_hook_job_on_a_fresh_database(cluster: Cluster, runner_i
     rendered = render({
         "existingSecret": RUNNER_SECRET,  # holds database-password, as the e2e cluster has it
         "database": {"url": pg_srv.dsn(database)},
-        "runner": {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"}},
-    }, namespace=NAMESPACE)
+        # The hook pod goes where the runner pods go (runner.nodeSelector / tolerations).
+        "runner": {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                   "nodeSelector": NODE_SELECTOR, "tolerations": NODE_TOLERATIONS},
+    }, namespace=cluster.namespace)
     hook = rendered.one("Job", "-migrate")
     name = hook["metadata"]["name"]
 
@@ -47,14 +56,15 @@ async def test_migration_hook_job_on_a_fresh_database(cluster: Cluster, runner_i
     for attempt in ("pre-install", "pre-upgrade"):
         # Helm deletes the previous hook Job first (before-hook-creation).
         if not hook_gone():
-            cluster.batch.delete_namespaced_job(name, NAMESPACE, propagation_policy="Background")
+            cluster.batch.delete_namespaced_job(name, cluster.namespace,
+                                                propagation_policy="Background")
             await wait_for(hook_gone, timeout=60, what="old hook Job gone")
-        cluster.batch.create_namespaced_job(NAMESPACE, hook)
+        cluster.batch.create_namespaced_job(cluster.namespace, hook)
         job = await wait_for(lambda: _finished(cluster, name), timeout=180,
                              what=f"{attempt} hook Job finished")
-        pods = cluster.pods_of(name)
-        logs = "".join(cluster.pod_log(p["metadata"]["name"]) for p in pods)
-        assert job["status"].get("succeeded") == 1, logs
+        assert job["status"].get("succeeded") == 1, cluster.describe()
+        (pod,) = [p for p in cluster.pods_of(name) if p["status"]["phase"] == "Succeeded"]
+        assert pod["spec"]["nodeName"] == cluster.node.name
     conn = await asyncpg.connect(pg_srv.dsn(database), password=pg_srv.password)
     try:
         versions = [r["version"] for r in await conn.fetch(
