@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,6 +264,12 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     pod = life.ready_dispatcher("DISPATCHER_MAX_IN_FLIGHT", "10")
     assert pod["spec"]["nodeName"] == NODE
     assert pod["spec"]["serviceAccountName"] == rel.fullname
+    # Ready is the probe's /readyz: every check passed, among them the dispatcher's own
+    # access review of its grants with the pod's token (rbac).
+    health = values["dispatcher"]["healthPort"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=5) as reply:
+        checks = json.loads(reply.read())
+    assert checks["rbac"] is True and all(checks.values()), checks
     assert any("serviceAccountToken" in s for v in pod["spec"]["volumes"]
                for s in (v.get("projected") or {}).get("sources", [])), pod["spec"]["volumes"]
     request = f"req-{uuid.uuid4().hex[:8]}"
