@@ -1,22 +1,33 @@
-"""What an SRE and Prometheus see of a running dispatcher, against the emulator and Redis:
+"""What an SRE and Prometheus see of a running dispatcher, against the real API server and
+controllers and Redis:
 
 - the kubectl commands the chart's NOTES give for "why did web-7 fail", run verbatim with the
-  real kubectl against the emulator;
+  real kubectl against the real API server; the test is the kubelet of the node the runner pod
+  is bound to (tests/support/status_node.py), and serves the one kubelet endpoint ``kubectl
+  logs`` reaches through the API server (``/containerLogs``);
 - a real Prometheus (started here on 127.0.0.1) scraping the dispatcher with the chart's
   rules: dead letters, a failing Job and UNREACHABLE results make the expected alerts go
-  pending/firing, and every dashboard query returns data;
-- the Kubernetes calls the dispatcher made in these scenarios, as the emulator recorded them,
-  are exactly what the chart's Role grants.
+  pending/firing, and every dashboard query returns data.
+
+That the chart's Role grants exactly the Kubernetes calls the dispatcher makes was checked here
+against the calls the emulator recorded; tests/kube/test_chart_rbac.py now proves it with the
+real authorizer (the grants are enough, each is used, and without any one the dispatcher names
+it), so that part is gone from this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import shutil
+import ssl
 import subprocess
+import threading
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,33 +43,108 @@ from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.naming import LABEL_HANDLE
 from tests.deploy.chart import RELEASE, render
 from tests.deploy.test_alerts import dashboard_queries
-from tests.dispatcher.kube_support import NAMESPACE, Kube, kube
 from tests.dispatcher.support import REPO, DispatcherProcess, message, wait_until
-from tests.k8s_emulator.kinds import BY_PLURAL
+from tests.support.controlplane import ControlPlane
+from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer, free_port
+from tests.support.status_node import StatusKubelet, StatusNode
 
 RUNNER_LOG = ('{"level": "error", "event": "play failed", "server_handle": "web-7", '
               '"error_kind": "play_failed"}\n')
 JOB_NAME = f"{RELEASE}-infra-service-metrics"
+# The namespace the README's copy of the NOTES commands names; Prometheus' target label.
+NAMESPACE = "infra"
+
+
+class LogNode(StatusNode):
+    """A status node that also serves the kubelet's ``/containerLogs`` on 127.0.0.1, at the
+    port its status announces, so ``kubectl logs`` works through the real API server. Its
+    only address is InternalIP 127.0.0.1 (the API server would look a Hostname up in DNS).
+    Every runner container on it logged ``RUNNER_LOG``: the test is its kubelet."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        super().__init__(cp, f"logs-{uuid.uuid4().hex[:6]}")
+        cp.pki.issue(self.name, self.name, server=True, ips=["127.0.0.1"])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cp.pki.path(f"{self.name}.crt")),
+                                str(cp.pki.path(f"{self.name}.key")))
+        self.requests: list[str] = []
+        self._logs = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._logs.daemon_threads = True
+        self._logs.socket = context.wrap_socket(self._logs.socket, server_side=True)
+        self.log_port = int(self._logs.server_address[1])
+        threading.Thread(target=self._logs.serve_forever, daemon=True,
+                         name=f"{self.name}-logs").start()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        requests = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                requests.append(self.path)
+                if not self.path.startswith("/containerLogs/"):
+                    self.send_error(404, "only container logs are served here")
+                    return
+                body = RUNNER_LOG.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+    def _post_status(self) -> None:
+        capacity = {"cpu": "8", "memory": "32Gi", "pods": "20", "ephemeral-storage": "100Gi"}
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.core.patch_node_status(self.name, {"status": {
+            "capacity": capacity, "allocatable": capacity,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "kubelet is posting ready status",
+                            "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_port}},
+            "nodeInfo": {"kubeletVersion": "v1.36.3", "operatingSystem": "linux",
+                         "architecture": "amd64", "containerRuntimeVersion": "none://test",
+                         "kernelVersion": "", "osImage": "", "kubeProxyVersion": "",
+                         "machineID": "", "systemUUID": "", "bootID": ""}}})
+
+    def stop(self) -> None:
+        super().stop()
+        self._logs.shutdown()
+        self._logs.server_close()
 
 
 @pytest.fixture
-def k8s(tmp_path: Path) -> Iterator[Kube]:
-    with kube(tmp_path, bookmark_interval=1, controller_mode="fail", controller_exit_code=10,
-              controller_step_delay=0.2) as k:
-        k.emulator.control.configure_controller(log=RUNNER_LOG)
-        yield k
+def log_node(control_plane: ControlPlane) -> Iterator[LogNode]:
+    node = LogNode(control_plane)
+    try:
+        yield node.start()  # type: ignore[misc]
+    finally:
+        with contextlib.suppress(Exception):
+            node.stop()
 
 
 @pytest.fixture
-def dispatcher(k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis,
-               tmp_path: Path) -> Iterator[DispatcherProcess]:
+def k8s(kube_env: Kube) -> Kube:
+    return kube_env
+
+
+@pytest.fixture
+def dispatcher(k8s: Kube, log_node: LogNode, redis_srv: RedisServer,
+               redis_client: aioredis.Redis, tmp_path: Path) -> Iterator[DispatcherProcess]:
     process = DispatcherProcess({
         "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-        "DISPATCHER_KUBECONFIG": str(k8s.kubeconfig), "DISPATCHER_NAMESPACE": NAMESPACE,
+        **k8s.dispatcher_env(),
+        # The runner pods go to the node whose kubelet (and log endpoint) is this test.
+        "DISPATCHER_JOB_NODE_SELECTOR": json.dumps(log_node.selector),
+        "DISPATCHER_JOB_TOLERATIONS": json.dumps(log_node.tolerations),
         "DISPATCHER_INSTANCE": RELEASE, "DISPATCHER_HEARTBEAT_SECONDS": "0.5",
         "DISPATCHER_RECONCILE_SECONDS": "1", "DISPATCHER_ORPHAN_GRACE_SECONDS": "3",
-        "DISPATCHER_API_RETRY_MAX_SECONDS": "1", "DISPATCHER_PENDING_TIMEOUT_SECONDS": "2",
+        "DISPATCHER_API_RETRY_MAX_SECONDS": "1",
         "ORCHESTRATOR_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB deploy",
     }, tmp_path / "dispatcher.log").start()
     process.wait_ready()
@@ -66,6 +152,18 @@ def dispatcher(k8s: Kube, redis_srv: RedisServer, redis_client: aioredis.Redis,
         yield process
     finally:
         process.kill()
+
+
+async def _fail_like_the_runner(k8s: Kube, node: LogNode, handle: str) -> dict[str, Any]:
+    """The handle's runner exits 10 having written no termination message: the kubelet puts
+    the log's tail there (FallbackToLogsOnError); the real Job controller fails the Job."""
+    job = await wait_until(lambda: _job_of(k8s, handle, finished=False), timeout=60,
+                           what=f"{handle}'s Job")
+    await asyncio.to_thread(StatusKubelet(node).fail, k8s.namespace, job["metadata"]["name"],
+                            10, None, RUNNER_LOG)
+    done: dict[str, Any] = await wait_until(lambda: _job_of(k8s, handle), timeout=60,
+                                            what=f"{handle}'s Job failed")
+    return done
 
 
 async def _job_of(k8s: Kube, handle: str, finished: bool = True) -> dict[str, Any] | None:
@@ -94,19 +192,24 @@ def test_readme_gives_the_notes_commands() -> None:
         assert command.replace("<server-handle>", "web-7") in readme, command
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 async def test_why_did_web_7_fail_with_the_notes_commands(
-        dispatcher: DispatcherProcess, k8s: Kube, redis_client: aioredis.Redis,
-        keys: Keys) -> None:
+        dispatcher: DispatcherProcess, k8s: Kube, log_node: LogNode,
+        redis_client: aioredis.Redis, keys: Keys) -> None:
     await redis_client.lpush(keys.queue, message("web-7", "req-web-7"))
-    job = await wait_until(lambda: _job_of(k8s, "web-7"), timeout=60, what="web-7's Job done")
+    job = await _fail_like_the_runner(k8s, log_node, "web-7")
     name = job["metadata"]["name"]
-    commands = notes_commands(NAMESPACE)
-    assert len(commands) == 6 and all(c.startswith(f"kubectl -n {NAMESPACE} ") for c in commands)
+    # The dispatcher reports the failure (no runner result) and records its Event.
+    await wait_until(lambda: _dispatcher_event_on(k8s, name), timeout=60,
+                     what="the dispatcher's Event on the Job")
+    namespace = k8s.namespace
+    commands = notes_commands(namespace)
+    assert len(commands) == 6 and all(c.startswith(f"kubectl -n {namespace} ") for c in commands)
     out: list[str] = []
     for command in commands:
         line = command.replace("<server-handle>", "web-7").replace("<job-name>", name)
-        argv = ["kubectl", "--kubeconfig", str(k8s.kubeconfig), *line.split()[1:]]
+        # An SRE's own credentials (the cluster admin here), not the dispatcher's.
+        argv = [str(k8s.cp.bin / "kubectl"), "--kubeconfig", str(k8s.cp.kubeconfig()),
+                *line.split()[1:]]
         done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True,
                                        timeout=60)
         assert done.returncode == 0, f"{line}\n{done.stderr}"
@@ -126,7 +229,8 @@ async def test_why_did_web_7_fail_with_the_notes_commands(
     # The runner wrote no termination message here: FallbackToLogsOnError puts the log tail.
     assert "Exit Code:    10" in describe_pods
     assert "Message:" in describe_pods and "play_failed" in describe_pods
-    assert "play_failed" in logs
+    assert logs == RUNNER_LOG  # through the API server from the node's kubelet endpoint
+    assert any(p.startswith(f"/containerLogs/{namespace}/") for p in log_node.requests)
     events = [row.split() for row in get_events.splitlines()]
     assert events[0][:2] == ["LAST", "SEEN"]
     assert any(r[1:4] == ["Warning", "PodFailurePolicy", f"job/{name}"] for r in events[1:])
@@ -200,8 +304,8 @@ async def _unreachable(redis: aioredis.Redis, keys: Keys, n: int) -> None:
 @pytest.mark.skipif(shutil.which("prometheus") is None,
                     reason="prometheus is not installed (Debian package; install-deps.sh)")
 async def test_real_prometheus_alerts_and_dashboard(
-        dispatcher: DispatcherProcess, k8s: Kube, redis_client: aioredis.Redis, keys: Keys,
-        tmp_path: Path) -> None:
+        dispatcher: DispatcherProcess, k8s: Kube, log_node: LogNode,
+        redis_client: aioredis.Redis, keys: Keys, tmp_path: Path) -> None:
     prom = Prometheus(tmp_path, f"127.0.0.1:{dispatcher.metrics_port}", short_window_rules())
     try:
         await wait_until(lambda: asyncio.to_thread(prom.ready), timeout=60,
@@ -219,7 +323,7 @@ async def test_real_prometheus_alerts_and_dashboard(
         # The scenario: dead letters, a failing runner Job, UNREACHABLE results.
         await redis_client.lpush(keys.queue, "not json", '{"no": "handle"}')
         await redis_client.lpush(keys.queue, message("web-7", "req-fail"))
-        await wait_until(lambda: _job_of(k8s, "web-7"), timeout=60, what="failed Job")
+        await _fail_like_the_runner(k8s, log_node, "web-7")
         await _unreachable(redis_client, keys, 3)
 
         expected = {"InfraDeadLetterGrowth", "InfraJobFailureRatioHigh",
@@ -256,23 +360,6 @@ async def test_real_prometheus_alerts_and_dashboard(
                 empty.append(query)
         assert not empty, empty
 
-        # Least privilege, exactly: also let the dispatcher stop a Job whose pod never
-        # starts (jobs patch) and record why (events.k8s.io events create), then compare
-        # every call it made with the Role.
-        k8s.emulator.control.configure_controller(mode="pending")
-        await redis_client.lpush(keys.queue, message("stuck-1", "req-stuck"))
-        await wait_until(lambda: _called(k8s, "patch", "jobs"), timeout=60,
-                         what="stuck Job stopped")
-        await wait_until(lambda: _called(k8s, "create", "events.events.k8s.io"), timeout=60,
-                         what="failure Event recorded")
-        # ... and a create whose reply is lost: the retry meets 409 and reads the Job to
-        # tell whether it is ours (jobs get).
-        k8s.emulator.control.inject(verb="create", resource="jobs", drop=True, applied=True,
-                                    count=1)
-        await redis_client.lpush(keys.queue, message("lost-1", "req-lost"))
-        await wait_until(lambda: _called(k8s, "get", "jobs"), timeout=60, what="Job read")
-        assert_role_matches(k8s.emulator.control.stats()["requests"])
-
         # The dispatcher dies: its scrape fails and InfraDispatcherDown fires (for: 5s).
         dispatcher.kill()
 
@@ -284,34 +371,16 @@ async def test_real_prometheus_alerts_and_dashboard(
         prom.stop()
 
 
-async def _called(k8s: Kube, verb: str, resource: str) -> bool:
-    stats = await asyncio.to_thread(k8s.emulator.control.stats)
-    return any(r["verb"] == verb and r["resource"] == resource for r in stats["requests"])
+async def _dispatcher_event_on(k8s: Kube, name: str) -> bool:
+    events = await asyncio.to_thread(k8s.objects, "events")
+    return any(e["involvedObject"]["name"] == name
+               and e.get("reportingComponent") == "infra-service.io/dispatcher" for e in events)
 
 
 def role_rules() -> set[tuple[str, str, str]]:
     role = render().one("Role")
     return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
-
-
-def _rule_of(resource: str, verb: str) -> tuple[str, str, str]:
-    """The emulator names resources `plural[.group][/sub]`, the group only where the plural
-    alone is ambiguous (events); the Role names the group apart."""
-    name, _, sub = resource.partition("/")
-    plural, _, group = name.partition(".")
-    if not group:
-        group = BY_PLURAL[plural].group
-    return group, f"{plural}/{sub}" if sub else plural, verb
-
-
-def assert_role_matches(requests: list[dict[str, Any]]) -> None:
-    """Only the dispatcher talks to this emulator's API (the controller is built in and the
-    test reads through control endpoints), so the recorded calls are the dispatcher's."""
-    called = {_rule_of(r["resource"], r["verb"]) for r in requests}
-    assert called == role_rules(), (
-        f"Role grants but never used: {sorted(role_rules() - called)}; "
-        f"called but not granted: {sorted(called - role_rules())}")
 
 
 def test_role_has_no_wildcards() -> None:
