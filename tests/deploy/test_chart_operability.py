@@ -302,8 +302,8 @@ def test_dispatcher_test_pod_check_against_a_served_metrics_page() -> None:
 
 def test_migration_and_helm_test_pods_have_hook_policies_created_before_them() -> None:
     """In a default-deny namespace the migration hook must reach PostgreSQL and the helm
-    test pod the dispatcher's metrics port; their policies are hooks of the same phase with
-    a lower weight, so they exist before the pods start."""
+    test pods the dispatcher's metrics port, Redis and PostgreSQL; their policies are hooks
+    of the same phase with a lower weight, so they exist before the pods start."""
     rendered = render(FULL_VALUES)
     migration = rendered.one("Job", "-migrate")
     migrate_policy = rendered.one("NetworkPolicy", "-migrate")
@@ -319,10 +319,17 @@ def test_migration_and_helm_test_pods_have_hook_policies_created_before_them() -
         assert policy["spec"]["ingress"] == []
     # Nothing but DNS and PostgreSQL (port from database.url) for the migration...
     assert [_ports(r) for r in migrate_policy["spec"]["egress"]] == [{53}, {5432}]
-    # ...and DNS plus the dispatcher pods' metrics port for the test pod.
-    dns, metrics = test_policy["spec"]["egress"]
+    # ...and DNS, the dispatcher pods' metrics port, Redis and PostgreSQL (ports from the
+    # URLs) for the test pods: test-redis and test-postgres reach those two, and the policy
+    # selects all three.
+    dns, metrics, redis, postgres = test_policy["spec"]["egress"]
     assert _ports(dns) == {53}
     assert _ports(metrics) == {"metrics"}
+    assert (_ports(redis), _ports(postgres)) == ({6380}, {5432})
+    test_pods = [p["metadata"]["labels"] for p in rendered.of_kind("Pod")]
+    assert len(test_pods) == 3 and all(
+        test_policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        for labels in test_pods)
     dispatcher_pods = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert metrics["to"][0]["podSelector"]["matchLabels"].items() <= dispatcher_pods.items()
     # Not rendered when NetworkPolicies are off.
