@@ -15,10 +15,12 @@ What else loads the machine during the measurement, as in a real cluster: the Jo
 controller creates a pod per Job (they stay Pending: there is no node), the scheduler tries
 to place them and records FailedScheduling events, the dispatcher's watches see the Job
 controller's status updates, and the garbage collector deletes the pods of the Jobs deleted
-between phases. Before each measured phase the script waits until the control plane is
-quiet (its processes under 0.2 of a core for a second, at most 60 s), so each phase meets
-the same state rather than the previous phase's tail; work the phase itself causes (pods
-of the Jobs being created) falls inside it.
+between phases. Before each measured phase the script waits until every Job has its pod
+(the Job controller creates them at the controller manager's default client rate, 20
+requests/s, so pods trail a burst by seconds) and the control plane is quiet (its processes
+under 0.2 of a core for a second; at most 120 s in all), so each phase meets the same state
+rather than the previous phase's tail; what the phase itself causes (the first pods of its
+Jobs, their Events, the watches' traffic) falls inside it.
 
 Each run has two namespaces of its own, deleted at its end: the dispatcher's (its Jobs stay
 until the end of the run, so the idle figures see them all in flight) and the raw loops'
@@ -114,11 +116,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def settle(cp: ControlPlane, timeout: float = 60.0) -> float:
-    """Wait until the control plane's processes use under QUIET_CORES for a second.
-    Returns the seconds waited."""
+def count(cp: ControlPlane, path: str) -> int:
+    """How many objects a list path holds, from one item and the remaining count."""
+    listed: Any = cp.get(f"{path}?limit=1")
+    return len(listed["items"]) + int(listed["metadata"].get("remainingItemCount") or 0)
+
+
+def settle(cp: ControlPlane, namespaces: tuple[str, ...], timeout: float = 120.0) -> float:
+    """Wait until the Job controller has made every Job's pod in ``namespaces`` (it creates
+    them at the controller manager's client rate, 20 requests/s by default, so pods trail a
+    burst by seconds), then until the control plane's processes use under QUIET_CORES for a
+    second. Returns the seconds waited."""
     began = time.perf_counter()
     pids = list(cp.pids.values())
+    while time.perf_counter() - began < timeout:
+        if all(count(cp, f"/api/v1/namespaces/{ns}/pods")
+               >= count(cp, f"/apis/batch/v1/namespaces/{ns}/jobs") for ns in namespaces):
+            break
+        time.sleep(1.0)
     while time.perf_counter() - began < timeout:
         before = sum(cpu_seconds(p) for p in pids)
         time.sleep(1.0)
@@ -389,6 +404,8 @@ class Bench:
     watch: JobWatch
     poster: AsyncPoster
 
+    quiet: tuple[str, ...] = ()  # the namespaces settle() waits on: this run's
+
     @property
     def apiserver(self) -> int:
         return self.cp.pids["kube-apiserver"]
@@ -425,7 +442,7 @@ async def idle_latency(bench: Bench, args: argparse.Namespace, run: int, raw_ns:
     keys = RedisSettings().keys
     raw_bodies = job_bodies(f"rawidle-{run}", args.idle, "baseline")
     path = f"/apis/batch/v1/namespaces/{raw_ns}/jobs"
-    await asyncio.to_thread(settle, bench.cp)
+    await asyncio.to_thread(settle, bench.cp, bench.quiet)
     pushes, raw, raw_seen = [], [], []
     for i in range(args.idle):
         handle = f"idle-{run}-{i}"
@@ -485,7 +502,7 @@ async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
     names = [job_name(h) for h in handles]
     assert dispatcher.proc is not None
     pid = dispatcher.proc.pid
-    await asyncio.to_thread(settle, bench.cp)
+    await asyncio.to_thread(settle, bench.cp, bench.quiet)
     profiler = profile(pid, args.profile) if args.profile and round_no == 0 else None
     if profiler is not None:
         await asyncio.sleep(1.0)
@@ -510,7 +527,7 @@ async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
 async def raw_round(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
                     kind: str, namespace: str) -> RawFigures:
     bodies = job_bodies(f"raw{kind}-{run}-{round_no}", args.burst, "baseline")
-    await asyncio.to_thread(settle, bench.cp)
+    await asyncio.to_thread(settle, bench.cp, bench.quiet)
     if kind == "poster":
         figures = await poster_loop(bench.poster, namespace, bodies, bench.apiserver)
     else:
@@ -543,6 +560,7 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
     figures = RunFigures()
     namespace = bench.namespaces.create(f"bench-{run}")
     raw_ns = bench.namespaces.create(f"bench-{run}-raw")
+    bench.quiet = (namespace, raw_ns)
     total = WARM_UP + args.idle + args.burst * args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         dispatcher = DispatcherProcess({
@@ -588,7 +606,7 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
                   f"its three watches (Jobs, pods, Events) were sent ({load()})")
             figures.rss = peak_rss_mb(pid)
             figures.in_flight = total
-            await asyncio.to_thread(settle, bench.cp)
+            await asyncio.to_thread(settle, bench.cp, bench.quiet)
             profiler = profile(pid, args.profile_idle) if args.profile_idle else None
             idle_before = cpu_seconds(pid)
             await asyncio.sleep(args.idle_seconds)
