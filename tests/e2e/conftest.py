@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from tests.e2e.support import (
     token_kubeconfig,
 )
 from tests.support.controlplane import ControlPlane
-from tests.support.hosts import Host, vps_host
+from tests.support.hosts import Host, podman, vps_host
 from tests.support.keys import Keypair, make_keypair
 from tests.support.kube_env import grant_dispatcher
 from tests.support.node import Node, running_node
@@ -52,8 +53,17 @@ HOSTS = 2
 
 
 @pytest.fixture(scope="package")
-def runner_image() -> Image:
-    return ensure_image("runner")
+def runner_image() -> Iterator[Image]:
+    """The runner image, under a tag of these tests' own: another session on this machine
+    that builds a newer runner image removes the older ``test-*`` tags (the node stand-in
+    has no registry to pull a vanished image from, so a running test would fail)."""
+    image = ensure_image("runner")
+    pinned = f"{image.ref.rsplit(':', 1)[0]}:e2e-{uuid.uuid4().hex[:12]}"
+    podman("tag", image.ref, pinned)
+    try:
+        yield Image(image.component, pinned, image.build_seconds)
+    finally:
+        podman("untag", pinned, check=False)
 
 
 @pytest.fixture(scope="package")
