@@ -197,6 +197,33 @@ async def test_unreachable_server(start_dispatcher: StartDispatcher, cluster: Cl
     assert list(await wait_for_results(redis_client, [rid])) == [rid]
 
 
+async def test_a_finished_job_is_removed_by_its_ttl(
+        start_dispatcher: StartDispatcher, cluster: Cluster, server_db: ServerDb,
+        redis_client: aioredis.Redis) -> None:
+    """The TTL-after-finished controller deletes the Job (and the garbage collector its
+    pod) after ttlSecondsAfterFinished; the dispatcher, which saw the Job end, neither
+    reports it again nor counts it twice."""
+    handle, rid = unique("ttl"), unique("req")
+    server_db.register(handle, "127.0.0.1", free_port())  # nothing listens there
+    dispatcher = start_dispatcher(DISPATCHER_JOB_TTL_SECONDS_AFTER_FINISHED="3")
+    await push(redis_client, handle, rid)
+
+    result = (await wait_for_results(redis_client, [rid]))[rid]
+    assert (result["status"], result["reported_by"]) == ("unreachable", "runner"), result
+    name = result["job_name"]
+    await wait_for(lambda: ("ended", name) in cluster.observer.job_order, timeout=60,
+                   what=f"Job {name} finished")
+    await wait_for(lambda: not cluster.objects("jobs") and not cluster.objects("pods"),
+                   timeout=60, what="the Job and its pod removed by the TTL")
+    await metric_reaches(dispatcher, "infra_jobs_failed_total", 1, '{reason="Error"}')
+    await asyncio.sleep(2)  # the deletion reached the dispatcher's watch meanwhile
+    text = dispatcher.metrics()
+    assert metric_value(text, "infra_jobs_failed_total", '{reason="Error"}') == 1
+    assert metric_value(text, "infra_jobs_failed_total", '{reason="JobDeleted"}') == 0
+    assert await redis_client.llen(Keys().results) == 1
+    assert await redis_client.hlen(Keys().inflight) == 0
+
+
 @pytest.mark.hosts
 async def test_failing_play(start_dispatcher: StartDispatcher, cluster: Cluster,
                             hosts: list[Host], server_db: ServerDb,
