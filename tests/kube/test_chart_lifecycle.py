@@ -25,6 +25,7 @@ What stands in for what (no cluster DNS, no kube-proxy, one host network):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import urllib.request
@@ -244,9 +245,12 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
 
     # -- install: the migration hook first, then the release's objects ----------------------
-    started = time.monotonic()
+    laps: list[tuple[str, float]] = [("", time.monotonic())]
+
+    def lap(step: str) -> None:
+        laps.append((step, time.monotonic()))
+
     out = life.helm_ok(rel.install(values, "--wait", "--timeout", "180s"), "helm install")
-    installed_in = time.monotonic() - started
     assert {"schema_migrations", "servers"} <= tables(pg_srv, database), out
     jobs = life.kubectl_json("get", "jobs")["items"]
     assert [j["metadata"]["name"] for j in jobs] == [], "the hook Job outlived its success"
@@ -260,9 +264,12 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     policies = [n["metadata"]["name"] for n in life.kubectl_json("get", "networkpolicies")["items"]]
     assert migrate not in policies, f"the migration hook's policy outlived it: {policies}"
 
+    lap("install")
+
     # -- the dispatcher in its pod, with the chart's ServiceAccount -------------------------
     pod = life.ready_dispatcher("DISPATCHER_MAX_IN_FLIGHT", "10")
     assert pod["spec"]["nodeName"] == NODE
+    assert pod["spec"]["containers"][0]["image"] == images["dispatcher"].ref
     assert pod["spec"]["serviceAccountName"] == rel.fullname
     # Ready is the probe's /readyz: every check passed, among them the dispatcher's own
     # access review of its grants with the pod's token (rbac).
@@ -285,9 +292,12 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
                                 and p["spec"].get("nodeName") == NODE], 60,
                        "the runner pod on the chart's node")[0]
     assert runner["spec"]["serviceAccountName"] == f"{rel.fullname}-runner"
+    assert runner["spec"]["containers"][0]["image"] == images["runner"].ref
     log = life.node.log_of(life.ns, pod["metadata"]["name"])
     assert "Forbidden" not in log and "missing RBAC grants" not in log, log[-3000:]
     assert life.refused() == [], life.refused()
+
+    lap("dispatcher and a runner Job")
 
     # -- helm test ----------------------------------------------------------------------------
     out = life.helm_ok(rel.helm("test", rel.name, "--timeout", "120s", check=False),
@@ -305,6 +315,8 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
                 if p["metadata"]["labels"].get("app.kubernetes.io/component") == "test"]
     policies = [n["metadata"]["name"] for n in life.kubectl_json("get", "networkpolicies")["items"]]
     assert leftover == [] and f"{rel.fullname}-test" not in policies, (leftover, policies)
+
+    lap("helm test")
 
     # -- upgrade: a new maxInFlight rolls the Deployment and reaches the process -------------
     old = pod["metadata"]["name"]
@@ -324,6 +336,8 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     assert life.kubectl_json("get", "jobs,networkpolicies", "-l",
                              "app.kubernetes.io/component=migrations")["items"] == []
 
+    lap("upgrade")
+
     # -- rollback to revision 1 -------------------------------------------------------------
     life.helm_ok(rel.helm("rollback", rel.name, "1", "--wait", "--timeout", "180s",
                           check=False), "helm rollback")
@@ -333,6 +347,8 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     assert [(h["revision"], h["status"]) for h in history][-1] == (3, "deployed"), history
     assert "Rollback to 1" in history[-1]["description"], history
     assert life.refused() == [], life.refused()
+
+    lap("rollback")
 
     # -- uninstall: nothing of the release is left ------------------------------------------
     life.helm_ok(rel.helm("uninstall", rel.name, "--wait", "--timeout", "120s", check=False),
@@ -354,4 +370,6 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
     assert {(o["kind"], o["metadata"]["name"]) for o in kept} == runs, kept
     assert all(o["metadata"]["labels"]["app.kubernetes.io/managed-by"]
                == "infra-service-dispatcher" for o in kept if o["kind"] == "Job"), kept
-    print(f"\nhelm install --wait took {installed_in:.1f} s")
+    lap("uninstall")
+    print("\n" + ", ".join(f"{step} {end - start:.1f} s"
+                           for (_, start), (step, end) in itertools.pairwise(laps)))
