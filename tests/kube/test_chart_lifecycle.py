@@ -293,6 +293,15 @@ def test_install_test_upgrade_rollback_uninstall(lifecycle: Lifecycle, images: d
                        "the runner pod on the chart's node")[0]
     assert runner["spec"]["serviceAccountName"] == f"{rel.fullname}-runner"
     assert runner["spec"]["containers"][0]["image"] == images["runner"].ref
+    # The runner in its pod read its Secrets and the schema the hook applied: the server is
+    # simply not registered (the result a real unknown handle gets).
+    def result() -> dict[str, Any] | None:
+        with redis.Redis.from_url(redis_srv.url, password=redis_srv.password) as client:
+            entries = [json.loads(e) for e in client.lrange(Keys(prefix).results, 0, -1)]
+        return next((e for e in entries if e["request_id"] == request), None)
+    published = life.wait(result, 60, "the runner's result in Redis")
+    assert (published["reported_by"], published["error"]["kind"]) == (
+        "runner", "unknown_server"), published
     log = life.node.log_of(life.ns, pod["metadata"]["name"])
     assert "Forbidden" not in log and "missing RBAC grants" not in log, log[-3000:]
     assert life.refused() == [], life.refused()
