@@ -7,7 +7,9 @@ dispatcher pod runs the dispatcher image with the chart's ServiceAccount token a
 Ready, it creates a runner Job for a message pushed to Redis (the real authorizer judges
 every call of the dispatcher in its pod), ``helm test``, ``helm upgrade`` (a new maxInFlight
 rolls the Deployment and reaches the running process), ``helm rollback`` to revision 1 and
-``helm uninstall``, after which nothing of the release is left in the namespace. The
+``helm uninstall``, after which nothing of the release is left in the namespace (the
+dispatcher's runner Job and its pod stay for runner.ttlSecondsAfterFinished: they are the
+run's record, not the release's objects). The
 namespace enforces PodSecurity ``restricted``: every pod the chart or the dispatcher makes is
 admitted there.
 
