@@ -60,8 +60,8 @@ def _unchecked(**fields: Any) -> JobTemplateSettings:
 async def test_the_real_api_refuses_the_preflight_dry_run(control_plane: ControlPlane,
                                                           kube_ns: str, fields: dict[str, Any],
                                                           api_says: str) -> None:
-    """The emulator's verdict, checked against the real one: the dry run is refused, naming
-    the field, so the dispatcher would stay unready; the settings now refuse it earlier."""
+    """The real API server refuses the dry run, naming the field, so the dispatcher would
+    stay unready; the settings now refuse it earlier."""
     accepted, refusal = await _preflight(control_plane, kube_ns, _unchecked(**fields))
     assert not accepted
     assert refusal is not None and api_says in refusal, refusal
