@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -211,7 +212,8 @@ class ControlPlane:
 
     def stop(self) -> None:
         # Controllers first, etcd last, so nothing logs a storm of errors on the way down.
-        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("node", "kube-scheduler", "kube-controller-manager", "kube-apiserver",
+                     "etcd"):
             pid = self.pids.get(name)
             if pid is not None:
                 _terminate(pid)
@@ -401,10 +403,47 @@ def _default_dir() -> Path:
                 or Path(tempfile.gettempdir()) / "infra-service-cluster")
 
 
+PERSON_NODE = "node-1"
+
+
+def _start_node_process(cp: ControlPlane) -> int:
+    """The node stand-in (tests/support/node.py) as a process of its own, so that it outlives
+    ``up``; returns its pid once the Node is Ready."""
+    log = (cp.directory / "node.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.controlplane", "node",
+                             "--dir", str(cp.directory)], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited with {proc.returncode}:\n{cp.log_of('node')}")
+        ready = cp.kubectl("get", "node", PERSON_NODE, "-o",
+                           "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                           check=False).stdout
+        if ready == "True":
+            return proc.pid
+        time.sleep(0.5)
+    raise RuntimeError(f"node {PERSON_NODE} not Ready in {START_TIMEOUT:g}s:\n"
+                       f"{cp.log_of('node')}")
+
+
+def _run_node(cp: ControlPlane) -> int:
+    from tests.support.node import running_node  # it imports this module
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with running_node(cp, PERSON_NODE):
+        stop.wait()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/cluster.sh", description=__doc__.split(
         "\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "node"],
+                        help="node: run the node stand-in of a started cluster (up does)")
     parser.add_argument("--dir", type=Path, default=_default_dir(),
                         help="where its files live (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -419,8 +458,14 @@ def main(argv: list[str] | None = None) -> int:
         cp = start(directory)
         cp.save()
         print(f"control plane started in {cp.started_in:.1f} s", file=sys.stderr)
+        cp.pids["node"] = _start_node_process(cp)
+        cp.save()
+        print(f"node {PERSON_NODE} is Ready (pods run as podman containers of local images; "
+              f"its log: {directory / 'node.log'})", file=sys.stderr)
         print(f"export KUBECONFIG={cp.kubeconfig()}")
         return 0
+    if args.command == "node":
+        return _run_node(ControlPlane.load(directory))
     if not (directory / "state.json").exists():
         print(f"no cluster state in {directory}", file=sys.stderr)
         return 1 if args.command == "status" else 0
