@@ -75,10 +75,14 @@ def pg_srv() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
+def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
     """etcd, kube-apiserver, kube-controller-manager and kube-scheduler, once per session."""
     with controlplane.running() as cp:
-        print(f"\nkubernetes control plane started in {cp.started_in:.1f} s ({cp.server})")
+        # Past the output capture: the start time belongs in CI's log.
+        reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+        line = f"kubernetes control plane started in {cp.started_in:.1f} s ({cp.server})"
+        if reporter is not None:
+            reporter.write_line(f"\n{line}")
         yield cp
         dead = [name for name, alive in cp.alive().items() if not alive]
         assert not dead, f"control plane components died during the session: {dead}"
