@@ -80,9 +80,11 @@ def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
     with controlplane.running() as cp:
         # Past the output capture: the start time belongs in CI's log.
         reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+        capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
         line = f"kubernetes control plane started in {cp.started_in:.1f} s ({cp.server})"
-        if reporter is not None:
-            reporter.write_line(f"\n{line}")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"\n{line}")
         yield cp
         dead = [name for name, alive in cp.alive().items() if not alive]
         assert not dead, f"control plane components died during the session: {dead}"
