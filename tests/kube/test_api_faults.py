@@ -24,32 +24,28 @@ from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
 from tests.dispatcher.support import DispatcherProcess, message, results, wait_until
 from tests.support.controlplane import ControlPlane
-from tests.support.faultproxy import FaultProxy, fault_proxy
-from tests.support.kube_env import grant_dispatcher
+from tests.support.faultproxy import FaultProxy
+from tests.support.kube_env import KubeEnv
 from tests.support.services import RedisServer
 
 INSTANCE = "faults"
 
 
 @pytest.fixture
-def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
-    with fault_proxy(control_plane) as p:
-        yield p
+def proxy(kube_env: KubeEnv) -> FaultProxy:
+    return kube_env.proxy
 
 
 @pytest.fixture
-def start(control_plane: ControlPlane, kube_ns: str, proxy: FaultProxy, redis_srv: RedisServer,
-          redis_client: aioredis.Redis, tmp_path: Path
-          ) -> Iterator[Callable[..., DispatcherProcess]]:
-    token = grant_dispatcher(control_plane, kube_ns)
-    kubeconfig = proxy.kubeconfig(str(tmp_path / "proxy.kubeconfig"), token, kube_ns)
+def start(kube_env: KubeEnv, redis_srv: RedisServer, redis_client: aioredis.Redis,
+          tmp_path: Path) -> Iterator[Callable[..., DispatcherProcess]]:
+    """The dispatcher with its ServiceAccount through the fault proxy (kube_env)."""
     started: list[DispatcherProcess] = []
 
     def start(ready: bool = True, **env: str) -> DispatcherProcess:
         process = DispatcherProcess({
             "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-            "DISPATCHER_KUBECONFIG": kubeconfig, "DISPATCHER_NAMESPACE": kube_ns,
-            "DISPATCHER_INSTANCE": INSTANCE,
+            **kube_env.dispatcher_env(), "DISPATCHER_INSTANCE": INSTANCE,
             "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
             "DISPATCHER_API_RETRY_MAX_SECONDS": "1",
             "DISPATCHER_JOB_IMAGE": "localhost/infra-service-runner:test",
