@@ -152,21 +152,7 @@ class ProbingPodWorker(PodWorker):
 class ChartNode(Node):
     """A node whose pods are ``ProbingPodWorker``s (see the module docstring)."""
 
-    def _on_pod(self, pod: Obj) -> None:
-        uid = pod["metadata"]["uid"]
-        with self._lock:
-            worker = self._workers.get(uid)
-            if worker is None:
-                terminal = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-                if uid in self._seen or terminal or self.closing.is_set():
-                    return
-                self._seen.add(uid)
-                worker = self._workers[uid] = ProbingPodWorker(self, pod)
-                thread = threading.Thread(target=worker.run, daemon=True,
-                                          name=f"pod-{pod['metadata']['name']}")
-                self._threads.append(thread)
-                thread.start()
-        worker.update(pod)
+    worker_class = ProbingPodWorker
 
     def service_names(self, namespace: str) -> list[str]:
         """Names that cluster DNS would give a Service whose every port kube-proxy would

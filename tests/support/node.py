@@ -925,6 +925,9 @@ def _host_memory() -> str:
 class Node:
     """The node agent; ``start()`` registers the Node and begins watching its pods."""
 
+    # What runs each pod bound to this node (a subclass may run pods another way).
+    worker_class: type[PodWorker] = PodWorker
+
     def __init__(self, cp: ControlPlane, name: str = "node-1",
                  mounts: Mapping[str, Path] | None = None, directory: Path | None = None,
                  taints: list[Obj] | None = None) -> None:
@@ -1204,7 +1207,7 @@ class Node:
                 if uid in self._seen or terminal or self.closing.is_set():
                     return
                 self._seen.add(uid)
-                worker = self._workers[uid] = PodWorker(self, pod)
+                worker = self._workers[uid] = self.worker_class(self, pod)
                 thread = threading.Thread(target=worker.run, daemon=True,
                                           name=f"pod-{pod['metadata']['name']}")
                 self._threads.append(thread)
