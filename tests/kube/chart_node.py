@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.controlplane import ControlPlane, add_user
-from tests.support.hosts import podman
 from tests.support.node import HOST_IP, Node, PodWorker, _Unsupported
 
 Obj = dict[str, Any]
@@ -112,17 +110,7 @@ class ProbingPodWorker(PodWorker):
         while process.poll() is None:
             if self.gone.is_set() or self.node.closing.is_set():
                 return
-            if self.deleting.is_set() and not stopping:
-                stopping = True
-                grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
-                if grace is None:
-                    grace = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
-                self.node.event(self.pod, "Normal", "Killing",
-                                f"Stopping container {self.container['name']}")
-                threading.Thread(target=podman, args=("stop", "-t", str(grace),
-                                                      str(self.container_id)),
-                                 kwargs={"check": False, "timeout": grace + 60},
-                                 daemon=True).start()
+            stopping = self._stop_if_deleting(stopping)
             if not stopping and time.monotonic() >= next_probe:
                 next_probe = time.monotonic() + period
                 ok, why = self._http_probe(probe)

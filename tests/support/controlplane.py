@@ -259,13 +259,8 @@ def start(directory: Path, bin_dir: Path | None = None) -> ControlPlane:
             "--event-ttl", "1h", "--v", "1",
         ])
         _wait_ready(cp)
-        controller_kubeconfig = str(cp.kubeconfig("controller-manager"))
         cp.pids["kube-controller-manager"] = _spawn(cp, "kube-controller-manager", [
-            "--kubeconfig", controller_kubeconfig,
-            "--authentication-kubeconfig", controller_kubeconfig,
-            "--authorization-kubeconfig", controller_kubeconfig,
-            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
-            "--leader-elect=false", "--use-service-account-credentials=true",
+            *_client_flags(cp, "controller-manager"), "--use-service-account-credentials=true",
             "--service-account-private-key-file", str(pki.path("sa.key")),
             "--root-ca-file", str(pki.path("ca.crt")),
             "--cluster-signing-cert-file", str(pki.path("ca.crt")),
@@ -274,20 +269,23 @@ def start(directory: Path, bin_dir: Path | None = None) -> ControlPlane:
                              "-node-route-controller",
             "--concurrent-job-syncs", "10", "--v", "1",
         ])
-        scheduler_kubeconfig = str(cp.kubeconfig("scheduler"))
         cp.pids["kube-scheduler"] = _spawn(cp, "kube-scheduler", [
-            "--kubeconfig", scheduler_kubeconfig,
-            "--authentication-kubeconfig", scheduler_kubeconfig,
-            "--authorization-kubeconfig", scheduler_kubeconfig,
-            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
-            "--leader-elect=false", "--v", "1",
-        ])
+            *_client_flags(cp, "scheduler"), "--v", "1"])
         _wait_controllers(cp)
     except BaseException:
         cp.stop()
         raise
     cp.started_in = time.monotonic() - began
     return cp
+
+
+def _client_flags(cp: ControlPlane, user: str) -> list[str]:
+    """What the controller manager and the scheduler share: their identity (for the API and
+    for their own serving endpoint), a loopback port of their own, no leader election."""
+    kubeconfig = str(cp.kubeconfig(user))
+    return ["--kubeconfig", kubeconfig, "--authentication-kubeconfig", kubeconfig,
+            "--authorization-kubeconfig", kubeconfig, "--bind-address", "127.0.0.1",
+            "--secure-port", str(free_port()), "--leader-elect=false"]
 
 
 def _spawn(cp: ControlPlane, name: str, args: list[str]) -> int:

@@ -771,21 +771,26 @@ class PodWorker:
         while process.poll() is None:
             if self.gone.is_set() or self.node.closing.is_set():
                 return
-            if self.deleting.is_set() and not stopping:
-                stopping = True
-                grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
-                if grace is None:
-                    grace = self.pod["spec"].get("terminationGracePeriodSeconds",
-                                                 DEFAULT_GRACE_SECONDS)
-                self.node.event(self.pod, "Normal", "Killing",
-                                f"Stopping container {self.container['name']}")
-                # SIGTERM (the image's stop signal), SIGKILL after the grace period.
-                threading.Thread(target=podman, args=("stop", "-t", str(grace),
-                                                      str(self.container_id)),
-                                 kwargs={"check": False, "timeout": grace + 60},
-                                 daemon=True).start()
+            stopping = self._stop_if_deleting(stopping)
             self.wake.wait(0.5)
             self.wake.clear()
+
+    def _stop_if_deleting(self, stopping: bool) -> bool:
+        """Once the pod is being deleted, stop its container (once); whether it is."""
+        if not self.deleting.is_set() or stopping:
+            return stopping
+        grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = self.pod["spec"].get("terminationGracePeriodSeconds",
+                                         DEFAULT_GRACE_SECONDS)
+        self.node.event(self.pod, "Normal", "Killing",
+                        f"Stopping container {self.container['name']}")
+        # SIGTERM (the image's stop signal), SIGKILL after the grace period.
+        threading.Thread(target=podman, args=("stop", "-t", str(grace),
+                                              str(self.container_id)),
+                         kwargs={"check": False, "timeout": grace + 60},
+                         daemon=True).start()
+        return True
 
     def _terminated(self, attach_code: int | None) -> None:
         inspected = podman("inspect", "--format", "{{json .State}}", str(self.container_id),
