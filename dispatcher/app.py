@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from contracts.connections import RedisSettings, create_redis
 from dispatcher.executors.base import Executor
 from dispatcher.executors.local import LocalExecutor
-from dispatcher.http import close_metrics, serve, serve_metrics
+from dispatcher.health_server import close_metrics, serve, serve_metrics
 from dispatcher.metrics import Metrics
 from dispatcher.queue import QueueStore
 from dispatcher.queue_state import QueueStateExporter

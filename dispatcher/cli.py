@@ -27,8 +27,7 @@ from contracts.connections import RedisSettings, create_redis
 from contracts.logs import configure_logging
 from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
 from contracts.results import ResultEntry
-from dispatcher.queue import QueueStore
-from dispatcher.redis_typing import aio
+from dispatcher.queue import QueueStore, aio
 from dispatcher.schemas import write_schemas
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 

@@ -35,8 +35,7 @@ from prometheus_client.registry import Collector
 
 from contracts.messages import Action, RejectReason
 from contracts.results import ErrorKind, ResultStatus
-from dispatcher.failures import JobEndReason
-from dispatcher.kube.classify import ADMISSION_CAUSES
+from dispatcher.kube.classify import ADMISSION_CAUSES, JobEndReason
 from dispatcher.queue import Depths
 
 # Runs take seconds (a rejected message) to most of an hour (a reinstall); the last bucket is

@@ -54,11 +54,6 @@ def selector(instance: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_labels(instance).items())
 
 
-def job_labels(message: ProvisionerMessage, instance: str) -> dict[str, str]:
-    return labels_for(message.server_handle, message.request_id or "", message.action.value,
-                      instance)
-
-
 def labels_for(handle: str, request_id: str, action: str, instance: str) -> dict[str, str]:
     return {
         **selector_labels(instance),

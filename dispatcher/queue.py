@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
 from contracts.reporting import REPORTED_TTL_SECONDS
 from dispatcher import lua
-from dispatcher.redis_typing import aio
+
+T = TypeVar("T")
+
+
+def aio(value: Awaitable[T] | T) -> Awaitable[T]:
+    """redis-py types each command for both of its clients (``Awaitable[T] | T``); on the
+    asyncio client the reply is always the awaitable. ``await aio(redis.hlen(key))``."""
+    return cast("Awaitable[T]", value)
 
 
 class Claim(StrEnum):
@@ -52,13 +60,22 @@ class Acquisition:
     job_name: str
 
 
+class SlotState(StrEnum):
+    """Where a server slot's request is (the claim and route scripts in lua.py write it)."""
+
+    CLAIMED = "claimed"  # taken by the claim script, keyed to the payload's SHA-1
+    ACQUIRED = "acquired"  # routed to a launch
+    CREATED = "created"  # its Job exists (acked)
+    RESERVED = "reserved"  # handed to the oldest waiting message on release
+
+
 @dataclass(frozen=True)
 class Slot:
     handle: str
     request_id: str  # "" while claimed (the payload may not have its request id yet)
     job_name: str | None
     since: float
-    state: str  # claimed | acquired | created | reserved
+    state: SlotState
     sha: str = ""  # claimed: SHA-1 of the payload that took the slot
 
 
@@ -91,14 +108,6 @@ class QueueStore:
         self._pending = redis.register_script(lua.PENDING)
         self._release_claimed = redis.register_script(lua.RELEASE_CLAIMED)
 
-    async def claim(self, blocking: aioredis.Redis, block_seconds: float) -> bytes | None:
-        """Block until a message moves from the queue into our processing list."""
-        # BLMOVE takes fractional seconds; redis-py annotates the timeout as int.
-        moved: bytes | None = await aio(blocking.blmove(
-            self.keys.queue, self.processing, block_seconds,  # type: ignore[arg-type]
-            "RIGHT", "LEFT"))
-        return moved
-
     async def wait_for_message(self, blocking: aioredis.Redis, block_seconds: float) -> bool:
         """Block until the queue is not empty, without claiming anything: a rotation of the
         list onto itself at the same end changes nothing. The claim itself is always the
@@ -128,11 +137,6 @@ class QueueStore:
         results = await self._acquire(keys=keys, args=args)
         return [Claim(r.decode() if isinstance(r, bytes) else r) for r in results]
 
-    async def acquire(self, raw: bytes, new_raw: str, handle: str, request_id: str,
-                      job_name: str, cap: int) -> Claim:
-        return (await self.acquire_many(
-            [Acquisition(raw, new_raw, handle, request_id, job_name)], cap))[0]
-
     async def ack_many(self, batch: list[tuple[str, str, str]]) -> None:
         """Mark (payload, handle, request_id) as Jobs: out of the processing list."""
         await self._ack(keys=[self.processing, self.keys.inflight],
@@ -149,7 +153,7 @@ class QueueStore:
 
     async def release_slot(self, slot: Slot) -> bool:
         """Free exactly this slot (same holder) if it is still there."""
-        if slot.state != "claimed":
+        if slot.state is not SlotState.CLAIMED:
             return await self.release(slot.handle, slot.request_id)
         freed = await self._release_claimed(
             keys=[self.keys.inflight, self.keys.waiting(slot.handle), self.keys.waiting_index,
@@ -218,7 +222,8 @@ class QueueStore:
         for handle, value in raw.items():
             data = json.loads(value)
             slots.append(Slot(handle.decode(), data.get("rid") or "", data.get("job"),
-                              float(data.get("since", 0)), data.get("state", "acquired"),
+                              float(data.get("since", 0)),
+                              SlotState(data.get("state", SlotState.ACQUIRED)),
                               data.get("sha", "")))
         return slots
 
@@ -237,8 +242,8 @@ class QueueStore:
             return set()
         replicas = [m.decode() for m in await aio(self.redis.smembers(self.keys.replicas))]
         lists = [self.keys.queue] + [self.keys.processing(r) for r in {*replicas, self.replica}]
-        needles = [f"sha:{s.sha}" if s.state == "claimed" else f'"request_id":"{s.request_id}"'
-                   for s in slots]
+        needles = [f"sha:{s.sha}" if s.state is SlotState.CLAIMED
+                   else f'"request_id":"{s.request_id}"' for s in slots]
         found = await self._pending(keys=lists, args=needles)
         return {slot for slot, hit in zip(slots, found, strict=True) if int(hit)}
 

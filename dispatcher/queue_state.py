@@ -20,8 +20,7 @@ import redis.asyncio as aioredis
 from contracts.keys import Keys
 from dispatcher import lua
 from dispatcher.metrics import Metrics
-from dispatcher.queue import QueueStore
-from dispatcher.redis_typing import aio
+from dispatcher.queue import QueueStore, aio
 
 REFRESH_SECONDS = 5.0  # default of DISPATCHER_METRICS_REFRESH_SECONDS
 LEASE_REFRESHES = 3  # the lease lasts three refreshes: a holder that stalls once keeps it

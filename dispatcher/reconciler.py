@@ -14,7 +14,8 @@ from redis.exceptions import RedisError
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.ends import Ends
 from dispatcher.executors.base import Executor, JobEnd, JobView
-from dispatcher.queue import QueueStore, Slot
+from dispatcher.kube.classify import JobEndReason
+from dispatcher.queue import QueueStore, Slot, SlotState
 from dispatcher.redis_errors import is_transient
 from dispatcher.redis_retry import RedisRetry
 from dispatcher.settings import DispatcherSettings
@@ -36,7 +37,7 @@ def slot_fate(slot: Slot, view: JobView | None, now: float, grace: float) -> Slo
         return SlotFate.FINISH
     if view is not None or now - slot.since < grace:
         return SlotFate.KEEP
-    if slot.state == "created":
+    if slot.state is SlotState.CREATED:
         return SlotFate.JOB_GONE
     return SlotFate.RELEASE_UNLESS_PENDING
 
@@ -107,12 +108,13 @@ class Reconciler:
                 await self.ends.finish(view.end)
             elif fate is SlotFate.JOB_GONE:
                 await self.ends.finish(JobEnd(
-                    slot.job_name or "", slot.handle, slot.request_id, False, "JobDeleted",
+                    slot.job_name or "", slot.handle, slot.request_id, False,
+                    JobEndReason.JOB_DELETED,
                     "the Job no longer exists and no runner result was published"))
             elif fate is SlotFate.RELEASE_UNLESS_PENDING:
                 if pending is None:
                     pending = await self.store.pending(
-                        [s for s in slots if s.state != "created"])
+                        [s for s in slots if s.state is not SlotState.CREATED])
                 if slot not in pending:
                     await self._release_orphaned(slot)
 

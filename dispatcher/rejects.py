@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.messages import MAX_PAYLOAD_BYTES, InvalidMessage, ProvisionerMessage, RejectReason
-from dispatcher.failures import rejection_result
+from contracts.results import ErrorKind, Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.metrics import Metrics
 from dispatcher.queue import QueueStore
 from dispatcher.redis_retry import RedisRetry
@@ -25,6 +25,19 @@ class DeadLetter:
     result: str | None
     server_handle: str | None
     request_id: str | None
+
+
+def rejection_result(invalid: InvalidMessage, message: ProvisionerMessage | None,
+                     handle: str | None, request_id: str | None,
+                     now: datetime | None = None) -> ResultEntry:
+    """The result for a dead-lettered message whose handle or request id could be read."""
+    return ResultEntry(
+        request_id=request_id, server_handle=handle,
+        action=message.action if message else None,
+        status=ResultStatus.REJECTED, reported_by=Reporter.DISPATCHER,
+        finished_at=now or datetime.now(UTC),
+        error=ResultError(kind=ErrorKind.INVALID_MESSAGE, message=str(invalid)),
+    )
 
 
 def dead_letter_of(raw: bytes, invalid: InvalidMessage, message: ProvisionerMessage | None,

@@ -123,9 +123,6 @@ class Dispatcher:
         await stop.wait()
         await self._shutdown()
 
-    async def reconcile(self) -> None:
-        await self.reconciler.reconcile()
-
     async def _shutdown(self) -> None:
         log.info("shutting down: no more pops", extra={"in_progress": len(self.launcher.tasks)})
         self.started = False

@@ -18,11 +18,11 @@ from dispatcher.executors.base import (
     LaunchRejected,
     TransientLaunchError,
 )
-from dispatcher.failures import JobEndReason
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import (
     FAILED_CREATE,
     AdmissionRejection,
+    JobEndReason,
     admission_rejection,
     awaits_pod_detail,
     disruption,

@@ -7,22 +7,86 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from contracts.exit_codes import ExitCode
 
+
+class JobEndReason(StrEnum):
+    """The reasons for a Job's end known in advance: Kubernetes' own and the ones this
+    layer names itself. A JobEnd's reason stays a plain string: Kubernetes may name others
+    (a container's terminated reason), and they are reported as job_failed."""
+
+    COMPLETED = "Completed"
+    ERROR = "Error"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    OOM_KILLED = "OOMKilled"
+    EVICTED = "Evicted"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    ERR_IMAGE_PULL = "ErrImagePull"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
+    IMAGE_INSPECT_ERROR = "ImageInspectError"
+    UNSCHEDULABLE = "Unschedulable"
+    PENDING_TIMEOUT = "PendingTimeout"  # the dispatcher's own: the pod never started
+    POD_NOT_CREATED = "PodNotCreated"  # the dispatcher's own: no pod appeared
+    JOB_DELETED = "JobDeleted"  # the dispatcher's own: the Job vanished before it ended
+    POD_FAILURE_POLICY = "PodFailurePolicy"  # a runner verdict exit code failed the Job
+    # The dispatcher's own: the Job controller's FailedCreate Event says the API server
+    # refused the pod at admission (PodSecurity, ResourceQuota, a policy webhook).
+    ADMISSION_REJECTED = "AdmissionRejected"
+    # The dispatcher's own: the Job ended without the runner's result and its last pod
+    # carried the DisruptionTarget condition (eviction, preemption, node drain).
+    DISRUPTED = "Disrupted"
+    # The dispatcher's own: the runner exited with its cancelled code (SIGTERM, pod deleted).
+    CANCELLED = "Cancelled"
+
+
+class Condition(StrEnum):
+    """The Job and Pod condition types read here."""
+
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    DISRUPTION_TARGET = "DisruptionTarget"
+    POD_SCHEDULED = "PodScheduled"
+
+
+class PodPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+# A pod in one of these phases got past Pending: its runner started.
+STARTED_PHASES = (PodPhase.RUNNING, PodPhase.SUCCEEDED)
+
+
+class AdmissionCause(StrEnum):
+    """Why the API server refused a runner pod at admission
+    (infra_pod_admission_rejections_total{cause})."""
+
+    POD_SECURITY = "pod_security"
+    QUOTA = "quota"
+    POLICY = "policy"
+    OTHER = "other"
+
 # Waiting reasons that never resolve on their own (Airflow treats the same set as fatal).
-FATAL_WAITING = {"CreateContainerConfigError", "CreateContainerError", "InvalidImageName",
-                 "ImageInspectError", "ErrImageNeverPull"}
+FATAL_WAITING = {JobEndReason.CREATE_CONTAINER_CONFIG_ERROR,
+                 JobEndReason.CREATE_CONTAINER_ERROR, JobEndReason.INVALID_IMAGE_NAME,
+                 JobEndReason.IMAGE_INSPECT_ERROR, JobEndReason.ERR_IMAGE_NEVER_PULL}
 # Image pulls can be transient (registry hiccup): fatal only after a grace period.
-PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
+PULL_WAITING = {JobEndReason.ERR_IMAGE_PULL, JobEndReason.IMAGE_PULL_BACK_OFF}
 
 
 # The Job controller's Event when it could not create a pod ("Error creating: <API error>").
 FAILED_CREATE = "FailedCreate"
 FAILED_CREATE_PREFIX = "Error creating: "
-# Why the API server refused a pod at admission (infra_pod_admission_rejections_total{cause}).
-ADMISSION_CAUSES = ("pod_security", "quota", "policy", "other")
+ADMISSION_CAUSES = tuple(AdmissionCause)
 
 
 @dataclass(frozen=True)
@@ -30,20 +94,22 @@ class AdmissionRejection:
     """The API server refused a runner pod at admission: no retry of the same pod can
     pass until the namespace's policy or quota, or the runner settings, change."""
 
-    cause: str  # one of ADMISSION_CAUSES
+    cause: AdmissionCause
     message: str  # the API server's own words (what failed and why)
 
     @property
     def advice(self) -> str:
         return {
-            "pod_security": "the namespace's PodSecurity level refuses the runner pod: fix "
-                            "the runner settings (DISPATCHER_JOB_*, chart values runner.*) "
-                            "or the namespace's pod-security.kubernetes.io labels",
-            "quota": "a ResourceQuota of the namespace refuses the runner pod: raise or "
-                     "remove the quota (kubectl describe quota), or lower the runner's "
-                     "resources",
-            "policy": "an admission webhook or policy refuses the runner pod: fix the "
-                      "policy or the runner settings it objects to",
+            AdmissionCause.POD_SECURITY:
+                "the namespace's PodSecurity level refuses the runner pod: fix the runner "
+                "settings (DISPATCHER_JOB_*, chart values runner.*) or the namespace's "
+                "pod-security.kubernetes.io labels",
+            AdmissionCause.QUOTA:
+                "a ResourceQuota of the namespace refuses the runner pod: raise or remove "
+                "the quota (kubectl describe quota), or lower the runner's resources",
+            AdmissionCause.POLICY:
+                "an admission webhook or policy refuses the runner pod: fix the policy or "
+                "the runner settings it objects to",
         }.get(self.cause, "fix what the message names (namespace policy, quota, service "
                           "account) or the runner settings")
 
@@ -59,14 +125,14 @@ def admission_rejection(message: str) -> AdmissionRejection | None:
     if is_rbac_denial(text):
         return None
     if "violates PodSecurity" in text:
-        return AdmissionRejection("pod_security", text)
+        return AdmissionRejection(AdmissionCause.POD_SECURITY, text)
     if "exceeded quota" in text or "failed quota" in text:
-        return AdmissionRejection("quota", text)
+        return AdmissionRejection(AdmissionCause.QUOTA, text)
     if ("admission webhook" in text and "denied the request" in text) or \
             ("ValidatingAdmissionPolicy" in text and "denied request" in text):
-        return AdmissionRejection("policy", text)
+        return AdmissionRejection(AdmissionCause.POLICY, text)
     if " is forbidden: " in text:
-        return AdmissionRejection("other", text)
+        return AdmissionRejection(AdmissionCause.OTHER, text)
     return None
 
 
@@ -81,7 +147,7 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+def _condition(obj: dict[str, Any], kind: Condition) -> dict[str, Any] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind and cond.get("status") == "True":
             found: dict[str, Any] = cond
@@ -95,22 +161,22 @@ def finished_at(job: dict[str, Any]) -> datetime | None:
     status = job.get("status") or {}
     if status.get("completionTime"):
         return parse_time(status["completionTime"])
-    failed = _condition(job, "Failed")
+    failed = _condition(job, Condition.FAILED)
     return parse_time(failed.get("lastTransitionTime")) if failed else None
 
 
 def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]
                 ) -> tuple[bool, str, str] | None:
     """(succeeded, reason, message) once the Job is finished, else None."""
-    if _condition(job, "Complete"):
-        return True, "Completed", "runner completed"
-    failed = _condition(job, "Failed")
+    if _condition(job, Condition.COMPLETE):
+        return True, JobEndReason.COMPLETED, "runner completed"
+    failed = _condition(job, Condition.FAILED)
     if not failed:
         return None
-    reason = failed.get("reason") or "Failed"
+    reason = failed.get("reason") or Condition.FAILED
     message = failed.get("message") or "Job failed"
     pod_reason = _pod_failure(pods)
-    if pod_reason and reason != "DeadlineExceeded":
+    if pod_reason and reason != JobEndReason.DEADLINE_EXCEEDED:
         reason, message = pod_reason
     return False, reason, message
 
@@ -123,29 +189,30 @@ def awaits_pod_detail(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
     PodFailurePolicy) where a moment later the pod's (OOMKilled, Evicted, Error) is
     known. The caller waits a short grace for the pod, so one failure gets one reason.
     """
-    failed = _condition(job, "Failed")
-    if not failed or _condition(job, "Complete"):
+    failed = _condition(job, Condition.FAILED)
+    if not failed or _condition(job, Condition.COMPLETE):
         return False
-    return failed.get("reason") != "DeadlineExceeded" and _pod_failure(pods) is None
+    return failed.get("reason") != JobEndReason.DEADLINE_EXCEEDED and _pod_failure(pods) is None
 
 
 def _pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     for pod in pods:
         status = pod.get("status") or {}
-        if status.get("reason") == "Evicted":
-            return "Evicted", status.get("message") or "pod evicted"
+        if status.get("reason") == JobEndReason.EVICTED:
+            return JobEndReason.EVICTED, status.get("message") or "pod evicted"
         for cs in status.get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
             if not term or term.get("exitCode", 0) == 0:
                 continue
             if term.get("exitCode") == ExitCode.CANCELLED:
-                return "Cancelled", "the runner was stopped by SIGTERM (its pod was " \
+                return JobEndReason.CANCELLED, "the runner was stopped by SIGTERM (its pod was " \
                     "deleted) before it finished" + \
                     (f": {term['message']}" if term.get("message") else "")
-            if term.get("reason") == "OOMKilled":
-                return "OOMKilled", f"runner container {cs.get('name')} was OOMKilled; " \
-                                    "raise the Job's memory limit"
-            return term.get("reason") or "Error", \
+            if term.get("reason") == JobEndReason.OOM_KILLED:
+                return JobEndReason.OOM_KILLED, \
+                    f"runner container {cs.get('name')} was OOMKilled; raise the Job's " \
+                    "memory limit"
+            return term.get("reason") or JobEndReason.ERROR, \
                 f"runner exited with code {term.get('exitCode')}" + \
                 (f": {term['message']}" if term.get("message") else "")
     return None
@@ -155,13 +222,13 @@ def disruption(pod: dict[str, Any]) -> str | None:
     """What disrupted the pod, naming its node, when it carries the DisruptionTarget
     condition (set by the Eviction API, scheduler preemption, the taint manager, pod GC or
     the kubelet's node-pressure and shutdown evictions), else None."""
-    cond = _condition(pod, "DisruptionTarget")
+    cond = _condition(pod, Condition.DISRUPTION_TARGET)
     if cond is None:
         return None
     name = (pod.get("metadata") or {}).get("name") or "?"
     node = (pod.get("spec") or {}).get("nodeName")
     where = f"on node {node}" if node else "before it was bound to a node"
-    why = cond.get("reason") or "DisruptionTarget"
+    why = cond.get("reason") or Condition.DISRUPTION_TARGET
     if cond.get("message"):
         why = f"{why}: {cond['message']}"
     return f"pod {name} {where} was disrupted ({why}); the Job ended before a " \
@@ -172,7 +239,7 @@ def stuck_reason(pod: dict[str, Any], now: datetime, pull_grace: float,
                  pending_timeout: float) -> tuple[str, str] | None:
     """Why a pod that has not started will never start, or None while it may still."""
     status = pod.get("status") or {}
-    if status.get("phase") not in (None, "Pending"):
+    if status.get("phase") not in (None, PodPhase.PENDING):
         return None
     created = parse_time((pod.get("metadata") or {}).get("creationTimestamp")) or now
     age = (now - created).total_seconds()
@@ -186,10 +253,10 @@ def stuck_reason(pod: dict[str, Any], now: datetime, pull_grace: float,
             return reason, f"{message} (still failing after {int(age)}s)"
     if age >= pending_timeout:
         for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return cond.get("reason") or "Unschedulable", \
+            if cond.get("type") == Condition.POD_SCHEDULED and cond.get("status") == "False":
+                return cond.get("reason") or JobEndReason.UNSCHEDULABLE, \
                     f"{cond.get('message') or 'pod not scheduled'} (pending {int(age)}s)"
-        return "PendingTimeout", f"pod did not start within {int(age)}s"
+        return JobEndReason.PENDING_TIMEOUT, f"pod did not start within {int(age)}s"
     return None
 
 
@@ -199,7 +266,7 @@ def next_check(job: dict[str, Any], pods: list[dict[str, Any]], pull_grace: floa
     could answer differently without a new event: a grace or timeout running out. Reasons
     that need no waiting are judged when the pod's event arrives."""
     now = utcnow()
-    waiting = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending")]
+    waiting = [p for p in pods if (p.get("status") or {}).get("phase") in (None, PodPhase.PENDING)]
     if not pods:
         created = parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
         return created.timestamp() + pending_timeout
@@ -219,7 +286,7 @@ def job_without_pod(job: dict[str, Any], now: datetime, pending_timeout: float
     created = parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
     if (now - created).total_seconds() < pending_timeout:
         return None
-    return "PodNotCreated", "no pod was created for the Job within " \
+    return JobEndReason.POD_NOT_CREATED, "no pod was created for the Job within " \
         f"{int(pending_timeout)}s; see `kubectl describe job` events (quota, admission)"
 
 

@@ -21,9 +21,12 @@ from hypothesis import strategies as st
 from contracts.messages import Action, InvalidMessage, RejectReason, parse_message
 from contracts.results import OUTPUT_TAIL_LIMIT, ErrorKind, PlayRecap, ResultEntry
 from dispatcher.executors.base import JobEnd
-from dispatcher.failures import JobEndReason, failure_result, rejection_result
+from dispatcher.failures import failure_result
+from dispatcher.kube.classify import JobEndReason
+from dispatcher.rejects import rejection_result
 from runner_image import outcome as out
-from runner_image.play import EventSink, PlayOutcome, PlayStatus, timeout_error
+from runner_image.play import PlayOutcome, PlayStatus, timeout_error
+from runner_image.play_events import EventSink
 from runner_image.redaction import Redactor
 from runner_image.report import build_entry
 from tests.support.result_schema import RESULT_SCHEMA, assert_published_shape

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.keys import Keys
-from dispatcher.http import close_metrics, serve_metrics
+from dispatcher.health_server import close_metrics, serve_metrics
 from dispatcher.metrics import (
     ACTIONS,
     DEAD_LETTER_REASONS,

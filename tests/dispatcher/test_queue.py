@@ -10,21 +10,34 @@ import redis.asyncio as aioredis
 from contracts.keys import Keys
 from contracts.messages import parse_message
 from dispatcher.naming import job_name_for
-from dispatcher.queue import Claim, QueueStore
+from dispatcher.queue import Acquisition, Claim, QueueStore
 
 
 def msg(handle: str, rid: str) -> str:
     return json.dumps({"server_handle": handle, "request_id": rid})
 
 
+async def claim_one(store: QueueStore, cap: int = 10) -> bytes:
+    """One message through the claim script, as the intake claims (a batch of one)."""
+    batch = await store.claim_many(1, cap=cap, max_bytes=4096, prefix_bytes=100)
+    [raw] = batch.payloads
+    return raw
+
+
+async def acquire(store: QueueStore, raw: bytes, new_raw: str, handle: str, request_id: str,
+                  job_name: str, cap: int) -> Claim:
+    [claim] = await store.acquire_many(
+        [Acquisition(raw, new_raw, handle, request_id, job_name)], cap)
+    return claim
+
+
 async def claim_and_acquire(store: QueueStore, redis: aioredis.Redis, cap: int = 10
                             ) -> tuple[Claim, str]:
-    raw = await store.claim(redis, 0.1)
-    assert raw is not None
+    raw = await claim_one(store, cap)
     message = parse_message(raw).with_identity()
     new_raw = message.to_json()
-    result = await store.acquire(raw, new_raw, message.server_handle, message.request_id,
-                                 job_name_for(message), cap)
+    result = await acquire(store, raw, new_raw, message.server_handle, message.request_id,
+                           job_name_for(message), cap)
     return result, new_raw
 
 
@@ -32,7 +45,7 @@ async def test_fifo_claim_into_processing(redis_client: aioredis.Redis, keys: Ke
     store = QueueStore(redis_client, keys, "r1")
     for i in range(3):
         await redis_client.lpush(keys.queue, msg(f"s{i}", f"r{i}"))
-    raw = await store.claim(redis_client, 0.1)
+    raw = await claim_one(store)
     assert json.loads(raw)["server_handle"] == "s0"
     assert await redis_client.lrange(keys.processing("r1"), 0, -1) == [raw]
 
@@ -75,16 +88,16 @@ async def test_busy_server_parks_messages_in_order_and_release_promotes(
         keys.waiting("s1"), 0, -1)] == ["c", "late"]
 
 
-async def test_cap_puts_message_back_at_the_front(redis_client: aioredis.Redis, keys: Keys
-                                                  ) -> None:
+async def test_at_the_cap_the_next_message_stays_at_the_front(redis_client: aioredis.Redis,
+                                                               keys: Keys) -> None:
     store = QueueStore(redis_client, keys, "r1")
     for i in range(3):
         await redis_client.lpush(keys.queue, msg(f"s{i}", f"r{i}"))
     assert (await claim_and_acquire(store, redis_client, cap=2))[0] is Claim.ACQUIRED
     assert (await claim_and_acquire(store, redis_client, cap=2))[0] is Claim.ACQUIRED
-    claim, raw = await claim_and_acquire(store, redis_client, cap=2)
-    assert claim is Claim.FULL
-    assert await redis_client.lindex(keys.queue, -1) == raw.encode()
+    batch = await store.claim_many(1, cap=2, max_bytes=4096, prefix_bytes=100)
+    assert (batch.payloads, batch.at_cap) == ([], True)
+    assert json.loads(await redis_client.lindex(keys.queue, -1))["request_id"] == "r2"
     assert await store.slot_count() == 2
 
 
@@ -117,11 +130,11 @@ async def test_dead_replica_lists_are_requeued_oldest_first(redis_client: aiored
     for rid in ("1", "2", "3"):
         await redis_client.lpush(keys.queue, msg(f"s{rid}", rid))
     for _ in range(3):
-        await dead.claim(redis_client, 0.1)
+        await claim_one(dead)
     assert await alive.recover_dead_replicas() == {}  # heartbeat still fresh
     await redis_client.delete(keys.heartbeat("dead"))
     assert await alive.recover_dead_replicas() == {"dead": 3}
-    order = [json.loads(await alive.claim(redis_client, 0.1))["request_id"] for _ in range(3)]
+    order = [json.loads(await claim_one(alive))["request_id"] for _ in range(3)]
     assert order == ["1", "2", "3"]
     assert b"dead" not in await redis_client.smembers(keys.replicas)
 
@@ -222,8 +235,8 @@ async def test_claims_stop_at_the_cap(redis_client: aioredis.Redis, keys: Keys) 
     assert await redis_client.llen(keys.queue) == 2
     for raw in batch.payloads:
         message = parse_message(raw)
-        assert await store.acquire(raw, raw.decode(), message.server_handle,
-                                   message.request_id or "", job_name_for(message), 2) \
+        assert await acquire(store, raw, raw.decode(), message.server_handle,
+                             message.request_id or "", job_name_for(message), 2) \
             is Claim.ACQUIRED
     batch = await store.claim_many(10, cap=2, max_bytes=4096, prefix_bytes=100)
     assert (batch.payloads, batch.at_cap) == ([], True)
@@ -244,7 +257,7 @@ async def test_a_dropped_redelivery_gives_back_the_slot_it_claimed(
     assert [s.state for s in await store.slots()] == ["claimed"]
     raw = batch.payloads[0]
     message = parse_message(raw)
-    claim = await store.acquire(raw, raw.decode(), "s1", "old", job_name_for(message), 10)
+    claim = await acquire(store, raw, raw.decode(), "s1", "old", job_name_for(message), 10)
     assert claim is Claim.DONE
     assert await store.slots() == []
     assert await redis_client.llen(keys.processing("r1")) == 0
@@ -258,7 +271,11 @@ async def test_a_waiting_list_without_a_slot_hands_the_server_to_its_oldest_mess
     await redis_client.rpush(keys.waiting("s1"), msg("s1", "old-1"), msg("s1", "old-2"))
     await redis_client.sadd(keys.waiting_index, "s1")
     await redis_client.lpush(keys.queue, msg("s1", "new"))
-    claim, _ = await claim_and_acquire(store, redis_client)
+    raw = await claim_one(store)
+    # The slot the claim script took is edited away too: routing finds no slot at all.
+    await redis_client.hdel(keys.inflight, "s1")
+    message = parse_message(raw)
+    claim = await acquire(store, raw, raw.decode(), "s1", "new", job_name_for(message), 10)
     assert claim is Claim.WAITING
     [slot] = await store.slots()
     assert (slot.handle, slot.request_id, slot.state) == ("s1", "old-1", "reserved")

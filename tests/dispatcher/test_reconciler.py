@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher.executors.base import JobEnd, JobView
-from dispatcher.queue import Slot
+from dispatcher.queue import Slot, SlotState
 from dispatcher.reconciler import SlotFate, orphaned_claims, slot_fate
 from tests.dispatcher.unit_support import PROPERTY
 
@@ -18,29 +18,29 @@ NOW = 10_000.0
 END = JobEnd("job-1", "srv-1", "r-1", False, "OOMKilled", "killed")
 
 
-def _slot(state: str, age: float) -> Slot:
+def _slot(state: SlotState, age: float) -> Slot:
     return Slot("srv-1", "r-1", "job-1", NOW - age, state)
 
 
-@pytest.mark.parametrize("state", ["claimed", "acquired", "created", "reserved"])
-def test_an_ended_job_is_finished_whatever_the_slot(state: str) -> None:
+@pytest.mark.parametrize("state", list(SlotState))
+def test_an_ended_job_is_finished_whatever_the_slot(state: SlotState) -> None:
     view = JobView("job-1", "srv-1", "r-1", END)
     assert slot_fate(_slot(state, 0), view, NOW, GRACE) is SlotFate.FINISH
 
 
-@pytest.mark.parametrize("state", ["claimed", "acquired", "created", "reserved"])
-def test_a_running_job_or_a_young_slot_is_kept(state: str) -> None:
+@pytest.mark.parametrize("state", list(SlotState))
+def test_a_running_job_or_a_young_slot_is_kept(state: SlotState) -> None:
     running = JobView("job-1", "srv-1", "r-1", None)
     assert slot_fate(_slot(state, 10 * GRACE), running, NOW, GRACE) is SlotFate.KEEP
     assert slot_fate(_slot(state, GRACE - 1), None, NOW, GRACE) is SlotFate.KEEP
 
 
 def test_a_created_job_that_vanished_is_reported_deleted() -> None:
-    assert slot_fate(_slot("created", GRACE), None, NOW, GRACE) is SlotFate.JOB_GONE
+    assert slot_fate(_slot(SlotState.CREATED, GRACE), None, NOW, GRACE) is SlotFate.JOB_GONE
 
 
-@pytest.mark.parametrize("state", ["claimed", "acquired", "reserved"])
-def test_a_slot_without_job_is_released_unless_its_message_waits(state: str) -> None:
+@pytest.mark.parametrize("state", [SlotState.CLAIMED, SlotState.ACQUIRED, SlotState.RESERVED])
+def test_a_slot_without_job_is_released_unless_its_message_waits(state: SlotState) -> None:
     fate = slot_fate(_slot(state, GRACE + 1), None, NOW, GRACE)
     assert fate is SlotFate.RELEASE_UNLESS_PENDING
 
