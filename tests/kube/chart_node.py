@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.controlplane import ControlPlane, add_user
-from tests.support.node import HOST_IP, Node, PodWorker, _Unsupported
+from tests.support.node import HOST_IP, Node, PodWorker, Unsupported
 
 Obj = dict[str, Any]
 
@@ -49,14 +49,14 @@ class ProbingPodWorker(PodWorker):
     def _supported(self) -> None:
         spec = self.pod["spec"]
         if len(spec["containers"]) != 1 or spec.get("initContainers"):
-            raise _Unsupported("the node stand-in runs pods of exactly one container and no "
+            raise Unsupported("the node stand-in runs pods of exactly one container and no "
                                "init containers")
         for mount in self.container.get("volumeMounts") or []:
             if mount.get("subPath") or mount.get("subPathExpr"):
-                raise _Unsupported(f"volume mount {mount['name']}: subPath is not supported")
+                raise Unsupported(f"volume mount {mount['name']}: subPath is not supported")
         probe = self._probe
         if probe is not None and "httpGet" not in probe:
-            raise _Unsupported("the node stand-in runs httpGet readiness probes only")
+            raise Unsupported("the node stand-in runs httpGet readiness probes only")
 
     # -- readiness ------------------------------------------------------------------------
     def _condition(self, kind: str, status: bool, reason: str | None = None,
@@ -78,7 +78,7 @@ class ProbingPodWorker(PodWorker):
         for declared in self.container.get("ports") or []:
             if declared.get("name") == port:
                 return int(declared["containerPort"])
-        raise _Unsupported(f"probe port {port!r} is not a port of the container")
+        raise Unsupported(f"probe port {port!r} is not a port of the container")
 
     def _http_probe(self, probe: Obj) -> tuple[bool, str]:
         get = probe["httpGet"]
