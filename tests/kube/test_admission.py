@@ -24,6 +24,7 @@ from tests.dispatcher.support import (
     wait_until,
 )
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatchers import StartDispatcher, dispatchers, quick_env
 from tests.support.services import RedisServer
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB deploy"
@@ -32,31 +33,17 @@ RUNNER_SELECTOR = f"app.kubernetes.io/instance={INSTANCE}"
 
 
 @pytest.fixture
-def start(control_plane: ControlPlane, kube_ns: str, redis_srv: RedisServer,
-          redis_client: aioredis.Redis, tmp_path: Path
-          ) -> Iterator[Callable[..., DispatcherProcess]]:
-    started: list[DispatcherProcess] = []
-
-    def start(ready: bool = True, **env: str) -> DispatcherProcess:
-        process = DispatcherProcess({
-            "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
+def start(control_plane: ControlPlane, kube_ns: str, redis_srv: RedisServer, tmp_path: Path
+          ) -> Iterator[StartDispatcher]:
+    with dispatchers(tmp_path, {
+            **quick_env(redis_srv, INSTANCE),
             "DISPATCHER_KUBECONFIG": str(control_plane.kubeconfig()),
-            "DISPATCHER_NAMESPACE": kube_ns, "DISPATCHER_INSTANCE": INSTANCE,
-            "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
-            "DISPATCHER_API_RETRY_MAX_SECONDS": "1", "DISPATCHER_PREFLIGHT_SECONDS": "1",
+            "DISPATCHER_NAMESPACE": kube_ns, "DISPATCHER_PREFLIGHT_SECONDS": "1",
             "DISPATCHER_JOB_IMAGE": "infra-service-runner:test",
             # No node runs these pods (a node another test registered must not try).
             "DISPATCHER_JOB_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": "nowhere"}),
-            "ORCHESTRATOR_SSH_PUBLIC_KEY": PUBLIC_KEY, **env,
-        }, tmp_path / f"dispatcher-{len(started)}.log").start()
-        started.append(process)
-        if ready:
-            process.wait_ready(timeout=60)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+            "ORCHESTRATOR_SSH_PUBLIC_KEY": PUBLIC_KEY}) as start:
+        yield start
 
 
 def jobs(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
 from tests.dispatcher.support import DispatcherProcess, message, results, wait_until
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatchers import StartDispatcher, dispatchers, quick_env
 from tests.support.faultproxy import FaultProxy
 from tests.support.kube_env import KubeEnv
 from tests.support.services import RedisServer
@@ -37,29 +38,15 @@ def proxy(kube_env: KubeEnv) -> FaultProxy:
 
 
 @pytest.fixture
-def start(kube_env: KubeEnv, redis_srv: RedisServer, redis_client: aioredis.Redis,
-          tmp_path: Path) -> Iterator[Callable[..., DispatcherProcess]]:
+def start(kube_env: KubeEnv, redis_srv: RedisServer, tmp_path: Path
+          ) -> Iterator[StartDispatcher]:
     """The dispatcher with its ServiceAccount through the fault proxy (kube_env)."""
-    started: list[DispatcherProcess] = []
-
-    def start(ready: bool = True, **env: str) -> DispatcherProcess:
-        process = DispatcherProcess({
-            "REDIS_URL": redis_srv.url, "REDIS_PASSWORD": redis_srv.password or "",
-            **kube_env.dispatcher_env(), "DISPATCHER_INSTANCE": INSTANCE,
-            "DISPATCHER_HEARTBEAT_SECONDS": "0.5", "DISPATCHER_RECONCILE_SECONDS": "1",
-            "DISPATCHER_API_RETRY_MAX_SECONDS": "1",
+    with dispatchers(tmp_path, {
+            **quick_env(redis_srv, INSTANCE), **kube_env.dispatcher_env(),
             "DISPATCHER_JOB_IMAGE": "localhost/infra-service-runner:test",
             "ORCHESTRATOR_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB deploy",
-            **env,
-        }, tmp_path / f"dispatcher-{len(started)}.log").start()
-        started.append(process)
-        if ready:
-            process.wait_ready(timeout=60)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+            }) as start:
+        yield start
 
 
 def jobs(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
