@@ -92,7 +92,7 @@ def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="session")
 def kube_node(control_plane: ControlPlane) -> Iterator[Node]:
-    """A node (tests/support/node.py: the kubelet's part, pods as podman containers) that
+    """A node (tests/support/node/: the kubelet's part, pods as podman containers) that
     the scheduler binds the session's pods to."""
     with running_node(control_plane, "node-1") as node:
         yield node

@@ -1,7 +1,7 @@
 """Fixtures of the end-to-end tests.
 
 Per package: the runner image (built once per content), a migrated database, SSH key pairs,
-two disposable hosts, the provider API and the e2e node (tests/support/node.py, tainted, with
+two disposable hosts, the provider API and the e2e node (tests/support/node/, tainted, with
 the tests' plays mounted) registered with the session's real control plane. Per test: a
 namespace of that control plane (PodSecurity ``restricted``) holding the runner's Secrets and
 the dispatcher's ServiceAccount, an observer of its Jobs and pods, and a factory for

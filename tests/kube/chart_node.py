@@ -1,4 +1,4 @@
-"""The node stand-in (tests/support/node.py) widened for a Deployment's pods and for the
+"""The node stand-in (tests/support/node/) widened for a Deployment's pods and for the
 chart's ``helm test`` pods: what a chart install needs beyond Job pods.
 
 - ``restartPolicy: Always`` pods run (the dispatcher's Deployment). A container that exits is
