@@ -14,11 +14,16 @@ import gc
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
+
+import asyncpg
 
 from contracts.exit_codes import ExitCode
 from contracts.logs import configure_logging
 from runner_image import redaction
+from runner_image.db import connect
+from runner_image.migrations import MigrationError, apply_migrations
+from runner_image.register import Registration, register
 from runner_image.run import run
 from runner_image.settings import (
     SECRET_VARIABLES,
@@ -26,9 +31,6 @@ from runner_image.settings import (
     DatabaseSettings,
     load,
 )
-
-if TYPE_CHECKING:
-    import asyncpg
 
 log = logging.getLogger("runner_image")
 
@@ -70,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 async def _open_database(command: str) -> tuple[DatabaseSettings, asyncpg.Connection] | None:
     """The database settings and a connection for an admin command; None (logged) if the
     settings are invalid or the database cannot be reached."""
-    from runner_image.db import connect
-
     try:
         db = load(DatabaseSettings)
         return db, await connect(db)
@@ -81,8 +81,6 @@ async def _open_database(command: str) -> tuple[DatabaseSettings, asyncpg.Connec
 
 
 async def _migrate() -> int:
-    from runner_image.migrations import MigrationError, apply_migrations
-
     opened = await _open_database("migrate")
     if opened is None:
         return ExitCode.REJECTED
@@ -99,8 +97,6 @@ async def _migrate() -> int:
 
 
 async def _register(args: argparse.Namespace) -> int:
-    from runner_image.register import Registration, register
-
     names = (*SECRET_VARIABLES, args.password_env)
     redact = redaction.Redactor(os.environ.get(n, "") for n in names)
     redaction.install({"server_handle": args.handle}, redact)

@@ -100,6 +100,8 @@ def parse_public_key(text: str, *, decode: bool = True) -> PublicKey:
 
 def check_key_material(key_type: str, body: str) -> None:
     """Decode the key for real: a valid point/modulus of an allowed size, nothing extra."""
+    # Imported on first use: the run decodes the key in a thread beside its database
+    # connection, and importing cryptography is a noticeable part of the start-up.
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import (
@@ -199,3 +201,4 @@ fi
 def install_script(keys: list[PublicKey]) -> str:
     """The shell script that makes ``keys`` present exactly once for the user given as $1."""
     return _INSTALL_SCRIPT.replace("@KEYS@", "\n".join(k.line for k in keys))
+

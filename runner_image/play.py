@@ -28,11 +28,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,20 +39,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from contracts.results import OUTPUT_TAIL_LIMIT, ErrorKind, PlayRecap, ResultError
+from contracts.results import ErrorKind, PlayRecap, ResultError
+from runner_image.play_env import PlayEnvironment, passed
+from runner_image.play_events import TAIL_CHARS, EventSink, mask_then_cut
 
 log = logging.getLogger(__name__)
-
-TAIL_CHARS = min(2000, OUTPUT_TAIL_LIMIT)
-_LOGGED_EVENTS = {
-    "playbook_on_play_start", "playbook_on_task_start", "runner_on_ok", "runner_on_failed",
-    "runner_on_unreachable", "runner_on_skipped", "runner_item_on_failed", "playbook_on_stats",
-}
-# set_stats keys that are not scalars and are read by the runner itself (the SSH port
-# contract), not copied into the result's details.
-STRUCTURED_STATS = frozenset({"infra_ssh"})
-_STAT_KEYS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable",
-              "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
 
 
 class PlayStatus(StrEnum):
@@ -75,148 +64,6 @@ class PlayOutcome:
     duration: float = 0.0
     details: dict[str, str | int | float | bool | None] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # structured set_stats (infra_ssh)
-
-
-def mask_then_cut(text: str | None, redact: Callable[[str], str], limit: int = TAIL_CHARS) -> str:
-    """Mask secrets in the whole text first, then keep its end: a secret that straddles the
-    cut is masked before any part of it can be kept."""
-    return redact(text or "")[-limit:]
-
-
-class EventSink:
-    """Logs events as they happen and keeps what the result needs."""
-
-    def __init__(self, context: dict[str, Any], redact: Callable[[str], str]) -> None:
-        self.context = context
-        self.redact = redact
-        self.failure: ResultError | None = None
-        self.unreachable = False
-        self.stats: dict[str, Any] = {}
-        self.details: dict[str, str | int | float | bool | None] = {}
-        self.stats_data: dict[str, Any] = {}
-        self.seen: set[str] = set()  # event kinds so far (playbook_on_start: at the gate)
-
-    def __call__(self, event: dict[str, Any]) -> bool:
-        kind = event.get("event", "")
-        self.seen.add(kind)
-        data = event.get("event_data") or {}
-        if kind in _LOGGED_EVENTS:
-            fields = {"ansible_event": kind, "task": data.get("task"), "host": data.get("host"),
-                      "play": data.get("play")}
-            res = data.get("res") or {}
-            if kind in {"runner_on_failed", "runner_on_unreachable"} and isinstance(res, dict):
-                fields["module_msg"] = self.redact(str(res.get("msg", "")))[:500]
-                fields["ignore_errors"] = bool(data.get("ignore_errors"))
-            if kind == "runner_on_ok":
-                fields["changed"] = bool(isinstance(res, dict) and res.get("changed"))
-            log.info("ansible event", extra={**self.context,
-                                             **{k: v for k, v in fields.items() if v is not None}})
-        if kind == "runner_on_failed" and not data.get("ignore_errors") and self.failure is None:
-            self.failure = self._error(ErrorKind.PLAY_FAILED, data)
-        elif kind == "runner_on_unreachable" and self.failure is None:
-            self.unreachable = True
-            self.failure = self._error(ErrorKind.SSH_UNREACHABLE, data)
-        elif kind == "playbook_on_stats":
-            self.stats = data
-            artifact = data.get("artifact_data") or {}
-            for key, value in artifact.items():
-                if key in STRUCTURED_STATS:
-                    self.stats_data[str(key)] = value
-                elif isinstance(value, str | int | float | bool) or value is None:
-                    self.details[str(key)] = self.redact(value) if isinstance(value, str) else value
-        return False  # everything needed is kept here; don't write event files to disk
-
-    def _error(self, kind: ErrorKind, data: dict[str, Any]) -> ResultError:
-        res = data.get("res") if isinstance(data.get("res"), dict) else {}
-        assert isinstance(res, dict)
-        parts = [res.get(k) for k in ("module_stderr", "stderr", "module_stdout", "stdout")]
-        output = "\n".join(str(p) for p in parts if p)
-        rc = res.get("rc")
-        message = str(res.get("msg") or "task failed without a message")
-        return ResultError(
-            kind=kind,
-            message=self.redact(
-                f"task '{data.get('task')}' failed on {data.get('host')}: {message}"),
-            task=data.get("task"),
-            host=data.get("host"),
-            return_code=rc if isinstance(rc, int) else None,
-            output_tail=mask_then_cut(output, self.redact) or None,
-        )
-
-    def recap(self) -> PlayRecap:
-        counts = {}
-        for source, target in _STAT_KEYS.items():
-            per_host = self.stats.get(source) or {}
-            counts[target] = sum(v for v in per_host.values() if isinstance(v, int))
-        return PlayRecap(**counts)
-
-
-@dataclass
-class PlayEnvironment:
-    private_data_dir: Path
-    project_dir: Path
-    inventory: Path
-    envvars: dict[str, str]
-
-
-def mitogen_strategy_dir() -> Path:
-    """Where Mitogen's strategy plugins are installed (they ship inside the package)."""
-    import ansible_mitogen
-
-    return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
-
-
-def mitogen_envvars() -> dict[str, str]:
-    """Ansible settings that make Mitogen's linear strategy the default of a run."""
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()),
-            "ANSIBLE_STRATEGY": "mitogen_linear"}
-
-
-def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, control_dir: Path,
-                        host_vars: dict[str, Any], host: str, *, mitogen: bool = False,
-                        passthrough: list[str] | None = None) -> PlayEnvironment:
-    home = directory / "home"
-    local_tmp = directory / "tmp"
-    for path in (home, home / ".ansible", local_tmp):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    inventory = directory / "inventory.json"
-    inventory.write_text(json.dumps({"all": {"hosts": {host: host_vars}}}))
-    envvars = {
-        # The ansible-playbook of this environment first, not whichever else is on PATH.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "HOME": str(home),
-        "ANSIBLE_HOME": str(home / ".ansible"),
-        "ANSIBLE_LOCAL_TEMP": str(local_tmp),
-        # Same private config as the runner's own SSH check: known_hosts, agent, ControlPath.
-        "ANSIBLE_SSH_ARGS": f"-F {ssh_config} -o ControlMaster=auto -o ControlPersist=60s",
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
-        "ANSIBLE_SSH_CONTROL_PATH": "%(directory)s/%%C",
-        "ANSIBLE_HOST_KEY_CHECKING": "True",
-        "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_INVENTORY_ENABLED": "yaml",
-        "ANSIBLE_NOCOLOR": "True",
-        "ANSIBLE_FORCE_COLOR": "False",
-    }
-    # Variables the operator chose to hand to the plays (PLAY_ENV_PASSTHROUGH).
-    envvars |= {name: os.environ[name] for name in passthrough or () if name in os.environ}
-    if mitogen:
-        # One persistent interpreter on the server for the whole play instead of a fresh
-        # Python (and module upload) per task. Its ssh runs with the same ANSIBLE_SSH_ARGS,
-        # so it reuses the control master the SSH check opened.
-        envvars |= mitogen_envvars()
-    return PlayEnvironment(directory, project_dir, inventory, envvars)
-
-
-# What the play's processes get from the runner's own environment: locale, PATH and the
-# operator's ANSIBLE_* settings. Everything else (the message, database and Redis URLs,
-# whatever the pod was given) stays with the runner; secrets were already removed.
-PASSED_ENVIRONMENT = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSL_CERT_FILE",
-                                "SSL_CERT_DIR"})
-
-
-def _passed(name: str) -> bool:
-    return name in PASSED_ENVIRONMENT or name.startswith(("LC_", "ANSIBLE_"))
 
 
 class _BoundedText:
@@ -343,11 +190,26 @@ async def start_play(env: PlayEnvironment, playbook: Path, context: dict[str, An
     """
     if gated and not GATE_PLUGIN.is_file():
         raise GateUnavailable(f"{GATE_PLUGIN} is missing; reinstall the runner package")
-    from ansible_runner.config.runner import RunnerConfig
-    from ansible_runner.runner import Runner
-    from ansible_runner.utils import OutputEventFilter
-
+    config = _prepared_config(env, playbook)
     sink = EventSink({**context, "playbook": playbook.name}, redact)
+    raw = _BoundedText(MASK_WINDOW)
+    stream = _event_stream(config, sink, raw)
+    log.info("ansible status", extra={**context, "ansible_status": "starting",
+                                      "playbook": playbook.name, "gated": gated})
+    proc, gate = await _spawn(config, _child_environment(config.env, env.envvars),
+                              gate_timeout if gated else None, gated=gated)
+    log.info("ansible status", extra={**context, "ansible_status": "running",
+                                      "playbook": playbook.name})
+    return StartedPlay(playbook, sink, proc, asyncio.create_task(_pump(proc, stream)), raw,
+                       context, gate)
+
+
+def _prepared_config(env: PlayEnvironment, playbook: Path) -> Any:
+    """ansible-runner's RunnerConfig for ``playbook``: command, environment, callback plugin."""
+    # Imported on first use: the run's warm-up loads ansible-runner in a thread during the
+    # SSH check (runner_image/warmup.py), not in the runner's start-up.
+    from ansible_runner.config.runner import RunnerConfig
+
     config = RunnerConfig(
         private_data_dir=str(env.private_data_dir), project_dir=str(env.project_dir),
         playbook=str(playbook), inventory=str(env.inventory), envvars=env.envvars,
@@ -355,23 +217,34 @@ async def start_play(env: PlayEnvironment, playbook: Path, context: dict[str, An
         suppress_output_file=True, suppress_ansible_output=True)
     config.prepare()
     os.makedirs(os.path.join(config.artifact_dir, "job_events"), mode=0o700, exist_ok=True)
-    # The child's environment: ansible-runner's and the runner's settings, plus the few
-    # inherited variables the play needs; not the runner's whole environment.
-    child_env = {k: v for k, v in config.env.items()
-                 if k not in os.environ or k in env.envvars or _passed(k)}
+    return config
+
+
+def _event_stream(config: Any, sink: EventSink, raw: _BoundedText) -> Any:
+    """A writable stream that decodes ansible-playbook's output into events for ``sink`` and
+    keeps its plain text in ``raw``."""
+    # Imported on first use, as in _prepared_config.
+    from ansible_runner.runner import Runner
+    from ansible_runner.utils import OutputEventFilter
+
+    events = Runner(config, event_handler=sink)
+    return OutputEventFilter(raw, events.event_callback, suppress_ansible_output=True)
+
+
+def _child_environment(prepared: dict[str, str], envvars: dict[str, str]) -> dict[str, str]:
+    """ansible-runner's and the runner's settings, plus the few inherited variables the play
+    needs; not the runner's whole environment."""
+    return {k: v for k, v in prepared.items()
+            if k not in os.environ or k in envvars or passed(k)}
+
+
+async def _spawn(config: Any, child_env: dict[str, str], gate_timeout: float | None, *,
+                 gated: bool) -> tuple[asyncio.subprocess.Process, int | None]:
+    """The process in a session of its own, and the write end of its gate when ``gated``."""
     gate_read, gate_write = -1, None
     if gated:
         gate_read, gate_write = os.pipe()  # both ends close-on-exec; the child gets one
-        child_env[GATE_FD_VARIABLE] = str(gate_read)
-        if gate_timeout is not None:
-            child_env[GATE_TIMEOUT_VARIABLE] = f"{max(0.0, gate_timeout):.3f}"
-        child_env["ANSIBLE_CALLBACK_PLUGINS"] = os.pathsep.join(filter(None, (
-            child_env.get("ANSIBLE_CALLBACK_PLUGINS"), str(GATE_PLUGIN_DIR))))
-    events = Runner(config, event_handler=sink)
-    raw = _BoundedText(MASK_WINDOW)
-    stream = OutputEventFilter(raw, events.event_callback, suppress_ansible_output=True)
-    log.info("ansible status", extra={**context, "ansible_status": "starting",
-                                      "playbook": playbook.name, "gated": gated})
+        child_env = {**child_env, **_gate_environment(child_env, gate_read, gate_timeout)}
     try:
         proc = await asyncio.create_subprocess_exec(
             *config.command, cwd=config.cwd, env=child_env, stdin=asyncio.subprocess.DEVNULL,
@@ -384,19 +257,27 @@ async def start_play(env: PlayEnvironment, playbook: Path, context: dict[str, An
     finally:
         if gated:
             os.close(gate_read)
-    log.info("ansible status", extra={**context, "ansible_status": "running",
-                                      "playbook": playbook.name})
+    return proc, gate_write
 
-    async def pump() -> None:
-        assert proc.stdout is not None
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        while chunk := await proc.stdout.read(65536):
-            stream.write(decoder.decode(chunk))
-        stream.write(decoder.decode(b"", final=True))
-        stream.close()
 
-    return StartedPlay(playbook, sink, proc, asyncio.create_task(pump()), raw, context,
-                       gate_write)
+def _gate_environment(child_env: dict[str, str], gate_read: int,
+                      gate_timeout: float | None) -> dict[str, str]:
+    """What the gate plugin reads: the pipe's descriptor, its timeout, its plugin path."""
+    gate = {GATE_FD_VARIABLE: str(gate_read), "ANSIBLE_CALLBACK_PLUGINS": os.pathsep.join(
+        filter(None, (child_env.get("ANSIBLE_CALLBACK_PLUGINS"), str(GATE_PLUGIN_DIR))))}
+    if gate_timeout is not None:
+        gate[GATE_TIMEOUT_VARIABLE] = f"{max(0.0, gate_timeout):.3f}"
+    return gate
+
+
+async def _pump(proc: asyncio.subprocess.Process, stream: Any) -> None:
+    """Feed the process's output, decoded as it arrives, to the event stream."""
+    assert proc.stdout is not None
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    while chunk := await proc.stdout.read(65536):
+        stream.write(decoder.decode(chunk))
+    stream.write(decoder.decode(b"", final=True))
+    stream.close()
 
 
 async def _finish(play: StartedPlay, limit: float) -> _Finished:
@@ -420,6 +301,24 @@ async def _finish(play: StartedPlay, limit: float) -> _Finished:
     return _Finished(status, proc.returncode, play.raw.text)
 
 
+@dataclass
+class _Played:
+    """What the plays so far add up to."""
+
+    recap: PlayRecap = field(default_factory=PlayRecap)
+    details: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, sink: EventSink) -> None:
+        self.recap = _add(self.recap, sink.recap())
+        self.details.update(sink.details)
+        self.stats.update(sink.stats_data)
+
+    def outcome(self, status: PlayStatus, error: ResultError | None,
+                duration: float) -> PlayOutcome:
+        return PlayOutcome(status, self.recap, error, duration, self.details, self.stats)
+
+
 async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: float,
                         budget_source: str, cancelled: threading.Event,
                         context: dict[str, Any], redact: Callable[[str], str],
@@ -431,58 +330,59 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
     the budget counts from its release.
     """
     started = time.monotonic()
-    total = PlayRecap()
-    details: dict[str, str | int | float | bool | None] = {}
-    stats: dict[str, Any] = {}
+    played = _Played()
     for playbook in playbooks:
         remaining = budget - (time.monotonic() - started)
         if remaining <= 0 or cancelled.is_set():
-            break
+            return _stopped_between(played, playbook, budget, budget_source, cancelled,
+                                    time.monotonic() - started)
         log.info("play starting", extra={**context, "playbook": playbook.name})
         if first is not None and first.playbook == playbook:
             started_play, first = first, None
         else:
             started_play = await start_play(env, playbook, context, redact)
-        sink = started_play.sink
         result = await _finish(started_play, remaining)
-        total = _add(total, sink.recap())
-        details.update(sink.details)
-        stats.update(sink.stats_data)
-        status = result.status
+        played.add(started_play.sink)
         elapsed = time.monotonic() - started
         log.info("play finished", extra={**context, "playbook": playbook.name,
-                                         "ansible_status": status, "rc": result.rc,
+                                         "ansible_status": result.status, "rc": result.rc,
                                          "duration_seconds": round(elapsed, 3)})
-        if status == "successful":
-            continue
-        if status == "canceled" or cancelled.is_set():
-            return PlayOutcome(PlayStatus.CANCELED, total, ResultError(
-                kind=ErrorKind.CANCELLED,
-                message=f"the run was cancelled (SIGTERM) during {playbook.name}",
-                task=None, host=None), elapsed, details, stats)
-        if status == "timeout":
-            return PlayOutcome(PlayStatus.TIMEOUT, total,
-                               timeout_error(budget, budget_source, playbook),
-                               elapsed, details, stats)
-        if sink.failure is None:
-            tail = mask_then_cut(result.output, redact)
-            error = ResultError(kind=ErrorKind.PLAY_FAILED,
-                                message=f"{playbook.name} failed (rc={result.rc}) before any task "
-                                        "failed; see output_tail", return_code=result.rc,
-                                output_tail=tail or None)
-            return PlayOutcome(PlayStatus.FAILED, total, error, elapsed, details, stats)
-        return PlayOutcome(PlayStatus.UNREACHABLE if sink.unreachable else PlayStatus.FAILED,
-                           total, sink.failure, elapsed, details, stats)
-    else:
-        return PlayOutcome(PlayStatus.SUCCESSFUL, total, None, time.monotonic() - started,
-                           details, stats)
-    elapsed = time.monotonic() - started
+        if result.status != "successful":
+            error = _play_error(result, started_play.sink, playbook, budget, budget_source,
+                                cancelled, redact)
+            return played.outcome(error[0], error[1], elapsed)
+    return played.outcome(PlayStatus.SUCCESSFUL, None, time.monotonic() - started)
+
+
+def _play_error(result: _Finished, sink: EventSink, playbook: Path, budget: float,
+                budget_source: str, cancelled: threading.Event,
+                redact: Callable[[str], str]) -> tuple[PlayStatus, ResultError]:
+    """How a playbook that did not succeed ended, and the result's error for it."""
+    if result.status == "canceled" or cancelled.is_set():
+        return PlayStatus.CANCELED, ResultError(
+            kind=ErrorKind.CANCELLED,
+            message=f"the run was cancelled (SIGTERM) during {playbook.name}",
+            task=None, host=None)
+    if result.status == "timeout":
+        return PlayStatus.TIMEOUT, timeout_error(budget, budget_source, playbook)
+    if sink.failure is None:
+        tail = mask_then_cut(result.output, redact)
+        return PlayStatus.FAILED, ResultError(
+            kind=ErrorKind.PLAY_FAILED,
+            message=f"{playbook.name} failed (rc={result.rc}) before any task failed; see "
+                    "output_tail", return_code=result.rc, output_tail=tail or None)
+    return (PlayStatus.UNREACHABLE if sink.unreachable else PlayStatus.FAILED), sink.failure
+
+
+def _stopped_between(played: _Played, playbook: Path, budget: float, budget_source: str,
+                     cancelled: threading.Event, elapsed: float) -> PlayOutcome:
+    """The outcome when SIGTERM or the budget stops the run before ``playbook`` starts."""
     if cancelled.is_set():
-        return PlayOutcome(PlayStatus.CANCELED, total, ResultError(
+        return played.outcome(PlayStatus.CANCELED, ResultError(
             kind=ErrorKind.CANCELLED, message="the run was cancelled (SIGTERM) between plays"),
-            elapsed, details, stats)
-    return PlayOutcome(PlayStatus.TIMEOUT, total, timeout_error(budget, budget_source, playbook),
-                       elapsed, details, stats)
+            elapsed)
+    return played.outcome(PlayStatus.TIMEOUT, timeout_error(budget, budget_source, playbook),
+                          elapsed)
 
 
 def timeout_error(budget: float, source: str, playbook: Path) -> ResultError:

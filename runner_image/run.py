@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -30,7 +29,12 @@ from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
 from contracts.results import ErrorKind, ResultEntry, now
 from runner_image import outcome as out
 from runner_image import redaction
+from runner_image.context import RunContext
+from runner_image.db import ServerStore, open_store
 from runner_image.deadline import RunDeadline
+from runner_image.deploy_key import InvalidPublicKey, check_key_material
+from runner_image.job import Job
+from runner_image.reaping import become_subreaper
 from runner_image.retrying import Backoff
 from runner_image.settings import (
     SECRET_VARIABLES,
@@ -41,15 +45,14 @@ from runner_image.settings import (
     load,
     scrub_secret_environment,
 )
+from runner_image.termination import write_for_outcome
 from runner_image.warmup import Warmup
 from runner_image.workspace import Workspace
 
-if TYPE_CHECKING:  # imported when the run needs them: start-up stays short
-    from runner_image.db import ServerStore
-    from runner_image.job import RunContext
-
 log = logging.getLogger("runner_image")
 
+# Loaded by the run's warm-up thread (runner_image/warmup.py) while it waits on SSH.
+REPORT_MODULE = "runner_image.report"
 # A run rejected before its settings are read still tries a few times to report it.
 EARLY_REPORT_POLICY = Backoff(attempts=3, first_pause=0.5)
 
@@ -66,6 +69,8 @@ class RunInfo:
 
     def entry(self, outcome: out.Outcome, message: ProvisionerMessage | None,
               request_id: str | None, handle: str | None) -> ResultEntry:
+        # runner_image.report is imported where it is used: a run loads it in its warm-up
+        # thread during the SSH check (REPORT_MODULE), not in its start-up.
         from runner_image.report import build_entry
 
         return build_entry(outcome, request_id=request_id, handle=handle,
@@ -153,15 +158,11 @@ def _load_settings() -> tuple[RunnerSettings, DatabaseSettings] | str:
 
 async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerSettings,
                    db_settings: DatabaseSettings, deadline: RunDeadline) -> int:
-    from runner_image.db import open_store
-    from runner_image.job import RunContext
-    from runner_image.reaping import become_subreaper
-
     become_subreaper()  # processes the play orphans are stopped at the end of the run
     policy = Backoff(settings.report_attempts, settings.report_backoff_base)
     signals = Cancellation()
     ctx = RunContext(message, settings, db_settings, info.job_name, info.redact,
-                     signals.event, deadline, Warmup("runner_image.report", "ansible_runner"))
+                     signals.event, deadline, Warmup(REPORT_MODULE, "ansible_runner"))
     log.info("run started", extra={"action": message.action.value,
                                    "deadline": deadline.wall_clock(),
                                    "deadline_from": deadline.counted_from})
@@ -246,8 +247,6 @@ class Cancellation:
 async def _execute(ctx: RunContext, store: ServerStore, workspace: Workspace,
                    signals: Cancellation) -> tuple[out.Outcome, bool]:
     """The job's outcome, and whether it claimed the server (only then is a status written)."""
-    from runner_image.job import Job
-
     job = Job(ctx, store, workspace)
     signals.task = asyncio.create_task(job.execute())
     try:
@@ -265,7 +264,7 @@ async def _report(info: RunInfo, ctx: RunContext, outcome: out.Outcome, claimed:
     """The server's status (if this run claimed it), then the result unless ``publish``
     is false (SIGTERM: the dispatcher reports); False when either could not be written
     before the deadline."""
-    from runner_image.report import write_status
+    from runner_image.report import write_status  # see RunInfo.entry
 
     message, deadline = ctx.message, ctx.deadline
     ok = True
@@ -310,7 +309,7 @@ async def _report_only(info: RunInfo, outcome: out.Outcome, message: Provisioner
 
 
 async def _publish(redis_settings: RedisSettings, entry: ResultEntry, policy: Backoff) -> None:
-    from runner_image.report import publish
+    from runner_image.report import publish  # see RunInfo.entry
 
     redis = create_redis(redis_settings)
     try:
@@ -321,16 +320,12 @@ async def _publish(redis_settings: RedisSettings, entry: ResultEntry, policy: Ba
 
 def _terminate_with(outcome: out.Outcome, code: int, redact: redaction.Redactor) -> None:
     """`<kind>: <summary>` where Kubernetes shows it (the pod's termination message)."""
-    from runner_image.termination import write_for_outcome
-
     error = outcome.error
     write_for_outcome(error.kind if error else None, error.message if error else None, code,
                       redact)
 
 
 def _deploy_key_problem(line: str) -> str | None:
-    from runner_image.deploy_key import InvalidPublicKey, check_key_material
-
     key_type, body = line.split()[:2]
     try:
         check_key_material(key_type, body)

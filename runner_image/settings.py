@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from runner_image.deploy_key import USER_PATTERN, InvalidPublicKey, parse_public_key
+from runner_image.environ import wipe_initial_environment
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 IMAGE_PLAY_PROJECT_DIR = Path("/opt/infra-service/ansible")
@@ -274,12 +275,6 @@ class RunnerSettings(BaseSettings):
         names = self.recovery_playbooks if recovery else [self.setup_playbook]
         return [self.play_project_dir / name for name in names]
 
-    def secret_values(self) -> list[str]:
-        values = [self.ssh_private_key.get_secret_value()]
-        values += [s.get_secret_value() for s in (self.provider_api_username,
-                                                   self.provider_api_password) if s]
-        return values
-
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """Name each bad variable and why, without the (possibly secret) value."""
@@ -313,8 +308,6 @@ def load(cls: type[SettingsT]) -> SettingsT:
 def scrub_secret_environment() -> None:
     """Remove secret variables so that no child process inherits them, and overwrite them
     in the process's initial environment block (``/proc/<pid>/environ``)."""
-    from runner_image.environ import wipe_initial_environment
-
     for name in SECRET_VARIABLES:
         os.environ.pop(name, None)
     wipe_initial_environment(SECRET_VARIABLES)

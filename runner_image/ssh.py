@@ -13,7 +13,9 @@ Passwords reach ssh through ``sshpass -d FD`` (a pipe), never through argv or en
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
 import signal
 from dataclasses import dataclass
@@ -52,6 +54,12 @@ class SshResult:
     stdout: str
     stderr: str
     auth_method: str | None
+
+
+def fingerprint(host_key: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a host key given as ``type base64``."""
+    blob = base64.b64decode(host_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 class SshClient:

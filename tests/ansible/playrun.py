@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner_image.play import mitogen_envvars
+from runner_image.play_env import mitogen_envvars
 from tests.support.hosts import Host
 
 REPO = Path(__file__).resolve().parents[2]

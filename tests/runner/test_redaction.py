@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner_image.play import mask_then_cut
+from runner_image.play_events import mask_then_cut
 from runner_image.redaction import Redactor
 
 pytestmark = pytest.mark.unit

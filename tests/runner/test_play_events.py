@@ -1,4 +1,4 @@
-"""The ansible event sink (runner_image.play.EventSink): what the result keeps of a play's
+"""The ansible event sink (runner_image.play_events.EventSink): what the result keeps of a play's
 events, fed ansible-runner's event dicts directly."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from contracts.results import ErrorKind, PlayRecap
-from runner_image.play import TAIL_CHARS, EventSink
+from runner_image.play_events import TAIL_CHARS, EventSink
 from runner_image.redaction import MASK, Redactor
 
 pytestmark = pytest.mark.unit

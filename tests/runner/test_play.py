@@ -15,14 +15,8 @@ from pathlib import Path
 import pytest
 
 from runner_image import play as play_module
-from runner_image.play import (
-    GateUnavailable,
-    PlayEnvironment,
-    StartedPlay,
-    prepare_environment,
-    run_playbooks,
-    start_play,
-)
+from runner_image.play import GateUnavailable, StartedPlay, run_playbooks, start_play
+from runner_image.play_env import PlayEnvironment, prepare_environment
 from runner_image.redaction import Redactor
 
 GATE_CLOSED_EXIT = 90  # runner_image/ansible_callbacks/infra_start_gate.py
