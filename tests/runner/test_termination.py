@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from runner_image import termination
 from runner_image.redaction import MASK, Redactor
 from runner_image.termination import (
     MAX_MESSAGE_BYTES,
     format_message,
+    write_for_outcome,
     write_termination_message,
 )
-from tests.runner.conftest import Runner
+from tests.runner.conftest import REPO, Runner, message
+from tests.support.services import free_port
 
 SECRET = "hunter2-database-password-value"
 
@@ -73,19 +82,64 @@ def test_absent_directory_is_tolerated(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write a read-only directory")
-def test_unwritable_file_is_tolerated(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
-    try:
-        assert not write_termination_message(tmp_path / "termination-log", "internal", "x",
-                                              Redactor())
-    finally:
-        tmp_path.chmod(0o700)
+# Root writes into a read-only directory, and CI runs the suite as root: there the write
+# is made by a process that drops to this account (scripts/install-deps.sh creates it).
+UNPRIVILEGED_USER = "infra-unprivileged"
+# Run as the unprivileged user once the modules are loaded (so the interpreter and the
+# repository need not be readable to it): exit 0 if written, 3 if refused.
+_WRITE_AS = """
+import os, sys
+from pathlib import Path
+from runner_image.redaction import Redactor
+from runner_image.termination import write_termination_message
+os.setgroups([])
+os.setgid(int(sys.argv[3]))
+os.setuid(int(sys.argv[2]))
+assert os.geteuid() != 0
+sys.exit(0 if write_termination_message(Path(sys.argv[1]), "internal", "x", Redactor()) else 3)
+"""
+
+
+def write_as_unprivileged(directory: Path) -> bool:
+    """Whether the unprivileged user can write a termination message into ``directory``."""
+    if os.geteuid() != 0:
+        return write_termination_message(directory / "termination-log", "internal", "x",
+                                         Redactor())
+    account = pwd.getpwnam(UNPRIVILEGED_USER)
+    os.chown(directory, account.pw_uid, account.pw_gid)
+    done = subprocess.run([sys.executable, "-c", _WRITE_AS, str(directory / "termination-log"),
+                           str(account.pw_uid), str(account.pw_gid)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)})
+    assert done.returncode in (0, 3), done.stderr
+    return done.returncode == 0
+
+
+@pytest.fixture
+def own_directory() -> Iterator[Path]:
+    """A directory any user can reach (the session's tmp_path is root's alone)."""
+    directory = Path(tempfile.mkdtemp(prefix="term-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_unwritable_file_is_tolerated(own_directory: Path) -> None:
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(UNPRIVILEGED_USER)
+        except KeyError:
+            pytest.skip(f"run as root without the user {UNPRIVILEGED_USER}, which "
+                        "scripts/install-deps.sh creates: root would write into the read-only "
+                        "directory, so the check cannot be made")
+    own_directory.chmod(0o700)
+    assert write_as_unprivileged(own_directory)  # the same user can write where allowed
+    (own_directory / "termination-log").unlink()
+    own_directory.chmod(0o500)
+    assert not write_as_unprivileged(own_directory)
+    assert not (own_directory / "termination-log").exists()
 
 
 def test_outcomes_map_to_messages(tmp_path: Path) -> None:
-    from runner_image.termination import write_for_outcome
-
     path = tmp_path / "termination-log"
     assert not write_for_outcome(None, None, 0, Redactor(), path)  # success: no message
     assert not path.exists()
@@ -100,8 +154,6 @@ def test_outcomes_map_to_messages(tmp_path: Path) -> None:
 
 async def test_the_runner_writes_its_termination_message(runner: Runner,
                                                          tmp_path: Path) -> None:
-    from tests.runner.conftest import message
-
     path = tmp_path / "termination-log"
     msg = message("no-such-server")
     res = runner.run(msg, TERMINATION_MESSAGE_PATH=str(path))
@@ -117,9 +169,6 @@ async def test_the_runner_writes_its_termination_message(runner: Runner,
 
 async def test_an_invalid_message_and_an_unreported_run_say_so(runner: Runner,
                                                                tmp_path: Path) -> None:
-    from tests.runner.conftest import message
-    from tests.support.services import free_port
-
     path = tmp_path / "termination-log"
     res = runner.run({"server_handle": "x", "request_id": "r-bad", "bogus": 1},
                      TERMINATION_MESSAGE_PATH=str(path))
@@ -134,8 +183,6 @@ async def test_an_invalid_message_and_an_unreported_run_say_so(runner: Runner,
 
 def test_the_default_path_is_used_only_where_the_kubelet_mounted_it(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from runner_image import termination
-
     monkeypatch.delenv(termination.PATH_VARIABLE, raising=False)
     monkeypatch.setattr(termination, "DEFAULT_TERMINATION_LOG", tmp_path / "termination-log")
     assert termination.configured_path() is None  # not in a pod: nothing is created
