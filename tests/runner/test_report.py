@@ -45,22 +45,3 @@ def test_the_entry_carries_the_run_and_the_outcome() -> None:
     assert entry["recap"]["ok"] == 5 and entry["details"] == {"freed_bytes": 10}
     assert (entry["ssh_port"], entry["ssh_port_changed"]) == (22, False)
     assert entry["error"] is None
-
-
-def test_outcome_constructors_pair_status_exit_code_and_server_status() -> None:
-    from contracts.exit_codes import ExitCode
-    from runner_image.db import ServerStatus
-
-    cases = {
-        "failed": (out.failed(ErrorKind.INTERNAL, "x"), ExitCode.FAILED, ServerStatus.FAILED),
-        "rejected": (out.rejected(ErrorKind.CONFIG_ERROR, "x"), ExitCode.REJECTED, None),
-        "unreachable": (out.unreachable(ErrorKind.SSH_AUTH_FAILED, "x"),
-                        ExitCode.UNREACHABLE, ServerStatus.UNREACHABLE),
-        "timed_out": (out.deadline_exceeded("x"), ExitCode.TIMED_OUT, ServerStatus.FAILED),
-    }
-    for status, (outcome, code, server_status) in cases.items():
-        assert (outcome.status.value, outcome.exit_code, outcome.server_status) == (
-            status, code, server_status)
-    unclaimed = out.cancelled("before the run started", claimed=False)
-    assert (unclaimed.exit_code, unclaimed.server_status) == (ExitCode.CANCELLED, None)
-    assert out.cancelled("during x", claimed=True).server_status is ServerStatus.FAILED
