@@ -45,6 +45,21 @@ RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
                       "app.kubernetes.io/part-of", "helm.sh/chart")
 SECRETISH = (*SECRET_VARIABLES, "DISPATCHER_JOB_SECRET_ENV")
 # The prometheus-operator CRD is not in the Kubernetes schemas: the fields this chart sets.
+# The prometheus-operator CRD's RelabelConfig (monitoring.coreos.com/v1).
+RELABEL_CONFIGS = {"type": "array", "items": {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array",
+                         "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+        "separator": {"type": "string"}, "targetLabel": {"type": "string"},
+        "regex": {"type": "string"}, "modulus": {"type": "integer", "minimum": 0},
+        "replacement": {"type": "string"},
+        "action": {"enum": [a for name in ("replace", "keep", "drop", "hashmod", "labelmap",
+                                           "labeldrop", "labelkeep", "lowercase", "uppercase",
+                                           "keepequal", "dropequal")
+                            for a in (name, name[0].upper() + name[1:])]
+                   + ["HashMod", "LabelMap", "LabelDrop", "LabelKeep", "KeepEqual",
+                      "DropEqual"]}}}}
 SERVICE_MONITOR_SCHEMA = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -60,7 +75,10 @@ SERVICE_MONITOR_SCHEMA = {
                     "type": "object", "required": ["port"], "additionalProperties": False,
                     "properties": {"port": {"type": "string"}, "path": {"type": "string"},
                                    "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
-                                   "scrapeTimeout": {"type": "string"}}}},
+                                   "scrapeTimeout": {"type": "string"},
+                                   "honorLabels": {"type": "boolean"},
+                                   "relabelings": RELABEL_CONFIGS,
+                                   "metricRelabelings": RELABEL_CONFIGS}}},
             },
         },
     },
@@ -101,7 +119,7 @@ def test_objects_rendered_by_default_and_with_everything_on(full: Rendered) -> N
     assert kinds == ["Deployment", "Job", "Pod", "Pod", "Pod", "PodDisruptionBudget", "Role",
                      "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
     extra = sorted(o["kind"] for o in full.objects)
-    assert extra == sorted([*kinds, *["NetworkPolicy"] * 4, "ServiceMonitor"])
+    assert extra == sorted([*kinds, *["NetworkPolicy"] * 6, "ServiceMonitor"])
 
 
 def test_recommended_labels_and_matching_selectors(rendered: Rendered) -> None:

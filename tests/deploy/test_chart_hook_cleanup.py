@@ -22,7 +22,9 @@ def test_every_hook_is_deleted_once_it_passed() -> None:
     found = hooks(rendered.objects)
     assert set(found) == {"Job/prov-infra-service-migrate",
                           "NetworkPolicy/prov-infra-service-migrate",
-                          "NetworkPolicy/prov-infra-service-test",
+                          "NetworkPolicy/prov-infra-service-test-dispatcher",
+                          "NetworkPolicy/prov-infra-service-test-redis",
+                          "NetworkPolicy/prov-infra-service-test-postgres",
                           "Pod/prov-infra-service-test-dispatcher",
                           "Pod/prov-infra-service-test-redis",
                           "Pod/prov-infra-service-test-postgres"}, sorted(found)

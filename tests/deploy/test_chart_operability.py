@@ -96,7 +96,7 @@ def _ports(rule: dict[str, Any]) -> set[int]:
 
 def test_network_policy_dns_destinations_and_ports_from_urls() -> None:
     rendered = render(FULL_VALUES)  # Redis on 6380 (rediss://...:6380/2)
-    dispatcher, runner = _egress(rendered, "-dispatcher"), _egress(rendered, "-runner")
+    dispatcher, runner = _egress(rendered, "infra-service-dispatcher"), _egress(rendered, "-runner")
     for rules in (dispatcher, runner):
         dns = rules[0]
         assert _ports(dns) == {53}
@@ -117,7 +117,7 @@ def test_network_policy_dns_destinations_and_ports_from_urls() -> None:
                   "apiServer": [{"ipBlock": {"cidr": "172.18.0.2/32"}}],
                   "sshTargets": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}}}
     rendered = render(custom)
-    dispatcher, runner = _egress(rendered, "-dispatcher"), _egress(rendered, "-runner")
+    dispatcher, runner = _egress(rendered, "infra-service-dispatcher"), _egress(rendered, "-runner")
     assert dispatcher[1] == {"to": [{"podSelector": {"matchLabels": {"app": "redis"}}}],
                              "ports": [{"port": 7000, "protocol": "TCP"}]}
     assert dispatcher[2]["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]
@@ -130,7 +130,7 @@ def test_network_policy_dns_destinations_and_ports_from_urls() -> None:
 
 def test_helm_test_pod_may_scrape_when_metrics_sources_are_restricted() -> None:
     rendered = render(FULL_VALUES)  # metricsFrom: the monitoring namespace only
-    peers = rendered.one("NetworkPolicy", "-dispatcher")["spec"]["ingress"][0]["from"]
+    peers = rendered.one("NetworkPolicy", "infra-service-dispatcher")["spec"]["ingress"][0]["from"]
     test_pod = rendered.one("Pod", "-test-dispatcher")["metadata"]["labels"]
     assert any("podSelector" in p and "namespaceSelector" not in p
                and p["podSelector"]["matchLabels"].items() <= test_pod.items() for p in peers)
@@ -301,37 +301,26 @@ def test_dispatcher_test_pod_check_against_a_served_metrics_page() -> None:
 
 
 def test_migration_and_helm_test_pods_have_hook_policies_created_before_them() -> None:
-    """In a default-deny namespace the migration hook must reach PostgreSQL and the helm
-    test pods the dispatcher's metrics port, Redis and PostgreSQL; their policies are hooks
-    of the same phase with a lower weight, so they exist before the pods start."""
+    """In a default-deny namespace the migration hook must reach PostgreSQL and each helm
+    test pod what it checks; their policies are hooks of the same phase with a lower weight,
+    so they exist before the pods start. (What each test pod may reach, computed from every
+    policy that selects it: tests/deploy/test_chart_policies.py.)"""
     rendered = render(FULL_VALUES)
     migration = rendered.one("Job", "-migrate")
-    migrate_policy = rendered.one("NetworkPolicy", "-migrate")
-    test_pod = rendered.one("Pod", "-test-dispatcher")
-    test_policy = rendered.one("NetworkPolicy", "-test")
-    for policy, pod_labels, owner in (
-            (migrate_policy, migration["spec"]["template"]["metadata"]["labels"], migration),
-            (test_policy, test_pod["metadata"]["labels"], test_pod)):
+    pairs = [(rendered.one("NetworkPolicy", "-migrate"),
+              migration["spec"]["template"]["metadata"]["labels"], migration)]
+    for check in ("dispatcher", "redis", "postgres"):
+        pod = rendered.one("Pod", f"-test-{check}")
+        pairs.append((rendered.one("NetworkPolicy", f"-test-{check}"), pod["metadata"]["labels"],
+                      pod))
+    for policy, pod_labels, owner in pairs:
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
         hooks, owner_hooks = policy["metadata"]["annotations"], owner["metadata"]["annotations"]
         assert hooks["helm.sh/hook"] == owner_hooks["helm.sh/hook"]
         assert int(hooks["helm.sh/hook-weight"]) < int(owner_hooks.get("helm.sh/hook-weight", 0))
         assert policy["spec"]["ingress"] == []
-    # Nothing but DNS and PostgreSQL (port from database.url) for the migration...
-    assert [_ports(r) for r in migrate_policy["spec"]["egress"]] == [{53}, {5432}]
-    # ...and DNS, the dispatcher pods' metrics port, Redis and PostgreSQL (ports from the
-    # URLs) for the test pods: test-redis and test-postgres reach those two, and the policy
-    # selects all three.
-    dns, metrics, redis, postgres = test_policy["spec"]["egress"]
-    assert _ports(dns) == {53}
-    assert _ports(metrics) == {"metrics"}
-    assert (_ports(redis), _ports(postgres)) == ({6380}, {5432})
-    test_pods = [p["metadata"]["labels"] for p in rendered.of_kind("Pod")]
-    assert len(test_pods) == 3 and all(
-        test_policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-        for labels in test_pods)
-    dispatcher_pods = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert metrics["to"][0]["podSelector"]["matchLabels"].items() <= dispatcher_pods.items()
+    # Nothing but DNS and PostgreSQL (port from database.url) for the migration.
+    assert [_ports(r) for r in pairs[0][0]["spec"]["egress"]] == [{53}, {5432}]
     # Not rendered when NetworkPolicies are off.
     assert not render({**FULL_VALUES, "networkPolicy": {"enabled": False}}).of_kind(
         "NetworkPolicy")

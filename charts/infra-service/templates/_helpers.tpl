@@ -40,6 +40,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: dispatcher
 {{- end }}
 
+{{/* Labels of one `helm test` pod, given (dict "root" . "check" "dispatcher"|"redis"|"postgres"):
+each check has a NetworkPolicy of its own that selects it alone. */}}
+{{- define "infra-service.helmTestSelectorLabels" -}}
+{{ include "infra-service.selectorLabels" .root }}
+app.kubernetes.io/component: test
+infra-service.io/helm-test: {{ .check }}
+{{- end }}
+
 {{/* Labels the dispatcher puts on runner Jobs and pods (dispatcher/naming.py). */}}
 {{- define "infra-service.runnerSelectorLabels" -}}
 app.kubernetes.io/name: infra-service-runner
