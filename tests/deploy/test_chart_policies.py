@@ -9,13 +9,16 @@ with the real helm."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
-from tests.deploy.chart import FULL_VALUES, NAMESPACE, Rendered, render
+from dispatcher.naming import job_name
+from tests.deploy.chart import CHART_DIR, FULL_VALUES, NAMESPACE, Rendered, job_from_chart, render
 
 Obj = dict[str, Any]
 NS_NAME = "kubernetes.io/metadata.name"
@@ -277,3 +280,39 @@ def test_each_release_has_a_dashboard_of_its_own() -> None:
     # an upgrade keeps the uid, so Grafana keeps the dashboard's links and history
     assert dashboard_of("prov", "platform") == boards[0]
 
+
+
+def readme_route() -> dict[str, str]:
+    """The Alertmanager route of the chart README's KubeJobFailed section: {label: (op, value)}."""
+    text = (CHART_DIR / "README.md").read_text()
+    section = text[text.index("## Failed runner Jobs and KubeJobFailed"):]
+    block = section[section.index("```yaml") + len("```yaml"):]
+    config = yaml.safe_load(block[:block.index("```")])
+    (route,) = config["route"]["routes"]
+    matchers = {}
+    for matcher in route["matchers"]:
+        found = re.fullmatch(r'(\w+)(=~|=)"(.*)"', matcher)
+        assert found, matcher
+        matchers[found[1]] = f"{found[2]}{found[3]}"
+    return matchers
+
+
+HANDLES = ["web-7", "WEB_7.example", "a", "x" * 63, "db-0123456789ab", "9-9"]
+
+
+def test_the_readme_route_takes_runner_jobs_out_of_kube_job_failed_and_only_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    matchers = readme_route()
+    assert matchers["alertname"] == "=KubeJobFailed"
+    assert matchers["namespace"].startswith("=")
+    pattern = matchers["job_name"].removeprefix("=~")
+    assert pattern != matchers["job_name"], "job_name must be a regex matcher"
+    runner_jobs = [job_name(h, f"req-{i}") for i, h in enumerate(HANDLES)]
+    runner_jobs.append(job_from_chart(render(), monkeypatch)["metadata"]["name"])
+    for name in runner_jobs:
+        assert re.fullmatch(pattern, name), name  # Alertmanager anchors regex matchers
+    # the Jobs the chart itself makes (the migration hook) keep KubeJobFailed, whatever the
+    # release is called
+    for release in ("prov", "prov-a1b2c3d4e5f6", "p"):
+        for job in render({}, name=release).of_kind("Job"):
+            assert not re.fullmatch(pattern, job["metadata"]["name"]), job["metadata"]["name"]
