@@ -6,7 +6,7 @@ Known ansible-runner traps and how they are avoided here:
   variables go into an inventory file of public values; the key sits in the run's
   ssh-agent; passwords never reach Ansible (the runner installs its own key first).
 - ``artifacts/*/command`` carries the child environment: the private data dir is deleted
-  after the run, and that environment holds no secret (see ``PASSED_ENVIRONMENT``).
+  after the run, and that environment holds no secret (see ``play_env.PASSED_ENVIRONMENT``).
 - ``ansible_runner.run()`` starts ansible-playbook with pexpect's ``forkpty`` from a worker
   thread: a Python-level fork beside running threads (Python 3.12+ warns that the child
   may deadlock). Its ``subprocess`` mode streams no events and cannot be cancelled. So
@@ -15,7 +15,7 @@ Known ansible-runner traps and how they are avoided here:
   ansible-runner's ``OutputEventFilter`` as it arrives; timeouts and SIGTERM stop its
   process group.
 - Writable HOME / ANSIBLE_HOME / local temp and a short ControlPath come from the run's
-  scratch directory.
+  scratch directory (``play_env.prepare_environment``).
 
 The first play's process may be started ahead, gated (``start_play(gated=True)``): it
 waits before its first play on an inherited pipe until ``StartedPlay.release()``, so
