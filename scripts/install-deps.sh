@@ -34,3 +34,6 @@ fi
 started=$(date +%s)
 scripts/kube/build.sh >/dev/null
 echo "kubernetes binaries ready in $(( $(date +%s) - started )) s" >&2
+started=$(date +%s)
+scripts/kube/build.sh floor >/dev/null
+echo "kube-apiserver of the chart's oldest release ready in $(( $(date +%s) - started )) s" >&2
