@@ -51,3 +51,32 @@ class Keys:
     def reported(self, request_id: str) -> str:
         """Exists once a result was published for the request (exactly-one-result guard)."""
         return f"{self.prefix}:reported:{request_id}"
+
+    @property
+    def result_counts(self) -> str:
+        """Hash ``<status>|<kind>`` -> results published (``none`` kind for a success),
+        incremented in the script that pushes each result: exact across replicas and
+        restarts, whatever consumers pop from the results list."""
+        return f"{self.prefix}:counts:results"
+
+    @property
+    def dead_letter_counts(self) -> str:
+        """Hash reason -> messages dead-lettered, incremented in the script that pushes the
+        entry."""
+        return f"{self.prefix}:counts:dead-letters"
+
+    @property
+    def server_outcomes(self) -> str:
+        """Hash server_handle -> JSON {status, kind, at} of the server's latest result that
+        did not succeed (removed by its next success; old entries pruned by the exporter)."""
+        return f"{self.prefix}:server-outcomes"
+
+    def first_seen(self, payload_sha1: str) -> str:
+        """When a queued payload (by its SHA-1) was first seen at the consuming end of the
+        queue (unix seconds): its queued time when the message has no ``enqueued_at``."""
+        return f"{self.prefix}:first-seen:{payload_sha1}"
+
+    @property
+    def metrics_lease(self) -> str:
+        """The replica that exports the Redis-derived series (a short lease)."""
+        return f"{self.prefix}:metrics-exporter"

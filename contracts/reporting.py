@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -10,15 +11,47 @@ import redis.asyncio as aioredis
 from contracts.keys import Keys
 from contracts.results import ResultEntry
 
-# The marker and the push happen in one script, so a crash can never leave a marker
-# without a result, and two reporters (runner and dispatcher) never both push.
-_PUBLISH = """
-if ARGV[2] ~= '' then
-  if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', tonumber(ARGV[4])) then
+# Counting a published result, in the same script as its push, so the count is exact once
+# across replicas, restarts and both reporters, whatever consumers pop from the list: the
+# result counts by status and error kind, and each server's latest outcome that did not
+# succeed (removed by its next success). The dead-letter script (dispatcher/lua.py) pushes
+# `rejected` results with this same function.
+# record_result(counts hash, outcomes hash, result JSON, now in unix seconds).
+RECORD_RESULT_FUNCTION = """
+local function record_result(counts, outcomes, result, now)
+  local ok, r = pcall(cjson.decode, result)
+  local status, kind, handle = 'other', 'none', nil
+  if ok and type(r) == 'table' then
+    if type(r.status) == 'string' then status = r.status end
+    if type(r.error) == 'table' and type(r.error.kind) == 'string' then kind = r.error.kind end
+    if type(r.server_handle) == 'string' then handle = r.server_handle end
+  end
+  redis.call('HINCRBY', counts, status .. '|' .. kind, 1)
+  if handle then
+    if status == 'succeeded' then
+      redis.call('HDEL', outcomes, handle)
+    else
+      redis.call('HSET', outcomes, handle, cjson.encode({status = status, kind = kind, at = now}))
+    end
+  end
+end
+"""
+
+# The marker, the push and the count happen in one script, so a crash can never leave a
+# marker without a result, two reporters (runner and dispatcher) never both push, and every
+# pushed result is counted exactly once.
+# KEYS: results, marker, counts, outcomes. ARGV: entry, rid ('' for none), marker value,
+# marker ttl, now.
+_PUBLISH = RECORD_RESULT_FUNCTION + """
+local results, marker, counts, outcomes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local entry, rid, value, ttl, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+if rid ~= '' then
+  if not redis.call('SET', marker, value, 'NX', 'EX', ttl) then
     return 0
   end
 end
-redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LPUSH', results, entry)
+record_result(counts, outcomes, entry, tonumber(now))
 return 1
 """
 
@@ -65,8 +98,8 @@ async def publish_result(redis: aioredis.Redis, keys: Keys, entry: ResultEntry) 
     marker = keys.reported(rid) if rid else keys.reported("-")
     # redis-py types eval for both its sync and async clients; on this one it is awaitable.
     pushed: object = await redis.eval(  # type: ignore[misc]
-        _PUBLISH, 2, keys.results, marker, entry.to_json(), rid, marker_value(entry),
-        REPORTED_TTL_SECONDS,
+        _PUBLISH, 4, keys.results, marker, keys.result_counts, keys.server_outcomes,
+        entry.to_json(), rid, marker_value(entry), REPORTED_TTL_SECONDS, time.time(),
     )
     return bool(pushed)
 

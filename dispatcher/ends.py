@@ -91,9 +91,9 @@ class Ends:
 
     def _count(self, end: JobEnd, marker: Reported) -> None:
         if end.succeeded:
-            self.metrics.jobs_succeeded.inc()
+            self.metrics.kube_jobs_completed.inc()
         else:
-            self.metrics.jobs_failed.labels(end.reason).inc()
+            self.metrics.kube_jobs_failed.labels(end.reason).inc()
         finished = end.finished_at or datetime.now(UTC)
         self.metrics.job_ended(
             end.action, marker.status, marker.kind,

@@ -76,6 +76,7 @@ class Intake:
         self.state = state
         self.metrics = metrics
         self.max_in_flight = max_in_flight
+        metrics.max_in_flight.set(max_in_flight)
         self.block_seconds = block_seconds
 
     async def loop(self, stop: asyncio.Event) -> None:
@@ -91,8 +92,6 @@ class Intake:
                 MAX_PAYLOAD_BYTES, DEAD_LETTER_PREFIX_BYTES))
             if batch.oversize:
                 self.metrics.received.inc(batch.oversize)
-                self.metrics.dead_lettered.labels(RejectReason.OVERSIZE.value).inc(
-                    batch.oversize)
                 log.warning("oversize payloads dead-lettered inside Redis",
                             extra={"count": batch.oversize, "limit_bytes": MAX_PAYLOAD_BYTES})
             if batch.at_cap:

@@ -11,6 +11,9 @@ duplicates a message. Redis state they keep (key names in keys.py):
   end of the queue). ``rid`` is the request id; ``since`` when the state began.
 - ``waiting:<handle>`` (list) and ``waiting_index`` (set of handles with a waiting list).
 - ``dead_letter``, ``results`` (lists) and ``reported:<rid>`` (exactly-once marker).
+- ``counts:dead-letters`` (hash reason -> count), ``counts:results`` and
+  ``server-outcomes`` (contracts/reporting.py): counted in the script that pushes the entry,
+  so /metrics reads exact totals instead of scanning the lists.
 
 Invariants every script keeps:
 - A claimed payload leaves its processing list only in the script that records what
@@ -24,6 +27,8 @@ Every script starts by naming its KEYS and ARGV; nothing below the names reads t
 """
 
 from __future__ import annotations
+
+from contracts.reporting import RECORD_RESULT_FUNCTION
 
 # Shared functions, prepended to the scripts that free a slot.
 # hand_over: the server's slot was just freed; its oldest waiting message (if any) is
@@ -76,6 +81,7 @@ end
 # Returns {oversize count, 1 if stopped by the cap with nothing claimed, payloads...}.
 CLAIM_MANY = HANDLE_FUNCTION + """
 local queue, processing, dead, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dead_counts = KEYS[5]
 local count, max_bytes, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cap, replica, at, now = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 local used = redis.call('HLEN', inflight)
@@ -97,6 +103,7 @@ while claimed < count do
       detail = 'payload is ' .. #v .. ' bytes; the limit is ' .. max_bytes,
       payload = head, payload_bytes = #v, payload_truncated = true,
       replica = replica, at = at}))
+    redis.call('HINCRBY', dead_counts, 'oversize', 1)
     out[1] = out[1] + 1
   else
     local handle = handle_of(v)
@@ -241,16 +248,26 @@ return release(inflight, waiting, waiting_index, queue, handle, rid, now)
 # payload's SHA-1). A message that holds nothing must not free a busy server nor mark its
 # request reported: when its request id holds any slot it is a duplicate, dead-lettered
 # (with ``duplicate_entry``) without a result.
-# KEYS: processing, dead_letter, results, reported, inflight, waiting, waiting_index, queue.
+# Every entry pushed is counted by its reason, and the result by its status and kind, in
+# this same step (exact counts for /metrics).
+# KEYS: processing, dead_letter, results, reported, inflight, waiting, waiting_index, queue,
+# dead-letter counts, result counts, server outcomes.
 # ARGV: raw, entry, result ('' for none), rid ('' for none), handle ('' for none), now,
 # reported_ttl, holder ('1' or '0'), duplicate_entry, waiting key prefix.
 # Returns 'duplicate' or 'dead_lettered'.
-DEAD_LETTER = RELEASE_FUNCTIONS + HANDLE_FUNCTION + """
+DEAD_LETTER = RELEASE_FUNCTIONS + HANDLE_FUNCTION + RECORD_RESULT_FUNCTION + """
 local processing, dead, results, reported = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local inflight, waiting, waiting_index, queue = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local dead_counts, result_counts, outcomes = KEYS[9], KEYS[10], KEYS[11]
 local raw, entry, result, rid, handle = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now, reported_ttl, holder = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
 local duplicate_entry, waiting_prefix = ARGV[9], ARGV[10]
+local function push_dead(e)
+  redis.call('LPUSH', dead, e)
+  local ok, d = pcall(cjson.decode, e)
+  local reason = ok and type(d) == 'table' and type(d.reason) == 'string' and d.reason or 'other'
+  redis.call('HINCRBY', dead_counts, reason, 1)
+end
 redis.call('LREM', processing, 1, raw)
 local own = handle_of(raw)
 if own then
@@ -266,15 +283,16 @@ end
 if not holder and rid ~= '' then
   for _, slot in ipairs(redis.call('HVALS', inflight)) do
     if cjson.decode(slot).rid == rid then
-      redis.call('LPUSH', dead, duplicate_entry)
+      push_dead(duplicate_entry)
       return 'duplicate'
     end
   end
 end
-redis.call('LPUSH', dead, entry)
+push_dead(entry)
 if result ~= '' then
   if rid == '' or redis.call('SET', reported, 'dispatcher', 'NX', 'EX', reported_ttl) then
     redis.call('LPUSH', results, result)
+    record_result(result_counts, outcomes, result, now)
   end
 end
 if holder and rid ~= '' and handle ~= '' then
@@ -394,4 +412,46 @@ local lease = KEYS[1]
 local replica = ARGV[1]
 if redis.call('GET', lease) == replica then redis.call('DEL', lease) end
 return 0
+"""
+
+# The message at the consuming end of the queue: record when it was first seen there (once
+# per payload, by its SHA-1; kept ``ttl`` seconds) and return that instant with the message's
+# own ``enqueued_at`` ('' when absent, or when the payload is too large to parse here).
+# Returns nil when the queue is empty, else {first seen, enqueued_at}.
+# KEYS: queue. ARGV: first-seen key prefix, now, ttl, max_bytes.
+HEAD_FIRST_SEEN = """
+local queue = KEYS[1]
+local prefix, now, ttl, max_bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local v = redis.call('LINDEX', queue, -1)
+if not v then return nil end
+local key = prefix .. redis.sha1hex(v)
+redis.call('SET', key, now, 'NX', 'EX', ttl)
+local enqueued = ''
+if #v <= max_bytes then
+  local ok, msg = pcall(cjson.decode, v)
+  if ok and type(msg) == 'table' and type(msg.enqueued_at) == 'string' then
+    enqueued = msg.enqueued_at
+  end
+end
+return {redis.call('GET', key), enqueued}
+"""
+
+# The servers whose latest result did not succeed, without the entries older than
+# ``oldest`` (deleted here, so a newer outcome written meanwhile is never lost).
+# KEYS: server outcomes. ARGV: oldest (unix seconds). Returns {handle, json, ...}.
+SERVER_OUTCOMES = """
+local outcomes = KEYS[1]
+local oldest = tonumber(ARGV[1])
+local out = {}
+local all = redis.call('HGETALL', outcomes)
+for i = 1, #all, 2 do
+  local ok, o = pcall(cjson.decode, all[i + 1])
+  if not ok or type(o) ~= 'table' or tonumber(o.at) == nil or tonumber(o.at) < oldest then
+    redis.call('HDEL', outcomes, all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out
 """

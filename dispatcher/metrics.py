@@ -1,21 +1,24 @@
 """Prometheus metrics of one dispatcher process (own registry: no global state).
 
-Two kinds of series:
-- per-replica counters and histograms (what this process did): sum them across replicas;
-- cluster-wide state read from Redis (queue depths, oldest message, results by status). Every
-  replica could read it, but then `sum()` would count it once per replica, so only the replica
-  holding a short Redis lease (`queue_state.py`) exports those series; the others export none.
-  `sum()` and `max()` both give the right answer, and a replica that dies loses the lease
-  within three refresh intervals.
+Every name starts with ``infra_service_``. Two kinds of series:
+- per-replica counters, gauges and histograms (what this process did): sum them across
+  replicas;
+- cluster-wide state read from Redis (queue depths, ages, and the totals of results and dead
+  letters, which the scripts that push them count in Redis, so they are exact across replicas
+  and restarts). Every replica could read it, but then `sum()` would count it once per
+  replica, so only the replica holding a short Redis lease (`queue_state.py`) exports those
+  series; the others export none. `sum()` and `max()` both give the right answer, and a
+  replica that dies loses the lease within three refresh intervals.
 
 Every labelled series with a known label value starts at zero, so `increase()` and `rate()`
-see the first event and alerts need no `or vector(0)`.
+see the first event and alerts need no `or vector(0)`. The README's metrics table lists each
+series; tests/dispatcher/test_metrics.py keeps it in step with this module.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -38,27 +41,31 @@ from contracts.results import ErrorKind, ResultStatus
 from dispatcher.kube.classify import ADMISSION_CAUSES, JobEndReason
 from dispatcher.queue import Depths
 
+PREFIX = "infra_service"
 # Runs take seconds (a rejected message) to most of an hour (a reinstall); the last bucket is
 # the default activeDeadlineSeconds.
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600)
+# Enqueue to Job created: milliseconds when idle, hours when messages wait at the in-flight
+# cap (backpressure) or behind their server's Job.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
-                   60, 300)
+                   60, 300, 900, 1800, 3600, 7200, 14400, 28800)
 
 # Label values known in advance (initialised at zero). Others still appear when they occur.
 DEAD_LETTER_REASONS = tuple(reason.value for reason in RejectReason)
 JOB_FAILURE_REASONS = tuple(reason.value for reason in JobEndReason
                             if reason is not JobEndReason.COMPLETED)
-# ResultError.kind vocabulary (contracts/results.py ErrorKind); anything else (a marker
-# written by an older runner) is counted as "other".
-RESULT_KINDS = (*(kind.value for kind in ErrorKind), "other")
+OTHER = "other"  # a label value outside the vocabulary (an older runner, a manual edit)
+# ResultError.kind vocabulary (contracts/results.py ErrorKind).
+RESULT_KINDS = (*(kind.value for kind in ErrorKind), OTHER)
 NO_KIND = "none"  # results without an error (succeeded)
 # Message actions (contracts/messages.py Action); "other" for Jobs without a known label.
-ACTIONS = (*(action.value for action in Action), "other")
-RESULT_STATUSES = (*(status.value for status in ResultStatus), "other")
-# The verbs KubeClient.call counts with their expected codes (0: no response); other codes
-# (429, 5xx, ...) appear when they happen.
-API_CODES = {"create": ("201", "409", "0"), "create_dry_run": ("201", "0"),
-             "create_pod_dry_run": ("201", "403", "0"),
+ACTIONS = (*(action.value for action in Action), OTHER)
+RESULT_STATUSES = (*(status.value for status in ResultStatus), OTHER)
+# The verbs KubeClient.call counts with the codes known in advance (0: no response): the
+# successes, and for Job creates the refusals InfraServiceJobCreatesFailing names. Other
+# codes appear when they happen.
+API_CODES = {"create": ("201", "409", "403", "404", "422", "429", "500", "503", "0"),
+             "create_dry_run": ("201", "0"), "create_pod_dry_run": ("201", "403", "0"),
              "patch": ("200", "404", "0"), "create_event": ("201", "0")}
 
 
@@ -69,6 +76,16 @@ def _version() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True)
+class ServerFailure:
+    """A server whose latest result did not succeed, and when it was published."""
+
+    handle: str
+    status: str
+    kind: str
+    at: float
+
+
 @dataclass
 class ClusterState:
     """What the lease holder read from Redis; `None` depths = this replica does not export."""
@@ -76,6 +93,31 @@ class ClusterState:
     depths: Depths | None = None
     oldest_queued_seconds: float = 0.0
     results: dict[tuple[str, str], int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    server_failures: list[ServerFailure] = field(default_factory=list)
+
+
+def result_counts(raw: Mapping[str, int]) -> dict[tuple[str, str], int]:
+    """The Redis hash ``<status>|<kind>`` -> count, with every known status and kind at zero
+    and values outside the vocabularies summed as "other"."""
+    counts = {(ResultStatus.SUCCEEDED.value, NO_KIND): 0}
+    for failed in ResultStatus:
+        if failed is not ResultStatus.SUCCEEDED:
+            counts.update({(failed.value, kind): 0 for kind in RESULT_KINDS})
+    for key, n in raw.items():
+        status, _, kind = key.partition("|")
+        status = status if status in RESULT_STATUSES else OTHER
+        kind = kind if kind in RESULT_KINDS or kind == NO_KIND else OTHER
+        counts[(status, kind)] = counts.get((status, kind), 0) + n
+    return counts
+
+
+def dead_letter_counts(raw: Mapping[str, int]) -> dict[str, int]:
+    counts = dict.fromkeys(DEAD_LETTER_REASONS, 0)
+    for reason, n in raw.items():
+        key = reason if reason in counts else OTHER
+        counts[key] = counts.get(key, 0) + n
+    return counts
 
 
 class _ClusterCollector(Collector):
@@ -92,28 +134,42 @@ class _ClusterCollector(Collector):
         if depths is None:
             return
         for name, doc, value in (
-            ("infra_queue_depth", "Messages waiting in the queue", depths.queue),
-            ("infra_processing_depth", "Messages claimed by replicas, not yet Jobs",
+            ("queue_messages", "Messages waiting in the queue", depths.queue),
+            ("processing_messages", "Messages claimed by replicas and not settled yet",
              depths.processing),
-            ("infra_waiting_depth", "Messages waiting for their server's Job to end",
-             depths.waiting),
-            ("infra_dead_letter_depth", "Entries in the dead-letter list", depths.dead_letter),
-            ("infra_jobs_in_flight", "Servers with a Job in flight (all replicas)",
+            ("parked_messages", "Messages on servers' waiting lists now, behind their "
+             "server's Job in flight", depths.waiting),
+            ("dead_letter_messages", "Entries in the dead-letter list now", depths.dead_letter),
+            ("jobs_in_flight", "Servers with a Job in flight or being launched (all replicas)",
              depths.in_flight),
-            ("infra_oldest_in_flight_seconds", "Age of the oldest message in flight",
+            ("oldest_in_flight_age_seconds", "Age of the oldest server slot in flight",
              depths.oldest_in_flight_seconds),
-            ("infra_queue_oldest_age_seconds",
-             "Age of the oldest queued message (by its enqueued_at; 0 when empty or unknown)",
+            ("oldest_claim_age_seconds", "Age of the oldest claim whose Job is not created "
+             "yet (claimed but not launched)", depths.oldest_claim_seconds),
+            ("queue_oldest_age_seconds", "Age of the oldest queued message: its enqueued_at, "
+             "or when it was first seen at the consuming end; 0 when the queue is empty",
              self.state.oldest_queued_seconds),
         ):
-            yield GaugeMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
         results = CounterMetricFamily(
-            "infra_results", "Results published on the results list, by status and error "
-            "kind, counted by the exporting replica since it took the lease",
-            labels=["status", "kind"])
+            f"{PREFIX}_results", "Results published, by status and error kind (counted in "
+            "Redis by the script that pushes each result)", labels=["status", "kind"])
         for (status, kind), n in sorted(self.state.results.items()):
             results.add_metric([status, kind], n)
         yield results
+        dead = CounterMetricFamily(
+            f"{PREFIX}_dead_letters", "Messages dead-lettered, by reason (counted in Redis by "
+            "the script that pushes each entry)", labels=["reason"])
+        for reason, n in sorted(self.state.dead_letters.items()):
+            dead.add_metric([reason], n)
+        yield dead
+        failed = GaugeMetricFamily(
+            f"{PREFIX}_server_last_failure_timestamp_seconds", "When the latest result of a "
+            "server that did not succeed was published (servers whose next result succeeded, "
+            "or older than a day, are left out)", labels=["server_handle", "status", "kind"])
+        for failure in self.state.server_failures:
+            failed.add_metric([failure.handle, failure.status, failure.kind], failure.at)
+        yield failed
 
 
 class Metrics:
@@ -124,66 +180,67 @@ class Metrics:
         r = self.registry
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)  # process_*, python_info, python_gc_* like the default
-        Info("infra_build", "Version of the running dispatcher", registry=r).info({
+        Info(f"{PREFIX}_build", "Version of the running dispatcher", registry=r).info({
             "version": _version(), "component": "dispatcher",
             "python_version": platform.python_version()})
-        self.received = Counter("infra_messages_received", "Messages taken from the queue",
-                                registry=r)
-        self.dispatched = Counter("infra_messages_dispatched",
+        self.received = Counter(f"{PREFIX}_messages_received",
+                                "Messages claimed from the queue by this replica", registry=r)
+        self.dispatched = Counter(f"{PREFIX}_messages_dispatched",
                                   "Messages turned into a Job (including already existing ones)",
                                   registry=r)
-        self.dead_lettered = Counter("infra_messages_dead_lettered",
-                                     "Messages moved to the dead-letter list", ["reason"],
-                                     registry=r)
-        self.parked = Counter("infra_messages_waiting",
-                              "Messages parked because their server had a Job in flight",
-                              registry=r)
-        self.jobs_created = Counter("infra_jobs_created", "Jobs created", registry=r)
-        self.jobs_succeeded = Counter("infra_jobs_succeeded", "Jobs that completed", registry=r)
-        self.jobs_failed = Counter("infra_jobs_failed", "Jobs that failed, by Kubernetes reason",
-                                   ["reason"], registry=r)
-        # A separate counter rather than more labels on infra_jobs_failed: its `reason` is
-        # Kubernetes' vocabulary and alerts divide by its sum; kind x action x reason would
-        # multiply the series for no question anyone asks.
-        self.job_failures = Counter(
-            "infra_job_failures", "Jobs that ended without success, by the result's error "
-            "kind (runner's or dispatcher's) and the message action", ["kind", "action"],
-            registry=r)
+        self.parked = Counter(f"{PREFIX}_messages_parked",
+                              "Times a message was parked on its server's waiting list "
+                              "because the server had a Job in flight", registry=r)
+        self.jobs_created = Counter(f"{PREFIX}_jobs_created", "Runner Jobs created", registry=r)
+        self.kube_jobs_completed = Counter(
+            f"{PREFIX}_kube_jobs_completed", "Runner Jobs that ended with Kubernetes' Complete "
+            "condition", registry=r)
+        self.kube_jobs_failed = Counter(
+            f"{PREFIX}_kube_jobs_failed", "Runner Jobs that ended failed, by the Kubernetes "
+            "reason (Job condition, pod or container state)", ["reason"], registry=r)
+        # A separate counter rather than more labels on kube_jobs_failed: its `reason` is
+        # Kubernetes' vocabulary; kind x action x reason would multiply the series for no
+        # question anyone asks.
+        self.runs_failed = Counter(
+            f"{PREFIX}_runs_failed", "Runs (one per message) that ended without success, by "
+            "the result's error kind (runner's or dispatcher's) and the message action",
+            ["kind", "action"], registry=r)
         self.job_duration = Histogram(
-            "infra_job_duration_seconds", "From the Job's start to its end as the watch saw "
-            "them, by action and result status", ["action", "status"],
+            f"{PREFIX}_job_duration_seconds", "From the Job's start to its end as the watch "
+            "saw them, by action and result status", ["action", "status"],
             buckets=DURATION_BUCKETS, registry=r)
         self.dispatch_latency = Histogram(
-            "infra_dispatch_latency_seconds", "From enqueue to Job created",
+            f"{PREFIX}_dispatch_latency_seconds", "From enqueue to Job created",
             buckets=LATENCY_BUCKETS, registry=r)
-        self.api_responses = Counter("infra_kube_api_responses",
-                                     "Kubernetes API responses by verb and status code",
-                                     ["verb", "code"], registry=r)
-        self.redis_reconnects = Counter("infra_redis_reconnects",
+        self.api_responses = Counter(f"{PREFIX}_kube_api_responses",
+                                     "Kubernetes API responses by verb and status code "
+                                     "(0: no response)", ["verb", "code"], registry=r)
+        self.redis_reconnects = Counter(f"{PREFIX}_redis_reconnects",
                                         "Redis connection losses recovered from", registry=r)
-        self.loop_restarts = Counter("infra_loop_restarts",
+        self.loop_restarts = Counter(f"{PREFIX}_loop_restarts",
                                      "Background loops that crashed and were restarted",
                                      ["loop"], registry=r)
         self.pod_admission_rejections = Counter(
-            "infra_pod_admission_rejections", "Runner pods the API server refused at "
+            f"{PREFIX}_pod_admission_rejections", "Runner pods the API server refused at "
             "admission (the Job controller's FailedCreate Events), by cause",
             ["cause"], registry=r)
-        self.ready = Gauge("infra_ready", "1 when Redis and the executor are reachable",
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when this replica is ready (/readyz)",
                            registry=r)
+        self.max_in_flight = Gauge(
+            f"{PREFIX}_max_in_flight", "The configured cap on Jobs in flight across replicas "
+            "(DISPATCHER_MAX_IN_FLIGHT)", registry=r)
         self.queue_exporter = Gauge(
-            "infra_queue_exporter", "1 on the replica holding the lease that exports the "
-            "Redis-derived series (queue depths, results)", registry=r)
+            f"{PREFIX}_queue_state_exporter", "1 on the replica holding the lease that "
+            "exports the Redis-derived series (queue depths, results)", registry=r)
         self.cluster = ClusterState()
         r.register(_ClusterCollector(self.cluster))
-        for reason in DEAD_LETTER_REASONS:
-            self.dead_lettered.labels(reason)
         for reason in JOB_FAILURE_REASONS:
-            self.jobs_failed.labels(reason)
+            self.kube_jobs_failed.labels(reason)
         # "other" (an unknown action or status) appears only when it happens: with the
         # histogram's 16 samples per series, zeroing it too would add 144 samples.
         for action in ACTIONS[:-1]:
             for kind in RESULT_KINDS:
-                self.job_failures.labels(kind, action)
+                self.runs_failed.labels(kind, action)
             for status in RESULT_STATUSES[:-1]:
                 self.job_duration.labels(action, status)
         for cause in ADMISSION_CAUSES:
@@ -192,34 +249,28 @@ class Metrics:
             for code in codes:
                 self.api_responses.labels(verb, code)
 
-    def observe_depths(self, depths: Depths | None, oldest_queued_seconds: float = 0.0) -> None:
+    def loop_started(self, loop: str) -> None:
+        """A supervised loop exists: its restarts count from zero."""
+        self.loop_restarts.labels(loop)
+
+    def observe_cluster(self, depths: Depths | None, oldest_queued_seconds: float = 0.0, *,
+                        results: Mapping[str, int] | None = None,
+                        dead_letters: Mapping[str, int] | None = None,
+                        server_failures: list[ServerFailure] | None = None) -> None:
         """Redis-derived state to export (None: this replica does not hold the lease)."""
         self.cluster.depths = depths
         self.cluster.oldest_queued_seconds = oldest_queued_seconds
+        self.cluster.results = result_counts(results or {})
+        self.cluster.dead_letters = dead_letter_counts(dead_letters or {})
+        self.cluster.server_failures = list(server_failures or [])
         self.queue_exporter.set(0 if depths is None else 1)
-
-    def start_result_counts(self) -> None:
-        """Zero counts for every known status and kind, when this replica takes the lease."""
-        counts = {(ResultStatus.SUCCEEDED.value, NO_KIND): 0}
-        for status in ResultStatus:
-            if status is not ResultStatus.SUCCEEDED:
-                counts.update({(status.value, kind): 0 for kind in RESULT_KINDS})
-        self.cluster.results = counts
 
     def job_ended(self, action: str | None, status: str | None, kind: str | None,
                   duration_seconds: float | None) -> None:
         """One Job over (counted once, by the replica that released its server slot)."""
-        action = action if action in ACTIONS else "other"
-        status = status if status in RESULT_STATUSES else "other"
+        action = action if action in ACTIONS else OTHER
+        status = status if status in RESULT_STATUSES else OTHER
         if status != ResultStatus.SUCCEEDED.value:
-            self.job_failures.labels(kind if kind in RESULT_KINDS else "other", action).inc()
+            self.runs_failed.labels(kind if kind in RESULT_KINDS else OTHER, action).inc()
         if duration_seconds is not None and duration_seconds >= 0:
             self.job_duration.labels(action, status).observe(duration_seconds)
-
-    def count_result(self, status: str, kind: str | None) -> None:
-        known = {s.value for s in ResultStatus}
-        status = status if status in known else "other"
-        kind = NO_KIND if not kind else (kind if kind in RESULT_KINDS else "other")
-        key = (status, kind)
-        self.cluster.results[key] = self.cluster.results.get(key, 0) + 1
-

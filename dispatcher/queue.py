@@ -87,6 +87,8 @@ class Depths:
     dead_letter: int
     in_flight: int
     oldest_in_flight_seconds: float
+    # Slots taken by a claim whose Job is not created yet (claimed or acquired).
+    oldest_claim_seconds: float = 0.0
 
 
 class QueueStore:
@@ -122,7 +124,8 @@ class QueueStore:
         """Up to ``count`` more messages, without blocking (a burst is claimed in batches);
         nothing at the in-flight cap; oversize payloads dead-lettered inside Redis."""
         out = await self._claim_many(
-            keys=[self.keys.queue, self.processing, self.keys.dead_letter, self.keys.inflight],
+            keys=[self.keys.queue, self.processing, self.keys.dead_letter, self.keys.inflight,
+                  self.keys.dead_letter_counts],
             args=[count, max_bytes, prefix_bytes, cap, self.replica,
                   datetime.now(UTC).isoformat(), time.time()])
         return ClaimBatch(list(out[2:]), int(out[0]), bool(int(out[1])))
@@ -171,7 +174,9 @@ class QueueStore:
         outcome = await self._dead_letter(
             keys=[self.processing, self.keys.dead_letter, self.keys.results,
                   self.keys.reported(request_id or "-"), self.keys.inflight,
-                  self.keys.waiting(handle or "-"), self.keys.waiting_index, self.keys.queue],
+                  self.keys.waiting(handle or "-"), self.keys.waiting_index, self.keys.queue,
+                  self.keys.dead_letter_counts, self.keys.result_counts,
+                  self.keys.server_outcomes],
             args=[raw, json.dumps(entry), result_json or "", request_id or "", handle or "",
                   time.time(), REPORTED_TTL_SECONDS, "1" if holder else "0",
                   json.dumps(duplicate), self.keys.waiting("")],
@@ -263,5 +268,10 @@ class QueueStore:
         processing = sum(out[3:3 + len(replicas)])
         waiting = sum(out[3 + len(replicas):])
         now = time.time()
-        ages = [now - float(json.loads(v).get("since", now)) for v in inflight.values()]
-        return Depths(queue, processing, waiting, dead, len(inflight), max(ages, default=0.0))
+        slots = [json.loads(v) for v in inflight.values()]
+        ages = [now - float(s.get("since", now)) for s in slots]
+        unlaunched = (SlotState.CLAIMED, SlotState.ACQUIRED)
+        claims = [age for s, age in zip(slots, ages, strict=True)
+                  if s.get("state") in unlaunched]
+        return Depths(queue, processing, waiting, dead, len(inflight), max(ages, default=0.0),
+                      max(claims, default=0.0))

@@ -78,7 +78,6 @@ class Rejecter:
         plain = await self.redis(lambda: self.store.dead_letter(
             raw, dead.entry, dead.result, dead.request_id, dead.server_handle, holder=holder))
         reason = invalid.reason if plain else RejectReason.DUPLICATE
-        self.metrics.dead_lettered.labels(str(reason)).inc()
         log.warning("message dead-lettered", extra={
             "server_handle": dead.server_handle, "request_id": dead.request_id,
             "reason": str(reason),

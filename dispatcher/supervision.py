@@ -56,6 +56,7 @@ class Supervisor:
     def start(self, name: str, factory: LoopFactory) -> None:
         self._stopping.discard(name)
         self._failures[name] = deque(maxlen=FAILURES_FOR_UNHEALTHY)
+        self.metrics.loop_started(name)  # its restarts count from zero, so the first shows
         self._tasks[name] = asyncio.create_task(self._supervise(name, factory), name=name)
 
     async def _supervise(self, name: str, factory: LoopFactory) -> None:

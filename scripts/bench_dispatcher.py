@@ -485,7 +485,7 @@ def api_calls(dispatcher: DispatcherProcess) -> dict[str, float]:
     """The dispatcher's Kubernetes API responses so far, by verb (its /metrics)."""
     counts: dict[str, float] = {}
     for line in dispatcher.metrics().splitlines():
-        if line.startswith("infra_kube_api_responses_total{"):
+        if line.startswith("infra_service_kube_api_responses_total{"):
             verb = line.split('verb="', 1)[1].split('"', 1)[0]
             counts[verb] = counts.get(verb, 0) + float(line.rsplit(" ", 1)[1])
     return counts

@@ -99,7 +99,7 @@ class KubernetesExecutor:
                  metrics: Metrics | None = None) -> None:
         self.kube = kube
         # The event and stuck-pod loops run under the same supervision as the dispatcher's
-        # own (logged, restarted with backoff, counted in infra_loop_restarts_total; not
+        # own (logged, restarted with backoff, counted in infra_service_loop_restarts_total; not
         # ready while down). Their state lives in this object, and the next listing repairs
         # anything a crash skipped.
         self.supervisor = Supervisor(metrics or Metrics())

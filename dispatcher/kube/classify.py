@@ -68,7 +68,7 @@ STARTED_PHASES = (PodPhase.RUNNING, PodPhase.SUCCEEDED)
 
 class AdmissionCause(StrEnum):
     """Why the API server refused a runner pod at admission
-    (infra_pod_admission_rejections_total{cause})."""
+    (infra_service_pod_admission_rejections_total{cause})."""
 
     POD_SECURITY = "pod_security"
     QUOTA = "quota"

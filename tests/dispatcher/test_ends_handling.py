@@ -75,7 +75,7 @@ async def test_an_end_being_handled_is_left_to_its_handler(
     assert (result["status"], result["error"]["kind"]) == ("failed", "image_pull")
     assert await redis_client.hlen(keys.inflight) == 0
     failed_by_reason = {
-        reason: metrics.registry.get_sample_value("infra_jobs_failed_total",
+        reason: metrics.registry.get_sample_value("infra_service_kube_jobs_failed_total",
                                                   {"reason": reason}) or 0.0
         for reason in ("ImagePullBackOff", "DeadlineExceeded")}
     assert failed_by_reason == {"ImagePullBackOff": 1.0, "DeadlineExceeded": 0.0}

@@ -289,9 +289,10 @@ def short_window_rules() -> list[dict[str, Any]]:
     """The chart's rules with windows short enough for a test, for this job/namespace."""
     rendered = render({"prometheusRule": {
         "enabled": True, "selector": f'job="{JOB_NAME}", namespace="{NAMESPACE}"',
-        "downFor": "5s", "notReadyFor": "5s", "backlogFor": "0s", "jobDeadlineFor": "0s",
-        "deadLetterWindow": "2m", "failureWindow": "2m", "failureMinResults": 1,
-        "unreachableWindow": "2m", "unreachableThreshold": 1}})
+        "downFor": "5s", "notReadyFor": "5s", "stateMissingFor": "5s",
+        "deadLetterWindow": "2m", "deadLetterFor": "0s", "failureWindow": "2m",
+        "failureMinResults": 100, "serverFailedFor": "0s", "unreachableWindow": "2m",
+        "unreachableThreshold": 2, "unreachableFor": "0s"}})
     return rendered.one("PrometheusRule")["spec"]["groups"]
 
 
@@ -324,38 +325,44 @@ async def test_real_prometheus_alerts_and_dashboard(
         await wait_until(scraped, timeout=60, what="first scrape")
         await asyncio.sleep(3)  # a few samples of every zero-initialised series first
 
-        # The scenario: dead letters, a failing runner Job, UNREACHABLE results.
-        await redis_client.lpush(keys.queue, "not json", '{"no": "handle"}')
-        await redis_client.lpush(keys.queue, message("web-7", "req-fail"))
-        await _fail_like_the_runner(k8s, log_node, "web-7")
-        await _unreachable(redis_client, keys, 3)
-
-        expected = {"InfraDeadLetterGrowth", "InfraJobFailureRatioHigh",
-                    "InfraUnreachableSpike", "InfraFailureRatioHigh"}
-
         def alert_states() -> dict[str, set[str]]:
             states: dict[str, set[str]] = {}
             for alert in prom.api("alerts")["alerts"]:
                 states.setdefault(alert["labels"]["alertname"], set()).add(alert["state"])
             return states
 
-        async def all_active() -> dict[str, set[str]] | None:
+        async def firing(*names: str) -> dict[str, set[str]] | None:
             states = await asyncio.to_thread(alert_states)
-            return states if expected <= set(states) else None
-        states = await wait_until(all_active, timeout=120, interval=1,
-                                  what=f"alerts {sorted(expected)}")
-        # A scrape slower than the 1 s interval on a loaded machine may make these pending
-        # for a moment; firing needs 5 s of it.
-        for healthy in ("InfraDispatcherDown", "InfraDispatcherNotReady"):
-            assert "firing" not in states.get(healthy, set()), states
+            return states if all("firing" in states.get(n, set()) for n in names) else None
+
+        # Dead letters and one server's failed run: tickets, the server named.
+        await redis_client.lpush(keys.queue, "not json", '{"no": "handle"}')
+        await redis_client.lpush(keys.queue, message("web-7", "req-fail"))
+        await _fail_like_the_runner(k8s, log_node, "web-7")
+        await wait_until(lambda: firing("InfraServiceDeadLettersUntriaged",
+                                        "InfraServiceServerFailed"),
+                         timeout=120, interval=1, what="the dead-letter and server tickets")
         alerts = prom.api("alerts")["alerts"]
-        by_name = {a["labels"]["alertname"]: a for a in alerts}
-        assert by_name["InfraJobFailureRatioHigh"]["labels"]["reason"] == "Error"
-        kinds = {a["labels"].get("kind") for a in alerts
-                 if a["labels"]["alertname"] == "InfraFailureRatioHigh"}
-        assert "ssh_unreachable" in kinds
+        (server,) = [a["labels"] for a in alerts
+                     if a["labels"]["alertname"] == "InfraServiceServerFailed"]
+        assert server["server_handle"] == "web-7" and server["severity"] == "warning"
+        assert {server["namespace"], server["job"]} == {NAMESPACE, JOB_NAME}
+        assert "not_json" in {a["labels"].get("reason") for a in alerts}
         # Prometheus rendered the annotation templates.
         assert "{{" not in json.dumps([a["annotations"] for a in alerts])
+
+        # Many servers unreachable at once: one page, which replaces the server tickets.
+        await _unreachable(redis_client, keys, 3)
+        states = await wait_until(lambda: firing("InfraServiceUnreachableSpike"),
+                                  timeout=120, interval=1, what="the unreachable spike")
+        alerts = prom.api("alerts")["alerts"]
+        assert not [a for a in alerts if a["labels"]["alertname"] in (
+            "InfraServiceServerFailed", "InfraServiceFailureRatioHigh")], alerts
+        # A scrape slower than the 1 s interval on a loaded machine may make these pending
+        # for a moment; firing needs 5 s of it.
+        for healthy in ("InfraServiceDispatcherDown", "InfraServiceDispatcherNotReady",
+                        "InfraServiceQueueStateMissing"):
+            assert "firing" not in states.get(healthy, set()), states
 
         # Every dashboard query returns data from this one dispatcher.
         empty = []
@@ -364,13 +371,10 @@ async def test_real_prometheus_alerts_and_dashboard(
                 empty.append(query)
         assert not empty, empty
 
-        # The dispatcher dies: its scrape fails and InfraDispatcherDown fires (for: 5s).
+        # The dispatcher dies: its scrape fails and InfraServiceDispatcherDown fires (for: 5s).
         dispatcher.kill()
-
-        async def down_firing() -> bool:
-            states = await asyncio.to_thread(alert_states)
-            return "firing" in states.get("InfraDispatcherDown", set())
-        await wait_until(down_firing, timeout=90, interval=1, what="InfraDispatcherDown firing")
+        await wait_until(lambda: firing("InfraServiceDispatcherDown"), timeout=90, interval=1,
+                         what="InfraServiceDispatcherDown firing")
     finally:
         prom.stop()
 

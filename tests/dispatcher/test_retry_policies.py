@@ -54,7 +54,7 @@ class Flaky:
 
 
 def _reconnects(metrics: Metrics) -> float:
-    value = metrics.registry.get_sample_value("infra_redis_reconnects_total")
+    value = metrics.registry.get_sample_value("infra_service_redis_reconnects_total")
     return value or 0.0
 
 

@@ -130,21 +130,22 @@ async def test_runner_failures_are_counted_by_kind_and_timed(start, k8s: Kube, r
 
     async def counted() -> str | None:
         text = await asyncio.to_thread(dispatcher.metrics)
-        return text if sum(metric_value(text, "infra_jobs_failed_total", f'{{reason="{r}"}}')
+        return text if sum(metric_value(text, "infra_service_kube_jobs_failed_total",
+                                        f'{{reason="{r}"}}')
                            for r in _reasons(dispatcher)) else None
 
     metrics = await wait_until(counted, what="the Job end counted")
-    assert metric_value(metrics, "infra_job_failures_total",
+    assert metric_value(metrics, "infra_service_runs_failed_total",
                         '{action="recovery",kind="ssh_unreachable"}') == 1
-    assert metric_value(metrics, "infra_job_failures_total",
+    assert metric_value(metrics, "infra_service_runs_failed_total",
                         '{action="recovery",kind="job_failed"}') == 0
-    assert metric_value(metrics, "infra_job_duration_seconds_count",
+    assert metric_value(metrics, "infra_service_job_duration_seconds_count",
                         '{action="recovery",status="unreachable"}') == 1
     # Measured from the Job's startTime to its Failed condition (whole seconds in the API).
-    assert metric_value(metrics, "infra_job_duration_seconds_bucket",
+    assert metric_value(metrics, "infra_service_job_duration_seconds_bucket",
                         '{action="recovery",le="60.0",status="unreachable"}') == 1
     # The Job failed through podFailurePolicy; the pod's reason and message are what
-    # infra_jobs_failed_total and the logs carry.
+    # infra_service_kube_jobs_failed_total and the logs carry.
     job = job_for(k8s, "r1")
     assert [c["reason"] for c in job["status"]["conditions"] if c["type"] == "Failed"] == [
         "PodFailurePolicy"]
@@ -266,18 +267,18 @@ async def test_job_that_ends_without_a_runner_result_is_reported(
             return not [p for p in pods if p["metadata"]["name"].startswith(name)]
         await wait_until(pods_gone, what="the stopped Job's pods deleted")
     metrics = dispatcher.metrics()
-    assert sum(metric_value(metrics, "infra_jobs_failed_total", f'{{reason="{r}"}}')
+    assert sum(metric_value(metrics, "infra_service_kube_jobs_failed_total", f'{{reason="{r}"}}')
                for r in _reasons(dispatcher)) == 1
     # By the result's kind and the action, beside Kubernetes' reason.
-    assert metric_value(metrics, "infra_job_failures_total",
+    assert metric_value(metrics, "infra_service_runs_failed_total",
                         f'{{action="setup",kind="{kind}"}}') == 1
     assert sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("infra_job_failures_total{")) == 1
+               if line.startswith("infra_service_runs_failed_total{")) == 1
 
 
 def _reasons(dispatcher: DispatcherProcess) -> set[str]:
     return {line.split('reason="')[1].split('"')[0] for line in dispatcher.metrics().splitlines()
-            if line.startswith("infra_jobs_failed_total{")}
+            if line.startswith("infra_service_kube_jobs_failed_total{")}
 
 
 async def _has_job(k8s: Kube, rid: str) -> bool:
@@ -358,15 +359,15 @@ async def test_api_faults_are_retried_with_the_message_kept(start, k8s: Kube, re
 
     async def answered() -> str | None:  # a Job is stored before its reply is counted
         text = await asyncio.to_thread(dispatcher.metrics)
-        return text if metric_value(text, "infra_kube_api_responses_total",
+        return text if metric_value(text, "infra_service_kube_api_responses_total",
                                     '{code="201",verb="create"}') >= 5 else None
 
     metrics = await wait_until(answered, timeout=30, what="5 creates answered 201")
-    assert metric_value(metrics, "infra_kube_api_responses_total",
+    assert metric_value(metrics, "infra_service_kube_api_responses_total",
                         '{code="500",verb="create"}') == 3
-    assert metric_value(metrics, "infra_kube_api_responses_total",
+    assert metric_value(metrics, "infra_service_kube_api_responses_total",
                         '{code="429",verb="create"}') == 2
-    assert metric_value(metrics, "infra_kube_api_responses_total",
+    assert metric_value(metrics, "infra_service_kube_api_responses_total",
                         '{code="201",verb="create"}') == 5
     assert await redis_client.llen(keys.dead_letter) == 0
 
@@ -435,14 +436,14 @@ async def test_existing_job_counts_as_dispatched_not_duplicated(start, k8s: Kube
     await wait_until(lambda: _processing_empty(redis_client, keys), what="ack")
     assert len(k8s.jobs()) == 1
     metrics = dispatcher.metrics()
-    assert metric_value(metrics, "infra_kube_api_responses_total",
+    assert metric_value(metrics, "infra_service_kube_api_responses_total",
                         '{code="409",verb="create"}') == 1
-    assert metric_value(metrics, "infra_messages_dispatched_total") == 1
-    assert metric_value(metrics, "infra_jobs_created_total") == 0
+    assert metric_value(metrics, "infra_service_messages_dispatched_total") == 1
+    assert metric_value(metrics, "infra_service_jobs_created_total") == 0
 
     async def in_flight_exported() -> bool:  # Redis-derived: refreshed in the background
-        return metric_value(dispatcher.metrics(), "infra_jobs_in_flight") == 1
-    await wait_until(in_flight_exported, what="infra_jobs_in_flight == 1")
+        return metric_value(dispatcher.metrics(), "infra_service_jobs_in_flight") == 1
+    await wait_until(in_flight_exported, what="infra_service_jobs_in_flight == 1")
 
 
 async def _processing_empty(redis: aioredis.Redis, keys: Keys) -> bool:
@@ -459,7 +460,7 @@ async def test_unauthorized_reloads_credentials_and_keeps_the_message(start, k8s
     await wait_until(lambda: job_count(k8s, 1), timeout=60, what="Job after 401s")
     assert await redis_client.llen(keys.dead_letter) == 0
     metrics = dispatcher.metrics()
-    assert metric_value(metrics, "infra_kube_api_responses_total",
+    assert metric_value(metrics, "infra_service_kube_api_responses_total",
                         '{code="401",verb="create"}') == 3
     assert any(e["event"].startswith("Kubernetes API answered 401") and e["reloaded"] is True
                for e in dispatcher.log_events())
@@ -476,11 +477,11 @@ async def test_a_create_whose_reply_was_lost_counts_as_created(start, k8s: Kube,
     await wait_until(lambda: _processing_empty(redis_client, keys), what="acks")
 
     async def counted() -> float | None:
-        value = metric_value(dispatcher.metrics(), "infra_jobs_created_total")
+        value = metric_value(dispatcher.metrics(), "infra_service_jobs_created_total")
         return value if value >= 12 else None
 
     assert await wait_until(counted, timeout=30, what="12 created") == 12
-    assert metric_value(dispatcher.metrics(), "infra_kube_api_responses_total",
+    assert metric_value(dispatcher.metrics(), "infra_service_kube_api_responses_total",
                         '{code="409",verb="create"}') == 5
 
 

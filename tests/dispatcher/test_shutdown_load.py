@@ -163,7 +163,7 @@ async def test_a_loop_whose_cancellation_is_swallowed_still_stops() -> None:
     await asyncio.wait_for(supervisor.stop("pop"), 10)
     assert swallowed >= 1
     text = generate_latest(supervisor.metrics.registry).decode()
-    assert metric_value(text, "infra_loop_restarts_total", '{loop="pop"}') == 0
+    assert metric_value(text, "infra_service_loop_restarts_total", '{loop="pop"}') == 0
 
     async def deaf() -> None:  # never returns by itself: cancellation is repeated
         for _ in range(3):

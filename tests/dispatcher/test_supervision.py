@@ -77,7 +77,7 @@ async def test_a_crashing_loop_is_restarted_counted_and_surfaced(
     assert supervisor.all_up  # running again
     assert not supervisor.healthy  # but it kept dying: /healthz fails, the pod restarts
     text = generate_latest(metrics.registry).decode()
-    assert metric_value(text, "infra_loop_restarts_total", '{loop="pop"}') == \
+    assert metric_value(text, "infra_service_loop_restarts_total", '{loop="pop"}') == \
         supervision.FAILURES_FOR_UNHEALTHY
     await supervisor.stop_all()
 

@@ -121,7 +121,7 @@ async def test_setup(start_dispatcher: StartDispatcher, cluster: Cluster, hosts:
     (run,) = cluster.observer.runs
     assert (run.job_name, run.request_id, run.exit_code) == (name, rid, 0)
 
-    await metric_reaches(dispatcher, "infra_jobs_succeeded_total", 1)
+    await metric_reaches(dispatcher, "infra_service_kube_jobs_completed_total", 1)
     assert_no_secret(cluster, dispatcher.logs(), json.dumps(result))
 
 
@@ -193,7 +193,7 @@ async def test_unreachable_server(start_dispatcher: StartDispatcher, cluster: Cl
     (pod,) = cluster.pods_of(result["job_name"])
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 11
     # The dispatcher saw the failed Job, and did not add a result of its own.
-    await metric_reaches(dispatcher, "infra_jobs_failed_total", 1, '{reason="Error"}')
+    await metric_reaches(dispatcher, "infra_service_kube_jobs_failed_total", 1, '{reason="Error"}')
     assert list(await wait_for_results(redis_client, [rid])) == [rid]
 
 
@@ -215,11 +215,11 @@ async def test_a_finished_job_is_removed_by_its_ttl(
                    what=f"Job {name} finished")
     await wait_for(lambda: not cluster.objects("jobs") and not cluster.objects("pods"),
                    timeout=60, what="the Job and its pod removed by the TTL")
-    await metric_reaches(dispatcher, "infra_jobs_failed_total", 1, '{reason="Error"}')
+    await metric_reaches(dispatcher, "infra_service_kube_jobs_failed_total", 1, '{reason="Error"}')
     await asyncio.sleep(2)  # the deletion reached the dispatcher's watch meanwhile
     text = dispatcher.metrics()
-    assert metric_value(text, "infra_jobs_failed_total", '{reason="Error"}') == 1
-    assert metric_value(text, "infra_jobs_failed_total", '{reason="JobDeleted"}') == 0
+    assert metric_value(text, "infra_service_kube_jobs_failed_total", '{reason="Error"}') == 1
+    assert metric_value(text, "infra_service_kube_jobs_failed_total", '{reason="JobDeleted"}') == 0
     assert await redis_client.llen(Keys().results) == 1
     assert await redis_client.hlen(Keys().inflight) == 0
 
@@ -249,7 +249,7 @@ async def test_failing_play(start_dispatcher: StartDispatcher, cluster: Cluster,
     (pod,) = cluster.pods_of(result["job_name"])
     assert pod["status"]["phase"] == "Failed"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 10
-    await metric_reaches(dispatcher, "infra_jobs_failed_total", 1, '{reason="Error"}')
+    await metric_reaches(dispatcher, "infra_service_kube_jobs_failed_total", 1, '{reason="Error"}')
     assert list(await wait_for_results(redis_client, [rid])) == [rid]
 
 
@@ -322,10 +322,11 @@ async def test_image_that_does_not_exist(start_dispatcher: StartDispatcher, clus
     assert any(e.get("reportingComponent") == "infra-service.io/dispatcher"
                and e["involvedObject"]["name"] == job["metadata"]["name"]
                and image in e["message"] for e in events)
-    await wait_for(lambda: sum(metric_value(dispatcher.metrics(), "infra_jobs_failed_total",
+    await wait_for(lambda: sum(metric_value(dispatcher.metrics(),
+                                            "infra_service_kube_jobs_failed_total",
                                             f'{{reason="{reason}"}}')
                                for reason in ("ErrImagePull", "ImagePullBackOff")) == 1,
-                   timeout=30, what="infra_jobs_failed_total for the image pull")
+                   timeout=30, what="infra_service_kube_jobs_failed_total for the image pull")
 
 
 async def test_missing_secret_key_is_a_container_config_error(
@@ -372,7 +373,7 @@ async def test_two_messages_for_one_server_run_one_after_the_other(
     assert created >= ended  # RFC 3339 UTC, whole seconds: ordered as text
     assert trace(host, handle) == [f"start setup {first}", f"end setup {first}",
                                    f"start setup {second}", f"end setup {second}"]
-    assert metric_value(dispatcher.metrics(), "infra_messages_waiting_total") == 1
+    assert metric_value(dispatcher.metrics(), "infra_service_messages_parked_total") == 1
 
 
 @pytest.mark.hosts
@@ -396,7 +397,7 @@ async def test_ten_servers_with_an_in_flight_cap_of_three(
     assert observer.peak_active_jobs == 3  # the cap was reached and never exceeded
     assert peak_overlap(observer.runs) <= 3
     assert sorted(r.request_id for r in observer.runs) == sorted(rids.values())
-    await metric_reaches(dispatcher, "infra_jobs_succeeded_total", 10)
+    await metric_reaches(dispatcher, "infra_service_kube_jobs_completed_total", 10)
 
 
 @pytest.mark.hosts
@@ -430,7 +431,7 @@ async def test_dispatcher_restart_in_the_middle(
     assert sorted(r.request_id for r in node.runs) == sorted(rids.values())  # no pod twice
     assert node.peak_active_jobs <= 2
     # The new process took over the Jobs of the killed one and saw them end.
-    await metric_reaches(second, "infra_jobs_succeeded_total", 4)
+    await metric_reaches(second, "infra_service_kube_jobs_completed_total", 4)
     finished_by_second = {e.get("job_name") for e in second.log_events()
                           if e.get("event") == "Job finished"}
     assert adopted <= finished_by_second

@@ -124,27 +124,27 @@ async def test_what_an_sre_sees(start_dispatcher: StartDispatcher, cluster: Clus
     # 5. The counts on /metrics, once the dispatcher has seen both ends.
     def counted() -> str | None:
         text = dispatcher.metrics()  # GET /metrics
-        done = metric_value(text, "infra_jobs_succeeded_total") + \
-            metric_value(text, "infra_jobs_failed_total", '{reason="Error"}')
+        done = metric_value(text, "infra_service_kube_jobs_completed_total") + \
+            metric_value(text, "infra_service_kube_jobs_failed_total", '{reason="Error"}')
         return text if done == 2 else None
 
     text = await wait_for(counted, timeout=60, what="both Job ends counted")
-    assert metric_value(text, "infra_jobs_created_total") == 2
-    assert metric_value(text, "infra_messages_dispatched_total") == 2
-    assert metric_value(text, "infra_jobs_succeeded_total") == 1
-    assert metric_value(text, "infra_jobs_failed_total", '{reason="Error"}') == 1
-    assert metric_value(text, "infra_messages_waiting_total") == 1  # the second waited
-    assert metric_value(text, "infra_dispatch_latency_seconds_count") == 2
-    assert metric_value(text, "infra_kube_api_responses_total", '{code="201",verb="create"}') \
-        == 2
+    assert metric_value(text, "infra_service_jobs_created_total") == 2
+    assert metric_value(text, "infra_service_messages_dispatched_total") == 2
+    assert metric_value(text, "infra_service_kube_jobs_completed_total") == 1
+    assert metric_value(text, "infra_service_kube_jobs_failed_total", '{reason="Error"}') == 1
+    assert metric_value(text, "infra_service_messages_parked_total") == 1  # the second waited
+    assert metric_value(text, "infra_service_dispatch_latency_seconds_count") == 2
+    assert metric_value(text, "infra_service_kube_api_responses_total",
+                        '{code="201",verb="create"}') == 2
     # The cluster-wide gauges are read from Redis every DISPATCHER_METRICS_REFRESH_SECONDS,
     # so they may trail the counters by one refresh.
-    gauges = ("infra_jobs_in_flight", "infra_queue_depth", "infra_waiting_depth",
-              "infra_dead_letter_depth")
+    gauges = ("infra_service_jobs_in_flight", "infra_service_queue_messages",
+              "infra_service_parked_messages", "infra_service_dead_letter_messages")
 
     def drained() -> str | None:
         text = dispatcher.metrics()
         return text if all(metric_value(text, g) == 0 for g in gauges) else None
 
     text = await wait_for(drained, timeout=30, what=f"{gauges} back to 0")
-    assert metric_value(text, "infra_ready") == 1
+    assert metric_value(text, "infra_service_ready") == 1

@@ -6,7 +6,7 @@ chart's ``helm test`` pods: what a chart install needs beyond Job pods.
 - ``readinessProbe.httpGet`` is probed as the kubelet does (initialDelaySeconds,
   periodSeconds, timeoutSeconds, success/failureThreshold, on the pod's IP, 127.0.0.1): the
   pod is Ready only while its probe passes, so the Deployment's rollout, the EndpointSlice
-  and the dispatcher's own ``infra_ready`` gauge (set when ``/readyz`` is asked) follow the
+  and the dispatcher's own ``infra_service_ready`` gauge (set when ``/readyz`` is asked) follow the
   real process. A failed probe is an ``Unhealthy`` Event, as the kubelet writes it.
   Liveness and startup probes are not run.
 - Service names: there is no cluster DNS nor kube-proxy. Each container gets ``/etc/hosts``

@@ -142,7 +142,7 @@ async def test_a_quota_refusing_pods_fails_the_message_at_once_and_holds_launche
     await wait_until(lambda: _async(stopped_and_failed(cp, kube_ns, "q-1")), timeout=30,
                      interval=0.5, what="the rejected Job stopped")
     metrics = dispatcher.metrics()
-    assert metric_value(metrics, "infra_pod_admission_rejections_total",
+    assert metric_value(metrics, "infra_service_pod_admission_rejections_total",
                         '{cause="quota"}') == 1, metrics
     logged = [e for e in dispatcher.log_events()
               if e.get("event", "").startswith("runner pod refused at admission")]
@@ -160,7 +160,7 @@ async def test_a_quota_refusing_pods_fails_the_message_at_once_and_holds_launche
     for rid in ("q-2", "q-3"):
         await wait_until(lambda rid=rid: _async(job_of(cp, kube_ns, rid) is not None),
                          timeout=60, interval=0.5, what=f"the Job of {rid}")
-    assert metric_value(dispatcher.metrics(), "infra_pod_admission_rejections_total",
+    assert metric_value(dispatcher.metrics(), "infra_service_pod_admission_rejections_total",
                         '{cause="quota"}') == 1
 
 
@@ -180,7 +180,7 @@ async def test_a_namespace_tightened_to_restricted_rejects_a_root_runner_at_once
     assert "runAsUser=0" in got["error"]["message"], got
     await redis_client.lpush(keys.queue, message("srv-ps-2", "ps-2"))
     await assert_held(cp, kube_ns, redis_client, keys, dispatcher, ["ps-2"], 5)
-    assert metric_value(dispatcher.metrics(), "infra_pod_admission_rejections_total",
+    assert metric_value(dispatcher.metrics(), "infra_service_pod_admission_rejections_total",
                         '{cause="pod_security"}') == 1
 
 

@@ -1,5 +1,6 @@
-# helm test: the dispatcher's metrics Service answers and a replica reports ready (infra_ready
-# is set by the readiness probe). Runs in the dispatcher image; prints one line.
+# helm test: the dispatcher's metrics Service answers and a replica reports ready
+# (infra_service_ready is set by the readiness probe). Runs in the dispatcher image; prints
+# one line.
 import os
 import sys
 import urllib.request
@@ -11,9 +12,9 @@ try:
 except OSError as exc:
     print(f"FAIL: {url} did not answer: {exc}. Check the dispatcher pods and the Service.")
     sys.exit(1)
-ready = [line for line in text.splitlines() if line.startswith("infra_ready ")]
+ready = [line for line in text.splitlines() if line.startswith("infra_service_ready ")]
 if not ready or float(ready[0].split()[1]) != 1:
-    print(f"FAIL: {url} answers but the dispatcher is not ready ({ready or 'no infra_ready'}):"
-          " its /readyz names the failing check.")
+    print(f"FAIL: {url} answers but the dispatcher is not ready "
+          f"({ready or 'no infra_service_ready'}): its /readyz names the failing check.")
     sys.exit(1)
 print(f"OK: dispatcher ready ({url})")
