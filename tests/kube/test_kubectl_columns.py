@@ -1,6 +1,7 @@
 """What the README promises `kubectl get jobs` prints, from a real API server (the columns
-are the server's: Table printing). Its STATUS column exists from Kubernetes 1.30; the
-chart's floor (1.31, see tests/deploy/test_chart_helm.py) is above that."""
+are the server's: Table printing) and the real Job controller. Its STATUS column exists from
+Kubernetes 1.30; the chart's floor (1.31, see tests/deploy/test_chart_helm.py) is above that,
+and tests/kube/test_kubectl_floor.py runs a 1.31 API server to show it."""
 
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ reached; processes are handed 127.0.0.1 addresses instead) and a kubelet (a node
 in; see tests/support/node.py).
 
 Used by the test session (one control plane, one namespace per test) and, through
-``python -m tests.support.controlplane up|down``, by a person (scripts/cluster.sh).
+``python -m tests.support.controlplane up|down``, by a person (scripts/cluster.sh). The same
+code starts the oldest kube-apiserver the chart claims (``Build.FLOOR``) with that etcd and
+without the controllers, for what the API server alone decides (tests/kube/test_kubectl_floor.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
@@ -48,11 +51,21 @@ SERVICE_RANGE = "10.96.0.0/24"  # allocated to Service objects only: nothing is 
 ADMIN = "admin"
 
 
-def kube_bin() -> Path:
+class Build(StrEnum):
+    """What scripts/kube/build.sh builds: the control plane with kubectl and helm, or the
+    kube-apiserver of the oldest release the chart claims (scripts/kube/floor)."""
+
+    MAIN = "main"
+    FLOOR = "floor"
+
+
+def kube_bin(build: Build = Build.MAIN) -> Path:
     """The directory of the pinned binaries (built on first use, cached after)."""
-    done = subprocess.run([str(BUILD)], capture_output=True, text=True, check=False)
+    done = subprocess.run([str(BUILD), build.value], capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"scripts/kube/build.sh failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"scripts/kube/build.sh {build.value} failed:\n"
+                           f"{done.stderr[-4000:]}")
     return Path(done.stdout.strip().splitlines()[-1])
 
 
@@ -138,6 +151,8 @@ class ControlPlane:
     started_in: float = 0.0
     pids: dict[str, int] = field(default_factory=dict)
     args: dict[str, list[str]] = field(default_factory=dict)
+    # A component run from another binary than the one in ``bin`` (the floor's API server).
+    binaries: dict[str, Path] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
@@ -149,6 +164,9 @@ class ControlPlane:
 
     def kubeconfig(self, user: str = ADMIN) -> Path:
         return self.directory / f"{user}.kubeconfig"
+
+    def binary(self, component: str) -> Path:
+        return self.binaries.get(component, self.bin / component)
 
     def kubectl(self, *args: str, user: str = ADMIN, check: bool = True,
                 timeout: float = 60, stdin: str | None = None
@@ -185,13 +203,16 @@ class ControlPlane:
     def save(self) -> None:
         (self.directory / "state.json").write_text(json.dumps({
             "bin": str(self.bin), "api_port": self.api_port, "etcd_port": self.etcd_port,
-            "pids": self.pids, "started_in": self.started_in}))
+            "pids": self.pids, "started_in": self.started_in,
+            "binaries": {name: str(path) for name, path in self.binaries.items()}}))
 
     @classmethod
     def load(cls, directory: Path) -> ControlPlane:
         state = json.loads((directory / "state.json").read_text())
         return cls(directory, Path(state["bin"]), state["api_port"], state["etcd_port"],
-                   state["started_in"], state["pids"])
+                   state["started_in"], state["pids"],
+                   binaries={name: Path(path)
+                             for name, path in state.get("binaries", {}).items()})
 
     def kill(self, component: str) -> None:
         """SIGKILL one component (a crash, not a shutdown)."""
@@ -219,13 +240,18 @@ class ControlPlane:
                 _terminate(pid)
 
 
-def start(directory: Path, bin_dir: Path | None = None) -> ControlPlane:
-    """Start a control plane whose files live in ``directory``; stop it with ``stop()``."""
+def start(directory: Path, bin_dir: Path | None = None, *, apiserver: Path | None = None,
+          controllers: bool = True) -> ControlPlane:
+    """Start a control plane whose files live in ``directory``; stop it with ``stop()``.
+    ``apiserver``: another kube-apiserver binary than ``bin_dir``'s (etcd and kubectl stay
+    ``bin_dir``'s); ``controllers=False``: etcd and the API server only, no controller
+    manager and no scheduler (nothing acts on the objects but the test)."""
     began = time.monotonic()
     bin_dir = bin_dir or kube_bin()
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki.create(directory / "pki")
-    cp = ControlPlane(directory, bin_dir, free_port(), free_port())
+    cp = ControlPlane(directory, bin_dir, free_port(), free_port(),
+                      binaries={"kube-apiserver": apiserver} if apiserver else {})
     for user, cn, groups in ((ADMIN, "admin", ("system:masters",)),
                              ("controller-manager", "system:kube-controller-manager", ()),
                              ("scheduler", "system:kube-scheduler", ())):
@@ -259,6 +285,9 @@ def start(directory: Path, bin_dir: Path | None = None) -> ControlPlane:
             "--event-ttl", "1h", "--v", "1",
         ])
         _wait_ready(cp)
+        if not controllers:
+            cp.started_in = time.monotonic() - began
+            return cp
         cp.pids["kube-controller-manager"] = _spawn(cp, "kube-controller-manager", [
             *_client_flags(cp, "controller-manager"), "--use-service-account-credentials=true",
             "--service-account-private-key-file", str(pki.path("sa.key")),
@@ -291,7 +320,7 @@ def _client_flags(cp: ControlPlane, user: str) -> list[str]:
 def _spawn(cp: ControlPlane, name: str, args: list[str]) -> int:
     cp.args[name] = args
     log = (cp.directory / f"{name}.log").open("ab")
-    proc = subprocess.Popen([str(cp.bin / name), *args], stdin=subprocess.DEVNULL, stdout=log,
+    proc = subprocess.Popen([str(cp.binary(name)), *args], stdin=subprocess.DEVNULL, stdout=log,
                             stderr=log, start_new_session=True)
     log.close()
     return proc.pid
@@ -384,9 +413,10 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running(bin_dir: Path | None = None) -> Iterator[ControlPlane]:
+def running(bin_dir: Path | None = None, *, apiserver: Path | None = None,
+            controllers: bool = True) -> Iterator[ControlPlane]:
     directory = Path(tempfile.mkdtemp(prefix="kube-"))
-    cp = start(directory, bin_dir)
+    cp = start(directory, bin_dir, apiserver=apiserver, controllers=controllers)
     try:
         yield cp
     finally:
