@@ -73,7 +73,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def floor_api() -> Iterator[ControlPlane]:
-    """etcd and the floor's kube-apiserver, for this module only (about 5-15 s to start)."""
+    """etcd and the floor's kube-apiserver, for this module only (3-4 s to start here)."""
     with controlplane.running(apiserver=kube_bin(Build.FLOOR) / "kube-apiserver",
                               controllers=False) as cp:
         cp.kubectl("create", "namespace", "infra")
