@@ -6,7 +6,6 @@ Each records what it was asked, so a test can say which steps ran, in which orde
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,9 +140,6 @@ class FakeStartedPlay:
 
     async def abandon(self) -> None:
         self.abandoned = True
-
-
-Answer = Callable[..., Any]
 
 
 @dataclass
