@@ -1,4 +1,6 @@
-"""Wiring: settings -> Redis clients, executor, HTTP endpoints, signal handling."""
+"""Wiring, in one place: settings -> Redis clients, executor, the dispatcher and the loops
+beside it (RBAC check, queue-state exporter), HTTP endpoints, signal handling. Every
+background loop runs under the dispatcher's supervisor."""
 
 from __future__ import annotations
 
@@ -8,20 +10,19 @@ import logging
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from contracts.connections import RedisSettings, create_redis
 from dispatcher.executors.base import Executor
+from dispatcher.executors.kubernetes import KubernetesExecutor
 from dispatcher.executors.local import LocalExecutor
-from dispatcher.health_server import close_metrics, serve, serve_metrics
+from dispatcher.health_server import Handler, close_metrics, serve, serve_metrics
+from dispatcher.kube.access import AccessCheck
+from dispatcher.kube.client import KubeClient, load_configuration
 from dispatcher.metrics import Metrics
-from dispatcher.queue import QueueStore
 from dispatcher.queue_state import QueueStateExporter
 from dispatcher.service import BLOCK_SECONDS, Dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
-
-if TYPE_CHECKING:  # the kubernetes package is only needed by the Kubernetes executor
-    from dispatcher.kube.access import AccessCheck
 
 log = logging.getLogger("dispatcher")
 # After SIGTERM, shutdown gets DISPATCHER_SHUTDOWN_TIMEOUT_SECONDS for Job creations in
@@ -66,11 +67,6 @@ def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
     """The executor, and for the Kubernetes one the check of its RBAC grants."""
     if settings.executor is ExecutorKind.LOCAL:
         return LocalExecutor(settings, template), None
-    # Imported here so the local executor works without the kubernetes package.
-    from dispatcher.executors.kubernetes import KubernetesExecutor
-    from dispatcher.kube.access import AccessCheck
-    from dispatcher.kube.client import KubeClient, load_configuration
-
     workers = settings.dispatch_concurrency + 2
     configuration = load_configuration(settings.kubeconfig, pool_size=workers + 2)
     kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers,
@@ -79,27 +75,23 @@ def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
             AccessCheck(kube, settings.namespace, ACCESS_CHECK_SECONDS))
 
 
-async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSettings,
-                         redis_settings: RedisSettings, stop: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
+def handle_signals(stop: asyncio.Event, settings: DispatcherSettings) -> None:
+    """SIGTERM/SIGINT set ``stop`` and arm the watchdog that bounds the shutdown."""
     watchdog = ShutdownWatchdog(settings.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS)
 
     def on_signal() -> None:
         stop.set()
         watchdog.arm()
 
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    metrics = Metrics()
-    redis = create_redis(redis_settings)
-    blocking = create_redis(redis_settings, blocking_timeout=BLOCK_SECONDS + 5)
-    executor, access = build_executor(settings, template, metrics)
-    dispatcher = Dispatcher(settings, redis_settings.keys, redis, blocking, executor, metrics)
-    if access is not None:
-        dispatcher.supervisor.start("rbac", access.loop)
-    store = QueueStore(redis, redis_settings.keys, settings.replica_id)
 
+
+def probes(dispatcher: Dispatcher, access: AccessCheck | None, metrics: Metrics
+           ) -> dict[str, Handler]:
+    """/healthz (restart me: a loop keeps dying) and /readyz (send me no work), each
+    check named in the body."""
     async def healthz() -> tuple[int, str, bytes]:
         ok = dispatcher.alive
         return (200 if ok else 503), "text/plain", \
@@ -109,34 +101,58 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
         checks = {"started": dispatcher.started, "loops": dispatcher.loops_up,
                   "job_config": dispatcher.config_refusal is None,
                   "redis": dispatcher.redis_ok,
-                  "executor": executor.healthy, "job_creation": not dispatcher.launch_failing,
+                  "executor": dispatcher.executor.healthy,
+                  "job_creation": not dispatcher.launch_failing,
                   "rbac": access is None or access.problem is None}
         ready = all(checks.values())
         metrics.ready.set(1 if ready else 0)
         return (200 if ready else 503), "application/json", json.dumps(checks).encode() + b"\n"
 
-    servers = []
+    return {"/healthz": healthz, "/readyz": readyz}
+
+
+def start_side_loops(dispatcher: Dispatcher, access: AccessCheck | None,
+                     exporter: QueueStateExporter | None) -> None:
+    """The loops beside the dispatch pipeline, under the same supervisor. The exporter
+    gets an event of its own that is never set: it ends by cancellation when the
+    supervisor stops every loop (a loop returning is a crash to the supervisor)."""
+    if access is not None:
+        dispatcher.supervisor.start("rbac", access.loop)
+    if exporter is not None:
+        forever = asyncio.Event()
+        dispatcher.supervisor.start("queue-state", lambda: exporter.run(forever))
+
+
+async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSettings,
+                         redis_settings: RedisSettings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    handle_signals(stop, settings)
+    metrics = Metrics()
+    redis = create_redis(redis_settings)
+    blocking = create_redis(redis_settings, blocking_timeout=BLOCK_SECONDS + 5)
+    executor, access = build_executor(settings, template, metrics)
+    dispatcher = Dispatcher(settings, redis_settings.keys, redis, blocking, executor, metrics)
+    exporter = QueueStateExporter(
+        redis, redis_settings.keys, settings.replica_id, metrics, dispatcher.store,
+        settings.metrics_refresh_seconds) if settings.metrics_port else None
+    start_side_loops(dispatcher, access, exporter)
+    closers: list[Callable[[], object]] = []
     if settings.health_port:
-        servers.append(await serve(settings.bind_address, settings.health_port,
-                                   {"/healthz": healthz, "/readyz": readyz}))
-    metrics_server = None
-    exporter_task = None
+        server = await serve(settings.bind_address, settings.health_port,
+                             probes(dispatcher, access, metrics))
+        closers.append(server.close)
     if settings.metrics_port:
         metrics_server = serve_metrics(settings.bind_address, settings.metrics_port,
                                        metrics.registry)
-        exporter = QueueStateExporter(redis, redis_settings.keys, settings.replica_id, metrics,
-                                      store, settings.metrics_refresh_seconds)
-        exporter_task = asyncio.create_task(exporter.run(stop), name="queue-state-exporter")
+        closers.append(lambda: close_metrics(metrics_server))
     try:
         await dispatcher.run(stop)
     finally:
-        for server in servers:
-            server.close()
-        if exporter_task is not None:
-            stop.set()
-            await asyncio.gather(exporter_task, return_exceptions=True)
-        if metrics_server is not None:
-            close_metrics(metrics_server)
+        await dispatcher.supervisor.stop_all()  # also when stopped before it started
+        for close in closers:
+            close()
+        if exporter is not None:
+            await exporter.release()  # the next replica takes the lease at once
         await redis.aclose()
         await blocking.aclose()
         # The watchdog stays armed: interpreter exit (joining worker threads) is bounded too.

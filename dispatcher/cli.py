@@ -21,12 +21,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kubernetes.client
+import urllib3
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from contracts.connections import RedisSettings, create_redis
 from contracts.logs import configure_logging
 from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
 from contracts.results import ResultEntry
+from dispatcher.app import run_dispatcher
+from dispatcher.kube.client import load_configuration
 from dispatcher.queue import QueueStore, aio
 from dispatcher.schemas import write_schemas
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
@@ -78,8 +85,6 @@ def _load(kind: type[Any], prefix: str) -> Any:
 
 
 def cmd_run(_: argparse.Namespace) -> int:
-    from dispatcher.app import run_dispatcher
-
     settings = _load(DispatcherSettings, "DISPATCHER_")
     template = _load(JobTemplateSettings, "DISPATCHER_JOB_")
     redis_settings = _load(RedisSettings, "REDIS_")
@@ -190,13 +195,6 @@ async def _check_redis() -> str:
 
 
 def _check_api() -> str:
-    import kubernetes.client
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.config.config_exception import ConfigException
-
-    from dispatcher.kube.client import load_configuration
-
     settings = _load(DispatcherSettings, "DISPATCHER_")
     where = settings.kubeconfig or "the in-cluster configuration or KUBECONFIG"
     try:
@@ -237,8 +235,6 @@ def cmd_check(_: argparse.Namespace) -> int:
 
 
 def _is_redis_error(exc: BaseException) -> bool:
-    from redis.exceptions import RedisError
-
     return isinstance(exc, RedisError | OSError | TimeoutError)
 
 

@@ -151,26 +151,14 @@ class JobBodyTemplate:
         return "".join(p if isinstance(p, str) else values[p] for p in self._parts).encode()
 
 
-def job_body(fields: JobFields, settings: DispatcherSettings,
-             template: JobTemplateSettings) -> dict[str, Any]:
-    name, message_json = fields.name, fields.message_json
-    deadline_at = fields.deadline_at or deadline_at_after(template.active_deadline_seconds)
-    own = labels_for(fields.handle, fields.request_id, fields.action, settings.instance)
-    if version := image_version(template.image):
-        own[LABEL_VERSION] = version
-    labels = {**template.labels, **own}
-    # Operators' pod labels and annotations first: the dispatcher's own win on a clash (its
-    # labels select the pods, its annotation is the runner's deadline).
-    pod_labels = {**template.labels, **template.pod_labels, **own}
-    pod_annotations = {**template.pod_annotations, ANNOTATION_DEADLINE_AT: deadline_at}
-    annotations = {
-        **template.annotations,
-        ANNOTATION_MESSAGE: message_json,
-        ANNOTATION_REPLICA: settings.replica_id,
-    }
+def container_env(fields: JobFields, settings: DispatcherSettings,
+                  template: JobTemplateSettings) -> list[dict[str, Any]]:
+    """The runner's environment: the message and its deadline, the scratch directory, the
+    operators' variables, and Secrets as references only."""
     env: list[dict[str, Any]] = [
         {"name": k, "value": v}
-        for k, v in runner_env_values(message_json, name, settings.orchestrator_ssh_public_key,
+        for k, v in runner_env_values(fields.message_json, fields.name,
+                                      settings.orchestrator_ssh_public_key,
                                       template.active_deadline_seconds).items()
     ]
     env += [
@@ -189,6 +177,11 @@ def job_body(fields: JobFields, settings: DispatcherSettings,
         for k, ref in sorted(template.secret_env.items())
         if ref.key or not ref.optional  # an optional reference without a key is left out
     ]
+    return env
+
+
+def runner_container(env: list[dict[str, Any]], template: JobTemplateSettings
+                     ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "runner",
         "image": template.image,
@@ -211,7 +204,11 @@ def job_body(fields: JobFields, settings: DispatcherSettings,
     }
     if template.command:
         container["command"] = template.command
-    pod_spec: dict[str, Any] = {
+    return container
+
+
+def pod_spec(container: dict[str, Any], template: JobTemplateSettings) -> dict[str, Any]:
+    spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -226,28 +223,45 @@ def job_body(fields: JobFields, settings: DispatcherSettings,
         "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": template.scratch_size_limit}}],
     }
     if template.service_account_name:
-        pod_spec["serviceAccountName"] = template.service_account_name
+        spec["serviceAccountName"] = template.service_account_name
     if template.node_selector:
-        pod_spec["nodeSelector"] = template.node_selector
+        spec["nodeSelector"] = template.node_selector
     if template.tolerations:
-        pod_spec["tolerations"] = template.tolerations
+        spec["tolerations"] = template.tolerations
     if template.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": n} for n in template.image_pull_secrets]
+        spec["imagePullSecrets"] = [{"name": n} for n in template.image_pull_secrets]
+    return spec
+
+
+def job_body(fields: JobFields, settings: DispatcherSettings,
+             template: JobTemplateSettings) -> dict[str, Any]:
+    deadline_at = fields.deadline_at or deadline_at_after(template.active_deadline_seconds)
+    own = labels_for(fields.handle, fields.request_id, fields.action, settings.instance)
+    if version := image_version(template.image):
+        own[LABEL_VERSION] = version
+    # Operators' pod labels and annotations first: the dispatcher's own win on a clash (its
+    # labels select the pods, its annotation is the runner's deadline).
+    pod_labels = {**template.labels, **template.pod_labels, **own}
+    pod_annotations = {**template.pod_annotations, ANNOTATION_DEADLINE_AT: deadline_at}
+    container = runner_container(container_env(fields, settings, template), template)
     spec: dict[str, Any] = {
         "backoffLimit": 0,  # the runner retries SSH itself; a second pod would rerun the play
         "activeDeadlineSeconds": template.active_deadline_seconds,
         "ttlSecondsAfterFinished": template.ttl_seconds_after_finished,
         "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations},
-                     "spec": pod_spec},
+                     "spec": pod_spec(container, template)},
     }
     if template.pod_failure_policy:
         # Requires restartPolicy Never (set above); GA since Kubernetes 1.31, on by default
         # since 1.26.
         spec["podFailurePolicy"] = pod_failure_policy()
+    annotations = {**template.annotations, ANNOTATION_MESSAGE: fields.message_json,
+                   ANNOTATION_REPLICA: settings.replica_id}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         # No ownerReferences: deleting or upgrading the dispatcher never cascades to Jobs.
-        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "metadata": {"name": fields.name, "labels": {**template.labels, **own},
+                     "annotations": annotations},
         "spec": spec,
     }

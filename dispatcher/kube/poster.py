@@ -5,13 +5,12 @@ hand-off to a worker thread and back, urllib3's request machinery and http.clien
 parsing (email.parser), which was most of the dispatcher's CPU per Job. Here a create is one
 write and one read on a pooled connection of the event loop itself.
 
-Why not httpx, our usual HTTP client: measured on 2026-12-02, creates through one
-``httpx.AsyncClient`` cost ~1.6 ms of CPU each against ~0.1 ms here (the same POSTs to a
-trivial local server; ~1.0 ms through httpx's transport alone), and took the dispatcher to
-2.3-4.2 ms per Job in ``scripts/bench_dispatcher.py`` against 0.5-0.8 ms (target 1.0). It
-goes to httpcore's pool (every pooled connection checked for expiry through anyio on each
-request and release), anyio's cancel scopes and h11's event machinery. This module does
-only what the creates need: HTTP/1.1, Content-Length or chunked answers, keep-alive.
+Why not httpx, our usual HTTP client: its per-request cost on this path is several times
+this module's and shows in the CPU per Job (scripts/bench_dispatcher.py measures it; the
+figures are in PERFORMANCE.md). That cost is in httpcore's pool (every pooled connection
+checked for expiry through anyio on each request and release), anyio's cancel scopes and
+h11's event machinery, none of which the creates need. This module does only what they need:
+HTTP/1.1, Content-Length or chunked answers, keep-alive.
 
 What stays the kubernetes package's: the configuration (server URL, CA, client
 certificate, TLS options, credentials and their refresh hooks: the Authorization header is

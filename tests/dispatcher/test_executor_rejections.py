@@ -6,13 +6,13 @@ test_disruption.py meet the same objects from the real control plane."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from dispatcher.executors.base import JobEnd
 from dispatcher.executors.kubernetes import KubernetesExecutor
+from dispatcher.executors.tracking import WatchKind
 from dispatcher.kube.watching import Change, Sync
 from dispatcher.metrics import Metrics
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
@@ -55,24 +55,30 @@ def pod(name: str, phase: str, created: str = "2026-01-01T00:00:01Z",
 
 
 class Harness:
+    """The executor's bookkeeping fed plain objects, and the adapter acting on what it
+    returns (the hold on launches, the counter)."""
+
     def __init__(self) -> None:
         self.metrics = Metrics()
         self.executor = KubernetesExecutor(
-            SimpleNamespace(metrics=self.metrics),  # type: ignore[arg-type]
-            DispatcherSettings(), JobTemplateSettings())
+            None, DispatcherSettings(), JobTemplateSettings(),  # type: ignore[arg-type]
+            metrics=self.metrics)
         self.held: list[str] = []
         self.executor.on_pod_rejected = self.held.append
-        self.executor._apply_sync(Sync("jobs", []))
-        self.executor._apply_sync(Sync("pods", []))
+        self.feed(Sync(WatchKind.JOBS, []))
+        self.feed(Sync(WatchKind.PODS, []))
+
+    def feed(self, item: Sync | Change) -> None:
+        self.executor._act(self.executor.tracker.apply(item))
 
     def job(self, obj: dict[str, Any], kind: str = "MODIFIED") -> None:
-        self.executor._apply_job(Change("jobs", kind, obj))
+        self.feed(Change(WatchKind.JOBS, kind, obj))
 
     def pod(self, obj: dict[str, Any], kind: str = "MODIFIED") -> None:
-        self.executor._apply_pod(Change("pods", kind, obj))
+        self.feed(Change(WatchKind.PODS, kind, obj))
 
     def event(self, obj: dict[str, Any]) -> None:
-        self.executor._apply_event(obj)
+        self.feed(Change(WatchKind.EVENTS, "ADDED", obj))
 
     def ends(self) -> list[JobEnd]:
         found = []

@@ -17,9 +17,12 @@ from pydantic import ValidationError
 
 from contracts.keys import Keys
 from contracts.messages import parse_message
+from dispatcher.executors.base import TransientLaunchError
 from dispatcher.jobspec import build_job
+from dispatcher.preflight import JobConfigCheck
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.dispatcher.support import DispatcherProcess, message, wait_until
+from tests.dispatcher.unit_support import FakeExecutor
 from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer
 
@@ -205,8 +208,6 @@ class _Verdicts:
 async def test_a_pod_refused_at_admission_holds_launches_until_a_dry_run_passes() -> None:
     """The executor reports a rejection: launches stop at once (before any dry run), the
     loop checks again without waiting for its period, and a passing dry run releases."""
-    from dispatcher.preflight import JobConfigCheck
-
     refused = "runner pod refused at admission (quota): pods is forbidden: exceeded quota"
     executor = _Verdicts(None, refused, None)
     check = JobConfigCheck(executor, period_seconds=3600)  # type: ignore[arg-type]
@@ -230,3 +231,27 @@ async def test_a_pod_refused_at_admission_holds_launches_until_a_dry_run_passes(
 
 async def _async(value: Any) -> Any:
     return value
+
+
+# -- JobConfigCheck (preflight.py) with a fake executor ------------------------------------
+
+@pytest.mark.unit
+async def test_a_refusal_holds_intake_until_the_dry_run_passes() -> None:
+    executor = FakeExecutor(preflights=["spec.x: Invalid", None])
+    check = JobConfigCheck(executor, period_seconds=3600)  # type: ignore[arg-type]
+    assert not await check.check()
+    assert (check.refusal, check.accepted.is_set()) == ("spec.x: Invalid", False)
+    assert await check.check()
+    assert (check.refusal, check.accepted.is_set()) == (None, True)
+
+
+@pytest.mark.unit
+async def test_no_verdict_keeps_the_last_one() -> None:
+    """An unanswered dry run (API down) decides nothing: before any verdict creates may
+    go on (they tell for themselves); after a refusal the hold stays."""
+    down = TransientLaunchError("connection refused")
+    executor = FakeExecutor(preflights=[down, "spec.x: Invalid", down])
+    check = JobConfigCheck(executor, period_seconds=3600)  # type: ignore[arg-type]
+    assert await check.check() and check.accepted.is_set()
+    assert not await check.check()
+    assert not await check.check() and check.refusal == "spec.x: Invalid"

@@ -4,18 +4,17 @@ Jobs in flight)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from dispatcher.executors import kubernetes as kube_executor
-from dispatcher.executors.kubernetes import KubernetesExecutor
+from dispatcher.executors import tracking
+from dispatcher.executors.base import JobEnd
+from dispatcher.executors.tracking import Clock, JobTracker, WatchKind
 from dispatcher.kube.watching import Change, Sync
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
-from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 pytestmark = pytest.mark.unit
 
@@ -40,75 +39,75 @@ def pending_pod(job_name: str, seconds_ago: float, waiting: str | None = None
             "status": {"phase": "Pending", "containerStatuses": statuses}}
 
 
-def executor() -> KubernetesExecutor:
-    settings = DispatcherSettings(pending_timeout_seconds=PENDING,
-                                  image_pull_grace_seconds=PULL_GRACE)
-    return KubernetesExecutor(None, settings, JobTemplateSettings())  # type: ignore[arg-type]
+class Schedule:
+    """The tracker on a wall clock the test sets (epoch seconds)."""
+
+    def __init__(self) -> None:
+        self.at = datetime.now(UTC)
+        self.tracker = JobTracker(PULL_GRACE, PENDING, check_interval=1.0,
+                                  clock=Clock(now=lambda: self.at))
+
+    def feed(self, *items: Sync | Change) -> list[JobEnd]:
+        return [end for item in items for end in self.tracker.apply(item).ends]
+
+    def ends(self, now: float) -> dict[str, str]:
+        """The Jobs the periodic pass at ``now`` judged stuck, with their reasons."""
+        self.at = datetime.fromtimestamp(now, UTC)
+        return {end.job_name: end.reason for end in self.tracker.tick().ends}
+
+    def due_at(self, name: str) -> float:
+        at = self.tracker.due_at(name)
+        assert at is not None, f"{name} is not scheduled"
+        return at
 
 
-def ends(ex: KubernetesExecutor) -> dict[str, str]:
-    out = {}
-    while not ex.ends.empty():
-        end = ex.ends.get_nowait()
-        out[end.job_name] = end.reason
-    return out
-
-
-async def feed(ex: KubernetesExecutor, *items: Sync | Change) -> None:
-    """Through the executor's own event loop, until it has taken every item."""
-    for item in items:
-        await ex._events.put(item)
-    consumer = asyncio.create_task(ex._consume())
-    for _ in range(10_000):
-        if ex._events.empty():
-            break
-        await asyncio.sleep(0)  # let the consumer take the next item
-    consumer.cancel()
-    assert ex._events.empty()
-
-
-async def test_thousands_of_fresh_jobs_cost_nothing_until_their_timeout(
+def test_thousands_of_fresh_jobs_cost_nothing_until_their_timeout(
         monkeypatch: pytest.MonkeyPatch) -> None:
     judged = 0
-    original = kube_executor.job_without_pod
+    original = tracking.job_without_pod
 
     def counting(*args: Any) -> Any:
         nonlocal judged
         judged += 1
         return original(*args)
 
-    monkeypatch.setattr(kube_executor, "job_without_pod", counting)
-    ex = executor()
+    monkeypatch.setattr(tracking, "job_without_pod", counting)
+    ex = Schedule()
     fresh = [job(f"fresh-{i}", 0) for i in range(5000)]
     old = [job(f"old-{i}", PENDING + 100) for i in range(3)]
-    await feed(ex, Sync("jobs", fresh + old), Sync("pods", []))
+    assert ex.feed(Sync(WatchKind.JOBS, fresh + old), Sync(WatchKind.PODS, [])) == []
     now = time.time()
-    for _ in range(5):  # five periodic passes
-        ex._check_due(now)
+    assert ex.ends(now) == {f"old-{i}": "PodNotCreated" for i in range(3)}
+    for _ in range(4):  # four more periodic passes
+        assert ex.ends(now) == {}
     assert judged == 3  # only the Jobs whose timeout has passed were looked at
-    assert ends(ex) == {f"old-{i}": "PodNotCreated" for i in range(3)}
-    assert all(abs(ex._due_at[f"fresh-{i}"] - (now + PENDING)) < 3 for i in range(5000))
+    assert all(abs(ex.due_at(f"fresh-{i}") - (now + PENDING)) < 3 for i in range(5000))
     # When their time comes, they are judged (here: still no pod, so stuck).
-    ex._check_due(now + PENDING + 5)
+    assert len(ex.ends(now + PENDING + 5)) == 5000
     assert judged == 3 + 5000
 
 
-async def test_a_pull_error_is_judged_when_its_grace_runs_out() -> None:
-    ex = executor()
-    await feed(ex, Sync("jobs", [job("late", 200), job("early", 70)]), Sync("pods", []),
-               Change("pods", "ADDED", pending_pod("late", 130, "ErrImagePull")),
-               Change("pods", "ADDED", pending_pod("early", 60, "ImagePullBackOff")))
+def test_a_pull_error_is_judged_when_its_grace_runs_out() -> None:
+    ex = Schedule()
+    assert ex.feed(Sync(WatchKind.JOBS, [job("late", 200), job("early", 70)]),
+                   Sync(WatchKind.PODS, [])) == []
+    # A pull error past its grace is judged on the pod's own event.
+    [late] = ex.feed(Change(WatchKind.PODS, "ADDED",
+                            pending_pod("late", 130, "ErrImagePull")))
+    assert late.reason == "ErrImagePull"
+    assert ex.feed(Change(WatchKind.PODS, "ADDED",
+                          pending_pod("early", 60, "ImagePullBackOff"))) == []
     now = time.time()
-    ex._check_due(now)
-    assert ends(ex) == {"late": "ErrImagePull"}
+    assert ex.ends(now) == {}
     # The other one comes due at its pod's creation + the grace, not at the next pass.
-    assert abs(ex._due_at["early"] - (now - 60 + PULL_GRACE)) < 3
+    assert abs(ex.due_at("early") - (now - 60 + PULL_GRACE)) < 3
+    assert ex.ends(now - 60 + PULL_GRACE + 3) == {"early": "ImagePullBackOff"}
 
 
-async def test_a_job_whose_pod_started_is_never_judged_again() -> None:
-    ex = executor()
+def test_a_job_whose_pod_started_is_never_judged_again() -> None:
+    ex = Schedule()
     running = pending_pod("run", PENDING + 50)
     running["status"]["phase"] = "Running"
-    await feed(ex, Sync("jobs", [job("run", PENDING + 60)]), Sync("pods", [running]))
-    ex._check_due(time.time() + 10 * PENDING)
-    assert ends(ex) == {}
+    ex.feed(Sync(WatchKind.JOBS, [job("run", PENDING + 60)]), Sync(WatchKind.PODS, [running]))
+    assert ex.ends(time.time() + 10 * PENDING) == {}
+    assert ex.tracker.due_at("run") is None

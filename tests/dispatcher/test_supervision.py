@@ -17,8 +17,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatcher import supervision
+from dispatcher.executors.kubernetes import KubernetesExecutor
+from dispatcher.executors.tracking import WatchKind
+from dispatcher.kube.watching import Change
 from dispatcher.metrics import Metrics
 from dispatcher.redis_errors import is_transient
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from dispatcher.supervision import Supervisor
 from tests.dispatcher.support import metric_value
 
@@ -83,23 +87,19 @@ async def test_a_crashing_loop_is_restarted_counted_and_surfaced(
 
 
 async def test_the_executor_event_loop_survives_an_object_it_cannot_read() -> None:
-    from dispatcher.executors.kubernetes import KubernetesExecutor
-    from dispatcher.kube.watching import Change
-    from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-
     metrics = Metrics()
     executor = KubernetesExecutor(None, DispatcherSettings(), JobTemplateSettings(),  # type: ignore[arg-type]
                                   metrics=metrics)
-    executor._watch_ok = {"jobs": True, "pods": True}
-    await executor._events.put(Change("jobs", "ADDED", {"metadata": None}))  # unreadable
+    executor._watch_ok = {WatchKind.JOBS: True, WatchKind.PODS: True}
+    await executor._events.put(Change(WatchKind.JOBS, "ADDED", {"metadata": None}))  # unreadable
     good = {"metadata": {"name": "prov-a-1", "labels": {}}, "status": {}}
-    await executor._events.put(Change("jobs", "ADDED", good))
+    await executor._events.put(Change(WatchKind.JOBS, "ADDED", good))
     executor.supervisor.start("kube-events", executor._consume)
     await asyncio.sleep(0.02)
     assert not executor.healthy  # down until restarted: /readyz 503
     await asyncio.sleep(0.3)
     assert executor.healthy
-    assert "prov-a-1" in executor._jobs  # the loop went on after the bad object
+    assert executor.tracker.job("prov-a-1") is not None  # it went on after the bad object
     # The crash is counted like the dispatcher's own loops'.
     assert metrics.loop_restarts.labels("kube-events")._value.get() == 1
     await executor.supervisor.stop_all()

@@ -1,0 +1,73 @@
+"""The wiring: every background loop the dispatcher starts runs under the supervisor.
+
+The whole ``run_dispatcher`` against the real Redis with the local executor; each loop's
+first run crashes, and each must be restarted and counted in infra_service_loop_restarts_total
+(the executor's own Kubernetes loops: test_supervision.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from contracts.connections import RedisSettings
+from dispatcher.app import run_dispatcher
+from dispatcher.metrics import Metrics
+from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
+from dispatcher.supervision import LoopFactory, Supervisor
+from tests.dispatcher.support import wait_until
+from tests.support.services import free_port
+
+LOOPS = {"heartbeat", "preflight", "ends", "acks", "reconcile", "pop", "queue-state"}
+
+
+class Crashes:
+    """Supervisor.start with each loop's first run replaced by a crash."""
+
+    def __init__(self) -> None:
+        self.restarted: set[str] = set()
+        self.metrics: list[Metrics] = []
+        self._start = Supervisor.start
+
+    def start(self, supervisor: Supervisor, name: str, factory: LoopFactory) -> None:
+        self.metrics.append(supervisor.metrics)
+        runs = 0
+
+        def crash_once() -> Coroutine[Any, Any, None]:
+            nonlocal runs
+            runs += 1
+            if runs == 1:
+                return self._crash(name)
+            self.restarted.add(name)
+            return factory()
+
+        self._start(supervisor, name, crash_once)
+
+    @staticmethod
+    async def _crash(name: str) -> None:
+        raise RuntimeError(f"injected crash of {name}")
+
+
+async def test_every_loop_that_crashes_is_restarted_and_counted(
+        redis_settings: RedisSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    crashes = Crashes()
+    monkeypatch.setattr(Supervisor, "start",
+                        lambda supervisor, name, factory: crashes.start(supervisor, name, factory))
+    settings = DispatcherSettings(executor=ExecutorKind.LOCAL, replica_id="wired",
+                                  bind_address="127.0.0.1", health_port=0,
+                                  metrics_port=free_port(), metrics_refresh_seconds=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_dispatcher(settings, JobTemplateSettings(), redis_settings,
+                                              stop))
+    try:
+        await wait_until(lambda: asyncio.sleep(0, task.done() or crashes.restarted >= LOOPS),
+                         timeout=30, what=f"every loop restarted: {LOOPS}")
+        assert not task.done(), task.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, settings.shutdown_timeout_seconds + 10)
+    [metrics] = {id(m): m for m in crashes.metrics}.values()  # one supervisor's metrics
+    counted = {name: metrics.loop_restarts.labels(name)._value.get() for name in LOOPS}
+    assert counted == dict.fromkeys(LOOPS, 1.0)
