@@ -19,12 +19,13 @@ from dispatcher.executors.base import (
     LaunchRejected,
     TransientLaunchError,
 )
-from dispatcher.executors.tracking import JobTracker, Outcome, WatchKind
+from dispatcher.executors.tracking import JobTracker, Outcome
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import FAILED_CREATE, admission_rejection, is_rbac_denial
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.creating import JobPayload, create_job, dry_run_pod
 from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, KubeCallFailed
+from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.metrics import Metrics

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from dispatcher.executors.base import JobEnd, JobView
@@ -34,6 +33,7 @@ from dispatcher.kube.classify import (
     parse_time,
     stuck_reason,
 )
+from dispatcher.kube.kinds import ChangeType, WatchKind
 from dispatcher.kube.watching import Change, Sync
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
 
@@ -45,20 +45,6 @@ EARLY_REJECTIONS_MAX = 1000  # rejections seen before their Job (bounded memory)
 # Reasons of a replacement pod that never started: a disrupted Job reports the disruption.
 NEVER_STARTED = (JobEndReason.UNSCHEDULABLE, JobEndReason.PENDING_TIMEOUT,
                  JobEndReason.POD_NOT_CREATED)
-
-
-class WatchKind(StrEnum):
-    """The resources the executor watches (the ``kind`` of a Sync or Change)."""
-
-    JOBS = "jobs"
-    PODS = "pods"
-    EVENTS = "events"
-
-
-class ChangeType(StrEnum):
-    ADDED = "ADDED"
-    MODIFIED = "MODIFIED"
-    DELETED = "DELETED"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from tenacity import Retrying, retry_if_exception_type
 from tenacity.wait import wait_exponential
 
 from dispatcher.kube.errors import UNAUTHORIZED, describe
+from dispatcher.kube.kinds import CHANGES, ChangeType
 
 # What ends a list or a watch without ending the dispatcher: the next listing repairs it.
 WATCH_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
@@ -187,12 +188,12 @@ class ListWatch:
     def _event(self, event: dict[str, Any], version: str) -> str:
         kind = event.get("type")
         obj = event.get("object") or {}
-        if kind == "ERROR":
+        if kind == ChangeType.ERROR:
             if obj.get("code") == 410:
                 raise Gone(obj.get("message", ""))
             raise ValueError(f"watch error: {obj.get('message', obj)}")
         new_version = obj.get("metadata", {}).get("resourceVersion") or version
-        if kind in ("ADDED", "MODIFIED", "DELETED"):
+        if kind in CHANGES:
             self.deliver(Change(self.kind, kind, obj))
         return new_version
 

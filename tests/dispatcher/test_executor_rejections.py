@@ -12,7 +12,7 @@ import pytest
 
 from dispatcher.executors.base import JobEnd
 from dispatcher.executors.kubernetes import KubernetesExecutor
-from dispatcher.executors.tracking import WatchKind
+from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.watching import Change, Sync
 from dispatcher.metrics import Metrics
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST

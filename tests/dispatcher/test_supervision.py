@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatcher import supervision
 from dispatcher.executors.kubernetes import KubernetesExecutor
-from dispatcher.executors.tracking import WatchKind
+from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.watching import Change
 from dispatcher.metrics import Metrics
 from dispatcher.redis_errors import is_transient

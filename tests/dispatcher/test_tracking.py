@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from dispatcher.executors.base import JobEnd
-from dispatcher.executors.tracking import ChangeType, JobTracker, WatchKind
+from dispatcher.executors.tracking import JobTracker
 from dispatcher.kube.classify import JobEndReason
+from dispatcher.kube.kinds import ChangeType, WatchKind
 from dispatcher.kube.watching import Change, Sync
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from dispatcher.executors.base import JobEnd
-from dispatcher.executors.tracking import Clock, JobTracker, WatchKind
+from dispatcher.executors.tracking import Clock, JobTracker
+from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.watching import Change, Sync
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 
