@@ -24,6 +24,7 @@ Obj = dict[str, Any]
 NS_NAME = "kubernetes.io/metadata.name"
 DNS = {(53, "UDP"), (53, "TCP")}
 DISPATCHER_POLICY = "infra-service-dispatcher"  # not "-test-dispatcher"
+DEFAULTS: Obj = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 
 pytestmark = pytest.mark.unit
 
@@ -96,14 +97,19 @@ def workloads(rendered: Rendered) -> list[tuple[dict[str, str], Obj]]:
     return found + [(p["metadata"]["labels"], p["spec"]) for p in rendered.of_kind("Pod")]
 
 
-def egress_of(rendered: Rendered, pod: Pod) -> set[tuple[int, str, str]]:
-    """(port, protocol, destination) the pod may open: destination "any", "dns" or the
-    component label of the release's pods the peer selects. Named ports resolve on the pods
+def peer_key(peer: Obj) -> str:
+    return "peer " + json.dumps(peer, sort_keys=True)
+
+
+def egress_of(rendered: Rendered, pod: Pod, values: Obj) -> set[tuple[int, str, str]]:
+    """(port, protocol, destination) the pod may open: destination "any", "dns", the
+    component label of the release's pods the peer selects, or the peer itself when it
+    selects none of them (a Redis elsewhere, an ipBlock). Named ports resolve on the pods
     the peer selects."""
     policies = selecting(rendered, pod, "Egress")
     assert policies, f"no policy selects {pod.labels}: it may reach anything"
     reachable: set[tuple[int, str, str]] = set()
-    dns_peers = rendered_values_dns(rendered)
+    dns_peers = network_values(values)["dnsTo"]
     for policy in policies:
         for rule in policy["spec"].get("egress") or []:
             peers = rule.get("to")
@@ -120,17 +126,22 @@ def egress_of(rendered: Rendered, pod: Pod) -> set[tuple[int, str, str]]:
                     targets = [(labels, spec) for labels, spec in workloads(rendered)
                                if peer_admits(peer, Pod(labels), policy["metadata"]
                                               ["namespace"])]
-                    assert targets, f"peer {peer} selects none of the release's pods"
+                    if not targets:
+                        assert isinstance(port["port"], int), rule
+                        reachable.add((port["port"], protocol, peer_key(peer)))
                     for labels, spec in targets:
                         reachable.add((container_port(spec, port["port"]), protocol,
                                        labels["app.kubernetes.io/component"]))
     return reachable
 
 
-def rendered_values_dns(rendered: Rendered) -> list[Obj]:
-    dispatcher = rendered.one("NetworkPolicy", DISPATCHER_POLICY)
-    first: list[Obj] = dispatcher["spec"]["egress"][0]["to"]
-    return first
+def network_values(values: Obj) -> Obj:
+    """networkPolicy of ``values`` over the chart's defaults (helm merges maps, lists
+    replace)."""
+    merged: Obj = {**DEFAULTS["networkPolicy"], **values.get("networkPolicy", {})}
+    merged["destinations"] = {**DEFAULTS["networkPolicy"]["destinations"],
+                              **merged.get("destinations", {})}
+    return merged
 
 
 def env(pod: Obj) -> dict[str, str]:
@@ -138,10 +149,10 @@ def env(pod: Obj) -> dict[str, str]:
             if "value" in e}
 
 
-def uses(rendered: Rendered, pod: Obj) -> set[tuple[int, str, str]]:
+def uses(rendered: Rendered, pod: Obj, values: Obj) -> set[tuple[int, str, str]]:
     """What the check in ``pod`` connects to, read from its own configuration: the metrics
     Service named in METRICS_URL (its targetPort on the pods it selects), REDIS_URL or
-    DATABASE_URL."""
+    DATABASE_URL (at the configured destinations, or anywhere when none is)."""
     variables = env(pod)
     if "METRICS_URL" in variables:
         url = urlsplit(variables["METRICS_URL"])
@@ -155,8 +166,10 @@ def uses(rendered: Rendered, pod: Obj) -> set[tuple[int, str, str]]:
         return {(container_port(spec, port["targetPort"]), port["protocol"],
                  labels["app.kubernetes.io/component"]) for labels, spec in targets}
     url = urlsplit(variables.get("REDIS_URL") or variables["DATABASE_URL"])
-    default = 6379 if url.scheme.startswith("redis") else 5432
-    return {(url.port or default, "TCP", "any")}
+    redis = url.scheme.startswith("redis")
+    port = url.port or (6379 if redis else 5432)
+    peers = network_values(values)["destinations"]["redis" if redis else "postgres"]
+    return {(port, "TCP", peer_key(p)) for p in peers} or {(port, "TCP", "any")}
 
 
 CASES = {
@@ -167,6 +180,10 @@ CASES = {
                     "database": {"url": "postgresql://infra@db.data.svc/infra"},
                     "dispatcher": {"metricsPort": 9200, "healthPort": 8181},
                     "service": {"port": 80}},
+    "destinations": {"networkPolicy": {"enabled": True, "destinations": {
+        "redis": [{"namespaceSelector": {"matchLabels": {NS_NAME: "data"}},
+                   "podSelector": {"matchLabels": {"app": "redis"}}}],
+        "postgres": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]}}},
 }
 
 
@@ -178,9 +195,9 @@ def test_each_helm_test_pod_reaches_what_it_checks_and_nothing_more(values: Obj)
     for check in checks:
         pod = Pod(check["metadata"]["labels"])
         name = check["metadata"]["name"]
-        reachable = egress_of(rendered, pod)
+        reachable = egress_of(rendered, pod, values)
         assert {(port, proto) for port, proto, to in reachable if to == "dns"} == DNS, name
-        assert {r for r in reachable if r[2] != "dns"} == uses(rendered, check), name
+        assert {r for r in reachable if r[2] != "dns"} == uses(rendered, check, values), name
         # nothing may connect to a test pod
         for policy in selecting(rendered, pod, "Ingress"):
             assert policy["spec"]["ingress"] == [], (name, policy["metadata"]["name"])
