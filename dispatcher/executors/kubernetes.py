@@ -19,7 +19,7 @@ from dispatcher.executors.base import (
     LaunchRejected,
     TransientLaunchError,
 )
-from dispatcher.executors.tracking import JobTracker, Outcome
+from dispatcher.executors.tracking import NOTHING, JobTracker, Outcome
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import FAILED_CREATE, admission_rejection, is_rbac_denial
 from dispatcher.kube.client import KubeClient
@@ -188,11 +188,14 @@ class KubernetesExecutor:
         """What the watch threads deliver, in order, through the tracker."""
         while True:
             item = await self._events.get()
-            self._act(self.tracker.apply(item))
-            if isinstance(item, Sync) and item.kind in self._watch_ok:
-                self._watch_ok[WatchKind(item.kind)] = True
-            if self.tracker.synced:
-                self._first_sync.set()
+            outcome = self.tracker.apply(item)
+            if outcome is not NOTHING:
+                self._act(outcome)
+            if isinstance(item, Sync):
+                if item.kind in self._watch_ok:
+                    self._watch_ok[WatchKind(item.kind)] = True
+                if self.tracker.synced:
+                    self._first_sync.set()
 
     async def _check_stuck(self) -> None:
         while True:

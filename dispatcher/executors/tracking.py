@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,14 +66,23 @@ class Refusal:
     rejection: AdmissionRejection
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     """What one step of the tracker asks the adapter to do."""
 
-    ends: list[JobEnd] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
+    ends: tuple[JobEnd, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
     # (Job name, what happened) for each newly seen disruption of a Job's pod.
-    disruptions: list[tuple[str, str]] = field(default_factory=list)
+    disruptions: tuple[tuple[str, str], ...] = ()
+
+
+# Most watch events change no end: one shared empty answer instead of one per event.
+NOTHING = Outcome()
+# The per-event path compares against these; on Python 3.11 reading an enum member off its
+# class is several times slower than reading a module global.
+_JOBS, _EVENTS = WatchKind.JOBS, WatchKind.EVENTS
+_DELETED = ChangeType.DELETED
+_PENDING = PodPhase.PENDING
 
 
 def slim_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +124,7 @@ def pod_job(pod: dict[str, Any]) -> str | None:
 
 
 def _past_pending(pod: dict[str, Any]) -> bool:
-    return pod["status"].get("phase") not in (None, PodPhase.PENDING)
+    return pod["status"].get("phase") not in (None, _PENDING)
 
 
 class JobTracker:
@@ -150,7 +159,10 @@ class JobTracker:
         # Its reason: Evicted for the kubelet's node-pressure eviction (status.reason
         # Evicted), Disrupted for the rest (the Eviction API of a drain, preemption, taints).
         self._disruptions: dict[str, tuple[datetime | None, str, str]] = {}
-        self._out = Outcome()
+        # What the step in progress found, handed over as one Outcome at its end.
+        self._ends: list[JobEnd] = []
+        self._refusals: list[Refusal] = []
+        self._disruptions_seen: list[tuple[str, str]] = []
 
     # -- what the adapter calls ------------------------------------------------------
     @property
@@ -160,23 +172,21 @@ class JobTracker:
 
     def apply(self, item: Sync | Change) -> Outcome:
         """Take one listing or change from a watch."""
-        self._out = Outcome()
-        if item.kind == WatchKind.EVENTS:
+        if item.kind == _EVENTS:
             objects = item.objects if isinstance(item, Sync) else \
-                [item.object] if item.type != ChangeType.DELETED else []
+                [item.object] if item.type != _DELETED else []
             for event in objects:
                 self._apply_event(event)
         elif isinstance(item, Sync):
             self._apply_sync(item)
-        elif item.kind == WatchKind.JOBS:
+        elif item.kind == _JOBS:
             self._apply_job(item)
         else:
             self._apply_pod(item)
-        return self._out
+        return self._handed_over()
 
     def tick(self) -> Outcome:
         """The periodic pass: pod-detail graces and stuck-Job instants that ran out."""
-        self._out = Outcome()
         if self.synced:
             for name in list(self._awaiting_pod):
                 if name in self._jobs:
@@ -184,7 +194,17 @@ class JobTracker:
                 else:
                     del self._awaiting_pod[name]
             self._check_due()
-        return self._out
+        return self._handed_over()
+
+    def _handed_over(self) -> Outcome:
+        if not (self._ends or self._refusals or self._disruptions_seen):
+            return NOTHING
+        found = Outcome(tuple(self._ends), tuple(self._refusals),
+                        tuple(self._disruptions_seen))
+        self._ends.clear()
+        self._refusals.clear()
+        self._disruptions_seen.clear()
+        return found
 
     def due_at(self, name: str) -> float | None:
         """When a Job that has not started is looked at next (epoch seconds)."""
@@ -229,7 +249,7 @@ class JobTracker:
         if end.job_name in self._emitted or not end.request_id:
             return
         self._emitted.add(end.job_name)
-        self._out.ends.append(end)
+        self._ends.append(end)
 
     def _evaluate(self, name: str) -> None:
         job = self._jobs.get(name)
@@ -259,7 +279,7 @@ class JobTracker:
 
     # -- listings and changes ----------------------------------------------------------
     def _apply_sync(self, sync: Sync) -> None:
-        if sync.kind == WatchKind.JOBS:
+        if sync.kind == _JOBS:
             fresh = {j["metadata"]["name"]: slim_job(j) for j in sync.objects}
             for name in set(self._jobs) - set(fresh):
                 self._deleted(name, self._jobs[name])  # deleted while we were not watching
@@ -289,7 +309,7 @@ class JobTracker:
 
     def _apply_job(self, change: Change) -> None:
         name = change.object["metadata"]["name"]
-        if change.type == ChangeType.DELETED:
+        if change.type == _DELETED:
             if name in self._jobs:
                 self._jobs[name] = slim_job(change.object)
                 self._deleted(name, self._jobs[name])
@@ -310,7 +330,7 @@ class JobTracker:
         pod_name = change.object["metadata"]["name"]
         pod = slim_pod(change.object)
         self._note_disruption(job, pod)
-        if change.type == ChangeType.DELETED:
+        if change.type == _DELETED:
             self._pods.get(job, {}).pop(pod_name, None)
             return
         self._pods.setdefault(job, {})[pod_name] = pod
@@ -358,7 +378,7 @@ class JobTracker:
             if refused_at and created and created > refused_at:
                 return
         labels = job["metadata"]["labels"]
-        self._out.refusals.append(Refusal(name, labels.get(LABEL_HANDLE, ""),
+        self._refusals.append(Refusal(name, labels.get(LABEL_HANDLE, ""),
                                           labels.get(LABEL_REQUEST, ""), rejection))
         self._stuck(name, JobEndReason.ADMISSION_REJECTED, rejection.message)
 
@@ -372,7 +392,7 @@ class JobTracker:
         if text is not None:
             if prior is None or prior[0] is None or created is None or created >= prior[0]:
                 if prior is None or prior[2] != text:
-                    self._out.disruptions.append((job_name, text))
+                    self._disruptions_seen.append((job_name, text))
                 evicted = pod["status"].get("reason") == JobEndReason.EVICTED
                 self._disruptions[job_name] = (
                     created, JobEndReason.EVICTED if evicted else JobEndReason.DISRUPTED, text)

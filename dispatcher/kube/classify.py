@@ -62,6 +62,13 @@ class PodPhase(StrEnum):
     FAILED = "Failed"
 
 
+# What every watch event is compared with, as module globals: on Python 3.11 reading an
+# enum member off its class is several times slower, and these run for each event.
+_COMPLETE, _FAILED = Condition.COMPLETE, Condition.FAILED
+_DISRUPTION_TARGET, _POD_SCHEDULED = Condition.DISRUPTION_TARGET, Condition.POD_SCHEDULED
+_PENDING = PodPhase.PENDING
+_DEADLINE_EXCEEDED = JobEndReason.DEADLINE_EXCEEDED
+
 # A pod in one of these phases got past Pending: its runner started.
 STARTED_PHASES = (PodPhase.RUNNING, PodPhase.SUCCEEDED)
 
@@ -161,22 +168,22 @@ def finished_at(job: dict[str, Any]) -> datetime | None:
     status = job.get("status") or {}
     if status.get("completionTime"):
         return parse_time(status["completionTime"])
-    failed = _condition(job, Condition.FAILED)
+    failed = _condition(job, _FAILED)
     return parse_time(failed.get("lastTransitionTime")) if failed else None
 
 
 def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]
                 ) -> tuple[bool, str, str] | None:
     """(succeeded, reason, message) once the Job is finished, else None."""
-    if _condition(job, Condition.COMPLETE):
+    if _condition(job, _COMPLETE):
         return True, JobEndReason.COMPLETED, "runner completed"
-    failed = _condition(job, Condition.FAILED)
+    failed = _condition(job, _FAILED)
     if not failed:
         return None
     reason = failed.get("reason") or Condition.FAILED
     message = failed.get("message") or "Job failed"
     pod_reason = _pod_failure(pods)
-    if pod_reason and reason != JobEndReason.DEADLINE_EXCEEDED:
+    if pod_reason and reason != _DEADLINE_EXCEEDED:
         reason, message = pod_reason
     return False, reason, message
 
@@ -189,10 +196,10 @@ def awaits_pod_detail(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
     PodFailurePolicy) where a moment later the pod's (OOMKilled, Evicted, Error) is
     known. The caller waits a short grace for the pod, so one failure gets one reason.
     """
-    failed = _condition(job, Condition.FAILED)
-    if not failed or _condition(job, Condition.COMPLETE):
+    failed = _condition(job, _FAILED)
+    if not failed or _condition(job, _COMPLETE):
         return False
-    return failed.get("reason") != JobEndReason.DEADLINE_EXCEEDED and _pod_failure(pods) is None
+    return failed.get("reason") != _DEADLINE_EXCEEDED and _pod_failure(pods) is None
 
 
 def _pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -222,7 +229,7 @@ def disruption(pod: dict[str, Any]) -> str | None:
     """What disrupted the pod, naming its node, when it carries the DisruptionTarget
     condition (set by the Eviction API, scheduler preemption, the taint manager, pod GC or
     the kubelet's node-pressure and shutdown evictions), else None."""
-    cond = _condition(pod, Condition.DISRUPTION_TARGET)
+    cond = _condition(pod, _DISRUPTION_TARGET)
     if cond is None:
         return None
     name = (pod.get("metadata") or {}).get("name") or "?"
@@ -239,7 +246,7 @@ def stuck_reason(pod: dict[str, Any], now: datetime, pull_grace: float,
                  pending_timeout: float) -> tuple[str, str] | None:
     """Why a pod that has not started will never start, or None while it may still."""
     status = pod.get("status") or {}
-    if status.get("phase") not in (None, PodPhase.PENDING):
+    if status.get("phase") not in (None, _PENDING):
         return None
     created = parse_time((pod.get("metadata") or {}).get("creationTimestamp")) or now
     age = (now - created).total_seconds()
@@ -253,7 +260,7 @@ def stuck_reason(pod: dict[str, Any], now: datetime, pull_grace: float,
             return reason, f"{message} (still failing after {int(age)}s)"
     if age >= pending_timeout:
         for cond in status.get("conditions") or []:
-            if cond.get("type") == Condition.POD_SCHEDULED and cond.get("status") == "False":
+            if cond.get("type") == _POD_SCHEDULED and cond.get("status") == "False":
                 return cond.get("reason") or JobEndReason.UNSCHEDULABLE, \
                     f"{cond.get('message') or 'pod not scheduled'} (pending {int(age)}s)"
         return JobEndReason.PENDING_TIMEOUT, f"pod did not start within {int(age)}s"
@@ -266,7 +273,7 @@ def next_check(job: dict[str, Any], pods: list[dict[str, Any]], pull_grace: floa
     could answer differently without a new event: a grace or timeout running out. Reasons
     that need no waiting are judged when the pod's event arrives."""
     now = utcnow()
-    waiting = [p for p in pods if (p.get("status") or {}).get("phase") in (None, PodPhase.PENDING)]
+    waiting = [p for p in pods if (p.get("status") or {}).get("phase") in (None, _PENDING)]
     if not pods:
         created = parse_time((job.get("metadata") or {}).get("creationTimestamp")) or now
         return created.timestamp() + pending_timeout

@@ -7,6 +7,7 @@ first run crashes, and each must be restarted and counted in infra_service_loop_
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
 from typing import Any
 
@@ -18,6 +19,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
 from dispatcher.supervision import LoopFactory, Supervisor
 from tests.dispatcher.support import wait_until
+from tests.support.kube_env import KubeEnv
 from tests.support.services import free_port
 
 LOOPS = {"heartbeat", "preflight", "ends", "acks", "reconcile", "pop", "queue-state"}
@@ -50,24 +52,46 @@ class Crashes:
         raise RuntimeError(f"injected crash of {name}")
 
 
-async def test_every_loop_that_crashes_is_restarted_and_counted(
-        redis_settings: RedisSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+async def crash_every_loop(settings: DispatcherSettings, template: JobTemplateSettings,
+                           redis_settings: RedisSettings, loops: set[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
     crashes = Crashes()
     monkeypatch.setattr(Supervisor, "start",
                         lambda supervisor, name, factory: crashes.start(supervisor, name, factory))
-    settings = DispatcherSettings(executor=ExecutorKind.LOCAL, replica_id="wired",
-                                  bind_address="127.0.0.1", health_port=0,
-                                  metrics_port=free_port(), metrics_refresh_seconds=0.2)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_dispatcher(settings, JobTemplateSettings(), redis_settings,
-                                              stop))
+    task = asyncio.create_task(run_dispatcher(settings, template, redis_settings, stop))
     try:
-        await wait_until(lambda: asyncio.sleep(0, task.done() or crashes.restarted >= LOOPS),
-                         timeout=30, what=f"every loop restarted: {LOOPS}")
+        await wait_until(lambda: asyncio.sleep(0, task.done() or crashes.restarted >= loops),
+                         timeout=30, what=f"every loop restarted: {loops}")
         assert not task.done(), task.result()
     finally:
         stop.set()
         await asyncio.wait_for(task, settings.shutdown_timeout_seconds + 10)
-    [metrics] = {id(m): m for m in crashes.metrics}.values()  # one supervisor's metrics
-    counted = {name: metrics.loop_restarts.labels(name)._value.get() for name in LOOPS}
-    assert counted == dict.fromkeys(LOOPS, 1.0)
+    assert crashes.restarted == loops  # no loop started outside this list
+    [metrics] = {id(m): m for m in crashes.metrics}.values()  # one registry for all
+    counted = {name: metrics.loop_restarts.labels(name)._value.get() for name in loops}
+    assert counted == dict.fromkeys(loops, 1.0)
+
+
+async def test_every_loop_that_crashes_is_restarted_and_counted(
+        redis_settings: RedisSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = DispatcherSettings(executor=ExecutorKind.LOCAL, replica_id="wired",
+                                  bind_address="127.0.0.1", health_port=0,
+                                  metrics_port=free_port(), metrics_refresh_seconds=0.2)
+    await crash_every_loop(settings, JobTemplateSettings(), redis_settings, LOOPS,
+                           monkeypatch)
+
+
+async def test_with_kubernetes_the_executor_and_rbac_loops_are_supervised_too(
+        redis_settings: RedisSettings, kube_env: KubeEnv,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    env = kube_env.dispatcher_env()
+    settings = DispatcherSettings(executor=ExecutorKind.KUBERNETES, replica_id="wired-k8s",
+                                  namespace=kube_env.namespace,
+                                  kubeconfig=str(kube_env.kubeconfig),
+                                  bind_address="127.0.0.1", health_port=0,
+                                  metrics_port=free_port(), metrics_refresh_seconds=0.2)
+    template = JobTemplateSettings(node_selector=json.loads(env["DISPATCHER_JOB_NODE_SELECTOR"]),
+                                   tolerations=json.loads(env["DISPATCHER_JOB_TOLERATIONS"]))
+    await crash_every_loop(settings, template, redis_settings,
+                           LOOPS | {"rbac", "kube-events", "kube-stuck"}, monkeypatch)

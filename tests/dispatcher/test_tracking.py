@@ -41,14 +41,14 @@ def running_pod(job_name: str) -> dict[str, Any]:
 def synced(jobs: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None
            ) -> tuple[JobTracker, list[JobEnd]]:
     tracker = JobTracker(pull_grace=120.0, pending_timeout=600.0, check_interval=1.0)
-    ends = tracker.apply(Sync(WatchKind.JOBS, jobs)).ends
-    ends += tracker.apply(Sync(WatchKind.PODS, pods or [])).ends
+    ends = [*tracker.apply(Sync(WatchKind.JOBS, jobs)).ends,
+            *tracker.apply(Sync(WatchKind.PODS, pods or [])).ends]
     return tracker, ends
 
 
 def test_nothing_is_judged_before_both_listings() -> None:
     tracker = JobTracker(pull_grace=120.0, pending_timeout=600.0, check_interval=1.0)
-    assert tracker.apply(Sync(WatchKind.JOBS, [job("a", "Complete")])).ends == []
+    assert tracker.apply(Sync(WatchKind.JOBS, [job("a", "Complete")])).ends == ()
     assert tracker.snapshot() is None and not tracker.synced
     [end] = tracker.apply(Sync(WatchKind.PODS, [])).ends
     assert (end.job_name, end.succeeded, end.reason) == ("a", True, JobEndReason.COMPLETED)
@@ -63,10 +63,10 @@ def test_a_job_ends_once_whatever_the_watches_repeat() -> None:
     assert (end.succeeded, end.reason, end.action, end.server_handle) == \
         (False, JobEndReason.DEADLINE_EXCEEDED, "setup", "web-7")
     again = tracker.apply(Change(WatchKind.JOBS, ChangeType.MODIFIED, job("a", "Failed")))
-    assert again.ends == []
+    assert again.ends == ()
     # A fresh listing (after 410 Gone) repeats the finished Job: still no second end.
-    assert tracker.apply(Sync(WatchKind.JOBS, [job("a", "Failed")])).ends == []
-    assert tracker.tick().ends == []
+    assert tracker.apply(Sync(WatchKind.JOBS, [job("a", "Failed")])).ends == ()
+    assert tracker.tick().ends == ()
     view = (tracker.snapshot() or {})["a"]
     assert view.end is not None and view.end.reason == JobEndReason.DEADLINE_EXCEEDED
 
@@ -83,7 +83,7 @@ def test_a_finished_job_deleted_keeps_its_own_end() -> None:
     one deleted before the end was seen reports the end, not a deletion."""
     tracker, _ = synced([job("a", "Complete")])
     deleted = tracker.apply(Change(WatchKind.JOBS, ChangeType.DELETED, job("a", "Complete")))
-    assert deleted.ends == []
+    assert deleted.ends == ()
     tracker.apply(Change(WatchKind.JOBS, ChangeType.ADDED, job("b")))
     [end] = tracker.apply(Change(WatchKind.JOBS, ChangeType.DELETED,
                                  job("b", "Complete"))).ends
@@ -95,4 +95,4 @@ def test_a_job_without_a_request_id_is_not_reported() -> None:
     tracker, ends = synced([job("manual", "Failed", request_id="")])
     assert ends == []
     assert tracker.apply(Change(WatchKind.JOBS, ChangeType.DELETED,
-                                job("manual", "Failed", request_id=""))).ends == []
+                                job("manual", "Failed", request_id=""))).ends == ()
