@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -50,7 +51,8 @@ OWN_KEY_COMMENT = "infra-service-provisioner"
 class Steps(Protocol):
     """The steps the sequence calls (runner_image/steps.py binds them to the run)."""
 
-    async def reinstall(self, server_id: str, own_key: PublicKey) -> str | out.Outcome: ...
+    async def reinstall(self, server_id: str, own_key: PublicKey,
+                        requested: Callable[[str], None]) -> out.Outcome | None: ...
 
     async def wait_for_ssh(self, client: SshClient,
                            password: SecretStr | None) -> SshResult | out.Outcome: ...
@@ -191,12 +193,16 @@ class Job:
             return await self.steps.check_ssh(client, password,
                                               accept_new=server.host_key is None)
         assert server.provider_server_id is not None  # checked by inputs.check_server
-        task = await self.steps.reinstall(server.provider_server_id, own_key)
-        if isinstance(task, out.Outcome):
-            return task
-        self.details["provider_task_id"] = task
+        failure = await self.steps.reinstall(server.provider_server_id, own_key,
+                                             self._reinstall_requested)
+        if failure:
+            return failure
         client.trust(None)
         return await self.steps.wait_for_ssh(client, password)
+
+    def _reinstall_requested(self, task_id: str) -> None:
+        """The provider's task, kept for the result however the run ends."""
+        self.details["provider_task_id"] = task_id
 
     async def _record_host_key(self, client: SshClient, server: ServerRecord) -> None:
         seen = client.seen_host_key()

@@ -9,6 +9,7 @@ run's redactor before the first request.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -35,26 +36,25 @@ class ProviderAccess:
 
 
 async def reinstall(access: ProviderAccess, server_id: str, ssh_key: str, *,
-                    deadline: RunDeadline, redact: Redactor) -> str | out.Outcome:
-    """The provider's task id once the reinstall has completed, or the outcome of a failure
-    (with the task id when the reinstall had started)."""
+                    deadline: RunDeadline, redact: Redactor,
+                    requested: Callable[[str], None]) -> out.Outcome | None:
+    """None once the reinstall has completed, else the outcome of the failure.
+    ``requested`` gets the provider's task id as soon as the reinstall has started, so the
+    result carries it however the wait ends (a failure, the run's deadline)."""
     # Imported when a reinstall is asked for: httpx is a noticeable part of the runner's
     # start-up and only this step uses it.
     from runner_image.provider import ProviderError, Time4VpsClient
 
     redact.add(access.username.get_secret_value(), access.password.get_secret_value())
-    task_id: str | None = None
     try:
         async with Time4VpsClient(access.url, access.username, access.password,
                                   access.request_timeout, deadline=deadline) as api:
             task_id = await api.reinstall(server_id, access.os_code, ssh_key)
+            requested(task_id)
             log.info("reinstall requested", extra={"task_id": task_id, "os": access.os_code})
             await api.wait_for_task(server_id, task_id, interval=access.poll_interval,
                                     limit=access.task_timeout, context={})
     except ProviderError as exc:
         log.error("provider error", extra={"error": exc.message})
-        failure = out.failed(ErrorKind.PROVIDER_ERROR, redact(exc.message))
-        if task_id is not None:  # the task that was started, for the provider's support
-            failure.details["provider_task_id"] = task_id
-        return failure
-    return task_id
+        return out.failed(ErrorKind.PROVIDER_ERROR, redact(exc.message))
+    return None

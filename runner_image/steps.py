@@ -8,6 +8,7 @@ this class with fakes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -39,7 +40,8 @@ class RunSteps:
         self.settings = ctx.settings
         self.deadline = ctx.deadline
 
-    async def reinstall(self, server_id: str, own_key: PublicKey) -> str | out.Outcome:
+    async def reinstall(self, server_id: str, own_key: PublicKey,
+                        requested: Callable[[str], None]) -> out.Outcome | None:
         s = self.settings
         assert s.provider_api_username and s.provider_api_password  # checked by inputs.py
         access = ProviderAccess(s.provider_api_url, s.provider_api_username,
@@ -47,7 +49,7 @@ class RunSteps:
                                 s.provider_poll_interval, s.provider_task_timeout,
                                 s.provider_reinstall_os)
         return await reinstall(access, server_id, own_key.line, deadline=self.deadline,
-                               redact=self.ctx.redact)
+                               redact=self.ctx.redact, requested=requested)
 
     async def wait_for_ssh(self, client: SshClient,
                            password: SecretStr | None) -> SshResult | out.Outcome:

@@ -6,6 +6,7 @@ Each records what it was asked, so a test can say which steps ran, in which orde
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,8 @@ class FakeSteps:
     """The run's steps as Job sees them: each answers what the test set (by default the
     step succeeds) and is recorded by name, with its arguments, in ``calls``."""
 
-    reinstalled: str | out.Outcome = "task-7"
+    task_id: str | None = "task-7"  # None: the provider refused the request itself
+    reinstalled: out.Outcome | None = None
     comeback: SshResult | out.Outcome = field(default_factory=ok)
     checked: SshResult | out.Outcome = field(default_factory=ok)
     keys: bool | out.Outcome = True
@@ -169,7 +171,10 @@ class FakeSteps:
         if self.seen_host_key is not None:
             client.known_hosts.write_text(f"{client.target.alias} {self.seen_host_key}\n")
 
-    async def reinstall(self, server_id: str, own_key: PublicKey) -> str | out.Outcome:
+    async def reinstall(self, server_id: str, own_key: PublicKey,
+                        requested: Callable[[str], None]) -> out.Outcome | None:
+        if self.task_id is not None:
+            requested(self.task_id)
         self._step("reinstall", server_id)
         return self.reinstalled
 

@@ -155,7 +155,7 @@ async def test_the_port_the_play_moved_sshd_to_is_reported(run: Any) -> None:
 
 
 @pytest.mark.parametrize(("steps", "flags", "expected", "ran"), [
-    (FakeSteps(reinstalled=out.failed(ErrorKind.PROVIDER_ERROR, "wronglogin")),
+    (FakeSteps(task_id=None, reinstalled=out.failed(ErrorKind.PROVIDER_ERROR, "wronglogin")),
      {"force_reinstall": True}, (ResultStatus.FAILED, ErrorKind.PROVIDER_ERROR),
      ["reinstall"]),
     (FakeSteps(comeback=out.unreachable(ErrorKind.SSH_UNREACHABLE, "not back")),
@@ -193,6 +193,18 @@ async def test_the_deadline_in_any_step_ends_in_deadline_exceeded(run: Any) -> N
     assert outcome.server_status is ServerStatus.FAILED  # claimed: its status is written
     assert "play" not in steps.names()
     assert steps.early[0].abandoned
+
+
+async def test_the_reinstall_task_is_reported_however_the_wait_ends(run: Any) -> None:
+    steps = FakeSteps(raises={"reinstall": DeadlineReached(
+        "the wait for provider task task-7", "the run's deadline is reached")})
+    outcome = await run(steps=steps, force_reinstall=True).execute()
+    assert kind(outcome) is ErrorKind.DEADLINE_EXCEEDED
+    assert outcome.details["provider_task_id"] == "task-7"
+    failed = out.failed(ErrorKind.PROVIDER_ERROR, "Invalid task ID")
+    outcome = await run(steps=FakeSteps(reinstalled=failed), force_reinstall=True).execute()
+    assert kind(outcome) is ErrorKind.PROVIDER_ERROR
+    assert outcome.details["provider_task_id"] == "task-7"
 
 
 async def test_sigterm_during_a_step_is_a_cancelled_run(run: Any) -> None:
