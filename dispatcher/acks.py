@@ -10,9 +10,9 @@ from dispatcher.redis_retry import RedisRetry
 
 
 class Acks:
-    def __init__(self, store: QueueStore, redis: RedisRetry) -> None:
+    def __init__(self, store: QueueStore, retry: RedisRetry) -> None:
         self.store = store
-        self.redis = redis
+        self.retry = retry
         self._waiting: list[tuple[str, str, str, asyncio.Future[None]]] = []
         self._pending = asyncio.Event()
 
@@ -30,7 +30,7 @@ class Acks:
             batch, self._waiting = self._waiting, []
             items = [(r, h, i) for r, h, i, _ in batch]
             try:
-                await self.redis(functools.partial(self.store.ack_many, items))
+                await self.retry(functools.partial(self.store.ack_many, items))
             except BaseException:
                 # Kept for the restarted loop: the launches wait on these acks.
                 self._waiting[:0] = batch

@@ -33,12 +33,12 @@ STOP_WAIT = wait_exponential(multiplier=0.2, max=5.0)
 
 
 class Ends:
-    def __init__(self, executor: Executor, store: QueueStore, redis: RedisRetry,
+    def __init__(self, executor: Executor, store: QueueStore, retry: RedisRetry,
                  client: aioredis.Redis, keys: Keys, state: DispatchState,
                  metrics: Metrics) -> None:
         self.executor = executor
         self.store = store
-        self.redis = redis
+        self.retry = retry
         self.client = client
         self.keys = keys
         self.state = state
@@ -71,17 +71,17 @@ class Ends:
                "job_name": end.job_name}
         if end.stop_job:
             await self._stop(end, ctx)
-        marker = await self.redis(lambda: reported(self.client, self.keys, end.request_id))
+        marker = await self.retry(lambda: reported(self.client, self.keys, end.request_id))
         if marker is None:
             entry = failure_result(end, datetime.now(UTC))
-            if await self.redis(lambda: publish_result(self.client, self.keys, entry)):
+            if await self.retry(lambda: publish_result(self.client, self.keys, entry)):
                 log.warning("Job ended without a runner result: failure reported",
                             extra={**ctx, "reason": end.reason, "detail": end.message})
                 if not end.succeeded:
                     await self._record_failure(end, ctx)
             marker = Reported(entry.reported_by.value, entry.status.value,
                               entry.error.kind if entry.error else None)
-        released = await self.redis(lambda: self.store.release(end.server_handle,
+        released = await self.retry(lambda: self.store.release(end.server_handle,
                                                                end.request_id))
         if released:
             self.state.capacity.set()

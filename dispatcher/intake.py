@@ -63,12 +63,12 @@ def triage(raws: list[bytes]) -> Triage:
 
 
 class Intake:
-    def __init__(self, store: QueueStore, redis: RedisRetry, blocking: aioredis.Redis,
+    def __init__(self, store: QueueStore, retry: RedisRetry, blocking: aioredis.Redis,
                  launcher: Launcher, rejecter: Rejecter, config: JobConfigCheck,
                  state: DispatchState, metrics: Metrics, *, max_in_flight: int,
                  block_seconds: float) -> None:
         self.store = store
-        self.redis = redis
+        self.retry = retry
         self.blocking = blocking
         self.launcher = launcher
         self.rejecter = rejecter
@@ -87,7 +87,7 @@ class Intake:
             # command (no polling) that claims nothing itself. At the in-flight cap nothing
             # is claimed: wait for capacity (claiming and putting back would reorder a
             # server's messages against other replicas).
-            batch = await self.redis(functools.partial(
+            batch = await self.retry(functools.partial(
                 self.store.claim_many, self.launcher.room, self.max_in_flight,
                 MAX_PAYLOAD_BYTES, DEAD_LETTER_PREFIX_BYTES))
             if batch.oversize:
@@ -100,7 +100,7 @@ class Intake:
             raws = batch.payloads
             if not raws:
                 if not batch.oversize:
-                    await self.redis(lambda: self.store.wait_for_message(
+                    await self.retry(lambda: self.store.wait_for_message(
                         self.blocking, self.block_seconds))
                 continue
             self.state.claimed.update(raws)
@@ -120,7 +120,7 @@ class Intake:
         owned: set[bytes] = set()
         if not sorted_out.valid:
             return owned
-        claims = await self.redis(lambda: self.store.acquire_many(
+        claims = await self.retry(lambda: self.store.acquire_many(
             [a for _, a in sorted_out.valid], self.max_in_flight))
         full = False
         for (message, item), claim in zip(sorted_out.valid, claims, strict=True):
@@ -148,7 +148,7 @@ class Intake:
     async def _wait_for_capacity(self) -> None:
         """At the in-flight cap: wait for a Job to end (any replica) before claiming."""
         capacity = self.state.capacity
-        while await self.redis(self.store.slot_count) >= self.max_in_flight:
+        while await self.retry(self.store.slot_count) >= self.max_in_flight:
             capacity.clear()
             with contextlib.suppress(TimeoutError):
                 # Ends seen by this replica wake us at once; the timeout covers the others.

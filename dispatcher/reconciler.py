@@ -52,11 +52,11 @@ def orphaned_claims(listed: set[bytes], claimed: set[bytes], suspects: set[bytes
 
 
 class Reconciler:
-    def __init__(self, executor: Executor, store: QueueStore, redis: RedisRetry, ends: Ends,
+    def __init__(self, executor: Executor, store: QueueStore, retry: RedisRetry, ends: Ends,
                  state: DispatchState, settings: DispatcherSettings) -> None:
         self.executor = executor
         self.store = store
-        self.redis = redis
+        self.retry = retry
         self.ends = ends
         self.state = state
         self.settings = settings
@@ -68,15 +68,15 @@ class Reconciler:
 
     async def start_up(self) -> int:
         """Requeue what an earlier life of this replica had claimed; announce this one."""
-        requeued = await self.redis(self.store.requeue_own)
-        await self.redis(lambda: self.store.heartbeat(self.heartbeat_ttl))
+        requeued = await self.retry(self.store.requeue_own)
+        await self.retry(lambda: self.store.heartbeat(self.heartbeat_ttl))
         return requeued
 
     async def heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
-            await self.redis(lambda: self.store.heartbeat(self.heartbeat_ttl))
-            recovered = await self.redis(self.store.recover_dead_replicas)
+            await self.retry(lambda: self.store.heartbeat(self.heartbeat_ttl))
+            recovered = await self.retry(self.store.recover_dead_replicas)
             for replica, count in recovered.items():
                 log.warning("requeued the messages of a dead replica",
                             extra={"dead_replica": replica, "messages": count})

@@ -61,10 +61,10 @@ def dead_letter_of(raw: bytes, invalid: InvalidMessage, message: ProvisionerMess
 
 
 class Rejecter:
-    def __init__(self, store: QueueStore, redis: RedisRetry, metrics: Metrics,
+    def __init__(self, store: QueueStore, retry: RedisRetry, metrics: Metrics,
                  replica: str) -> None:
         self.store = store
-        self.redis = redis
+        self.retry = retry
         self.metrics = metrics
         self.replica = replica
 
@@ -75,7 +75,7 @@ class Rejecter:
         (only then is the slot released); otherwise a request id that is in flight makes
         it a duplicate, with no result and nothing else changed."""
         dead = dead_letter_of(raw, invalid, message, self.replica, datetime.now(UTC))
-        plain = await self.redis(lambda: self.store.dead_letter(
+        plain = await self.retry(lambda: self.store.dead_letter(
             raw, dead.entry, dead.result, dead.request_id, dead.server_handle, holder=holder))
         reason = invalid.reason if plain else RejectReason.DUPLICATE
         log.warning("message dead-lettered", extra={
