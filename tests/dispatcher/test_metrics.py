@@ -33,6 +33,8 @@ from dispatcher.metrics import (
     RESULT_KINDS,
     RESULT_STATUSES,
     Metrics,
+    dead_letter_counts,
+    result_counts,
 )
 from dispatcher.queue import QueueStore
 from dispatcher.queue_state import QueueStateExporter, head_first_seen
@@ -296,6 +298,23 @@ async def test_oldest_message_age_without_enqueued_at(redis_client: aioredis.Red
     assert exported(metrics)[("infra_service_queue_oldest_age_seconds", ())] == 0
 
 
+@pytest.mark.unit
+def test_redis_totals_are_zero_filled_and_outside_values_are_other() -> None:
+    """What the scripts counted in Redis, as exported: every known status x kind and reason
+    at zero, an unknown status or kind (an older runner, a manual edit) summed as other."""
+    results = result_counts({"succeeded|none": 5, "failed|play_failed": 2,
+                             "failed|made_up": 1, "failed|other": 1, "odd|play_failed": 3})
+    assert results[("succeeded", "none")] == 5
+    assert results[("failed", "play_failed")] == 2
+    assert results[("failed", "other")] == 2
+    assert results[("other", "play_failed")] == 3
+    assert results[("timed_out", "deadline_exceeded")] == 0
+    dead = dead_letter_counts({"not_json": 4, "from_the_future": 1})
+    assert dead["not_json"] == 4 and dead["other"] == 1
+    assert all(dead[reason] == 0 for reason in DEAD_LETTER_REASONS if reason != "not_json")
+
+
+@pytest.mark.unit
 def test_job_ends_count_failures_by_kind_and_time_every_status() -> None:
     metrics = Metrics()
     metrics.job_ended("setup", "succeeded", None, 42.0)
