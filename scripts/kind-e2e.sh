@@ -164,10 +164,10 @@ echo "--- kubectl logs job/$job (last 15 lines)"
 "${KUBECTL[@]}" logs "job/$job" --tail=15
 echo "--- python -m dispatcher status"
 "${KUBECTL[@]}" exec "deployment/$RELEASE" -- python -m dispatcher status
-echo "--- metrics (infra_ lines)"
+echo "--- metrics (infra_service_ lines)"
 "${KUBECTL[@]}" exec "deployment/$RELEASE" -- python -c \
   "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9100/metrics').read().decode())" \
-  | grep -E '^(infra|dispatcher)_' | head -n 20 || true
+  | grep -E '^infra_service_' | head -n 20 || true
 echo "--- DB status of $HANDLE: $db_status"
 
 say "checks"
