@@ -137,6 +137,7 @@ async def _status(_: argparse.Namespace) -> int:
         "queue": depths.queue, "processing": depths.processing, "waiting": depths.waiting,
         "dead_letter": depths.dead_letter, "jobs_in_flight": depths.in_flight,
         "oldest_in_flight_seconds": round(depths.oldest_in_flight_seconds, 1),
+        "oldest_claim_seconds": round(depths.oldest_claim_seconds, 1),
         "servers_in_flight": {s.handle: {"request_id": s.request_id, "job_name": s.job_name,
                                          "state": s.state} for s in slots},
     }, indent=2))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import redis.asyncio as aioredis
 
@@ -29,9 +30,14 @@ async def test_enqueue_then_status(redis_srv: RedisServer, redis_client: aioredi
     assert pushed["server_handle"] == "web-7"
     assert pushed["is_recovery"] is True
     assert pushed["request_id"] == json.loads(done.stdout)["enqueued"]["request_id"]
+    # A claim two minutes old whose Job was never created (InfraServiceClaimedNotLaunched).
+    await redis_client.hset(keys.inflight, "web-8", json.dumps(
+        {"state": "acquired", "rid": "r-8", "since": time.time() - 120}))
     status = json.loads(cli(redis_srv, "status").stdout)
     assert status["queue"] == 1
     assert status["dead_letter"] == 0
+    assert 119 <= status["oldest_claim_seconds"] < 180
+    assert status["servers_in_flight"]["web-8"]["state"] == "acquired"
 
 
 def test_enqueue_rejects_a_bad_handle_without_touching_redis(redis_srv: RedisServer) -> None:
