@@ -19,6 +19,7 @@ from typing import Any
 from dispatcher.executors.base import JobEnd, JobView
 from dispatcher.kube.classify import (
     FAILED_CREATE,
+    SERVICE_ACCOUNT_GRACE_SECONDS,
     STARTED_PHASES,
     AdmissionRejection,
     JobEndReason,
@@ -86,6 +87,7 @@ _PENDING = PodPhase.PENDING
 
 
 def slim_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields the bookkeeping reads: thousands of Jobs in flight stay small."""
     meta = job.get("metadata") or {}
     status = job.get("status") or {}
     return {"metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
@@ -96,6 +98,7 @@ def slim_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields the bookkeeping reads (see slim_job)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     return {"metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
@@ -154,6 +157,8 @@ class JobTracker:
         self._due_at: dict[str, float] = {}
         # FailedCreate rejections whose Job the Job watch has not delivered yet.
         self._early_rejections: dict[str, tuple[str | None, str, AdmissionRejection]] = {}
+        # When the refusals that may pass on their own began, per Job (bounded like above).
+        self._refused_since: dict[str, datetime] = {}
         # The last disruption of each Job's pods (the pod's creation time, what happened):
         # kept after the pod is gone, dropped when a later pod of the Job runs.
         # Its reason: Evicted for the kubelet's node-pressure eviction (status.reason
@@ -352,6 +357,8 @@ class JobTracker:
         name = involved.get("name")
         if rejection is None or not name:
             return
+        if rejection.passes_on_its_own and not self._lasted(name, event):
+            return
         when = event.get("lastTimestamp") or event.get("eventTime") or \
             event.get("firstTimestamp") or ""
         if name not in self._jobs:
@@ -362,6 +369,20 @@ class JobTracker:
             self._early_rejections[name] = (involved.get("uid"), when, rejection)
             return
         self._rejected(name, involved.get("uid"), when, rejection)
+
+    def _lasted(self, name: str, event: dict[str, Any]) -> bool:
+        """Whether the refusals of ``name``'s pods, from the first seen to this Event, span
+        the grace of a refusal that may pass on its own. The Job controller's retries make
+        new Events (a new pod name each) or repeat one (its lastTimestamp)."""
+        first = parse_time(event.get("firstTimestamp") or event.get("eventTime"))
+        last = parse_time(event.get("lastTimestamp") or event.get("eventTime"))
+        if first is None or last is None:
+            return True  # no times to wait on: judged as any other refusal
+        since = min(first, self._refused_since.pop(name, first))
+        if len(self._refused_since) >= EARLY_REJECTIONS_MAX:
+            del self._refused_since[next(iter(self._refused_since))]
+        self._refused_since[name] = since
+        return (last - since).total_seconds() >= SERVICE_ACCOUNT_GRACE_SECONDS
 
     def _rejected(self, name: str, uid: str | None, when: str,
                   rejection: AdmissionRejection) -> None:

@@ -5,6 +5,7 @@ Pure functions over the API's JSON, so every Kubernetes failure mode is unit-tes
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -80,6 +81,7 @@ class AdmissionCause(StrEnum):
     POD_SECURITY = "pod_security"
     QUOTA = "quota"
     POLICY = "policy"
+    SERVICE_ACCOUNT = "service_account"
     OTHER = "other"
 
 # Waiting reasons that never resolve on their own (Airflow treats the same set as fatal).
@@ -93,6 +95,12 @@ PULL_WAITING = {JobEndReason.ERR_IMAGE_PULL, JobEndReason.IMAGE_PULL_BACK_OFF}
 # The Job controller's Event when it could not create a pod ("Error creating: <API error>").
 FAILED_CREATE = "FailedCreate"
 FAILED_CREATE_PREFIX = "Error creating: "
+# A pod whose ServiceAccount does not exist is refused by the ServiceAccount admission
+# plugin. In a namespace created moments ago its `default` account trails it, and a deploy
+# may create the runner's account just after the dispatcher starts: the Job controller
+# retries the pod (after 1, 2, 4, 8 s...), so the refusal counts once it has lasted this long.
+SERVICE_ACCOUNT_GRACE_SECONDS = 10.0
+_MISSING_ACCOUNT = re.compile(r"error looking up service account ([^/\s]+)/([^:\s]+)")
 ADMISSION_CAUSES = tuple(AdmissionCause)
 
 
@@ -117,8 +125,24 @@ class AdmissionRejection:
             AdmissionCause.POLICY:
                 "an admission webhook or policy refuses the runner pod: fix the policy or "
                 "the runner settings it objects to",
+            AdmissionCause.SERVICE_ACCOUNT: self._missing_account_advice(),
         }.get(self.cause, "fix what the message names (namespace policy, quota, service "
                           "account) or the runner settings")
+
+
+    @property
+    def passes_on_its_own(self) -> bool:
+        """A refusal that may end without anyone acting (a ServiceAccount still being
+        created): it counts once it has lasted SERVICE_ACCOUNT_GRACE_SECONDS."""
+        return self.cause is AdmissionCause.SERVICE_ACCOUNT
+
+    def _missing_account_advice(self) -> str:
+        found = _MISSING_ACCOUNT.search(self.message)
+        namespace, name = found.groups() if found else ("<namespace>", "<account>")
+        return (f"the runner pod's ServiceAccount {name} does not exist: create it "
+                f"(kubectl -n {namespace} create serviceaccount {name}) or name an existing "
+                "one (DISPATCHER_JOB_SERVICE_ACCOUNT_NAME, chart value "
+                "runner.serviceAccount.name)")
 
 
 def admission_rejection(message: str) -> AdmissionRejection | None:
@@ -135,6 +159,8 @@ def admission_rejection(message: str) -> AdmissionRejection | None:
         return AdmissionRejection(AdmissionCause.POD_SECURITY, text)
     if "exceeded quota" in text or "failed quota" in text:
         return AdmissionRejection(AdmissionCause.QUOTA, text)
+    if _MISSING_ACCOUNT.search(text):
+        return AdmissionRejection(AdmissionCause.SERVICE_ACCOUNT, text)
     if ("admission webhook" in text and "denied the request" in text) or \
             ("ValidatingAdmissionPolicy" in text and "denied request" in text):
         return AdmissionRejection(AdmissionCause.POLICY, text)

@@ -136,7 +136,7 @@ SERVICE_ACCOUNT = ('Error creating: pods "prov-web-7-3f9c-t4svn" is forbidden: e
 
 @pytest.mark.parametrize(("message", "cause"), [
     (POD_SECURITY, "pod_security"), (QUOTA, "quota"), (QUOTA_LIMITS, "quota"),
-    (WEBHOOK, "policy"), (VAP, "policy"), (SERVICE_ACCOUNT, "other")])
+    (WEBHOOK, "policy"), (VAP, "policy"), (SERVICE_ACCOUNT, "service_account")])
 def test_a_pod_refused_at_admission_is_named_with_the_api_words(message: str,
                                                                  cause: str) -> None:
     found = admission_rejection(message)
@@ -205,3 +205,11 @@ def test_the_runner_cancelled_exit_code_reads_cancelled() -> None:
     assert job_outcome(job(("Failed", "PodFailurePolicy")), [killed]) == (
         False, "Cancelled", "the runner was stopped by SIGTERM (its pod was deleted) before "
         "it finished: cancelled: the run was cancelled (SIGTERM)")
+
+
+def test_a_missing_service_account_is_its_own_cause_with_the_command_that_fixes_it() -> None:
+    found = admission_rejection(SERVICE_ACCOUNT)
+    assert found is not None and found.cause == "service_account" and found.passes_on_its_own
+    assert "kubectl -n infra create serviceaccount runner" in found.advice
+    quota = admission_rejection(QUOTA)
+    assert quota is not None and not quota.passes_on_its_own

@@ -111,6 +111,42 @@ def test_a_rejection_seen_before_its_job_applies_when_the_job_arrives() -> None:
     assert [e.reason for e in h.ends()] == ["AdmissionRejected"]
 
 
+MISSING_ACCOUNT = ('Error creating: pods "prov-web-7-abc-x{n}" is forbidden: error looking up '
+                   'service account t-1/runner: serviceaccount "runner" not found')
+
+
+def refused_for_account(n: int, at: str) -> dict[str, Any]:
+    """One retry of the Job controller: a new pod name, so a new Event."""
+    return {**event(MISSING_ACCOUNT.format(n=n), at=at), "metadata": {"name": f"{JOB}.{n}"}}
+
+
+def test_a_missing_service_account_counts_only_once_it_has_lasted_its_grace() -> None:
+    h = Harness()
+    h.job(job(), "ADDED")
+    for n, at in enumerate(["2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z",
+                            "2026-01-01T00:00:04Z", "2026-01-01T00:00:08Z"]):
+        h.event(refused_for_account(n, at))
+        assert h.ends() == [] and h.held == [], at
+    h.event(refused_for_account(5, "2026-01-01T00:00:16Z"))  # 15 s after the first
+    [end] = h.ends()
+    assert (end.reason, end.stop_job) == ("AdmissionRejected", True)
+    assert 'serviceaccount "runner" not found' in end.message
+    assert h.held and "(service_account)" in h.held[0]
+    assert h.rejections("service_account") == 1
+
+
+def test_an_account_created_within_its_grace_fails_nothing() -> None:
+    h = Harness()
+    h.job(job(), "ADDED")
+    h.event(refused_for_account(1, "2026-01-01T00:00:01Z"))
+    h.event(refused_for_account(2, "2026-01-01T00:00:02Z"))
+    h.pod(pod(f"{JOB}-x3", "Pending", created="2026-01-01T00:00:04Z"))  # admitted
+    h.pod(pod(f"{JOB}-x3", "Running", created="2026-01-01T00:00:04Z"))
+    assert [e.reason for e in h.ends() if e.reason == "AdmissionRejected"] == []
+    assert h.held == []
+    assert h.rejections("service_account") == 0
+
+
 @pytest.mark.parametrize("case", ["transient", "other_uid", "pod_running", "pod_created_later",
                                   "job_over", "not_failed_create"])
 def test_what_is_not_a_rejection_of_this_jobs_pod(case: str) -> None:

@@ -207,5 +207,48 @@ async def test_a_runner_template_the_namespace_refuses_fails_the_start_up_prefli
     assert jobs(cp, kube_ns) == []
 
 
+
+def failed_create_events(cp: ControlPlane, namespace: str, text: str) -> list[dict[str, Any]]:
+    events = json.loads(cp.kubectl("-n", namespace, "get", "events", "-o", "json",
+                                   "--field-selector", "reason=FailedCreate").stdout)["items"]
+    return [e for e in events if text in (e.get("message") or "")]
+
+
+async def test_a_service_account_missing_for_moments_is_waited_for_then_rejected(
+        start: Callable[..., DispatcherProcess], control_plane: ControlPlane, kube_ns: str,
+        redis_client: aioredis.Redis, keys: Keys) -> None:
+    """The ServiceAccount admission plugin refuses a pod whose ServiceAccount does not exist
+    yet, as in a namespace created a moment ago (its ``default`` account trails it) or one
+    being set up by a deploy pipeline. The Job controller retries, so a refusal that stops
+    within seconds is not a failure of the message; one that lasts is, with its own cause."""
+    cp = control_plane
+    cp.kubectl("-n", kube_ns, "create", "serviceaccount", "runner")
+    dispatcher = start(DISPATCHER_JOB_SERVICE_ACCOUNT_NAME="runner")
+    cp.kubectl("-n", kube_ns, "delete", "serviceaccount", "runner")
+
+    # Missing for a moment: refused once or twice, then admitted; no result at all.
+    await redis_client.lpush(keys.queue, message("srv-sa-1", "sa-1"))
+    await wait_until(lambda: _async(failed_create_events(cp, kube_ns, "service account")),
+                     timeout=30, interval=0.2, what="the pod refused for its ServiceAccount")
+    cp.kubectl("-n", kube_ns, "create", "serviceaccount", "runner")
+    await wait_until(lambda: _async((job_of(cp, kube_ns, "sa-1") or {}).get("status", {})
+                                    .get("active") == 1),
+                     timeout=60, interval=0.5, what="the pod of sa-1 admitted")
+    time.sleep(3)
+    assert await result_for(redis_client, keys, "sa-1") is None, \
+        explain(cp, kube_ns, dispatcher)
+
+    # Missing for good: the message fails with the cause and the advice, not at the
+    # 600 s pending timeout.
+    cp.kubectl("-n", kube_ns, "delete", "serviceaccount", "runner")
+    got = await assert_rejected_at_once(cp, kube_ns, redis_client, keys, dispatcher, "sa-2",
+                                        'serviceaccount "runner" not found')
+    logged = [e for e in dispatcher.log_events()
+              if e.get("event", "").startswith("runner pod refused at admission")]
+    assert logged and logged[-1]["cause"] == "service_account", dispatcher.logs()[-3000:]
+    assert "kubectl -n" in logged[-1]["advice"] and "serviceaccount" in logged[-1]["advice"], \
+        logged[-1]
+    assert got["job_name"]
+
 async def _async(value: Any) -> Any:
     return value
