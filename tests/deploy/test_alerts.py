@@ -218,6 +218,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("claimed but not launched while all is ready", scenario(
         {key("infra_service_oldest_claim_age_seconds"): f"0x10 0+60x{N - 10}"}, "30m",
         {"InfraServiceClaimedNotLaunched": [{**PAGE, **JOB_NS}]})),
+    ("a create that hangs: claimed not launched, not also a stalled queue", scenario(
+        {key("infra_service_queue_messages"): f"0x10 5x{N - 10}",
+         key("infra_service_messages_received_total"): rising(1, until=10),
+         key("infra_service_jobs_created_total"): rising(1, until=10),
+         key("infra_service_oldest_claim_age_seconds"): f"0x10 0+60x{N - 10}"},
+        "40m", {"InfraServiceClaimedNotLaunched": [{**PAGE, **JOB_NS}]})),
     ("a claim a few seconds old is quiet", scenario(
         {key("infra_service_oldest_claim_age_seconds"): f"3x{N}"}, "60m", {})),
     ("a Job past its deadline", scenario(
