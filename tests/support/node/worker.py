@@ -522,9 +522,12 @@ class PodWorker:
                         f"Created container {self.container['name']}")
         log_path = self.directory / "container.log"
         with log_path.open("ab") as output:
+            # In the pod's directory: conmon, started from here, writes its "oom" marker
+            # file into its working directory when the kernel kills the container.
             process = subprocess.Popen(["podman", "start", "--attach", self.container_id],
                                        env=podman_env(), stdin=subprocess.DEVNULL,
-                                       stdout=output, stderr=subprocess.STDOUT)
+                                       stdout=output, stderr=subprocess.STDOUT,
+                                       cwd=self.directory)
         try:
             if self._started(process):
                 self.phase = "Running"
