@@ -9,6 +9,7 @@ import pytest
 from dispatcher.kube.classify import (
     ADMISSION_CAUSES,
     admission_rejection,
+    awaits_pod_detail,
     disruption,
     finished_at,
     is_rbac_denial,
@@ -102,8 +103,6 @@ def test_finished_at_is_completion_or_the_failed_condition() -> None:
 
 
 def test_a_failed_job_waits_for_its_pods_end_unless_the_deadline_ended_it() -> None:
-    from dispatcher.kube.classify import awaits_pod_detail
-
     running = pod("Running")
     crashed = pod("Failed", terminated={"exitCode": 10, "reason": "Error"})
     for reason in ("BackoffLimitExceeded", "PodFailurePolicy"):

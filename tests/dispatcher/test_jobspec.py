@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from contracts.exit_codes import ExitCode
 from contracts.messages import parse_message
 from dispatcher.jobspec import (
     ANNOTATION_DEADLINE_AT,
@@ -126,8 +127,6 @@ def test_the_serialised_template_is_the_job_body(body: str) -> None:
 
 
 def test_runner_exit_codes_fail_the_job_through_pod_failure_policy(job: dict) -> None:
-    from contracts.exit_codes import ExitCode
-
     spec = job["spec"]
     container = spec["template"]["spec"]["containers"][0]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
@@ -20,7 +21,7 @@ from contracts.messages import parse_message
 from dispatcher.executors.base import TransientLaunchError
 from dispatcher.jobspec import build_job
 from dispatcher.preflight import JobConfigCheck
-from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings, SecretKeyRef
 from tests.dispatcher.support import DispatcherProcess, message, wait_until
 from tests.dispatcher.unit_support import FakeExecutor
 from tests.support.kube_env import KubeEnv as Kube
@@ -72,7 +73,6 @@ def _body(k8s: Kube, **fields: Any) -> dict[str, Any]:
     template = JobTemplateSettings.model_construct(**{**JobTemplateSettings().model_dump(),
                                                       **pinned, **fields})
     if "secret_env" in fields:
-        from dispatcher.settings import SecretKeyRef
         template.secret_env = {k: SecretKeyRef.model_construct(**v)
                                for k, v in fields["secret_env"].items()}
     msg = parse_message(message("srv-1", "r-1")).with_identity()
@@ -169,8 +169,6 @@ CHART_SCHEMA = Path(__file__).resolve().parents[2] / "charts/infra-service/value
 ])
 def test_the_chart_schema_refuses_what_it_can_check_offline(values: dict[str, Any],
                                                             where: str) -> None:
-    import jsonschema
-
     validator = jsonschema.Draft7Validator(json.loads(CHART_SCHEMA.read_text()))
     errors = list(validator.iter_errors(values))
     assert errors, values
@@ -179,8 +177,6 @@ def test_the_chart_schema_refuses_what_it_can_check_offline(values: dict[str, An
 
 
 def test_the_chart_schema_accepts_real_kubernetes_values() -> None:
-    import jsonschema
-
     jsonschema.Draft7Validator(json.loads(CHART_SCHEMA.read_text())).validate({"runner": {
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                       "limits": {"memory": "1Gi", "cpu": 2, "ephemeral-storage": "1.5G"}},
