@@ -26,7 +26,7 @@ from dispatcher.kube.client import KubeClient
 from dispatcher.kube.creating import JobPayload, create_job, dry_run_pod
 from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, KubeCallFailed
 from dispatcher.kube.kinds import WatchKind
-from dispatcher.kube.stopping import ACTION_REPORT, ACTION_STOP, record_failure, stop_job
+from dispatcher.kube.stopping import EventAction, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.metrics import Metrics
 from dispatcher.naming import selector
@@ -178,7 +178,8 @@ class KubernetesExecutor:
         job = self.tracker.job(end.job_name) or {"metadata": {"name": end.job_name}}
         await record_failure(self.kube, self.namespace, job, end.reason, end.message,
                              self.settings.replica_id,
-                             ACTION_STOP if end.stop_job else ACTION_REPORT)
+                             EventAction.STOP_JOB if end.stop_job
+                             else EventAction.REPORT_FAILURE)
 
     def snapshot(self) -> dict[str, JobView] | None:
         return self.tracker.snapshot()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import urllib3.exceptions
@@ -26,8 +27,15 @@ from dispatcher.kube.errors import call_failed
 from dispatcher.naming import ANNOTATION_STOPPED
 
 REPORTING_CONTROLLER = "infra-service.io/dispatcher"
-ACTION_STOP = "StopJob"
-ACTION_REPORT = "ReportFailure"
+
+
+class EventAction(StrEnum):
+    """The ``action`` of the dispatcher's Events: what it did about the failure."""
+
+    STOP_JOB = "StopJob"  # the Job was stuck: stopped, then reported
+    REPORT_FAILURE = "ReportFailure"  # the Job ended without the runner's result: reported
+
+
 NOTE_MAX = 1024  # the API server refuses longer notes
 FIELD_MAX = 128
 
@@ -60,7 +68,7 @@ async def stop_job(kube: KubeClient, namespace: str, name: str, reason: str,
 
 
 def failure_event(namespace: str, job: dict[str, Any], reason: str, message: str,
-                  instance: str, action: str) -> dict[str, Any]:
+                  instance: str, action: EventAction) -> dict[str, Any]:
     meta = job.get("metadata") or {}
     name = meta.get("name") or ""
     regarding = {"apiVersion": "batch/v1", "kind": "Job", "namespace": namespace,
@@ -83,7 +91,7 @@ def failure_event(namespace: str, job: dict[str, Any], reason: str, message: str
 
 
 async def record_failure(kube: KubeClient, namespace: str, job: dict[str, Any], reason: str,
-                         message: str, instance: str, action: str) -> None:
+                         message: str, instance: str, action: EventAction) -> None:
     body = failure_event(namespace, job, reason, message, instance, action)
     try:
         await kube.call("create_event", kube.events.create_namespaced_event, namespace, body,
