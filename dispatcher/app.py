@@ -23,6 +23,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.queue_state import QueueStateExporter
 from dispatcher.service import BLOCK_SECONDS, Dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
+from dispatcher.supervision import Supervisor
 
 log = logging.getLogger("dispatcher")
 # After SIGTERM, shutdown gets DISPATCHER_SHUTDOWN_TIMEOUT_SECONDS for Job creations in
@@ -63,7 +64,8 @@ class ShutdownWatchdog:
 
 
 def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
-                   metrics: Metrics) -> tuple[Executor, AccessCheck | None]:
+                   metrics: Metrics, supervisor: Supervisor | None = None
+                   ) -> tuple[Executor, AccessCheck | None]:
     """The executor, and for the Kubernetes one the check of its RBAC grants."""
     if settings.executor is ExecutorKind.LOCAL:
         return LocalExecutor(settings, template), None
@@ -71,7 +73,7 @@ def build_executor(settings: DispatcherSettings, template: JobTemplateSettings,
     configuration = load_configuration(settings.kubeconfig, pool_size=workers + 2)
     kube = KubeClient(configuration, metrics, settings.api_timeout_seconds, workers,
                       kubeconfig=settings.kubeconfig)
-    return (KubernetesExecutor(kube, settings, template, metrics=metrics),
+    return (KubernetesExecutor(kube, settings, template, metrics, supervisor),
             AccessCheck(kube, settings.namespace, ACCESS_CHECK_SECONDS))
 
 
@@ -128,10 +130,12 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
     stop = stop or asyncio.Event()
     handle_signals(stop, settings)
     metrics = Metrics()
+    supervisor = Supervisor(metrics)  # every background loop of the process
     redis = create_redis(redis_settings)
     blocking = create_redis(redis_settings, blocking_timeout=BLOCK_SECONDS + 5)
-    executor, access = build_executor(settings, template, metrics)
-    dispatcher = Dispatcher(settings, redis_settings.keys, redis, blocking, executor, metrics)
+    executor, access = build_executor(settings, template, metrics, supervisor)
+    dispatcher = Dispatcher(settings, redis_settings.keys, redis, blocking, executor, metrics,
+                            supervisor)
     exporter = QueueStateExporter(
         redis, redis_settings.keys, settings.replica_id, metrics, dispatcher.store,
         settings.metrics_refresh_seconds) if settings.metrics_port else None

@@ -45,12 +45,13 @@ CLAIM_BATCH_FACTOR = 8  # routed messages waiting for a create, per concurrent c
 
 class Dispatcher:
     def __init__(self, settings: DispatcherSettings, keys: Keys, redis: aioredis.Redis,
-                 blocking_redis: aioredis.Redis, executor: Executor, metrics: Metrics) -> None:
+                 blocking_redis: aioredis.Redis, executor: Executor, metrics: Metrics,
+                 supervisor: Supervisor) -> None:
         self.settings = settings
         self.redis = redis
         self.executor = executor
         self.started = False
-        self.supervisor = Supervisor(metrics)
+        self.supervisor = supervisor
         self.store = QueueStore(redis, keys, settings.replica_id)
         self.retry = RedisRetry(metrics)
         state = DispatchState()

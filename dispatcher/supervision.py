@@ -90,6 +90,11 @@ class Supervisor:
     def all_up(self) -> bool:
         return not self._down and all(not t.done() for t in self._tasks.values())
 
+    def is_up(self, name: str) -> bool:
+        """This loop runs (started, not between a crash and its restart)."""
+        task = self._tasks.get(name)
+        return task is not None and not task.done() and name not in self._down
+
     @property
     def down(self) -> list[str]:
         return sorted(self._down)

@@ -36,19 +36,21 @@ from dispatcher.supervision import Supervisor
 log = logging.getLogger(__name__)
 # The Job controller's Events saying it could not create a pod (see tracking._apply_event).
 FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={FAILED_CREATE}"
+EVENTS_LOOP, STUCK_LOOP = "kube-events", "kube-stuck"  # the supervisor's names of its loops
+LOOPS = (EVENTS_LOOP, STUCK_LOOP)
 
 
 class KubernetesExecutor:
     def __init__(self, kube: KubeClient, settings: DispatcherSettings,
                  template: JobTemplateSettings, metrics: Metrics,
-                 check_interval: float = 1.0) -> None:
+                 supervisor: Supervisor | None = None, check_interval: float = 1.0) -> None:
         self.kube = kube
         self.metrics = metrics
-        # The event and stuck-pod loops run under the same supervision as the dispatcher's
-        # own (logged, restarted with backoff, counted in infra_service_loop_restarts_total; not
-        # ready while down). Their state lives in the tracker, and the next listing repairs
-        # anything a crash skipped.
-        self.supervisor = Supervisor(metrics)
+        # The event and stuck-pod loops run under the dispatcher's supervisor (logged,
+        # restarted with backoff, counted; not ready while down, not alive while they keep
+        # dying); one of their own when the executor is used alone. Their state lives in
+        # the tracker, and the next listing repairs anything a crash skipped.
+        self.supervisor = supervisor or Supervisor(metrics)
         self.settings = settings
         self.template = template
         self._body = JobBodyTemplate(settings, template)
@@ -87,8 +89,8 @@ class KubernetesExecutor:
                            field_selector=FAILED_CREATE_SELECTOR)
         self._watches.append(events)
         events.start()
-        self.supervisor.start("kube-events", self._consume)
-        self.supervisor.start("kube-stuck", self._check_stuck)
+        self.supervisor.start(EVENTS_LOOP, self._consume)
+        self.supervisor.start(STUCK_LOOP, self._check_stuck)
         await self._first_sync.wait()
 
     def _health_setter(self, loop: asyncio.AbstractEventLoop, kind: WatchKind
@@ -105,12 +107,13 @@ class KubernetesExecutor:
     async def stop(self) -> None:
         for watch in self._watches:
             watch.stop()
-        await self.supervisor.stop_all()
+        for loop in LOOPS:
+            await self.supervisor.stop(loop)
         self.kube.close()
 
     @property
     def healthy(self) -> bool:
-        return all(self._watch_ok.values()) and self.supervisor.all_up
+        return all(self._watch_ok.values()) and all(map(self.supervisor.is_up, LOOPS))
 
     # -- verbs -------------------------------------------------------------------------
     async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:

@@ -15,7 +15,6 @@ import pytest
 
 from contracts.connections import RedisSettings
 from dispatcher.app import run_dispatcher
-from dispatcher.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
 from dispatcher.supervision import LoopFactory, Supervisor
 from tests.dispatcher.support import wait_until
@@ -30,11 +29,11 @@ class Crashes:
 
     def __init__(self) -> None:
         self.restarted: set[str] = set()
-        self.metrics: list[Metrics] = []
+        self.supervisors: list[Supervisor] = []
         self._start = Supervisor.start
 
     def start(self, supervisor: Supervisor, name: str, factory: LoopFactory) -> None:
-        self.metrics.append(supervisor.metrics)
+        self.supervisors.append(supervisor)
         runs = 0
 
         def crash_once() -> Coroutine[Any, Any, None]:
@@ -68,8 +67,10 @@ async def crash_every_loop(settings: DispatcherSettings, template: JobTemplateSe
         stop.set()
         await asyncio.wait_for(task, settings.shutdown_timeout_seconds + 10)
     assert crashes.restarted == loops  # no loop started outside this list
-    [metrics] = {id(m): m for m in crashes.metrics}.values()  # one registry for all
-    counted = {name: metrics.loop_restarts.labels(name)._value.get() for name in loops}
+    # One supervisor for every loop: /healthz and /readyz see each of them.
+    [supervisor] = {id(s): s for s in crashes.supervisors}.values()
+    counted = {name: supervisor.metrics.loop_restarts.labels(name)._value.get()
+               for name in loops}
     assert counted == dict.fromkeys(loops, 1.0)
 
 

@@ -17,7 +17,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatcher import supervision
-from dispatcher.executors.kubernetes import KubernetesExecutor
+from dispatcher.executors.kubernetes import EVENTS_LOOP, STUCK_LOOP, KubernetesExecutor
 from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.watching import Change
 from dispatcher.metrics import Metrics
@@ -94,12 +94,13 @@ async def test_the_executor_event_loop_survives_an_object_it_cannot_read() -> No
     await executor._events.put(Change(WatchKind.JOBS, "ADDED", {"metadata": None}))  # unreadable
     good = {"metadata": {"name": "prov-a-1", "labels": {}}, "status": {}}
     await executor._events.put(Change(WatchKind.JOBS, "ADDED", good))
-    executor.supervisor.start("kube-events", executor._consume)
+    executor.supervisor.start(EVENTS_LOOP, executor._consume)
+    executor.supervisor.start(STUCK_LOOP, executor._check_stuck)
     await asyncio.sleep(0.02)
     assert not executor.healthy  # down until restarted: /readyz 503
     await asyncio.sleep(0.3)
     assert executor.healthy
     assert executor.tracker.job("prov-a-1") is not None  # it went on after the bad object
     # The crash is counted like the dispatcher's own loops'.
-    assert metrics.loop_restarts.labels("kube-events")._value.get() == 1
+    assert metrics.loop_restarts.labels(EVENTS_LOOP)._value.get() == 1
     await executor.supervisor.stop_all()
