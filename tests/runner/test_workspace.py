@@ -87,9 +87,9 @@ async def test_an_unusable_scratch_root_is_a_problem_not_a_crash(
 
 
 async def test_a_key_the_agent_refuses_is_reported_and_still_wound_up(
-        tmp_path: Path, sweeps: Sweeps) -> None:
-    bad = SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n"
-                    "-----END OPENSSH PRIVATE KEY-----\n")
+        tmp_path: Path, provisioner_key: Keypair, sweeps: Sweeps) -> None:
+    armor = provisioner_key.private.strip().splitlines()
+    bad = SecretStr(f"{armor[0]}\nnot a key\n{armor[-1]}\n")  # a key's armor, no key
     async with Workspace.opened(tmp_path, bad) as workspace:
         with pytest.raises(KeyRejected):
             await workspace.agent()
