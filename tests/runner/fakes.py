@@ -25,8 +25,23 @@ from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
 from runner_image.ssh import SshClient, SshError, SshResult
 from runner_image.warmup import Warmup
+from tests.support.keys import Keypair
 
 NO_DEADLINE = RunDeadline(None, 0.0, None)
+
+
+def unit_settings(project: Path, provisioner: Keypair, orchestrator: Keypair,
+                  playbooks: tuple[str, ...] = ("setup.yml",), **changes: Any
+                  ) -> RunnerSettings:
+    """Runner settings for a unit test: the test's keys, a play project holding
+    ``playbooks`` (each a play with no task), no mitogen; ``changes`` override."""
+    project.mkdir(exist_ok=True)
+    for name in playbooks:
+        (project / name).write_text("- hosts: all\n")
+    fields: dict[str, Any] = {"play_project_dir": project, "setup_playbook": "setup.yml",
+                              "play_mitogen": False, **changes}
+    return RunnerSettings(ssh_private_key=SecretStr(provisioner.private),
+                          orchestrator_ssh_public_key=orchestrator.public, **fields)
 
 
 def server_record(handle: str = "web-1", **changes: Any) -> ServerRecord:

@@ -17,7 +17,7 @@ from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.inputs import check_settings, lock_and_read
 from runner_image.redaction import MASK, Redactor
 from runner_image.settings import RunnerSettings
-from tests.runner.fakes import NO_DEADLINE, FakeStore, context, server_record
+from tests.runner.fakes import NO_DEADLINE, FakeStore, context, server_record, unit_settings
 from tests.support.keys import Keypair
 
 pytestmark = pytest.mark.unit
@@ -26,11 +26,8 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def settings(tmp_path: Path, provisioner_key: Keypair,
              orchestrator_key: Keypair) -> RunnerSettings:
-    (tmp_path / "setup.yml").write_text("- hosts: all\n")
-    return RunnerSettings(ssh_private_key=SecretStr(provisioner_key.private),
-                          orchestrator_ssh_public_key=orchestrator_key.public,
-                          play_project_dir=tmp_path, setup_playbook="setup.yml",
-                          recovery_playbooks=["recover.yml"], play_mitogen=False)
+    return unit_settings(tmp_path, provisioner_key, orchestrator_key,
+                         recovery_playbooks=["recover.yml"])
 
 
 def reason(outcome: out.Outcome | None) -> tuple[ResultStatus, ErrorKind, str]:

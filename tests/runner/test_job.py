@@ -23,7 +23,14 @@ from runner_image.job import OWN_KEY_COMMENT, Job
 from runner_image.play import PlayOutcome, PlayStatus
 from runner_image.settings import RunnerSettings
 from runner_image.ssh import fingerprint
-from tests.runner.fakes import FakeSteps, FakeStore, FakeWorkspace, context, server_record
+from tests.runner.fakes import (
+    FakeSteps,
+    FakeStore,
+    FakeWorkspace,
+    context,
+    server_record,
+    unit_settings,
+)
 from tests.support.keys import Keypair
 
 pytestmark = pytest.mark.unit
@@ -34,16 +41,10 @@ RECOVERY = ["recover.yml", "verify.yml"]
 @pytest.fixture
 def settings(tmp_path: Path, provisioner_key: Keypair,
              orchestrator_key: Keypair) -> RunnerSettings:
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("setup.yml", *RECOVERY):
-        (project / name).write_text("- hosts: all\n")
-    return RunnerSettings(ssh_private_key=SecretStr(provisioner_key.private),
-                          orchestrator_ssh_public_key=orchestrator_key.public,
-                          play_project_dir=project, setup_playbook="setup.yml",
-                          recovery_playbooks=RECOVERY, play_mitogen=False,
-                          provider_api_username=SecretStr("t4v-user"),
-                          provider_api_password=SecretStr("t4v-password"))
+    return unit_settings(tmp_path / "project", provisioner_key, orchestrator_key,
+                         ("setup.yml", *RECOVERY), recovery_playbooks=RECOVERY,
+                         provider_api_username=SecretStr("t4v-user"),
+                         provider_api_password=SecretStr("t4v-password"))
 
 
 class Run:

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from contracts.exit_codes import ExitCode
 from contracts.results import ErrorKind
 from runner_image import run as run_module
 from runner_image.deadline import RunDeadline
 from runner_image.settings import RunnerSettings
-from tests.runner.fakes import FakeStore, FakeWorkspace, context, server_record
+from tests.runner.fakes import FakeStore, FakeWorkspace, context, server_record, unit_settings
 from tests.support.keys import Keypair
 
 pytestmark = pytest.mark.unit
@@ -69,11 +68,7 @@ async def test_sigterm_sets_the_flag_and_cancels_the_job() -> None:
 @pytest.fixture
 def settings(tmp_path: Path, provisioner_key: Keypair,
              orchestrator_key: Keypair) -> RunnerSettings:
-    (tmp_path / "setup.yml").write_text("- hosts: all\n")
-    return RunnerSettings(ssh_private_key=SecretStr(provisioner_key.private),
-                          orchestrator_ssh_public_key=orchestrator_key.public,
-                          play_project_dir=tmp_path, setup_playbook="setup.yml",
-                          play_mitogen=False)
+    return unit_settings(tmp_path, provisioner_key, orchestrator_key)
 
 
 class BrokenStore(FakeStore):
