@@ -23,7 +23,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.queue_state import QueueStateExporter
 from dispatcher.service import BLOCK_SECONDS, Dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
-from dispatcher.supervision import Supervisor
+from dispatcher.supervision import Loop, Supervisor
 
 log = logging.getLogger("dispatcher")
 # After SIGTERM, shutdown gets DISPATCHER_SHUTDOWN_TIMEOUT_SECONDS for Job creations in
@@ -119,10 +119,10 @@ def start_side_loops(dispatcher: Dispatcher, access: AccessCheck | None,
     gets an event of its own that is never set: it ends by cancellation when the
     supervisor stops every loop (a loop returning is a crash to the supervisor)."""
     if access is not None:
-        dispatcher.supervisor.start("rbac", access.loop)
+        dispatcher.supervisor.start(Loop.RBAC, access.loop)
     if exporter is not None:
         forever = asyncio.Event()
-        dispatcher.supervisor.start("queue-state", lambda: exporter.run(forever))
+        dispatcher.supervisor.start(Loop.QUEUE_STATE, lambda: exporter.run(forever))
 
 
 async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSettings,

@@ -35,7 +35,7 @@ from dispatcher.reconciler import Reconciler
 from dispatcher.redis_retry import RedisRetry
 from dispatcher.rejects import Rejecter
 from dispatcher.settings import DispatcherSettings
-from dispatcher.supervision import Supervisor
+from dispatcher.supervision import Loop, Supervisor
 
 log = logging.getLogger("dispatcher")
 
@@ -103,7 +103,7 @@ class Dispatcher:
         log.info("dispatcher starting", extra={"replica": self.settings.replica_id,
                                                "requeued_own": requeued,
                                                "executor": self.settings.executor.value})
-        self.supervisor.start("heartbeat", self.reconciler.heartbeat_loop)
+        self.supervisor.start(Loop.HEARTBEAT, self.reconciler.heartbeat_loop)
         starting = asyncio.create_task(self.executor.start())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -114,11 +114,11 @@ class Dispatcher:
         stopped.cancel()
         starting.result()
         await self.config.check()
-        self.supervisor.start("preflight", self.config.loop)
-        self.supervisor.start("ends", self.ends.loop)
-        self.supervisor.start("acks", self.acks.loop)
-        self.supervisor.start("reconcile", self.reconciler.loop)
-        self.supervisor.start("pop", lambda: self.intake.loop(stop))
+        self.supervisor.start(Loop.PREFLIGHT, self.config.loop)
+        self.supervisor.start(Loop.ENDS, self.ends.loop)
+        self.supervisor.start(Loop.ACKS, self.acks.loop)
+        self.supervisor.start(Loop.RECONCILE, self.reconciler.loop)
+        self.supervisor.start(Loop.POP, lambda: self.intake.loop(stop))
         self.started = True
         log.info("dispatcher ready", extra={"replica": self.settings.replica_id})
         await stop.wait()

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from typing import Any
 
 from dispatcher.metrics import Metrics
@@ -28,6 +29,23 @@ from dispatcher.metrics import Metrics
 log = logging.getLogger("dispatcher")
 
 LoopFactory = Callable[[], Coroutine[Any, Any, None]]
+
+
+class Loop(StrEnum):
+    """The dispatcher's background loops: the supervisor's names for them, the ``loop``
+    label of infra_service_loop_restarts_total and the names /readyz lists as down."""
+
+    POP = "pop"                  # intake.Intake.loop: claims and routes messages
+    ACKS = "acks"                # acks.Acks.loop: acks created Jobs' messages
+    ENDS = "ends"                # ends.Ends.loop: frees slots, reports runs that ended
+    PREFLIGHT = "preflight"      # preflight.JobConfigCheck.loop: re-checks held settings
+    RECONCILE = "reconcile"      # reconciler: repairs what no event reports
+    HEARTBEAT = "heartbeat"      # reconciler: this replica's liveness in Redis
+    QUEUE_STATE = "queue-state"  # queue_state: the Redis-derived gauges (one replica)
+    RBAC = "rbac"                # kube.access: the grants the dispatcher needs
+    KUBE_EVENTS = "kube-events"  # executors.kubernetes: Job, pod and Event watches
+    KUBE_STUCK = "kube-stuck"    # executors.kubernetes: Jobs stuck before starting
+
 FAILURES_FOR_UNHEALTHY = 5
 FAILURE_WINDOW_SECONDS = 300.0
 BACKOFF_START_SECONDS = 0.1
@@ -53,7 +71,7 @@ class Supervisor:
         self._failures: dict[str, deque[float]] = {}
         self._stopping: set[str] = set()
 
-    def start(self, name: str, factory: LoopFactory) -> None:
+    def start(self, name: Loop, factory: LoopFactory) -> None:
         self._stopping.discard(name)
         self._failures[name] = deque(maxlen=FAILURES_FOR_UNHEALTHY)
         self.metrics.loop_started(name)  # its restarts count from zero, so the first shows

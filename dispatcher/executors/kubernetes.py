@@ -31,12 +31,12 @@ from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
 from dispatcher.metrics import Metrics
 from dispatcher.naming import selector
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from dispatcher.supervision import Supervisor
+from dispatcher.supervision import Loop, Supervisor
 
 log = logging.getLogger(__name__)
 # The Job controller's Events saying it could not create a pod (see tracking._apply_event).
 FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={FAILED_CREATE}"
-EVENTS_LOOP, STUCK_LOOP = "kube-events", "kube-stuck"  # the supervisor's names of its loops
+EVENTS_LOOP, STUCK_LOOP = Loop.KUBE_EVENTS, Loop.KUBE_STUCK
 LOOPS = (EVENTS_LOOP, STUCK_LOOP)
 
 

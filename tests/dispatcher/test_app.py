@@ -16,12 +16,14 @@ import pytest
 from contracts.connections import RedisSettings
 from dispatcher.app import run_dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
-from dispatcher.supervision import LoopFactory, Supervisor
+from dispatcher.supervision import Loop, LoopFactory, Supervisor
 from tests.dispatcher.support import wait_until
 from tests.support.kube_env import KubeEnv
 from tests.support.services import free_port
 
-LOOPS = {"heartbeat", "preflight", "ends", "acks", "reconcile", "pop", "queue-state"}
+# Every loop runs with either executor, but those of the Kubernetes executor and its RBAC check.
+KUBE_ONLY = {Loop.RBAC, Loop.KUBE_EVENTS, Loop.KUBE_STUCK}
+LOOPS = set(Loop) - KUBE_ONLY
 
 
 class Crashes:
@@ -95,4 +97,4 @@ async def test_with_kubernetes_the_executor_and_rbac_loops_are_supervised_too(
     template = JobTemplateSettings(node_selector=json.loads(env["DISPATCHER_JOB_NODE_SELECTOR"]),
                                    tolerations=json.loads(env["DISPATCHER_JOB_TOLERATIONS"]))
     await crash_every_loop(settings, template, redis_settings,
-                           LOOPS | {"rbac", "kube-events", "kube-stuck"}, monkeypatch)
+                           set(Loop), monkeypatch)

@@ -39,7 +39,7 @@ from dispatcher.metrics import (
 from dispatcher.queue import QueueStore
 from dispatcher.queue_state import QueueStateExporter, head_first_seen
 from dispatcher.rejects import dead_letter_of
-from dispatcher.supervision import Supervisor
+from dispatcher.supervision import Loop, Supervisor
 from tests.dispatcher.support import REPO
 from tests.support.services import free_port
 
@@ -93,7 +93,7 @@ async def test_process_build_info_and_zero_series(served: tuple[Metrics, str]) -
     metrics, url = served
     metrics.max_in_flight.set(15)
     supervisor = Supervisor(metrics)
-    supervisor.start("pop", lambda: asyncio.sleep(3600))
+    supervisor.start(Loop.POP, lambda: asyncio.sleep(3600))
     try:
         samples = _samples(_get(url)[1].decode())
     finally:

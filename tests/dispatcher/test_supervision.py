@@ -23,7 +23,7 @@ from dispatcher.kube.watching import Change
 from dispatcher.metrics import Metrics
 from dispatcher.redis_errors import is_transient
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from dispatcher.supervision import Supervisor
+from dispatcher.supervision import Loop, Supervisor
 from tests.dispatcher.support import metric_value
 
 
@@ -73,7 +73,7 @@ async def test_a_crashing_loop_is_restarted_counted_and_surfaced(
         survived.set()
         await release.wait()
 
-    supervisor.start("pop", flaky)
+    supervisor.start(Loop.POP, flaky)
     await asyncio.sleep(0.05)
     assert not supervisor.all_up  # down between the crash and its restart: /readyz 503
     assert supervisor.healthy  # one crash is absorbed: /healthz stays 200
