@@ -14,7 +14,7 @@ from contracts.results import ResultEntry
 # Counting a published result, in the same script as its push, so the count is exact once
 # across replicas, restarts and both reporters, whatever consumers pop from the list: the
 # result counts by status and error kind, and each server's latest outcome that did not
-# succeed (removed by its next success). The dead-letter script (dispatcher/lua.py) pushes
+# succeed (removed by its next success). The dead-letter script (dispatcher/store/lua.py) pushes
 # `rejected` results with this same function.
 # record_result(counts hash, outcomes hash, result JSON, now in unix seconds).
 RECORD_RESULT_FUNCTION = """

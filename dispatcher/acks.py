@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from dispatcher.queue import QueueStore
-from dispatcher.redis_retry import RedisRetry
+from dispatcher.store.queue import QueueStore
+from dispatcher.store.retry import RedisRetry
 
 
 class Acks:

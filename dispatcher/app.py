@@ -16,11 +16,11 @@ from contracts.connections import RedisSettings, create_redis
 from dispatcher.executors.base import Executor
 from dispatcher.executors.kubernetes import KubernetesExecutor
 from dispatcher.executors.local import LocalExecutor
-from dispatcher.health_server import Handler, close_metrics, serve, serve_metrics
 from dispatcher.kube.access import AccessCheck
 from dispatcher.kube.client import KubeClient, load_configuration
-from dispatcher.metrics import Metrics
-from dispatcher.queue_state import QueueStateExporter
+from dispatcher.observability.health_server import Handler, close_metrics, serve, serve_metrics
+from dispatcher.observability.metrics import Metrics
+from dispatcher.observability.queue_state import QueueStateExporter
 from dispatcher.service import BLOCK_SECONDS, Dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
 from dispatcher.supervision import Loop, Supervisor

@@ -34,9 +34,9 @@ from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
 from contracts.results import ResultEntry
 from dispatcher.app import run_dispatcher
 from dispatcher.kube.client import load_configuration
-from dispatcher.queue import QueueStore, aio
 from dispatcher.schemas import write_schemas
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from dispatcher.store.queue import QueueStore, aio
 
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3  # Redis or the Kubernetes API did not answer (one line on stderr says which)

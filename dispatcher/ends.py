@@ -20,9 +20,9 @@ from contracts.reporting import Reported, publish_result, reported
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.executors.base import Executor, JobEnd
 from dispatcher.failures import failure_result
-from dispatcher.metrics import Metrics
-from dispatcher.queue import QueueStore
-from dispatcher.redis_retry import RedisRetry
+from dispatcher.observability.metrics import Metrics
+from dispatcher.store.queue import QueueStore
+from dispatcher.store.retry import RedisRetry
 
 log = logging.getLogger("dispatcher")
 

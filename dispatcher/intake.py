@@ -21,12 +21,12 @@ from contracts.messages import (
 )
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.launcher import Launcher
-from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
+from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
-from dispatcher.queue import Acquisition, Claim, QueueStore
-from dispatcher.redis_retry import RedisRetry
 from dispatcher.rejects import Rejecter
+from dispatcher.store.queue import Acquisition, Claim, QueueStore
+from dispatcher.store.retry import RedisRetry
 
 log = logging.getLogger("dispatcher")
 # Dead-letter entries of oversize payloads keep this much of it (plus its size).

@@ -22,10 +22,10 @@ from contracts.messages import InvalidMessage, ProvisionerMessage, RejectReason
 from dispatcher.acks import Acks
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.executors.base import Executor, LaunchRejected, TransientLaunchError
-from dispatcher.metrics import Metrics
+from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
-from dispatcher.queue import Acquisition
 from dispatcher.rejects import Rejecter
+from dispatcher.store.queue import Acquisition
 
 log = logging.getLogger("dispatcher")
 

@@ -15,10 +15,10 @@ from dispatcher.dispatch_state import DispatchState
 from dispatcher.ends import Ends
 from dispatcher.executors.base import Executor, JobEnd, JobView
 from dispatcher.kube.classify import JobEndReason
-from dispatcher.queue import QueueStore, Slot, SlotState
-from dispatcher.redis_errors import is_transient
-from dispatcher.redis_retry import RedisRetry
 from dispatcher.settings import DispatcherSettings
+from dispatcher.store.errors import is_transient
+from dispatcher.store.queue import QueueStore, Slot, SlotState
+from dispatcher.store.retry import RedisRetry
 
 log = logging.getLogger("dispatcher")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from contracts.messages import MAX_PAYLOAD_BYTES, InvalidMessage, ProvisionerMessage, RejectReason
 from contracts.results import ErrorKind, Reporter, ResultEntry, ResultError, ResultStatus
-from dispatcher.metrics import Metrics
-from dispatcher.queue import QueueStore
-from dispatcher.redis_retry import RedisRetry
+from dispatcher.observability.metrics import Metrics
+from dispatcher.store.queue import QueueStore
+from dispatcher.store.retry import RedisRetry
 
 log = logging.getLogger("dispatcher")
 

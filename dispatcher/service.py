@@ -5,7 +5,7 @@
 - ends.py reports Jobs that ended without their runner's result and frees their slot;
 - reconciler.py repairs what no event will (start-up, dead replicas, orphans);
 - preflight.py keeps intake closed while the API refuses Jobs built from the settings.
-They share the queue store (queue.py), the Redis retry policy (redis_retry.py) and the
+They share the queue store (store/queue.py), the Redis retry policy (store/retry.py) and the
 set of payloads this process handles (dispatch_state.py).
 
 Everything survives SIGKILL at any instant: state lives in Redis (see queue.py) and in
@@ -28,13 +28,13 @@ from dispatcher.ends import Ends
 from dispatcher.executors.base import Executor
 from dispatcher.intake import Intake
 from dispatcher.launcher import Launcher
-from dispatcher.metrics import Metrics
+from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
-from dispatcher.queue import QueueStore
 from dispatcher.reconciler import Reconciler
-from dispatcher.redis_retry import RedisRetry
 from dispatcher.rejects import Rejecter
 from dispatcher.settings import DispatcherSettings
+from dispatcher.store.queue import QueueStore
+from dispatcher.store.retry import RedisRetry
 from dispatcher.supervision import Loop, Supervisor
 
 log = logging.getLogger("dispatcher")

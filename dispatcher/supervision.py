@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
 
-from dispatcher.metrics import Metrics
+from dispatcher.observability.metrics import Metrics
 
 log = logging.getLogger("dispatcher")
 

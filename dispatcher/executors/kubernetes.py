@@ -28,8 +28,8 @@ from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, KubeCallFailed
 from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.stopping import EventAction, record_failure, stop_job
 from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
-from dispatcher.metrics import Metrics
 from dispatcher.naming import selector
+from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from dispatcher.supervision import Loop, Supervisor
 

@@ -22,7 +22,7 @@ from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
 from dispatcher.kube.poster import AsyncPoster, PostResponse
-from dispatcher.metrics import Metrics
+from dispatcher.observability.metrics import Metrics
 
 T = TypeVar("T")
 

@@ -275,8 +275,8 @@ def test_redis_test_pod_command_against_real_redis(redis_srv: RedisServer) -> No
 
 
 def test_dispatcher_test_pod_check_against_a_served_metrics_page() -> None:
-    from dispatcher.health_server import close_metrics, serve_metrics
-    from dispatcher.metrics import Metrics
+    from dispatcher.observability.health_server import close_metrics, serve_metrics
+    from dispatcher.observability.metrics import Metrics
 
     metrics = Metrics()
     port = free_port()

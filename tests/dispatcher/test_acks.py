@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from dispatcher.acks import Acks
-from dispatcher.metrics import Metrics
-from dispatcher.redis_retry import RedisRetry
+from dispatcher.observability.metrics import Metrics
+from dispatcher.store.retry import RedisRetry
 
 pytestmark = pytest.mark.unit
 

@@ -19,11 +19,11 @@ from dispatcher.dispatch_state import DispatchState
 from dispatcher.ends import Ends
 from dispatcher.executors.base import JobEnd
 from dispatcher.executors.kubernetes import KubernetesExecutor
-from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
-from dispatcher.queue import Acquisition, QueueStore
-from dispatcher.redis_retry import RedisRetry
+from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from dispatcher.store.queue import Acquisition, QueueStore
+from dispatcher.store.retry import RedisRetry
 from tests.dispatcher.support import wait_until
 from tests.support.kube_env import KubeEnv as Kube
 

@@ -14,8 +14,8 @@ from dispatcher.executors.base import JobEnd
 from dispatcher.executors.kubernetes import KubernetesExecutor
 from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.watching import Change, Sync
-from dispatcher.metrics import Metrics
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
+from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 pytestmark = pytest.mark.unit

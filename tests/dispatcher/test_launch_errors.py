@@ -14,8 +14,8 @@ from contracts.messages import ProvisionerMessage
 from dispatcher.app import build_executor
 from dispatcher.executors.base import LaunchRejected, TransientLaunchError
 from dispatcher.executors.kubernetes import KubernetesExecutor
-from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
+from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.support.kube_env import KubeEnv as Kube
 

@@ -14,10 +14,10 @@ from contracts.messages import InvalidMessage, ProvisionerMessage, RejectReason
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.executors.base import LaunchRejected, TransientLaunchError
 from dispatcher.launcher import Launcher
-from dispatcher.metrics import Metrics
 from dispatcher.naming import job_name_for
+from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
-from dispatcher.queue import Acquisition
+from dispatcher.store.queue import Acquisition
 from tests.dispatcher.unit_support import FakeExecutor
 
 pytestmark = pytest.mark.unit

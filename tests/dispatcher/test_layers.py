@@ -18,8 +18,8 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE = "dispatcher.kube"
-REDIS = ("dispatcher.queue", "dispatcher.lua", "dispatcher.redis_retry",
-         "dispatcher.redis_errors", "dispatcher.queue_state")
+REDIS = ("dispatcher.store.queue", "dispatcher.store.lua", "dispatcher.store.retry",
+         "dispatcher.store.errors", "dispatcher.observability.queue_state")
 PIPELINE = ("dispatcher.intake", "dispatcher.launcher", "dispatcher.acks", "dispatcher.ends",
             "dispatcher.failures", "dispatcher.reconciler", "dispatcher.rejects",
             "dispatcher.preflight", "dispatcher.dispatch_state", "dispatcher.service",

@@ -24,8 +24,8 @@ from contracts.keys import Keys
 from contracts.messages import MAX_PAYLOAD_BYTES, InvalidMessage, RejectReason, parse_message
 from contracts.reporting import publish_result
 from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
-from dispatcher.health_server import close_metrics, serve_metrics
-from dispatcher.metrics import (
+from dispatcher.observability.health_server import close_metrics, serve_metrics
+from dispatcher.observability.metrics import (
     ACTIONS,
     DEAD_LETTER_REASONS,
     JOB_FAILURE_REASONS,
@@ -36,9 +36,9 @@ from dispatcher.metrics import (
     dead_letter_counts,
     result_counts,
 )
-from dispatcher.queue import QueueStore
-from dispatcher.queue_state import QueueStateExporter, head_first_seen
+from dispatcher.observability.queue_state import QueueStateExporter, head_first_seen
 from dispatcher.rejects import dead_letter_of
+from dispatcher.store.queue import QueueStore
 from dispatcher.supervision import Loop, Supervisor
 from tests.dispatcher.support import REPO
 from tests.support.services import free_port

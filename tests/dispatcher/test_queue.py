@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from contracts.keys import Keys
 from contracts.messages import parse_message
 from dispatcher.naming import job_name_for
-from dispatcher.queue import Acquisition, Claim, QueueStore
+from dispatcher.store.queue import Acquisition, Claim, QueueStore
 
 
 def msg(handle: str, rid: str) -> str:

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher.executors.base import JobEnd, JobView
-from dispatcher.queue import Slot, SlotState
 from dispatcher.reconciler import SlotFate, orphaned_claims, slot_fate
+from dispatcher.store.queue import Slot, SlotState
 from tests.dispatcher.unit_support import PROPERTY
 
 pytestmark = pytest.mark.unit

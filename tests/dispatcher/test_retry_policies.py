@@ -1,4 +1,4 @@
-"""The retry policies of the dispatch steps (launcher.py, redis_retry.py): what is retried,
+"""The retry policies of the dispatch steps (launcher.py, store/retry.py): what is retried,
 how long it waits, what propagates. Operations are coroutines raising the errors the real
 clients raise, or real clients (a refused port, the test Redis); nothing is patched."""
 
@@ -14,8 +14,8 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from dispatcher.executors.base import TransientLaunchError
 from dispatcher.launcher import RetryAfterOrBackoff, SettingsFixed
-from dispatcher.metrics import Metrics
-from dispatcher.redis_retry import RedisRetry
+from dispatcher.observability.metrics import Metrics
+from dispatcher.store.retry import RedisRetry
 from tests.support.services import free_port
 
 

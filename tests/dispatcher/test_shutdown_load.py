@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 
 from contracts.keys import Keys
-from dispatcher.metrics import Metrics
 from dispatcher.naming import LABEL_REQUEST
+from dispatcher.observability.metrics import Metrics
 from dispatcher.supervision import Supervisor
 from tests.dispatcher.support import REPO, DispatcherProcess, message, metric_value, wait_until
 from tests.support.kube_env import KubeEnv

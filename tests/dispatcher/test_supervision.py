@@ -20,9 +20,9 @@ from dispatcher import supervision
 from dispatcher.executors.kubernetes import EVENTS_LOOP, STUCK_LOOP, KubernetesExecutor
 from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.watching import Change
-from dispatcher.metrics import Metrics
-from dispatcher.redis_errors import is_transient
+from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
+from dispatcher.store.errors import is_transient
 from dispatcher.supervision import Loop, Supervisor
 from tests.dispatcher.support import metric_value
 

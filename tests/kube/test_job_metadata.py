@@ -15,7 +15,7 @@ from contracts.messages import ProvisionerMessage
 from dispatcher.executors.kubernetes import KubernetesExecutor
 from dispatcher.jobspec import ANNOTATION_DEADLINE_AT, JobBodyTemplate, JobFields
 from dispatcher.kube.client import KubeClient, load_configuration
-from dispatcher.metrics import Metrics
+from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings, SecretKeyRef
 from tests.support.controlplane import ControlPlane

@@ -1,7 +1,8 @@
-"""The Lua scripts of the queue (queue.py) and of the metrics lease (queue_state.py).
+"""The Lua scripts of the queue (queue.py) and of the metrics lease
+(observability/queue_state.py).
 
 Each queue state transition is one script, so a crash between two steps never loses or
-duplicates a message. Redis state they keep (key names in keys.py):
+duplicates a message. Redis state they keep (key names in contracts/keys.py):
 - ``queue`` (list): LPUSHed by the Scheduler, consumed from the right end.
 - ``processing:<replica>`` (list): what a replica has claimed and not yet settled.
 - ``inflight`` (hash handle -> slot JSON): the request that owns each busy server. Slot

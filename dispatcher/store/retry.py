@@ -1,6 +1,6 @@
 """Retrying Redis operations: the one policy for every dispatch step that touches Redis.
 
-Policy: a transient Redis state (see redis_errors.is_transient) is retried for as long as
+Policy: a transient Redis state (see errors.is_transient) is retried for as long as
 it lasts: at once, then with exponential backoff from 50 ms up to 5 s; anything else
 propagates (a bug: the loop crashes, is logged and restarted by the supervisor). Retrying
 without a deadline is safe because the message a step concerns stays in Redis meanwhile
@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception
 from tenacity.wait import wait_exponential
 
-from dispatcher.metrics import Metrics
-from dispatcher.redis_errors import is_transient
+from dispatcher.observability.metrics import Metrics
+from dispatcher.store.errors import is_transient
 
 log = logging.getLogger("dispatcher")
 T = TypeVar("T")

@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 from contracts.messages import Action, RejectReason
 from contracts.results import ErrorKind, ResultStatus
 from dispatcher.kube.classify import ADMISSION_CAUSES, JobEndReason
-from dispatcher.queue import Depths
+from dispatcher.store.queue import Depths
 
 PREFIX = "infra_service"
 # Runs take seconds (a rejected message) to most of an hour (a reinstall); the last bucket is

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from contracts.keys import Keys
 from contracts.reporting import REPORTED_TTL_SECONDS
-from dispatcher import lua
+from dispatcher.store import lua
 
 T = TypeVar("T")
 

@@ -21,9 +21,9 @@ import redis.asyncio as aioredis
 
 from contracts.keys import Keys
 from contracts.messages import MAX_PAYLOAD_BYTES
-from dispatcher import lua
-from dispatcher.metrics import Metrics, ServerFailure
-from dispatcher.queue import QueueStore, aio
+from dispatcher.observability.metrics import Metrics, ServerFailure
+from dispatcher.store import lua
+from dispatcher.store.queue import QueueStore, aio
 
 REFRESH_SECONDS = 5.0  # default of DISPATCHER_METRICS_REFRESH_SECONDS
 LEASE_REFRESHES = 3  # the lease lasts three refreshes: a holder that stalls once keeps it
