@@ -75,9 +75,9 @@ from contracts.messages import parse_message
 from dispatcher.jobspec import build_job
 from dispatcher.kube.poster import AsyncPoster
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.dispatcher.support import DispatcherProcess
 from tests.support import controlplane
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import DispatcherProcess
 from tests.support.services import redis_server
 
 # The dispatcher's default DISPATCHER_METRICS_REFRESH_SECONDS (the test helper lowers it

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client, config
 
 from contracts.connections import RedisSettings, create_redis
-from tests.dispatcher.support import DispatcherProcess
 from tests.support import controlplane
+from tests.support.dispatch import DispatcherProcess
 from tests.support.services import redis_server
 
 NAMESPACE = "bench-memory"

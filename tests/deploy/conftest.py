@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.images import Image, ensure_image
+from tests.support.images import Image, ensure_image
 
 
 def _report(image: Image) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.chart import CHART_DIR, NAMESPACE, RELEASE, render
+from tests.support.chart import CHART_DIR, NAMESPACE, RELEASE, render
 
 pytestmark = pytest.mark.skipif(
     shutil.which("promtool") is None,

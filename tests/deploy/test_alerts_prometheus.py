@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from contracts.keys import Keys
 from tests.deploy.test_alerts import dashboard_queries
-from tests.dispatcher.support import DispatcherProcess, message, metric_value, wait_until
+from tests.support.dispatch import DispatcherProcess, message, metric_value, wait_until
 from tests.support.kube_env import KubeEnv
 from tests.support.prometheus import Prometheus, Target, available, chart_rules
 from tests.support.services import RedisServer, redis_server

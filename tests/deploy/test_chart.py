@@ -18,7 +18,7 @@ from helm_python.errors import HelmError
 
 from dispatcher.naming import selector_labels
 from runner_image.settings import SECRET_VARIABLES
-from tests.deploy.chart import (
+from tests.support.chart import (
     CHART_DIR,
     FULL_VALUES,
     KIND_VALUES,

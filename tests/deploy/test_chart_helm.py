@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.chart import CHART_DIR, FULL_VALUES
+from tests.support.chart import CHART_DIR, FULL_VALUES
 from tests.support.controlplane import kube_bin
 
 FLOOR = "1.31.0"

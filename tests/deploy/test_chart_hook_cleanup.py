@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.deploy.chart import render
+from tests.support.chart import render
 
 TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
 

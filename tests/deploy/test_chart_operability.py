@@ -18,8 +18,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.deploy.chart import CHART_DIR, FULL_VALUES, Rendered, job_from_chart, render
-from tests.dispatcher.support import REPO
+from tests.support.chart import CHART_DIR, FULL_VALUES, Rendered, job_from_chart, render
+from tests.support.dispatch import REPO
 from tests.support.services import PostgresServer, RedisServer, free_port
 
 EVERYTHING = {**FULL_VALUES, "prometheusRule": {"enabled": True},

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from dispatcher.naming import job_name
-from tests.deploy.chart import CHART_DIR, FULL_VALUES, NAMESPACE, Rendered, job_from_chart, render
+from tests.support.chart import CHART_DIR, FULL_VALUES, NAMESPACE, Rendered, job_from_chart, render
 
 Obj = dict[str, Any]
 NS_NAME = "kubernetes.io/metadata.name"

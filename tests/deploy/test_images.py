@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from contracts.keys import Keys
-from tests.deploy.images import REPO, Image, run
+from tests.support.images import REPO, Image, run
 from tests.support.services import RedisServer
 
 MB = 1_000_000  # as `podman images` / `docker images` count

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.images import REPO
+from tests.support.images import REPO
 
 KIND_DIR = REPO / "scripts" / "kind"
 SCRIPT = REPO / "scripts" / "kind-e2e.sh"

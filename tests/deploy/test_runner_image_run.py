@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from contracts.keys import Keys
-from tests.deploy.chart import job_from_chart, render
-from tests.deploy.images import Image, run
+from tests.support.chart import job_from_chart, render
 from tests.support.hosts import Host, vps_host
+from tests.support.images import Image, run
 from tests.support.keys import Keypair, make_keypair
 from tests.support.services import PostgresServer, RedisServer
 

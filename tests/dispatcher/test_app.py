@@ -17,7 +17,7 @@ from contracts.connections import RedisSettings
 from dispatcher.app import run_dispatcher
 from dispatcher.settings import DispatcherSettings, ExecutorKind, JobTemplateSettings
 from dispatcher.supervision import Loop, LoopFactory, Supervisor
-from tests.dispatcher.support import wait_until
+from tests.support.dispatch import wait_until
 from tests.support.kube_env import KubeEnv
 from tests.support.services import free_port
 

@@ -11,7 +11,7 @@ import time
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
-from tests.dispatcher.support import REPO
+from tests.support.dispatch import REPO
 from tests.support.services import RedisServer
 
 

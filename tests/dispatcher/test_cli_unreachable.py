@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.dispatcher.support import DispatcherProcess
 from tests.dispatcher.test_cli import cli
+from tests.support.dispatch import DispatcherProcess
 from tests.support.kube_env import KubeEnv
 from tests.support.services import RedisServer, free_port
 

@@ -24,7 +24,7 @@ from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from dispatcher.store.queue import Acquisition, QueueStore
 from dispatcher.store.retry import RedisRetry
-from tests.dispatcher.support import wait_until
+from tests.support.dispatch import wait_until
 from tests.support.kube_env import KubeEnv as Kube
 
 

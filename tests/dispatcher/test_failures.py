@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from contracts.results import Reporter, ResultStatus
 from dispatcher.executors.base import JobEnd
 from dispatcher.failures import ERROR_KINDS, failure_result
-from tests.dispatcher.unit_support import PROPERTY, assert_valid_result
+from tests.support.dispatcher_fakes import PROPERTY, assert_valid_result
 
 pytestmark = pytest.mark.unit
 

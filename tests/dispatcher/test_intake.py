@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from contracts.messages import MAX_PAYLOAD_BYTES, RejectReason, parse_message
 from dispatcher.intake import triage
 from dispatcher.naming import job_name_for
-from tests.dispatcher.unit_support import PROPERTY
+from tests.support.dispatcher_fakes import PROPERTY
 
 pytestmark = pytest.mark.unit
 

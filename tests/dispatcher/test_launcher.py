@@ -18,7 +18,7 @@ from dispatcher.naming import job_name_for
 from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
 from dispatcher.store.queue import Acquisition
-from tests.dispatcher.unit_support import FakeExecutor
+from tests.support.dispatcher_fakes import FakeExecutor
 
 pytestmark = pytest.mark.unit
 

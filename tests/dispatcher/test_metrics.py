@@ -40,7 +40,7 @@ from dispatcher.observability.queue_state import QueueStateExporter, head_first_
 from dispatcher.rejects import dead_letter_of
 from dispatcher.store.queue import QueueStore
 from dispatcher.supervision import Loop, Supervisor
-from tests.dispatcher.support import REPO
+from tests.support.dispatch import REPO
 from tests.support.services import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -41,10 +41,10 @@ from contracts.keys import Keys
 from contracts.reporting import publish_result
 from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.naming import LABEL_HANDLE
-from tests.deploy.chart import RELEASE, render
 from tests.deploy.test_alerts import dashboard_queries
-from tests.dispatcher.support import REPO, DispatcherProcess, message, wait_until
+from tests.support.chart import RELEASE, render
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import REPO, DispatcherProcess, message, wait_until
 from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer, free_port
 from tests.support.status_node import StatusKubelet, StatusNode

@@ -20,7 +20,7 @@ from contracts.keys import Keys
 from contracts.reporting import publish_result
 from contracts.results import Reporter, ResultEntry, ResultStatus
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
-from tests.dispatcher.support import DispatcherProcess, message
+from tests.support.dispatch import DispatcherProcess, message
 from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer
 

@@ -22,8 +22,8 @@ from dispatcher.executors.base import TransientLaunchError
 from dispatcher.jobspec import build_job
 from dispatcher.preflight import JobConfigCheck
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings, SecretKeyRef
-from tests.dispatcher.support import DispatcherProcess, message, wait_until
-from tests.dispatcher.unit_support import FakeExecutor
+from tests.support.dispatch import DispatcherProcess, message, wait_until
+from tests.support.dispatcher_fakes import FakeExecutor
 from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer
 

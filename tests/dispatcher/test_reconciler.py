@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from dispatcher.executors.base import JobEnd, JobView
 from dispatcher.reconciler import SlotFate, orphaned_claims, slot_fate
 from dispatcher.store.queue import Slot, SlotState
-from tests.dispatcher.unit_support import PROPERTY
+from tests.support.dispatcher_fakes import PROPERTY
 
 pytestmark = pytest.mark.unit
 

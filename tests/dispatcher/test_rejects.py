@@ -16,7 +16,7 @@ from contracts.messages import (
 )
 from contracts.results import ResultStatus
 from dispatcher.rejects import dead_letter_of
-from tests.dispatcher.unit_support import PROPERTY, assert_valid_result
+from tests.support.dispatcher_fakes import PROPERTY, assert_valid_result
 
 pytestmark = pytest.mark.unit
 

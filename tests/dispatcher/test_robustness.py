@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from contracts.connections import RedisSettings, create_redis
 from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
-from tests.dispatcher.support import (
+from tests.support.dispatch import (
     DispatcherProcess,
     fake_runs,
     message,
@@ -30,7 +30,7 @@ from tests.dispatcher.support import (
 from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer, free_port, wait_for_port
 
-FAKE_RUNNER = [sys.executable, "-m", "tests.dispatcher.fake_runner"]
+FAKE_RUNNER = [sys.executable, "-m", "tests.support.fake_runner"]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.jobspec import build_job
 from dispatcher.naming import LABEL_HANDLE, LABEL_REQUEST
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.dispatcher.support import DispatcherProcess, message, metric_value, results, wait_until
+from tests.support.dispatch import DispatcherProcess, message, metric_value, results, wait_until
 from tests.support.kube_env import KubeEnv as Kube
 from tests.support.services import RedisServer
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from contracts.connections import RedisSettings, create_redis
 from contracts.keys import Keys
-from tests.dispatcher.support import (
+from tests.support.dispatch import (
     DispatcherProcess,
     fake_runs,
     message,
@@ -24,7 +24,7 @@ from tests.dispatcher.support import (
 )
 from tests.support.services import RedisServer, free_port, wait_for_port
 
-FAKE_RUNNER = [sys.executable, "-m", "tests.dispatcher.fake_runner"]
+FAKE_RUNNER = [sys.executable, "-m", "tests.support.fake_runner"]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from dispatcher.settings import JobTemplateSettings
-from tests.dispatcher.support import REPO
+from tests.support.dispatch import REPO
 
 pytestmark = pytest.mark.unit
 

@@ -25,7 +25,7 @@ from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
 from dispatcher.observability.metrics import Metrics
 from dispatcher.supervision import Supervisor
-from tests.dispatcher.support import REPO, DispatcherProcess, message, metric_value, wait_until
+from tests.support.dispatch import REPO, DispatcherProcess, message, metric_value, wait_until
 from tests.support.kube_env import KubeEnv
 from tests.support.services import RedisServer
 

@@ -24,7 +24,7 @@ from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from dispatcher.store.errors import is_transient
 from dispatcher.supervision import Loop, Supervisor
-from tests.dispatcher.support import metric_value
+from tests.support.dispatch import metric_value
 
 
 @pytest.mark.parametrize("exc", [

@@ -22,9 +22,9 @@ import pytest
 import redis.asyncio as aioredis
 from kubernetes.client.rest import ApiException
 
-from tests.deploy.images import Image, ensure_image
-from tests.dispatcher.support import DispatcherProcess
-from tests.e2e.support import (
+from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import DispatcherProcess
+from tests.support.e2e import (
     DB_NAME,
     NODE_NAME,
     NODE_SELECTOR,
@@ -41,8 +41,8 @@ from tests.e2e.support import (
     observing,
     token_kubeconfig,
 )
-from tests.support.controlplane import ControlPlane
 from tests.support.hosts import Host, podman, vps_host
+from tests.support.images import Image, ensure_image
 from tests.support.keys import Keypair, make_keypair
 from tests.support.kube_env import grant_dispatcher
 from tests.support.node import Node, running_node

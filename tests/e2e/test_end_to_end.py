@@ -15,8 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
-from tests.dispatcher.support import DispatcherProcess, message, metric_value
-from tests.e2e.support import (
+from tests.runner.conftest import Keypair
+from tests.support.dispatch import DispatcherProcess, message, metric_value
+from tests.support.e2e import (
     RUNNER_SECRET,
     Cluster,
     ContainerRun,
@@ -26,7 +27,6 @@ from tests.e2e.support import (
     wait_for,
     wait_for_results,
 )
-from tests.runner.conftest import Keypair
 from tests.support.hosts import Host
 from tests.support.provider_api import ProviderApi
 from tests.support.services import free_port

@@ -12,9 +12,8 @@ import asyncpg
 import pytest
 
 from runner_image.migrations import MIGRATIONS_DIR
-from tests.deploy.chart import render
-from tests.deploy.images import Image
-from tests.e2e.support import (
+from tests.support.chart import render
+from tests.support.e2e import (
     NODE_SELECTOR,
     NODE_TOLERATIONS,
     RUNNER_SECRET,
@@ -22,6 +21,7 @@ from tests.e2e.support import (
     unique,
     wait_for,
 )
+from tests.support.images import Image
 from tests.support.services import PostgresServer
 
 pytestmark = pytest.mark.hosts  # podman runs the hook's container

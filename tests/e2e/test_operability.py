@@ -19,8 +19,8 @@ from dispatcher.naming import (
     LABEL_HANDLE,
     LABEL_REQUEST,
 )
-from tests.dispatcher.support import message, metric_value
-from tests.e2e.support import (
+from tests.support.dispatch import message, metric_value
+from tests.support.e2e import (
     Cluster,
     ServerDb,
     StartDispatcher,

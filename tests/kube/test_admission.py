@@ -16,14 +16,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
-from tests.dispatcher.support import (
+from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import (
     DispatcherProcess,
     message,
     metric_value,
     results,
     wait_until,
 )
-from tests.support.controlplane import ControlPlane
 from tests.support.dispatchers import StartDispatcher, dispatchers, quick_env
 from tests.support.services import RedisServer
 

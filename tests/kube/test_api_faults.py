@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 
 from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
-from tests.dispatcher.support import DispatcherProcess, message, results, wait_until
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import DispatcherProcess, message, results, wait_until
 from tests.support.dispatchers import StartDispatcher, dispatchers, quick_env
 from tests.support.faultproxy import FaultProxy
 from tests.support.kube_env import KubeEnv

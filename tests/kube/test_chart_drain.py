@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.kube.helm_release import Release
-from tests.kube.kubelet_writes import now, write_status
 from tests.support.controlplane import ControlPlane
+from tests.support.helm_release import Release
+from tests.support.kubelet_writes import now, write_status
 from tests.support.status_node import StatusKubelet, StatusNode
 
 SECRET = "chart-secrets"

@@ -1,5 +1,5 @@
 """The chart's whole life with the real helm against the real control plane, its pods run
-from the real images by a node of this module's own (tests/kube/chart_node.py):
+from the real images by a node of this module's own (tests/support/chart_node.py):
 
 install (the schema refuses a bad value first; the pre-install migration hook Job runs the
 runner image's ``migrate`` against the tests' PostgreSQL and is deleted), the Deployment's
@@ -41,11 +41,11 @@ import pytest
 import redis
 
 from contracts.keys import Keys
-from tests.deploy.images import Image, ensure_image
-from tests.kube.chart_node import ChartNode, running_chart_node
-from tests.kube.helm_release import Release
+from tests.support.chart_node import ChartNode, running_chart_node
 from tests.support.controlplane import ControlPlane
+from tests.support.helm_release import Release
 from tests.support.hosts import podman
+from tests.support.images import Image, ensure_image
 from tests.support.keys import make_keypair
 from tests.support.services import PostgresServer, RedisServer, free_port
 

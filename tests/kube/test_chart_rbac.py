@@ -26,9 +26,9 @@ import redis.asyncio as aioredis
 
 from contracts.keys import Keys
 from dispatcher.kube.access import REQUIRED, Grant
-from tests.dispatcher.support import DispatcherProcess
-from tests.kube.helm_release import Release
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import DispatcherProcess
+from tests.support.helm_release import Release
 from tests.support.keys import make_keypair
 from tests.support.services import RedisServer
 

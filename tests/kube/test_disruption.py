@@ -4,7 +4,7 @@ controller replaces it instead of failing the Job (the dispatcher's podFailurePo
 disruptions), and when the Job then ends without a runner result the dispatcher (a real
 process) publishes `disrupted`, naming the node and the reason, exactly once.
 
-The test plays the kubelet (tests/kube/kubelet_writes.py): the pod runs, then, stopped by the
+The test plays the kubelet (tests/support/kubelet_writes.py): the pod runs, then, stopped by the
 eviction, exits with the runner's cancelled code (the runner publishes nothing on SIGTERM).
 """
 
@@ -21,9 +21,9 @@ import redis.asyncio as aioredis
 
 from contracts.exit_codes import ExitCode
 from contracts.keys import Keys
-from tests.dispatcher.support import DispatcherProcess, message, results, wait_until
-from tests.kube import kubelet_writes as kubelet
+from tests.support import kubelet_writes as kubelet
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import DispatcherProcess, message, results, wait_until
 from tests.support.services import RedisServer
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB deploy"

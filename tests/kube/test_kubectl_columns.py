@@ -12,7 +12,7 @@ import uuid
 from contracts.messages import ProvisionerMessage
 from dispatcher.jobspec import JobBodyTemplate, JobFields
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.kube import kubelet_writes as kubelet
+from tests.support import kubelet_writes as kubelet
 from tests.support.controlplane import ControlPlane
 
 README_COLUMNS = ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]

@@ -31,7 +31,7 @@ Obj = dict[str, Any]
 @pytest.fixture(scope="module")
 def image() -> str:
     with open(Path(tempfile.gettempdir()) / "infra-service-image-build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the lock tests/deploy/images.py builds under
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the lock tests/support/images.py builds under
         if podman("image", "exists", IMAGE, check=False).returncode != 0:
             subprocess.run([str(REPO / "scripts" / "build-images.sh"), "python"], check=True,
                            env=podman_env(), timeout=900)

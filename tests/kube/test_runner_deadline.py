@@ -8,7 +8,7 @@ downward API) and the runner keeps to the earlier of that and its own start + th
 
 The Job is built by the dispatcher's own code and created in the real API server; the real
 scheduler binds its pod to a Node this test registers; the test writes what a kubelet
-writes (tests/kube/kubelet_writes.py): the image pull takes PULL_SECONDS, then the runner
+writes (tests/support/kubelet_writes.py): the image pull takes PULL_SECONDS, then the runner
 (``python -m runner_image``, on this machine) starts with the environment the API server
 gives the pod, downward-API value and Secret keys resolved from the API objects. Its server
 accepts TCP and never speaks SSH, so its SSH check would outlast the deadline.
@@ -32,7 +32,6 @@ import redis.asyncio as aioredis
 from contracts.messages import parse_message
 from dispatcher.jobspec import ANNOTATION_DEADLINE_AT, JobBodyTemplate, JobFields
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from tests.kube import kubelet_writes as kubelet
 from tests.runner.conftest import (  # noqa: F401 (fixtures)
     REPO,
     Runner,
@@ -49,6 +48,7 @@ from tests.runner.conftest import (  # noqa: F401 (fixtures)
     unique_handle,
 )
 from tests.runner.test_run_without_host import silent_port  # noqa: F401 (fixture)
+from tests.support import kubelet_writes as kubelet
 from tests.support.controlplane import ControlPlane
 
 ADS = 40  # activeDeadlineSeconds

@@ -11,8 +11,8 @@ from runner_image import outcome as out
 from runner_image.authorized_keys import install_keys
 from runner_image.deploy_key import PublicKey, parse_public_key
 from runner_image.ssh import SshError, SshErrorKind
-from tests.runner.fakes import NO_DEADLINE, FakeSshClient, ok
 from tests.support.keys import Keypair
+from tests.support.runner_fakes import NO_DEADLINE, FakeSshClient, ok
 
 pytestmark = pytest.mark.unit
 

@@ -17,8 +17,8 @@ from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.inputs import check_settings, lock_and_read
 from runner_image.redaction import MASK, Redactor
 from runner_image.settings import RunnerSettings
-from tests.runner.fakes import NO_DEADLINE, FakeStore, context, server_record, unit_settings
 from tests.support.keys import Keypair
+from tests.support.runner_fakes import NO_DEADLINE, FakeStore, context, server_record, unit_settings
 
 pytestmark = pytest.mark.unit
 

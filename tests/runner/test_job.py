@@ -23,7 +23,8 @@ from runner_image.job import OWN_KEY_COMMENT, Job
 from runner_image.play import PlayOutcome, PlayStatus
 from runner_image.settings import RunnerSettings
 from runner_image.ssh import fingerprint
-from tests.runner.fakes import (
+from tests.support.keys import Keypair
+from tests.support.runner_fakes import (
     FakeSteps,
     FakeStore,
     FakeWorkspace,
@@ -31,7 +32,6 @@ from tests.runner.fakes import (
     server_record,
     unit_settings,
 )
-from tests.support.keys import Keypair
 
 pytestmark = pytest.mark.unit
 

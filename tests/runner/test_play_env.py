@@ -16,8 +16,8 @@ from runner_image.play_env import (
     prepare_environment,
 )
 from runner_image.settings import RunnerSettings
-from tests.runner.fakes import context, server_record
 from tests.support.keys import Keypair
+from tests.support.runner_fakes import context, server_record
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ from runner_image import outcome as out
 from runner_image.db import ServerStatus
 from runner_image.redaction import MASK, Redactor
 from runner_image.reinstall import ProviderAccess, reinstall
-from tests.runner.fakes import NO_DEADLINE
 from tests.support.provider_api import ProviderApi
+from tests.support.runner_fakes import NO_DEADLINE
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB infra-service-provisioner"
 

@@ -18,8 +18,14 @@ from contracts.results import ErrorKind
 from runner_image import run as run_module
 from runner_image.deadline import RunDeadline
 from runner_image.settings import RunnerSettings
-from tests.runner.fakes import FakeStore, FakeWorkspace, context, server_record, unit_settings
 from tests.support.keys import Keypair
+from tests.support.runner_fakes import (
+    FakeStore,
+    FakeWorkspace,
+    context,
+    server_record,
+    unit_settings,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from runner_image import outcome as out
 from runner_image.deadline import DeadlineReached, RunDeadline
 from runner_image.ssh import SshError, SshErrorKind, SshResult
 from runner_image.ssh_check import CheckPolicy, ComebackPolicy, check_ssh, wait_for_ssh
-from tests.runner.fakes import NO_DEADLINE, FakeSshClient, ok
+from tests.support.runner_fakes import NO_DEADLINE, FakeSshClient, ok
 
 pytestmark = pytest.mark.unit
 

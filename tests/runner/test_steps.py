@@ -20,8 +20,8 @@ from runner_image.play_env import PlayEnvironment
 from runner_image.settings import RunnerSettings
 from runner_image.ssh_check import CheckPolicy
 from runner_image.steps import RunSteps
-from tests.runner.fakes import NO_DEADLINE, context, ok
 from tests.support.keys import Keypair
+from tests.support.runner_fakes import NO_DEADLINE, context, ok
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.dispatcher.support import DispatcherProcess
+from tests.support.dispatch import DispatcherProcess
 from tests.support.services import RedisServer
 
 StartDispatcher = Callable[..., DispatcherProcess]

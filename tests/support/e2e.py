@@ -23,13 +23,13 @@ from kubernetes.client.rest import ApiException
 
 from contracts.keys import Keys
 from dispatcher.naming import LABEL_REQUEST
-from tests.dispatcher.support import DispatcherProcess, results, wait_until
 from tests.runner.conftest import base_process_env, run_cli
 from tests.support.controlplane import ControlPlane
+from tests.support.dispatch import DispatcherProcess, results, wait_until
 from tests.support.node import Node
 from tests.support.services import PostgresServer
 
-PLAYS = Path(__file__).resolve().parent / "plays"
+PLAYS = Path(__file__).resolve().parents[1] / "e2e" / "plays"
 PLAYS_MOUNT = "/plays"
 DB_NAME = "e2e_tests"
 RUNNER_SECRET = "infra-runner"

@@ -119,6 +119,6 @@ def message(handle: str, rid: str | None = None, **flags: bool) -> str:
 
 
 def fake_runs(run_log: Path) -> list[dict[str, Any]]:
-    """The fake runner's start/end records (tests/dispatcher/fake_runner.py), oldest first."""
+    """The fake runner's start/end records (tests/support/fake_runner.py), oldest first."""
     return [json.loads(line) for line in run_log.read_text().splitlines()] \
         if run_log.exists() else []
