@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.ansible.playrun import ANSIBLE_CFG, ANSIBLE_DIR, VENV_BIN, Target, make_key, run_play
 from tests.support.hosts import vps_host
+from tests.support.playrun import ANSIBLE_CFG, ANSIBLE_DIR, VENV_BIN, Target, make_key, run_play
 
 # The host is a container: Docker there needs vfs and a private cgroup namespace.
 HOST_VARS = {"docker_storage_driver": "vfs",

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.ansible.playrun import (
+from tests.support.hosts import Host, vps_host
+from tests.support.playrun import (
     CommandLineWatch,
     PlayResult,
     Target,
@@ -22,7 +23,6 @@ from tests.ansible.playrun import (
     run_play,
     ssh_run,
 )
-from tests.support.hosts import Host, vps_host
 
 ROOT_PASSWORD = "fresh-vps-root-pw"  # what a provider mails for a fresh VPS
 CLOUD_INIT_DROPIN = "/etc/ssh/sshd_config.d/50-cloud-init.conf"

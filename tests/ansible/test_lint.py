@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ansible.playrun import ANSIBLE_DIR, REPO
+from tests.support.playrun import ANSIBLE_DIR, REPO
 
 BIN = Path(sys.executable).parent
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.ansible.conftest import Keys
-from tests.ansible.playrun import Target, make_key, run_play, ssh_run
 from tests.support.hosts import Host, vps_host
+from tests.support.playrun import Target, make_key, run_play, ssh_run
 
 pytestmark = pytest.mark.hosts
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.ansible.conftest import Converged
-from tests.ansible.playrun import run_play
-from tests.ansible.workloads import BUSYBOX_IMAGE, docker_json, ensure_busybox_image, file_size
+from tests.support.playrun import run_play
+from tests.support.workloads import BUSYBOX_IMAGE, docker_json, ensure_busybox_image, file_size
 
 pytestmark = pytest.mark.hosts
 

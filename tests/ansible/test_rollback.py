@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.ansible.conftest import Keys
-from tests.ansible.playrun import PlayResult, Target, run_play, ssh_run
 from tests.support.hosts import Host, vps_host
+from tests.support.playrun import PlayResult, Target, run_play, ssh_run
 
 pytestmark = pytest.mark.hosts
 

@@ -16,9 +16,9 @@ from tests.ansible.conftest import (
     ROOT_PASSWORD,
     Converged,
 )
-from tests.ansible.playrun import run_play, ssh_run
-from tests.ansible.workloads import ensure_busybox_image, run_web
 from tests.support.hosts import wait_for_ssh
+from tests.support.playrun import run_play, ssh_run
+from tests.support.workloads import ensure_busybox_image, run_web
 
 pytestmark = pytest.mark.hosts
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.ansible.conftest import ROOT_PASSWORD, Keys
-from tests.ansible.playrun import CommandLineWatch, Target, run_play, ssh_run
 from tests.support.hosts import vps_host
+from tests.support.playrun import CommandLineWatch, Target, run_play, ssh_run
 
 pytestmark = pytest.mark.hosts
 

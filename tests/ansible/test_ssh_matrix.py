@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.ansible.conftest import Keys
-from tests.ansible.playrun import Target, run_play, ssh_run
 from tests.support.hosts import Host, vps_host, wait_for_boot
+from tests.support.playrun import Target, run_play, ssh_run
 
 pytestmark = pytest.mark.hosts
 

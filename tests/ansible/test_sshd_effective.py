@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.ansible.conftest import CLOUD_INIT_DROPIN, Keys
-from tests.ansible.playrun import Target, run_play, ssh_run
 from tests.support.hosts import Host, vps_host
+from tests.support.playrun import Target, run_play, ssh_run
 
 pytestmark = pytest.mark.hosts
 

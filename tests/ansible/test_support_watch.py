@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.ansible.playrun import CommandLineWatch
+from tests.support.playrun import CommandLineWatch
 
 
 def test_the_watch_sees_a_secret_on_a_command_line() -> None:
