@@ -172,17 +172,24 @@ class _ClusterCollector(Collector):
         yield failed
 
 
+def _registry() -> CollectorRegistry:
+    """A registry of this process's own, with what the default one carries (process_*,
+    python_info, python_gc_*) and the build's version."""
+    # *_created series double the exposition for nothing a dashboard here uses.
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    Info(f"{PREFIX}_build", "Version of the running dispatcher", registry=registry).info({
+        "version": _version(), "component": "dispatcher",
+        "python_version": platform.python_version()})
+    return registry
+
+
 class Metrics:
     def __init__(self) -> None:
-        # *_created series double the exposition for nothing a dashboard here uses.
-        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = _registry()
         r = self.registry
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            r.register(collector)  # process_*, python_info, python_gc_* like the default
-        Info(f"{PREFIX}_build", "Version of the running dispatcher", registry=r).info({
-            "version": _version(), "component": "dispatcher",
-            "python_version": platform.python_version()})
         self.received = Counter(f"{PREFIX}_messages_received",
                                 "Messages claimed from the queue by this replica", registry=r)
         self.dispatched = Counter(f"{PREFIX}_messages_dispatched",
@@ -234,6 +241,11 @@ class Metrics:
             "exports the Redis-derived series (queue depths, results)", registry=r)
         self.cluster = ClusterState()
         r.register(_ClusterCollector(self.cluster))
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Every label value of the vocabularies exists from the start at 0, so increase()
+        sees the first event."""
         for reason in JOB_FAILURE_REASONS:
             self.kube_jobs_failed.labels(reason)
         # "other" (an unknown action or status) appears only when it happens: with the
