@@ -219,6 +219,14 @@ class Metrics:
         self.dispatch_latency = Histogram(
             f"{PREFIX}_dispatch_latency_seconds", "From enqueue to Job created",
             buckets=LATENCY_BUCKETS, registry=r)
+        self._declare_health(r)
+        self.cluster = ClusterState()
+        r.register(_ClusterCollector(self.cluster))
+        self._start_at_zero()
+
+    def _declare_health(self, r: CollectorRegistry) -> None:
+        """The dispatcher's own health: API answers, Redis reconnects, loop restarts, pods
+        refused, readiness, the cap and which replica exports the Redis-derived series."""
         self.api_responses = Counter(f"{PREFIX}_kube_api_responses",
                                      "Kubernetes API responses by verb and status code "
                                      "(0: no response)", ["verb", "code"], registry=r)
@@ -239,9 +247,6 @@ class Metrics:
         self.queue_exporter = Gauge(
             f"{PREFIX}_queue_state_exporter", "1 on the replica holding the lease that "
             "exports the Redis-derived series (queue depths, results)", registry=r)
-        self.cluster = ClusterState()
-        r.register(_ClusterCollector(self.cluster))
-        self._start_at_zero()
 
     def _start_at_zero(self) -> None:
         """Every label value of the vocabularies exists from the start at 0, so increase()
