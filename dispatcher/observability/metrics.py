@@ -12,7 +12,7 @@ Every name starts with ``infra_service_``. Two kinds of series:
 
 Every labelled series with a known label value starts at zero, so `increase()` and `rate()`
 see the first event and alerts need no `or vector(0)`. The README's metrics table lists each
-series; tests/dispatcher/test_metrics.py keeps it in step with this module.
+series; tests/dispatcher/observability/test_metrics.py keeps it in step with this module.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The launcher's decisions with fakes at its edges (no Redis, no API server): a created Job
 is acked, a passing failure is retried with the message kept, a Job the API refuses is
 dead-lettered unless the settings are what it refuses, and the room for routed messages
-is given back. The real API server's side: test_launch_errors.py."""
+is given back. The real API server's side: executors/test_kubernetes.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Creating Jobs (kube/creating.py) with a fake client at the edge: what a 409 means (a
 redelivery, or our own create whose reply was lost), which failures may have been stored,
 the credentials reload on 401, and the pod a dry run submits. The real API server's side:
-test_launch_errors.py and tests/kube/test_admission.py."""
+tests/dispatcher/executors/test_kubernetes.py and tests/kube/test_admission.py."""
 
 from __future__ import annotations
 

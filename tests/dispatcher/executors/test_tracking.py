@@ -1,7 +1,7 @@
 """The Kubernetes executor's bookkeeping (executors/tracking.py) with plain objects: one end
 per Job whatever the watches repeat, ends of Jobs deleted while nobody watched, and nothing
-judged before both listings. Stuck Jobs: test_stuck_schedule.py; the order of the two
-streams: test_watch_order.py; admission refusals and disruptions: test_executor_rejections.py."""
+judged before both listings. Stuck Jobs: test_tracking_stuck.py; the order of the two
+streams: test_tracking_order.py; admission refusals and disruptions: test_tracking_rejections.py."""
 
 from __future__ import annotations
 

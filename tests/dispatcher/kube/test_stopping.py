@@ -1,7 +1,8 @@
 """Stopping a stuck Job and recording why, with a fake client at the edge: the JSON patch
 that makes the Job controller fail the Job, a Job already gone, failures raised as kube/'s
 own error, and the Event that `kubectl describe job` lists. The real API server's side:
-test_service_kubernetes.py (stuck Jobs) and test_observability.py (describe)."""
+tests/dispatcher/test_service_kubernetes.py (stuck Jobs) and
+observability/test_health_and_scrape.py (describe)."""
 
 from __future__ import annotations
 
