@@ -42,6 +42,7 @@ average is printed beside every figure (the machine has 2 shared cores). Asserts
 
     .venv/bin/python scripts/bench_dispatcher.py [--runs 3] [--rounds 3] [--burst 300]
         [--idle 200] [--idle-seconds 30] [--profile FILE] [--profile-idle FILE]
+        [--split-cores]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -640,9 +642,43 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
     return figures
 
 
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cpus`` (they inherit the calling thread's mask)."""
+    if cpus is None:
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def split_cores(args: argparse.Namespace) -> tuple[set[int] | None, set[int] | None]:
+    """(control plane's CPUs, everyone else's): with --split-cores the control plane gets
+    CPU 0 and Redis, the dispatcher, this script and its raw loops CPU 1, as in a cluster
+    where the dispatcher does not share the API server's cores."""
+    if not args.split_cores:
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--split-cores needs 2 CPUs; this process may use " + str(cpus))
+    return {cpus[0]}, set(cpus[1:])
+
+
 async def bench_all(args: argparse.Namespace) -> None:
+    control_cpus, other_cpus = split_cores(args)
+    if other_cpus is not None:
+        os.sched_setaffinity(0, other_cpus)  # this thread, and what it starts from now on
+        print(f"cores: the control plane on CPU {sorted(control_cpus or ())}; Redis, the "
+              f"dispatcher, this script and its raw loops on CPU {sorted(other_cpus)}")
     print(f"starting the control plane ({load()})")
-    with redis_server() as redis_srv, controlplane.running() as cp:
+    with contextlib.ExitStack() as stack:
+        redis_srv = stack.enter_context(redis_server())
+        with pinned(control_cpus):
+            cp = stack.enter_context(controlplane.running())
         print(f"control plane started in {cp.started_in:.1f} s ({load()})")
         configuration = client.Configuration()
         config.load_kube_config(config_file=str(cp.kubeconfig()),
@@ -684,6 +720,8 @@ def main() -> None:
                         help="py-spy profile of the dispatcher during the first burst")
     parser.add_argument("--profile-idle", metavar="FILE",
                         help="py-spy profile of the dispatcher idle with every Job in flight")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the control plane on one CPU, everything else on the other")
     asyncio.run(bench_all(parser.parse_args()))
 
 
