@@ -94,7 +94,8 @@ def slim_job(job: dict[str, Any]) -> dict[str, Any]:
                          "uid": meta.get("uid"),
                          "creationTimestamp": meta.get("creationTimestamp")},
             "status": {"conditions": status.get("conditions") or [],
-                       "startTime": status.get("startTime")}}
+                       "startTime": status.get("startTime"),
+                       "completionTime": status.get("completionTime")}}
 
 
 def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:

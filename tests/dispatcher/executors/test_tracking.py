@@ -5,6 +5,7 @@ streams: test_tracking_order.py; admission refusals and disruptions: test_tracki
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -69,6 +70,16 @@ def test_a_job_ends_once_whatever_the_watches_repeat() -> None:
     assert tracker.tick().ends == ()
     view = (tracker.snapshot() or {})["a"]
     assert view.end is not None and view.end.reason == JobEndReason.DEADLINE_EXCEEDED
+
+
+def test_a_completed_job_ends_at_its_completion_time() -> None:
+    """The duration a run is counted with ends when the Job completed, not when the watch
+    delivered it."""
+    tracker, _ = synced([job("a")], [running_pod("a")])
+    done = job("a", "Complete")
+    done["status"]["completionTime"] = "2026-01-01T00:04:30Z"
+    [end] = tracker.apply(Change(WatchKind.JOBS, ChangeType.MODIFIED, done)).ends
+    assert end.succeeded and end.finished_at == datetime(2026, 1, 1, 0, 4, 30, tzinfo=UTC)
 
 
 def test_a_job_deleted_while_nobody_watched_ends_as_deleted() -> None:
