@@ -129,7 +129,7 @@ async def test_runner_failures_are_counted_by_kind_and_timed(start, k8s: Kube, r
                             "ssh_unreachable: port 22 closed")
 
     async def counted() -> str | None:
-        text = await asyncio.to_thread(dispatcher.observability.metrics)
+        text = await asyncio.to_thread(dispatcher.metrics)
         return text if sum(metric_value(text, "infra_service_kube_jobs_failed_total",
                                         f'{{reason="{r}"}}')
                            for r in _reasons(dispatcher)) else None
@@ -358,7 +358,7 @@ async def test_api_faults_are_retried_with_the_message_kept(start, k8s: Kube, re
     await wait_until(lambda: job_count(k8s, 5), timeout=60, what="5 Jobs")
 
     async def answered() -> str | None:  # a Job is stored before its reply is counted
-        text = await asyncio.to_thread(dispatcher.observability.metrics)
+        text = await asyncio.to_thread(dispatcher.metrics)
         return text if metric_value(text, "infra_service_kube_api_responses_total",
                                     '{code="201",verb="create"}') >= 5 else None
 

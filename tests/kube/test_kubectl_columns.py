@@ -30,7 +30,9 @@ def test_get_jobs_prints_the_status_column_the_readme_shows(control_plane: Contr
     node = f"columns-node-{uuid.uuid4().hex[:8]}"
     kubelet.create_node(cp, node)
     try:
-        template = JobTemplateSettings(image="infra-service-runner:0.1.0")
+        # On this node only: another test's node (a real node stand-in) would run the pod.
+        template = JobTemplateSettings(image="infra-service-runner:0.1.0",
+                                       node_selector={"kubernetes.io/hostname": node})
         fields = JobFields.of(ProvisionerMessage(server_handle="web-7").with_identity())
         body = JobBodyTemplate(DispatcherSettings(namespace=kube_ns), template).render(fields)
         cp.kubectl("-n", kube_ns, "create", "-f", "-", stdin=body.decode())

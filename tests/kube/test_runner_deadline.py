@@ -142,7 +142,10 @@ async def test_the_runner_reports_before_kubernetes_deadline_after_a_slow_image_
         secret_env={var: {"secret": "infra-service", "key": key,
                           "optional": var != "SSH_PRIVATE_KEY"}
                     for var, key in SECRET_KEYS.items()},
-        pod_annotations={"karpenter.sh/do-not-disrupt": "true"})
+        pod_annotations={"karpenter.sh/do-not-disrupt": "true"},
+        # On this node only: the session's node stand-in, when another test started it, is
+        # Ready too, and the scheduler may prefer it (it would run the pod for real).
+        node_selector={"kubernetes.io/hostname": node})
     settings = DispatcherSettings(namespace=kube_ns, instance="infra-service",
                                   replica_id="dispatcher-0",
                                   orchestrator_ssh_public_key=runner.env[
