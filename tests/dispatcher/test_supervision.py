@@ -1,20 +1,11 @@
-"""Supervised loops and the classification of Redis errors (no processes needed)."""
+"""Supervised loops: restarted, counted and surfaced (no processes needed)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client import generate_latest
-from redis.exceptions import (
-    AuthenticationError,
-    BusyLoadingError,
-    NoScriptError,
-    ReadOnlyError,
-    ResponseError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatcher import supervision
 from dispatcher.executors.kubernetes import EVENTS_LOOP, STUCK_LOOP, KubernetesExecutor
@@ -22,39 +13,8 @@ from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.watching import Change
 from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
-from dispatcher.store.errors import is_transient
 from dispatcher.supervision import Loop, Supervisor
 from tests.support.dispatch import metric_value
-
-
-@pytest.mark.parametrize("exc", [
-    RedisConnectionError("Connection closed by server."), BusyLoadingError("LOADING"),
-    NoScriptError("No matching script. Please use EVAL."), ReadOnlyError("READONLY replica"),
-    ResponseError("MASTERDOWN Link with MASTER is down"), ResponseError("TRYAGAIN"),
-    ResponseError("Error running script: @user_script:3: READONLY You can't write"),
-    ResponseError("LOADING Redis is loading the dataset in memory"),
-    AuthenticationError("invalid username-password pair"),  # a rotated secret
-])
-def test_transient_redis_states_are_retried(exc: Exception) -> None:
-    assert is_transient(exc)
-
-
-@pytest.mark.parametrize("exc", [
-    ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
-    ResponseError("ERR Error running script: attempt to compare nil with number"),
-])
-def test_bugs_and_misconfiguration_surface(exc: Exception) -> None:
-    assert not is_transient(exc)
-
-
-async def test_a_script_forgotten_by_redis_is_a_transient_state(
-        redis_client: aioredis.Redis) -> None:
-    """What a Redis restart does to loaded scripts, on a real server."""
-    sha = await redis_client.script_load("return 1")
-    await redis_client.script_flush()
-    with pytest.raises(NoScriptError) as caught:
-        await redis_client.evalsha(sha, 0)
-    assert is_transient(caught.value)
 
 
 async def test_a_crashing_loop_is_restarted_counted_and_surfaced(
