@@ -48,6 +48,24 @@ class Keys:
         """Set of handles that have a waiting list."""
         return f"{self.prefix}:waiting-handles"
 
+    def capped(self, action: str) -> str:
+        """Messages over their action's cap (``DISPATCHER_ACTION_CAPS``), in the order they
+        met it, oldest at the right end (LPUSH, RPOP): not claimed, holding no slot."""
+        return f"{self.prefix}:capped:{action}"
+
+    @property
+    def capped_servers(self) -> str:
+        """Hash server_handle -> action: the server's next message waits on that action's
+        capped list, so its later messages park behind it (per-server order)."""
+        return f"{self.prefix}:capped-servers"
+
+    @property
+    def limits(self) -> str:
+        """Hash ``in_flight`` -> the global cap, ``<action>`` -> that action's cap: what the
+        dispatchers were configured with, written at start-up so every script that frees a
+        slot can let a capped message go."""
+        return f"{self.prefix}:limits"
+
     def reported(self, request_id: str) -> str:
         """Exists once a result was published for the request (exactly-one-result guard)."""
         return f"{self.prefix}:reported:{request_id}"

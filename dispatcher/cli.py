@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from redis.exceptions import RedisError
 
 from contracts.connections import RedisSettings, create_redis
@@ -76,11 +78,22 @@ def _settings_error(exc: ValidationError, prefix: str) -> str:
     return "\n".join(lines)
 
 
+_FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([a-z0-9_]+)"')
+
+
 def _load(kind: type[Any], prefix: str) -> Any:
     try:
         return kind()
     except ValidationError as exc:
         print(_settings_error(exc, prefix), file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except SettingsError as exc:
+        # A structured setting (a JSON object or list) that is not JSON; the parser's text
+        # may quote the value, so only the variable is named.
+        found = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
+        variable = f"{prefix}{found.group(1)}".upper() if found else f"a {prefix}* setting"
+        print(f"invalid setting {variable}: not valid JSON (a JSON object or list is "
+              "expected)", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
 

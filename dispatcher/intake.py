@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from contracts.messages import (
     MAX_PAYLOAD_BYTES,
+    Action,
     InvalidMessage,
     ProvisionerMessage,
     RejectReason,
@@ -58,7 +60,8 @@ def triage(raws: list[bytes]) -> Triage:
                                                 f"{type(exc).__name__} while parsing")))
             continue
         valid.append((message, Acquisition(raw, message.to_json(), message.server_handle,
-                                           message.request_id or "", job_name_for(message))))
+                                           message.request_id or "", job_name_for(message),
+                                           message.action)))
     return Triage(valid, invalid)
 
 
@@ -66,7 +69,7 @@ class Intake:
     def __init__(self, store: QueueStore, retry: RedisRetry, blocking: aioredis.Redis,
                  launcher: Launcher, rejecter: Rejecter, config: JobConfigCheck,
                  state: DispatchState, metrics: Metrics, *, max_in_flight: int,
-                 block_seconds: float) -> None:
+                 block_seconds: float, action_caps: Mapping[Action, int] | None = None) -> None:
         self.store = store
         self.retry = retry
         self.blocking = blocking
@@ -77,6 +80,8 @@ class Intake:
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         metrics.max_in_flight.set(max_in_flight)
+        for action, cap in (action_caps or {}).items():
+            metrics.action_cap.labels(action.value).set(cap)
         self.block_seconds = block_seconds
 
     async def loop(self, stop: asyncio.Event) -> None:
@@ -94,12 +99,15 @@ class Intake:
                 self.metrics.received.inc(batch.oversize)
                 log.warning("oversize payloads dead-lettered inside Redis",
                             extra={"count": batch.oversize, "limit_bytes": MAX_PAYLOAD_BYTES})
+            if batch.capped:
+                log.info("messages wait for their action's cap, unclaimed",
+                         extra={"count": batch.capped})
             if batch.at_cap:
                 await self._wait_for_capacity()
                 continue
             raws = batch.payloads
             if not raws:
-                if not batch.oversize:
+                if not batch.oversize and not batch.capped:
                     await self.retry(lambda: self.store.wait_for_message(
                         self.blocking, self.block_seconds))
                 continue
@@ -133,6 +141,9 @@ class Intake:
                 log.info("server busy: message waits for its Job to end", extra=ctx)
             elif claim is Claim.DONE:
                 log.info("request already has a result: dropped redelivery", extra=ctx)
+            elif claim is Claim.CAPPED:
+                log.info("action at its cap: message waits for a run of its action to end",
+                         extra={**ctx, "action": str(message.action)})
             elif claim is Claim.DUPLICATE:
                 await self.rejecter.reject(item.raw, InvalidMessage(
                     RejectReason.DUPLICATE, "its request id holds a Job in flight",

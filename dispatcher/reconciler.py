@@ -17,7 +17,7 @@ from dispatcher.executors.base import Executor, JobEnd, JobView
 from dispatcher.kube.classify import JobEndReason
 from dispatcher.settings import DispatcherSettings
 from dispatcher.store.errors import is_transient
-from dispatcher.store.queue import QueueStore, Slot, SlotState
+from dispatcher.store.queue import Limits, QueueStore, Slot, SlotState
 from dispatcher.store.retry import RedisRetry
 
 log = logging.getLogger("dispatcher")
@@ -69,6 +69,8 @@ class Reconciler:
     async def start_up(self) -> int:
         """Requeue what an earlier life of this replica had claimed; announce this one."""
         requeued = await self.retry(self.store.requeue_own)
+        await self.retry(lambda: self.store.publish_limits(Limits(
+            self.settings.max_in_flight, dict(self.settings.action_caps))))
         await self.retry(lambda: self.store.heartbeat(self.heartbeat_ttl))
         return requeued
 

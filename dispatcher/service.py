@@ -65,7 +65,8 @@ class Dispatcher:
             retry_max_seconds=settings.api_retry_max_seconds)
         self.intake = Intake(self.store, self.retry, blocking_redis, self.launcher, rejecter,
                              self.config, state, metrics,
-                             max_in_flight=settings.max_in_flight, block_seconds=BLOCK_SECONDS)
+                             max_in_flight=settings.max_in_flight, block_seconds=BLOCK_SECONDS,
+                             action_caps=settings.action_caps)
         self.ends = Ends(executor, self.store, self.retry, redis, keys, state, metrics)
         self.reconciler = Reconciler(executor, self.store, self.retry, self.ends, state,
                                      settings)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.messages import HANDLE_PATTERN
+from contracts.messages import HANDLE_PATTERN, Action
 from dispatcher import k8s_formats
 from dispatcher.k8s_formats import CONFIG_KEY_PATTERN, DNS_SUBDOMAIN_PATTERN
 
@@ -198,6 +198,11 @@ class DispatcherSettings(BaseSettings):
     max_in_flight: int = Field(
         default=10, ge=1, description="Cap on Jobs in flight across all replicas (backpressure)"
     )
+    action_caps: dict[Action, int] = Field(
+        default_factory=dict,
+        description="Cap on runs in flight per action, under max_in_flight (JSON object, "
+        'e.g. {"reinstall": 2}); messages over it wait in push order, unclaimed',
+    )
     heartbeat_seconds: float = Field(
         default=2.0, gt=0, description="Replica heartbeat period; a replica whose heartbeat is "
         "older than 3 periods is dead and its in-flight messages are requeued"
@@ -261,4 +266,9 @@ class DispatcherSettings(BaseSettings):
     def _bounds(self) -> DispatcherSettings:
         if self.metrics_port and self.metrics_port == self.health_port:
             raise ValueError("DISPATCHER_METRICS_PORT and DISPATCHER_HEALTH_PORT must differ")
+        for action, cap in self.action_caps.items():
+            if not 1 <= cap <= self.max_in_flight:
+                raise ValueError(
+                    f"DISPATCHER_ACTION_CAPS: {action} is capped at {cap}; a cap must be between "
+                    f"1 and DISPATCHER_MAX_IN_FLIGHT ({self.max_in_flight})")
         return self

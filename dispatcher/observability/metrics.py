@@ -151,6 +151,16 @@ class _ClusterCollector(Collector):
              self.state.oldest_queued_seconds),
         ):
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        for name, doc, by_action in (
+            ("jobs_in_flight_by_action", "Servers with a Job in flight or being launched, by "
+             "the action of their run (all replicas)", depths.in_flight_by_action),
+            ("capped_messages", "Messages waiting unclaimed because their action is at its "
+             "cap (DISPATCHER_ACTION_CAPS)", depths.capped),
+        ):
+            family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["action"])
+            for action in Action:
+                family.add_metric([action.value], by_action.get(action, 0))
+            yield family
         results = CounterMetricFamily(
             f"{PREFIX}_results", "Results published, by status and error kind (counted in "
             "Redis by the script that pushes each result)", labels=["status", "kind"])
@@ -244,6 +254,10 @@ class Metrics:
         self.max_in_flight = Gauge(
             f"{PREFIX}_max_in_flight", "The configured cap on Jobs in flight across replicas "
             "(DISPATCHER_MAX_IN_FLIGHT)", registry=r)
+        self.action_cap = Gauge(
+            f"{PREFIX}_action_cap", "The configured cap on runs in flight of one action "
+            "(DISPATCHER_ACTION_CAPS); absent for an action without a cap", ["action"],
+            registry=r)
         self.queue_exporter = Gauge(
             f"{PREFIX}_queue_state_exporter", "1 on the replica holding the lease that "
             "exports the Redis-derived series (queue depths, results)", registry=r)

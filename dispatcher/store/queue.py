@@ -8,6 +8,8 @@ never loses or duplicates a message):
   Its size is the number of Jobs in flight across all replicas, capped by max_in_flight.
 - When a slot is released, the oldest waiting message of that server is reserved the slot
   and put at the consuming end of the queue, so it is dispatched next, in arrival order.
+- With caps per action (``limits``), a message whose action is at its cap waits on that
+  action's capped list, unclaimed and holding no slot, until a run of its action ends.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -23,6 +25,7 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
+from contracts.messages import Action
 from contracts.reporting import REPORTED_TTL_SECONDS
 from dispatcher.store import lua
 
@@ -42,6 +45,8 @@ class Claim(StrEnum):
     # payload the claim script could not read a handle from, yet valid here)
     DONE = "done"  # a result already exists for this request: dropped
     DUPLICATE = "duplicate"  # its request id's Job exists and was acked: a second push
+    CAPPED = "capped"  # no slot and its action is at its cap: onto the capped list (only
+    # for a payload the claim script could not take a slot for, as FULL)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class ClaimBatch:
     payloads: list[bytes]
     oversize: int  # dead-lettered inside Redis by the claim
     at_cap: bool  # nothing claimed: the in-flight cap is reached
+    capped: int = 0  # moved to their action's capped list instead of being claimed
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,15 @@ class Acquisition:
     handle: str
     request_id: str
     job_name: str
+    action: Action = Action.SETUP
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The caps every replica of a release is configured with."""
+
+    in_flight: int
+    per_action: dict[Action, int]
 
 
 class SlotState(StrEnum):
@@ -77,6 +92,7 @@ class Slot:
     since: float
     state: SlotState
     sha: str = ""  # claimed: SHA-1 of the payload that took the slot
+    action: Action | None = None  # None for a slot written by an older release
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,8 @@ class Depths:
     oldest_in_flight_seconds: float
     # Slots taken by a claim whose Job is not created yet (claimed or acquired).
     oldest_claim_seconds: float = 0.0
+    in_flight_by_action: dict[Action, int] = field(default_factory=dict)
+    capped: dict[Action, int] = field(default_factory=dict)  # waiting for their action's cap
 
 
 class QueueStore:
@@ -109,6 +127,19 @@ class QueueStore:
         self._requeue_one = redis.register_script(lua.REQUEUE_ONE)
         self._pending = redis.register_script(lua.PENDING)
         self._release_claimed = redis.register_script(lua.RELEASE_CLAIMED)
+        # Appended to the keys and arguments of every script that claims or frees a slot.
+        self._cap_keys = [keys.capped_servers, keys.limits]
+        self._capped_prefix = keys.capped("")
+
+    async def publish_limits(self, limits: Limits) -> None:
+        """Record the caps this replica runs with, for every script that frees a slot (the
+        replicas of a release share them; during a rollout the last one started wins)."""
+        fields: dict[str, int] = {"in_flight": limits.in_flight}
+        fields.update({str(action): cap for action, cap in limits.per_action.items()})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.limits)
+            pipe.hset(self.keys.limits, mapping=fields)
+            await pipe.execute()
 
     async def wait_for_message(self, blocking: aioredis.Redis, block_seconds: float) -> bool:
         """Block until the queue is not empty, without claiming anything: a rotation of the
@@ -125,18 +156,20 @@ class QueueStore:
         nothing at the in-flight cap; oversize payloads dead-lettered inside Redis."""
         out = await self._claim_many(
             keys=[self.keys.queue, self.processing, self.keys.dead_letter, self.keys.inflight,
-                  self.keys.dead_letter_counts],
+                  self.keys.dead_letter_counts, *self._cap_keys],
             args=[count, max_bytes, prefix_bytes, cap, self.replica,
-                  datetime.now(UTC).isoformat(), time.time()])
-        return ClaimBatch(list(out[2:]), int(out[0]), bool(int(out[1])))
+                  datetime.now(UTC).isoformat(), time.time(), self._capped_prefix])
+        return ClaimBatch(list(out[3:]), int(out[0]), bool(int(out[1])), int(out[2]))
 
     async def acquire_many(self, batch: list[Acquisition], cap: int) -> list[Claim]:
         """Route claimed messages, in claim order, in one round trip."""
-        keys = [self.processing, self.keys.inflight, self.keys.waiting_index, self.keys.queue]
-        args: list[Any] = [cap, time.time()]
+        keys = [self.processing, self.keys.inflight, self.keys.waiting_index, self.keys.queue,
+                *self._cap_keys]
+        args: list[Any] = [cap, time.time(), self._capped_prefix]
         for item in batch:
             keys += [self.keys.waiting(item.handle), self.keys.reported(item.request_id)]
-            args += [item.raw, item.new_raw, item.handle, item.request_id, item.job_name]
+            args += [item.raw, item.new_raw, item.handle, item.request_id, item.job_name,
+                     str(item.action)]
         results = await self._acquire(keys=keys, args=args)
         return [Claim(r.decode() if isinstance(r, bytes) else r) for r in results]
 
@@ -149,8 +182,8 @@ class QueueStore:
         """Free the server's slot if ``request_id`` holds it; True if this call freed it."""
         freed = await self._release(
             keys=[self.keys.inflight, self.keys.waiting(handle), self.keys.waiting_index,
-                  self.keys.queue],
-            args=[handle, request_id, time.time()],
+                  self.keys.queue, *self._cap_keys],
+            args=[handle, request_id, time.time(), self._capped_prefix],
         )
         return bool(freed)
 
@@ -160,8 +193,8 @@ class QueueStore:
             return await self.release(slot.handle, slot.request_id)
         freed = await self._release_claimed(
             keys=[self.keys.inflight, self.keys.waiting(slot.handle), self.keys.waiting_index,
-                  self.keys.queue],
-            args=[slot.handle, slot.sha, time.time()])
+                  self.keys.queue, *self._cap_keys],
+            args=[slot.handle, slot.sha, time.time(), self._capped_prefix])
         return bool(freed)
 
     async def dead_letter(self, raw: bytes, entry: dict[str, Any], result_json: str | None,
@@ -176,10 +209,10 @@ class QueueStore:
                   self.keys.reported(request_id or "-"), self.keys.inflight,
                   self.keys.waiting(handle or "-"), self.keys.waiting_index, self.keys.queue,
                   self.keys.dead_letter_counts, self.keys.result_counts,
-                  self.keys.server_outcomes],
+                  self.keys.server_outcomes, *self._cap_keys],
             args=[raw, json.dumps(entry), result_json or "", request_id or "", handle or "",
                   time.time(), REPORTED_TTL_SECONDS, "1" if holder else "0",
-                  json.dumps(duplicate), self.keys.waiting("")],
+                  json.dumps(duplicate), self.keys.waiting(""), self._capped_prefix],
         )
         return (outcome.decode() if isinstance(outcome, bytes) else outcome) != "duplicate"
 
@@ -226,10 +259,12 @@ class QueueStore:
         slots = []
         for handle, value in raw.items():
             data = json.loads(value)
+            action = data.get("action")
             slots.append(Slot(handle.decode(), data.get("rid") or "", data.get("job"),
                               float(data.get("since", 0)),
                               SlotState(data.get("state", SlotState.ACQUIRED)),
-                              data.get("sha", "")))
+                              data.get("sha", ""),
+                              Action(action) if action in set(Action) else None))
         return slots
 
     async def processing_payloads(self) -> list[bytes]:
@@ -263,15 +298,20 @@ class QueueStore:
                 pipe.llen(self.keys.processing(replica))
             for handle in handles:
                 pipe.llen(self.keys.waiting(handle))
+            for action in Action:
+                pipe.llen(self.keys.capped(action))
             out = await pipe.execute()
         queue, dead, inflight = out[0], out[1], out[2]
         processing = sum(out[3:3 + len(replicas)])
-        waiting = sum(out[3 + len(replicas):])
+        waiting = sum(out[3 + len(replicas):3 + len(replicas) + len(handles)])
+        capped = dict(zip(Action, out[3 + len(replicas) + len(handles):], strict=True))
         now = time.time()
         slots = [json.loads(v) for v in inflight.values()]
         ages = [now - float(s.get("since", now)) for s in slots]
         unlaunched = (SlotState.CLAIMED, SlotState.ACQUIRED)
         claims = [age for s, age in zip(slots, ages, strict=True)
                   if s.get("state") in unlaunched]
+        by_action = {action: sum(1 for s in slots if s.get("action") == action)
+                     for action in Action}
         return Depths(queue, processing, waiting, dead, len(inflight), max(ages, default=0.0),
-                      max(claims, default=0.0))
+                      max(claims, default=0.0), by_action, capped)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
@@ -71,6 +72,18 @@ def test_invalid_setting_names_the_variable_not_the_value(redis_srv: RedisServer
     done = cli(redis_srv, "run", DISPATCHER_MAX_IN_FLIGHT="zero")
     assert done.returncode == 2
     assert "DISPATCHER_MAX_IN_FLIGHT" in done.stderr
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("reinstall=2", "invalid setting DISPATCHER_ACTION_CAPS: not valid JSON"),
+    ('{"reinstall": 50}', "reinstall is capped at 50; a cap must be between 1 and "
+                          "DISPATCHER_MAX_IN_FLIGHT (10)"),
+])
+def test_an_action_cap_that_cannot_hold_stops_the_dispatcher_in_one_line(
+        redis_srv: RedisServer, value: str, said: str) -> None:
+    done = cli(redis_srv, "run", DISPATCHER_ACTION_CAPS=value)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_settings_lists_every_variable(redis_srv: RedisServer) -> None:

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from dispatcher.settings import JobTemplateSettings
+from contracts.messages import Action
+from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from tests.support.dispatch import REPO
 
 pytestmark = pytest.mark.unit
@@ -105,3 +107,25 @@ def test_the_dispatcher_does_not_start_with_them(variable: str, value: str, said
 def test_the_deadline_instant_is_the_dispatchers_to_set() -> None:
     with pytest.raises(ValidationError, match="JOB_DEADLINE_AT"):
         JobTemplateSettings(env={"JOB_DEADLINE_AT": "2030-01-01T00:00:00Z"})
+
+
+def test_action_caps_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCHER_ACTION_CAPS", '{"reinstall": 2, "recovery": 5}')
+    monkeypatch.setenv("DISPATCHER_MAX_IN_FLIGHT", "5")
+    settings = DispatcherSettings()
+    assert settings.action_caps == {Action.REINSTALL: 2, Action.RECOVERY: 5}
+
+
+@pytest.mark.parametrize(("caps", "said"), [
+    ('{"reinstall": 0}', "between 1 and DISPATCHER_MAX_IN_FLIGHT (10)"),
+    ('{"reinstall": 11}', "reinstall is capped at 11"),
+    ('{"rebuild": 1}', "rebuild"),
+    ('{"reinstall": "two"}', "two"),
+    ("reinstall=2", "action_caps"),
+])
+def test_an_action_cap_that_cannot_hold_is_refused_naming_it(
+        monkeypatch: pytest.MonkeyPatch, caps: str, said: str) -> None:
+    monkeypatch.setenv("DISPATCHER_ACTION_CAPS", caps)
+    with pytest.raises((ValidationError, SettingsError)) as caught:
+        DispatcherSettings()
+    assert said in str(caught.value), str(caught.value)

@@ -21,7 +21,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.keys import Keys
-from contracts.messages import MAX_PAYLOAD_BYTES, InvalidMessage, RejectReason, parse_message
+from contracts.messages import (
+    MAX_PAYLOAD_BYTES,
+    Action,
+    InvalidMessage,
+    RejectReason,
+    parse_message,
+)
 from contracts.reporting import publish_result
 from contracts.results import Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.observability.health_server import close_metrics, serve_metrics
@@ -38,7 +44,7 @@ from dispatcher.observability.metrics import (
 )
 from dispatcher.observability.queue_state import QueueStateExporter, head_first_seen
 from dispatcher.rejects import dead_letter_of
-from dispatcher.store.queue import QueueStore
+from dispatcher.store.queue import Limits, QueueStore
 from dispatcher.supervision import Loop, Supervisor
 from tests.support.dispatch import REPO
 from tests.support.services import free_port
@@ -280,6 +286,32 @@ async def test_failed_servers_are_named_until_their_next_success(
     assert failed_now == {"web-8"}
 
 
+async def test_runs_in_flight_and_capped_messages_are_exported_by_action(
+        redis_client: aioredis.Redis, keys: Keys) -> None:
+    """Saturation per action on the dashboard: the slots counted by their run's action, the
+    messages waiting for their action's cap, next to the configured cap."""
+    store = QueueStore(redis_client, keys, "r1")
+    await store.publish_limits(Limits(10, {Action.REINSTALL: 1}))
+    for handle in ("w1", "w2", "w3"):
+        await redis_client.lpush(keys.queue, json.dumps(
+            {"server_handle": handle, "force_reinstall": True}))
+    await redis_client.lpush(keys.queue, json.dumps({"server_handle": "w4"}))
+    batch = await store.claim_many(10, cap=10, max_bytes=4096, prefix_bytes=100)
+    assert (len(batch.payloads), batch.capped) == (2, 2)
+    metrics, exporter = _exporters(redis_client, keys, "r1")["r1"]
+    metrics.action_cap.labels("reinstall").set(1)
+    await exporter.refresh()
+    samples = exported(metrics)
+
+    def by_action(name: str) -> dict[str, float]:
+        return {dict(labels)["action"]: v for (n, labels), v in samples.items() if n == name}
+    assert by_action("infra_service_jobs_in_flight_by_action") == {
+        "setup": 1, "recovery": 0, "reinstall": 1}
+    assert by_action("infra_service_capped_messages") == {
+        "setup": 0, "recovery": 0, "reinstall": 2}
+    assert by_action("infra_service_action_cap") == {"reinstall": 1}
+
+
 async def test_oldest_message_age_without_enqueued_at(redis_client: aioredis.Redis,
                                                       keys: Keys) -> None:
     """The Scheduler may omit enqueued_at: the age counts from the first time the message
@@ -353,12 +385,13 @@ def readme_series() -> dict[str, tuple[str, set[str]]]:
 async def test_readme_lists_every_series_with_its_type_and_labels(
         redis_client: aioredis.Redis, keys: Keys) -> None:
     """Scrape a live registry with every kind of series present (the lease held, a failed
-    server, a loop running) and compare it with the README's table."""
+    server, a loop running, an action capped) and compare it with the README's table."""
     await publish_result(redis_client, keys, _result("a1", ResultStatus.FAILED,
                                                      "play_failed", "web-7"))
     metrics, exporter = _exporters(redis_client, keys, "r1")["r1"]
     await exporter.refresh()
     metrics.loop_started("pop")
+    metrics.action_cap.labels("reinstall").set(2)
     live: dict[str, tuple[str, set[str]]] = {}
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         if not family.name.startswith("infra_service_"):
