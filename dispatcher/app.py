@@ -12,10 +12,16 @@ import signal
 import threading
 from collections.abc import Callable
 
+import redis.asyncio as aioredis
+
 from contracts.connections import RedisSettings, create_redis
+from contracts.keys import Keys
 from dispatcher.executors.base import Executor
 from dispatcher.executors.kubernetes import KubernetesExecutor
 from dispatcher.executors.local import LocalExecutor
+from dispatcher.history.pruning import Pruner
+from dispatcher.history.settings import HistorySettings
+from dispatcher.history.store import History, NoHistory, RunHistory
 from dispatcher.kube.access import AccessCheck
 from dispatcher.kube.client import KubeClient, load_configuration
 from dispatcher.observability.health_server import Handler, close_metrics, serve, serve_metrics
@@ -125,8 +131,21 @@ def start_side_loops(dispatcher: Dispatcher, access: AccessCheck | None,
         dispatcher.supervisor.start(Loop.QUEUE_STATE, lambda: exporter.run(forever))
 
 
+def build_history(settings: HistorySettings | None, replica: str, runner_image: str,
+                  redis: aioredis.Redis, keys: Keys) -> History:
+    """The run history's writer, or none when no DATABASE_URL is set (logged once)."""
+    if settings is None or not settings.enabled:
+        log.warning("run history off: DATABASE_URL is not set; runs are dispatched but not "
+                    "recorded in PostgreSQL by the dispatcher")
+        return NoHistory()
+    log.info("run history on", extra={"database": settings.shown_url,
+                                       "retention_days": settings.retention_days})
+    return RunHistory(settings, replica, runner_image, redis, keys)
+
+
 async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSettings,
-                         redis_settings: RedisSettings, stop: asyncio.Event | None = None) -> None:
+                         redis_settings: RedisSettings, stop: asyncio.Event | None = None,
+                         history_settings: HistorySettings | None = None) -> None:
     stop = stop or asyncio.Event()
     handle_signals(stop, settings)
     metrics = Metrics()
@@ -134,8 +153,14 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
     redis = create_redis(redis_settings)
     blocking = create_redis(redis_settings, blocking_timeout=BLOCK_SECONDS + 5)
     executor, access = build_executor(settings, template, metrics, supervisor)
+    history = build_history(history_settings, settings.replica_id, template.image, redis,
+                            redis_settings.keys)
     dispatcher = Dispatcher(settings, redis_settings.keys, redis, blocking, executor, metrics,
-                            supervisor)
+                            supervisor, history)
+    # Pruning is not a dispatch loop: it cannot crash (it logs and waits for the next
+    # interval), and /readyz does not depend on it.
+    pruning = (asyncio.create_task(Pruner(history_settings).loop())
+               if history_settings is not None and history_settings.enabled else None)
     exporter = QueueStateExporter(
         redis, redis_settings.keys, settings.replica_id, metrics, dispatcher.store,
         settings.metrics_refresh_seconds) if settings.metrics_port else None
@@ -153,6 +178,9 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
         await dispatcher.run(stop)
     finally:
         await dispatcher.supervisor.stop_all()  # also when stopped before it started
+        if pruning is not None:
+            pruning.cancel()
+        await history.close()  # the writes in progress, bounded
         for close in closers:
             close()
         if exporter is not None:

@@ -6,6 +6,8 @@
     python -m dispatcher results [-n 10]
     python -m dispatcher dead-letter [-n 10] [--requeue]
     python -m dispatcher check                    # Redis and the Kubernetes API answer?
+    python -m dispatcher history srv-1 [-n 20] [--json]   # a server's runs (PostgreSQL)
+    python -m dispatcher show-run <request-id> [--json]   # one run in full
     python -m dispatcher settings                 # every setting, its variable and default
     python -m dispatcher schemas [--out DIR]      # JSON Schemas of message and result
 """
@@ -35,6 +37,8 @@ from contracts.logs import configure_logging
 from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
 from contracts.results import ResultEntry
 from dispatcher.app import run_dispatcher
+from dispatcher.history.commands import add_commands as add_history_commands
+from dispatcher.history.settings import HistorySettings
 from dispatcher.kube.client import load_configuration
 from dispatcher.schemas import write_schemas
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
@@ -101,9 +105,11 @@ def cmd_run(_: argparse.Namespace) -> int:
     settings = _load(DispatcherSettings, "DISPATCHER_")
     template = _load(JobTemplateSettings, "DISPATCHER_JOB_")
     redis_settings = _load(RedisSettings, "REDIS_")
+    history = _load(HistorySettings, "DISPATCHER_HISTORY_")
     configure_logging("dispatcher", settings.log_level)
     try:
-        asyncio.run(run_dispatcher(settings, template, redis_settings))
+        asyncio.run(run_dispatcher(settings, template, redis_settings,
+                                   history_settings=history))
     except Exception as exc:
         # A kubeconfig that cannot be loaded stops the service at start (an unreachable API
         # server or Redis does not: the service retries and reports not ready).
@@ -255,7 +261,8 @@ def _is_redis_error(exc: BaseException) -> bool:
 def cmd_settings(_: argparse.Namespace) -> int:
     rows = []
     for kind, prefix in ((DispatcherSettings, "DISPATCHER_"), (JobTemplateSettings,
-                         "DISPATCHER_JOB_"), (RedisSettings, "REDIS_")):
+                         "DISPATCHER_JOB_"), (RedisSettings, "REDIS_"),
+                         (HistorySettings, "DISPATCHER_HISTORY_")):
         for name, field in kind.model_fields.items():
             alias = field.validation_alias if isinstance(field.validation_alias, str) else None
             default: Any = field.default
@@ -298,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.set_defaults(func=lambda a: asyncio.run(_dead_letter(a)))
     sub.add_parser("check", help="do Redis and the Kubernetes API answer?").set_defaults(
         func=cmd_check)
+    add_history_commands(sub)
     sub.add_parser("settings", help="list every setting").set_defaults(func=cmd_settings)
     schemas = sub.add_parser("schemas", help="write the JSON Schemas")
     schemas.add_argument("--out")

@@ -20,6 +20,7 @@ from contracts.reporting import Reported, publish_result, reported
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.executors.base import Executor, JobEnd
 from dispatcher.failures import failure_result
+from dispatcher.history.store import History, NoHistory
 from dispatcher.observability.metrics import Metrics
 from dispatcher.store.queue import QueueStore
 from dispatcher.store.retry import RedisRetry
@@ -35,8 +36,9 @@ STOP_WAIT = wait_exponential(multiplier=0.2, max=5.0)
 class Ends:
     def __init__(self, executor: Executor, store: QueueStore, retry: RedisRetry,
                  client: aioredis.Redis, keys: Keys, state: DispatchState,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, history: History | None = None) -> None:
         self.executor = executor
+        self.history: History = history or NoHistory()
         self.store = store
         self.retry = retry
         self.client = client
@@ -72,15 +74,19 @@ class Ends:
         if end.stop_job:
             await self._stop(end, ctx)
         marker = await self.retry(lambda: reported(self.client, self.keys, end.request_id))
+        published = None
         if marker is None:
             entry = failure_result(end, datetime.now(UTC))
             if await self.retry(lambda: publish_result(self.client, self.keys, entry)):
                 log.warning("Job ended without a runner result: failure reported",
                             extra={**ctx, "reason": end.reason, "detail": end.message})
+                published = entry
                 if not end.succeeded:
                     await self._record_failure(end, ctx)
             marker = Reported(entry.reported_by.value, entry.status.value,
                               entry.error.kind if entry.error else None)
+        # The run's history row gets what its runner did not write (in the background).
+        self.history.ended(end, marker.status, marker.kind, marker.by, published)
         released = await self.retry(lambda: self.store.release(end.server_handle,
                                                                end.request_id))
         if released:

@@ -22,6 +22,7 @@ from contracts.messages import InvalidMessage, ProvisionerMessage, RejectReason
 from dispatcher.acks import Acks
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.executors.base import Executor, LaunchRejected, TransientLaunchError
+from dispatcher.history.store import History, NoHistory
 from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
 from dispatcher.rejects import Rejecter
@@ -53,8 +54,10 @@ class RetryAfterOrBackoff(wait_base):
 class Launcher:
     def __init__(self, executor: Executor, acks: Acks, rejecter: Rejecter,
                  config: JobConfigCheck, state: DispatchState, metrics: Metrics, *,
-                 concurrency: int, room: int, retry_max_seconds: float) -> None:
+                 concurrency: int, room: int, retry_max_seconds: float,
+                 history: History | None = None) -> None:
         self.executor = executor
+        self.history: History = history or NoHistory()
         self.acks = acks
         self.rejecter = rejecter
         self.config = config
@@ -80,7 +83,8 @@ class Launcher:
             self.room_free.clear()
         ctx = {"server_handle": item.handle, "request_id": item.request_id,
                "job_name": item.job_name}
-        task = asyncio.create_task(self._launch(message, item.new_raw, item.job_name, ctx))
+        task = asyncio.create_task(self._launch(message, item.new_raw, item.job_name, ctx,
+                                                queued_raw=item.raw))
         self.tasks.add(task)
         task.add_done_callback(self._launched)
         return payload
@@ -93,14 +97,14 @@ class Launcher:
             log.error("launch task failed", exc_info=task.exception())
 
     async def _launch(self, message: ProvisionerMessage, raw: str, name: str,
-                      ctx: dict[str, str]) -> None:
+                      ctx: dict[str, str], queued_raw: bytes = b"") -> None:
         try:
-            await self._launch_until_done(message, raw, name, ctx)
+            await self._launch_until_done(message, raw, name, ctx, queued_raw)
         finally:
             self.state.claimed.discard(raw.encode())
 
     async def _launch_until_done(self, message: ProvisionerMessage, raw: str, name: str,
-                                 ctx: dict[str, str]) -> None:
+                                 ctx: dict[str, str], queued_raw: bytes) -> None:
         # One retrying object per launch: tenacity keeps per-call state on it.
         retrying = AsyncRetrying(retry=retry_if_exception_type(TransientLaunchError),
                                  wait=self._wait, reraise=True,
@@ -116,6 +120,9 @@ class Launcher:
             return
         self.failing = False
         await self.acks.ack(raw, message.server_handle, message.request_id or "")
+        # The run's history row (in the background: it never delays dispatching); the
+        # payload as queued finds when it was first seen (its queued time).
+        self.history.launched(message, name, queued_raw or raw.encode())
         self.metrics.dispatched.inc()
         if created:
             self.metrics.jobs_created.inc()

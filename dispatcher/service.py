@@ -26,6 +26,7 @@ from dispatcher.acks import Acks
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.ends import Ends
 from dispatcher.executors.base import Executor
+from dispatcher.history.store import History
 from dispatcher.intake import Intake
 from dispatcher.launcher import Launcher
 from dispatcher.observability.metrics import Metrics
@@ -46,7 +47,7 @@ CLAIM_BATCH_FACTOR = 8  # routed messages waiting for a create, per concurrent c
 class Dispatcher:
     def __init__(self, settings: DispatcherSettings, keys: Keys, redis: aioredis.Redis,
                  blocking_redis: aioredis.Redis, executor: Executor, metrics: Metrics,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor, history: History | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.executor = executor
@@ -62,12 +63,13 @@ class Dispatcher:
             executor, self.acks, rejecter, self.config, state, metrics,
             concurrency=settings.dispatch_concurrency,
             room=settings.dispatch_concurrency * CLAIM_BATCH_FACTOR,
-            retry_max_seconds=settings.api_retry_max_seconds)
+            retry_max_seconds=settings.api_retry_max_seconds, history=history)
         self.intake = Intake(self.store, self.retry, blocking_redis, self.launcher, rejecter,
                              self.config, state, metrics,
                              max_in_flight=settings.max_in_flight, block_seconds=BLOCK_SECONDS,
                              action_caps=settings.action_caps)
-        self.ends = Ends(executor, self.store, self.retry, redis, keys, state, metrics)
+        self.ends = Ends(executor, self.store, self.retry, redis, keys, state, metrics,
+                         history)
         self.reconciler = Reconciler(executor, self.store, self.retry, self.ends, state,
                                      settings)
 

@@ -4,11 +4,12 @@ the SIGTERM flag and the warm-up of what the play and the report import."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from contracts.messages import ProvisionerMessage
 from runner_image.deadline import RunDeadline
+from runner_image.phases import RunTrace
 from runner_image.redaction import Redactor
 from runner_image.settings import DatabaseSettings, RunnerSettings
 from runner_image.warmup import Warmup
@@ -24,6 +25,7 @@ class RunContext:
     cancelled: threading.Event
     deadline: RunDeadline
     warmup: Warmup  # what the play and the report import, loaded during the SSH check
+    trace: RunTrace = field(default_factory=RunTrace)  # phases and ports, for the history
 
     @property
     def request_id(self) -> str:

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from contracts.messages import Action
 from contracts.results import ErrorKind
+from contracts.run_history import Phase
 from runner_image import outcome as out
 from runner_image.agent import AgentUnavailable, KeyRejected, SshAgent
 from runner_image.context import RunContext
@@ -114,11 +115,14 @@ class Job:
         workspace = self.workspace
         if workspace.problem is not None or workspace.scratch is None:
             return out.rejected(ErrorKind.CONFIG_ERROR, workspace.problem or "no scratch directory")
-        locked = await lock_and_read(self.store, self.message, self.settings.server_lock_timeout,
-                                     self.ctx.deadline, self.ctx.redact)
+        with self.ctx.trace.timing(Phase.LOCK):
+            locked = await lock_and_read(self.store, self.message,
+                                         self.settings.server_lock_timeout, self.ctx.deadline,
+                                         self.ctx.redact)
         if isinstance(locked, out.Outcome):
             return locked
         server, password = locked
+        self.ctx.trace.ssh_port_before = server.ssh_port
         agent = await self._agent()
         if isinstance(agent, out.Outcome):
             return agent

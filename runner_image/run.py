@@ -27,10 +27,11 @@ from contracts.connections import RedisSettings, create_redis
 from contracts.exit_codes import ExitCode
 from contracts.messages import InvalidMessage, ProvisionerMessage, parse_message
 from contracts.results import ErrorKind, ResultEntry, now
+from contracts.run_history import Phase
 from runner_image import outcome as out
 from runner_image import redaction
 from runner_image.context import RunContext
-from runner_image.db import ServerStore, open_store
+from runner_image.db import ServerStore, connect, open_store
 from runner_image.deadline import RunDeadline
 from runner_image.deploy_key import InvalidPublicKey, check_key_material
 from runner_image.job import Job
@@ -45,6 +46,7 @@ from runner_image.settings import (
     load,
     scrub_secret_environment,
 )
+from runner_image.steps import RunSteps
 from runner_image.termination import write_for_outcome
 from runner_image.warmup import Warmup
 from runner_image.workspace import Workspace
@@ -55,6 +57,9 @@ log = logging.getLogger("runner_image")
 REPORT_MODULE = "runner_image.report"
 # A run rejected before its settings are read still tries a few times to report it.
 EARLY_REPORT_POLICY = Backoff(attempts=3, first_pause=0.5)
+# The run's history row is written after its result, within this (or what is left of the
+# deadline): a database that does not answer delays the pod's end by no more.
+HISTORY_WRITE_SECONDS = 10.0
 
 
 @dataclass
@@ -196,8 +201,10 @@ async def _run_job(info: RunInfo, message: ProvisionerMessage, settings: RunnerS
         # as always; the result is left to the dispatcher, which sees how the Job ends.
         signalled = signals.event.is_set() and outcome.error is not None and \
             outcome.error.kind is ErrorKind.CANCELLED
-        ok = await _report(info, ctx, outcome, claimed, store, policy,
-                           publish=not signalled)
+        with ctx.trace.timing(Phase.REPORT):
+            ok = await _report(info, ctx, outcome, claimed, store, policy,
+                               publish=not signalled)
+        await _record_history(info, ctx, outcome, store, published=ok and not signalled)
 
     code = outcome.exit_code if ok else ExitCode.COULD_NOT_REPORT
     _finish(info, outcome, code)
@@ -247,7 +254,9 @@ class Cancellation:
 async def _execute(ctx: RunContext, store: ServerStore, workspace: Workspace,
                    signals: Cancellation) -> tuple[out.Outcome, bool]:
     """The job's outcome, and whether it claimed the server (only then is a status written)."""
-    job = Job(ctx, store, workspace)
+    from runner_image.history import TimedSteps  # see RunInfo.entry
+
+    job = Job(ctx, store, workspace, TimedSteps(RunSteps(ctx), ctx.trace))
     signals.task = asyncio.create_task(job.execute())
     try:
         outcome = await signals.task
@@ -292,6 +301,41 @@ async def _report(info: RunInfo, ctx: RunContext, outcome: out.Outcome, claimed:
         log.error("could not publish the result", extra={"error": str(exc) or type(exc).__name__})
         ok = False
     return ok
+
+
+async def _record_history(info: RunInfo, ctx: RunContext, outcome: out.Outcome,
+                          store: ServerStore | None, *, published: bool) -> None:
+    """The run's row in the run history, after the result and within a bound: a failure is
+    logged, and the dispatcher still records the run (its outcome from the result) at the
+    Job's end; what only the runner knows (phases, counts, ports) is then missing."""
+    from runner_image.history import run_row, write_run  # see RunInfo.entry
+
+    if store is None:  # the database did not answer at the start: no waiting for it again
+        log.warning("run history not written: the database was unavailable; the dispatcher "
+                    "records the run's outcome when the Job ends")
+        return
+    message = ctx.message
+    entry = info.entry(outcome, message, message.request_id, message.server_handle)
+    row = run_row(entry, ctx.trace, published=published,
+                  queued_at=message.enqueued_at or entry.finished_at, redact=info.redact)
+    left = _report_time(ctx.deadline, share=1.0)
+    bound = HISTORY_WRITE_SECONDS if left is None else min(HISTORY_WRITE_SECONDS, left)
+    conn = None if store.conn.is_closed() else store.conn
+    fresh = None
+    try:
+        async with asyncio.timeout(bound):
+            if conn is None:
+                conn = fresh = await connect(ctx.db_settings)
+            await write_run(conn, row)
+        log.info("run history written")
+    except Exception as exc:
+        log.warning("run history not written; the dispatcher records the run's outcome when "
+                    "the Job ends, without its phases", extra={
+                        "error": str(exc) or type(exc).__name__})
+    finally:
+        if fresh is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(fresh.close(), 5)
 
 
 async def _report_only(info: RunInfo, outcome: out.Outcome, message: ProvisionerMessage | None,
