@@ -111,6 +111,9 @@ class Intake:
                     await self.retry(lambda: self.store.wait_for_message(
                         self.blocking, self.block_seconds))
                 continue
+            # One line per claim batch: what each replica was handed, summable across
+            # replicas from their logs even after one was killed (claims per message).
+            log.debug("claimed", extra={"count": len(raws)})
             self.state.claimed.update(raws)
             owned: set[bytes] = set()
             try:
