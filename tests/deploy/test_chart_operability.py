@@ -104,7 +104,8 @@ def test_network_policy_dns_destinations_and_ports_from_urls() -> None:
         assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
         assert peer["namespaceSelector"]["matchLabels"] == {
             "kubernetes.io/metadata.name": "kube-system"}
-    assert [_ports(r) for r in dispatcher] == [{53}, {6380}, {443, 6443}]
+    # PostgreSQL last: the run history (dispatcher.history, on by default).
+    assert [_ports(r) for r in dispatcher] == [{53}, {6380}, {443, 6443}, {5432}]
     assert [_ports(r) for r in runner] == [{53}, {6380}, {5432}, {22}, {443}]
 
     custom = {**FULL_VALUES,
@@ -121,6 +122,7 @@ def test_network_policy_dns_destinations_and_ports_from_urls() -> None:
     assert dispatcher[1] == {"to": [{"podSelector": {"matchLabels": {"app": "redis"}}}],
                              "ports": [{"port": 7000, "protocol": "TCP"}]}
     assert dispatcher[2]["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]
+    assert dispatcher[3] == runner[2]  # the run history: the same PostgreSQL
     assert runner[2] == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
                          "ports": [{"port": 6543, "protocol": "TCP"}]}
     assert runner[3]["to"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
