@@ -85,6 +85,8 @@ def dispatcher(kube_env: KubeEnv, own_redis: StoppableRedis, tmp_path: Path
         "DISPATCHER_INSTANCE": RELEASE,
         # one create at a time: a held create holds the intake
         "DISPATCHER_DISPATCH_CONCURRENCY": "1", "DISPATCHER_MAX_IN_FLIGHT": "50",
+        # a cap per action, so the dashboard's saturation per action has its series
+        "DISPATCHER_ACTION_CAPS": '{"reinstall": 10}',
         "DISPATCHER_API_TIMEOUT_SECONDS": str(HELD_CREATE_SECONDS + 20),
         # the start-up dry run only, so the held create is the message's
         "DISPATCHER_PREFLIGHT_SECONDS": "3600",

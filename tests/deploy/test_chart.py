@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import uuid
 from typing import Any
 
@@ -16,7 +17,9 @@ import kubernetes_validate
 import pytest
 from helm_python.errors import HelmError
 
+from contracts.messages import Action
 from dispatcher.naming import selector_labels
+from dispatcher.settings import DispatcherSettings
 from runner_image.settings import SECRET_VARIABLES
 from tests.support.chart import (
     CHART_DIR,
@@ -306,6 +309,8 @@ def test_secret_created_only_when_asked() -> None:
     ({"runner": {"sshPrivateKey": {"secret": "s", "key": "k", "value": "inline"}}},
      "/runner/sshPrivateKey"),
     ({"replicas": 3}, "replicas"),
+    ({"dispatcher": {"actionCaps": {"rebuild": 1}}}, "'rebuild' not allowed"),
+    ({"dispatcher": {"actionCaps": {"reinstall": 0}}}, "/dispatcher/actionCaps/reinstall"),
 ])
 def test_schema_rejects_bad_values(values: dict[str, Any], expected: str) -> None:
     with pytest.raises(HelmError) as caught:
@@ -318,6 +323,22 @@ def test_template_checks_refuse_impossible_timeouts() -> None:
         render({"runner": {"activeDeadlineSeconds": 600, "playTimeoutSeconds": 600}})
     with pytest.raises(HelmError, match="must differ"):
         render({"dispatcher": {"healthPort": 9100, "metricsPort": 9100}})
+    with pytest.raises(HelmError, match=r"actionCaps.reinstall \(11\) is above "
+                                        r"dispatcher.maxInFlight \(10\)"):
+        render({"dispatcher": {"actionCaps": {"reinstall": 11}}})
+
+
+def test_action_caps_reach_the_dispatchers_settings(full: Rendered,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatcher loads the caps the chart gives it; none by default."""
+    for rendered, expected in ((full, {Action.REINSTALL: 2, Action.RECOVERY: 5}),
+                               (render(), {})):
+        for name in list(os.environ):
+            if name.startswith("DISPATCHER_"):
+                monkeypatch.delenv(name)
+        for name, value in plain_env(rendered.one("Deployment")).items():
+            monkeypatch.setenv(name, value)
+        assert DispatcherSettings().action_caps == expected
 
 
 def test_notes_give_the_sre_commands() -> None:

@@ -129,6 +129,11 @@ refuses it first, unless skipped).
 {{- if ge (int .Values.runner.playTimeoutSeconds) (int .Values.runner.activeDeadlineSeconds) }}
 {{- fail "runner.playTimeoutSeconds must be below runner.activeDeadlineSeconds: the runner has to report a timeout before Kubernetes kills it" }}
 {{- end }}
+{{- range $action, $cap := .Values.dispatcher.actionCaps }}
+{{- if gt (int $cap) (int $.Values.dispatcher.maxInFlight) }}
+{{- fail (printf "dispatcher.actionCaps.%s (%d) is above dispatcher.maxInFlight (%d): a cap per action is a share of the global cap" $action (int $cap) (int $.Values.dispatcher.maxInFlight)) }}
+{{- end }}
+{{- end }}
 {{- if eq (int .Values.dispatcher.healthPort) (int .Values.dispatcher.metricsPort) }}
 {{- fail "dispatcher.healthPort and dispatcher.metricsPort must differ" }}
 {{- end }}
