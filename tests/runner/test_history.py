@@ -30,6 +30,7 @@ from runner_image.job import Job
 from runner_image.play import PlayOutcome, PlayStatus
 from runner_image.redaction import Redactor
 from runner_image.settings import RunnerSettings
+from tests.runner.conftest import Runner, message
 from tests.support.keys import Keypair
 from tests.support.runner_fakes import (
     FakeSteps,
@@ -153,3 +154,20 @@ async def test_the_migration_made_the_table_and_the_dispatchers_role(db) -> None
         "SELECT privilege_type FROM information_schema.role_table_grants"
         " WHERE grantee = $1 AND table_name = 'runs'", DISPATCHER_ROLE)}
     assert grants == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+
+
+async def test_the_runner_process_writes_its_row(runner: Runner, db) -> None:
+    """``python -m runner_image`` as the Job runs it: a message for a server the source of
+    truth does not know ends after the lock, and the row says so."""
+    msg = message(f"nosuch-{uuid.uuid4().hex[:6]}")
+    res = runner.run(msg)
+    assert res.rc == 10, res.explain
+    assert res.events("run history written"), res.explain
+    row = await db.fetchrow("SELECT * FROM runs WHERE request_id = $1", msg["request_id"])
+    assert row is not None, res.explain
+    assert (row["status"], row["error_kind"], row["reported_by"]) == (
+        "failed", "unknown_server", "runner")
+    assert set(json.loads(row["phases"])) == {"lock", "report"}
+    assert row["job_name"] == runner.environment(msg)["JOB_NAME"]
+    assert row["queued_at"] == datetime.fromisoformat(msg["enqueued_at"])
+    assert row["ssh_port_before"] is None and row["message"]
