@@ -157,8 +157,11 @@ async def _status(_: argparse.Namespace) -> int:
         "dead_letter": depths.dead_letter, "jobs_in_flight": depths.in_flight,
         "oldest_in_flight_seconds": round(depths.oldest_in_flight_seconds, 1),
         "oldest_claim_seconds": round(depths.oldest_claim_seconds, 1),
+        "jobs_in_flight_by_action": {str(a): n for a, n in depths.in_flight_by_action.items()},
+        "waiting_for_action_cap": {str(a): n for a, n in depths.capped.items()},
         "servers_in_flight": {s.handle: {"request_id": s.request_id, "job_name": s.job_name,
-                                         "state": s.state} for s in slots},
+                                         "state": s.state, "action": s.action}
+                              for s in slots},
     }, indent=2))
     return 0
 

@@ -33,12 +33,20 @@ async def test_enqueue_then_status(redis_srv: RedisServer, redis_client: aioredi
     assert pushed["request_id"] == json.loads(done.stdout)["enqueued"]["request_id"]
     # A claim two minutes old whose Job was never created (InfraServiceClaimedNotLaunched).
     await redis_client.hset(keys.inflight, "web-8", json.dumps(
-        {"state": "acquired", "rid": "r-8", "since": time.time() - 120}))
+        {"state": "acquired", "rid": "r-8", "since": time.time() - 120,
+         "action": "reinstall"}))
+    # Two reinstalls waiting for their action's cap.
+    await redis_client.lpush(keys.capped("reinstall"), json.dumps(
+        {"server_handle": "web-9", "force_reinstall": True}), json.dumps(
+        {"server_handle": "web-10", "force_reinstall": True}))
     status = json.loads(cli(redis_srv, "status").stdout)
     assert status["queue"] == 1
     assert status["dead_letter"] == 0
     assert 119 <= status["oldest_claim_seconds"] < 180
     assert status["servers_in_flight"]["web-8"]["state"] == "acquired"
+    assert status["servers_in_flight"]["web-8"]["action"] == "reinstall"
+    assert status["jobs_in_flight_by_action"] == {"setup": 0, "recovery": 0, "reinstall": 1}
+    assert status["waiting_for_action_cap"] == {"setup": 0, "recovery": 0, "reinstall": 2}
 
 
 def test_enqueue_rejects_a_bad_handle_without_touching_redis(redis_srv: RedisServer) -> None:
