@@ -27,6 +27,7 @@ from runner_image import run as run_module
 from runner_image.db import ServerStore
 from runner_image.history import TimedSteps
 from runner_image.job import Job
+from runner_image.migrations import MIGRATIONS_DIR, apply_migrations
 from runner_image.play import PlayOutcome, PlayStatus
 from runner_image.redaction import Redactor
 from runner_image.settings import RunnerSettings
@@ -40,6 +41,7 @@ from tests.support.runner_fakes import (
     server_record,
     unit_settings,
 )
+from tests.support.services import PostgresServer
 
 SECRET = "Provider-Pa55word-9f1e"
 
@@ -171,3 +173,37 @@ async def test_the_runner_process_writes_its_row(runner: Runner, db) -> None:
     assert row["job_name"] == runner.environment(msg)["JOB_NAME"]
     assert row["queued_at"] == datetime.fromisoformat(msg["enqueued_at"])
     assert row["ssh_port_before"] is None and row["message"]
+
+
+async def test_a_migrating_role_that_may_not_create_roles_still_migrates(
+        pg_srv: PostgresServer, tmp_path: Path) -> None:
+    """Where a platform owns roles the migration cannot create the dispatcher's: it says so
+    and goes on; the platform's role, created later, is granted as the README says. (A copy
+    of the migrations naming a role of this test's own, so the session's role is untouched.)"""
+    suffix = uuid.uuid4().hex[:8]
+    role, owner, database = f"hist_group_{suffix}", f"hist_owner_{suffix}", f"hist_db_{suffix}"
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        (tmp_path / path.name).write_text(path.read_text().replace(DISPATCHER_ROLE, role))
+    admin = await asyncpg.connect(pg_srv.dsn(), password=pg_srv.password)
+    try:
+        await admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD 'owner-pw'")  # no CREATEROLE
+        await admin.execute(f"CREATE DATABASE {database} OWNER {owner}")
+        conn = await asyncpg.connect(pg_srv.dsn(database).replace("postgres@", f"{owner}@"),
+                                     password="owner-pw")
+        warnings: list[str] = []
+        conn.add_log_listener(lambda _c, msg: warnings.append(str(msg)))
+        try:
+            assert await apply_migrations(conn, tmp_path) == ["0001_servers", "0002_runs"]
+            assert not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            assert any(f"role {role} not created" in w for w in warnings), warnings
+            # The platform creates the role; the owner grants it (README, Run history).
+            await admin.execute(f"CREATE ROLE {role} NOLOGIN")
+            await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON runs TO {role}")
+            await conn.execute(f"GRANT SELECT (handle) ON servers TO {role}")
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.execute(f"DROP ROLE IF EXISTS {owner}")
+        await admin.close()
