@@ -31,6 +31,7 @@ from dispatcher.executors.base import JobEnd
 from dispatcher.history.settings import HistorySettings
 
 log = logging.getLogger("dispatcher")
+CLOSE_SECONDS = 1.0
 
 # The dispatcher's columns at creation. queued_at keeps the earliest instant anyone saw;
 # the runner's columns are left alone.
@@ -195,10 +196,14 @@ class RunHistory:
             await asyncio.wait(set(self._pending), timeout=within_seconds)
 
     async def close(self) -> None:
-        await self.drain(self.settings.write_timeout_seconds)
+        """At shutdown: the writes in progress get CLOSE_SECONDS, then go (the shutdown's
+        own bound leaves no more; what is cut is lost like during an outage)."""
+        await self.drain(CLOSE_SECONDS)
         for task in list(self._pending):
             task.cancel()
         if self._pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pool.close(), 5)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_SECONDS)
+            except Exception:
+                pool.terminate()
