@@ -16,7 +16,9 @@ from tests.support.images import REPO, Image, run
 from tests.support.services import RedisServer
 
 MB = 1_000_000  # as `podman images` / `docker images` count
-SIZE_BUDGET = {"dispatcher": 150 * MB, "runner": 350 * MB}
+# The dispatcher carries asyncpg for the run history (about 11 MB of compiled modules; 151.5
+# MB measured with it, 139 MB before).
+SIZE_BUDGET = {"dispatcher": 160 * MB, "runner": 350 * MB}
 UID = "10001"
 
 
