@@ -139,7 +139,8 @@ class RunHistory:
                                 message.action.value, job_name, self.replica,
                                 self.runner_image, queued, now)
 
-        self._submit(write, "Job created", message.server_handle, job_name)
+        self._submit(write, "Job created", message.server_handle, job_name,
+                     message.request_id or "")
 
     def ended(self, end: JobEnd, status: str | None, kind: str | None, reported_by: str,
               published: ResultEntry | None) -> None:
@@ -152,15 +153,15 @@ class RunHistory:
                 self.replica, end.started_at or finished, finished, status, kind,
                 reported_by, bounded_message(error.message) if error else None)
 
-        self._submit(write, "Job ended", end.server_handle, end.job_name)
+        self._submit(write, "Job ended", end.server_handle, end.job_name, end.request_id)
 
     async def _execute(self, sql: str, *args: object) -> None:
         pool = await self.pool()
         await pool.execute(sql, *args)
 
     def _submit(self, write: Callable[[], Awaitable[None]], what: str, handle: str,
-                job_name: str) -> None:
-        ctx = {"server_handle": handle, "job_name": job_name}
+                job_name: str, request_id: str) -> None:
+        ctx = {"server_handle": handle, "job_name": job_name, "request_id": request_id}
         if len(self._pending) >= self.settings.max_pending_writes:
             log.warning("run history write dropped: too many waiting for the database",
                         extra={**ctx, "what": what})
