@@ -27,7 +27,9 @@ local function record_result(counts, outcomes, result, now)
     if type(r.server_handle) == 'string' then handle = r.server_handle end
   end
   redis.call('HINCRBY', counts, status .. '|' .. kind, 1)
-  if handle then
+  -- A plan changes nothing and says nothing about the server's health: its latest outcome
+  -- (a failure an alert may be firing for) stays as it was.
+  if handle and status ~= 'planned' then
     if status == 'succeeded' then
       redis.call('HDEL', outcomes, handle)
     else

@@ -16,6 +16,11 @@ from contracts.messages import Action
 
 SCHEMA_VERSION = 1
 OUTPUT_TAIL_LIMIT = 4000
+# A plan lists at most this many tasks, each diff summary at most this many characters: a
+# result stays well under a megabyte whatever the play (the counts cover every task).
+PLAN_TASK_LIMIT = 100
+PLAN_DIFF_LIMIT = 1500
+PLAN_TEXT_LIMIT = 300  # a task or role name, the reason of an unknown verdict
 
 
 class ResultStatus(StrEnum):
@@ -24,6 +29,9 @@ class ResultStatus(StrEnum):
     UNREACHABLE = "unreachable"
     TIMED_OUT = "timed_out"
     REJECTED = "rejected"
+    # A plan (the message's ``plan``) ran to its end: nothing was changed, and ``plan`` says
+    # what a run would change. Says nothing about the server's health.
+    PLANNED = "planned"
 
 
 class Reporter(StrEnum):
@@ -111,6 +119,50 @@ class PlayRecap(BaseModel):
     ignored: int = 0
 
 
+class PlanVerdict(StrEnum):
+    """What a plan says about one task."""
+
+    WOULD_CHANGE = "would_change"  # the module checked and would change the server
+    # Check mode cannot tell: the task was skipped because it cannot run in check mode (a
+    # command), failed because an earlier task did not really run (a package not installed),
+    # reported a change it could not check (a command that would have run), or is a handler
+    # such a task would notify.
+    UNKNOWN = "unknown"
+
+
+class PlannedTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(max_length=PLAN_TEXT_LIMIT, description="The task's name")
+    role: str | None = Field(default=None, max_length=PLAN_TEXT_LIMIT,
+                             description="The role the task belongs to (null: the play's own)")
+    verdict: PlanVerdict
+    reason: str | None = Field(
+        default=None, max_length=PLAN_TEXT_LIMIT,
+        description="Why the verdict is unknown (secrets masked); null for would_change")
+    diff: str | None = Field(
+        default=None, max_length=PLAN_DIFF_LIMIT,
+        description="What would change, as Ansible's diff mode shows it (files as unified "
+        "diffs, states as before -> after), secrets masked, cut to its first "
+        f"{PLAN_DIFF_LIMIT} characters; null when the module shows none")
+
+
+class Plan(BaseModel):
+    """What a run would change, from the play in check and diff mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[PlannedTask] = Field(
+        default_factory=list, max_length=PLAN_TASK_LIMIT,
+        description=f"Tasks that would change or cannot tell, in play order (at most "
+        f"{PLAN_TASK_LIMIT}); empty on a server a run would not change")
+    would_change: int = Field(default=0, ge=0,
+                              description="Tasks that would change, listed or not")
+    unknown: int = Field(default=0, ge=0, description="Tasks check mode cannot tell, listed or not")
+    truncated: bool = Field(default=False,
+                            description="More tasks than the list holds; the counts cover all")
+
+
 class ResultEntry(BaseModel):
     """The outcome of one ProvisionerMessage."""
 
@@ -141,6 +193,11 @@ class ResultEntry(BaseModel):
     ssh_port_changed: bool | None = Field(
         default=None,
         description="True when the play moved sshd and ssh_port is the new port",
+    )
+    plan: Plan | None = Field(
+        default=None,
+        description="For a plan (status planned): the tasks a run would change or that "
+        "check mode cannot tell; null for a run",
     )
 
     def to_json(self) -> str:

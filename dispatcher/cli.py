@@ -1,7 +1,7 @@
 """Command line for SREs and the Scheduler's developers.
 
     python -m dispatcher run                      # the service
-    python -m dispatcher enqueue srv-1 [--recovery|--force-reinstall]
+    python -m dispatcher enqueue srv-1 [--recovery|--force-reinstall] [--plan]
     python -m dispatcher status                   # queue / processing / waiting / dead-letter
     python -m dispatcher results [-n 10]
     python -m dispatcher dead-letter [-n 10] [--requeue]
@@ -126,6 +126,8 @@ async def _enqueue(args: argparse.Namespace) -> int:
                               "force_reinstall": args.force_reinstall,
                               "is_recovery": args.recovery,
                               "enqueued_at": datetime.now(UTC).isoformat()}
+    if args.plan:  # only when asked: a dispatcher that does not know the field refuses it
+        fields["plan"] = True
     if args.request_id:
         fields["request_id"] = args.request_id
     try:
@@ -294,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = enqueue.add_mutually_exclusive_group()
     mode.add_argument("--force-reinstall", action="store_true")
     mode.add_argument("--recovery", action="store_true")
+    enqueue.add_argument("--plan", action="store_true",
+                         help="ask what the play would change (check mode) instead of a run")
     enqueue.add_argument("--request-id")
     enqueue.set_defaults(func=lambda a: asyncio.run(_enqueue(a)))
     sub.add_parser("status", help="queue depths and servers in flight").set_defaults(

@@ -17,8 +17,10 @@ from contracts.messages import ProvisionerMessage
 from dispatcher.naming import (
     ANNOTATION_MESSAGE,
     ANNOTATION_REPLICA,
+    MODE_RUN,
     job_name_for,
     labels_for,
+    mode_of,
 )
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
@@ -105,13 +107,14 @@ class JobFields:
     message_json: str
     # Empty: now + activeDeadlineSeconds, computed when the body is built or rendered.
     deadline_at: str = ""
+    mode: str = MODE_RUN  # the mode label: "plan" for a plan's Job
 
     @classmethod
     def of(cls, message: ProvisionerMessage, job_name: str | None = None,
            deadline_at: str = "") -> JobFields:
         return cls(job_name or job_name_for(message), message.server_handle,
                    message.request_id or "", message.action.value, message.to_json(),
-                   deadline_at)
+                   deadline_at, mode_of(message))
 
 
 def build_job(message: ProvisionerMessage, settings: DispatcherSettings,
@@ -236,7 +239,8 @@ def pod_spec(container: dict[str, Any], template: JobTemplateSettings) -> dict[s
 def job_body(fields: JobFields, settings: DispatcherSettings,
              template: JobTemplateSettings) -> dict[str, Any]:
     deadline_at = fields.deadline_at or deadline_at_after(template.active_deadline_seconds)
-    own = labels_for(fields.handle, fields.request_id, fields.action, settings.instance)
+    own = labels_for(fields.handle, fields.request_id, fields.action, settings.instance,
+                     fields.mode)
     if version := image_version(template.image):
         own[LABEL_VERSION] = version
     # Operators' pod labels and annotations first: the dispatcher's own win on a clash (its

@@ -21,13 +21,19 @@ def message_schema() -> dict[str, Any]:
     schema["description"] = (
         "A provisioning request pushed (LPUSH) onto the Redis list provisioner:queue. "
         f"At most {MAX_PAYLOAD_BYTES} bytes. Unknown fields are rejected. force_reinstall and "
-        "is_recovery are mutually exclusive. request_id is the idempotency key (one Job per "
-        "request id); the dispatcher generates one when absent."
+        "is_recovery are mutually exclusive, and so are plan and force_reinstall. request_id "
+        "is the idempotency key (one Job per request id); the dispatcher generates one when "
+        "absent."
     )
-    schema["not"] = {"properties": {"force_reinstall": {"const": True},
-                                    "is_recovery": {"const": True}},
-                     "required": ["force_reinstall", "is_recovery"]}
+    schema["allOf"] = [_not_both("force_reinstall", "is_recovery"),
+                       _not_both("plan", "force_reinstall")]
     return schema
+
+
+def _not_both(first: str, second: str) -> dict[str, Any]:
+    """A schema clause refusing ``first`` and ``second`` both true."""
+    return {"not": {"properties": {first: {"const": True}, second: {"const": True}},
+                    "required": [first, second]}}
 
 
 def result_schema() -> dict[str, Any]:

@@ -7,6 +7,10 @@ SSH] or the SSH check -> record the host key -> install keys -> play(s). Reporti
 by the caller. Without a reinstall, the first play's ansible-playbook is started when the
 SSH check starts and held at its gate until the keys are installed (play.start_play).
 
+A plan (the message's ``plan``) takes the lock and reads the server, then only checks SSH
+and runs the play(s) in check mode: no claim, no host key recorded, no key installed, no
+provider, so the server's row is never written.
+
 The steps themselves live in their modules (inputs, ssh_check, reinstall,
 authorized_keys, play_env, play), reached through ``Steps`` (runner_image/steps.py).
 """
@@ -31,6 +35,7 @@ from runner_image.db import LockLost, ServerRecord, ServerStatus, ServerStore
 from runner_image.deadline import DeadlineReached
 from runner_image.deploy_key import PublicKey, parse_public_key
 from runner_image.inputs import check_settings, lock_and_read
+from runner_image.plan import PlanCollector
 from runner_image.play import PlayOutcome, PlayStatus, StartedPlay
 from runner_image.play_env import (
     PlayEnvironment,
@@ -47,6 +52,9 @@ log = logging.getLogger(__name__)
 _START_STATUS = {Action.SETUP: ServerStatus.PROVISIONING, Action.RECOVERY: ServerStatus.RECOVERING,
                  Action.REINSTALL: ServerStatus.REINSTALLING}
 OWN_KEY_COMMENT = "infra-service-provisioner"
+# How sshd says a login used the password: a plan installs no key, and the play logs in with
+# the runner's key only.
+PASSWORD_METHODS = frozenset({"password", "keyboard-interactive"})
 
 
 class Steps(Protocol):
@@ -127,10 +135,14 @@ class Job:
         if isinstance(agent, out.Outcome):
             return agent
         action = self.message.action
-        self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
-                                              _START_STATUS[action])
-        log.info("server claimed", extra={"status": _START_STATUS[action].value,
-                                          "action": action.value})
+        if self.message.plan:
+            # The lock is held (a plan waits for a run in progress), the row is not written.
+            log.info("planning: the server is not claimed", extra={"action": action.value})
+        else:
+            self.claimed = await self.store.claim(self.handle, self.ctx.request_id,
+                                                  _START_STATUS[action])
+            log.info("server claimed", extra={"status": _START_STATUS[action].value,
+                                              "action": action.value})
         target = SshTarget(self.handle, server.address, server.ssh_port, server.ssh_user)
         client = SshClient(workspace.scratch, agent.socket, target,
                            self.settings.ssh_connect_timeout)
@@ -156,7 +168,9 @@ class Job:
         env = prepare_environment(scratch / "pd", s.play_project_dir, client.config_file,
                                   client.control_dir, host_vars(s, server, self.message),
                                   self.handle, mitogen=s.play_mitogen,
-                                  passthrough=s.play_env_passthrough)
+                                  passthrough=s.play_env_passthrough,
+                                  plan=PlanCollector(self.ctx.redact) if self.message.plan
+                                  else None)
         early: StartedPlay | None = None
         if not self.message.force_reinstall:
             # ansible-playbook spends about a second starting before its first play: it
@@ -179,6 +193,8 @@ class Job:
         self.details["auth_method"] = reached.auth_method
         self.connect_port = server.ssh_port
         await self._record_host_key(client, server)
+        if self.message.plan:
+            return await self._plan(env, early, reached)
         changed = await self.steps.install_keys(client, server.ssh_user, own_key)
         if isinstance(changed, out.Outcome):
             return changed
@@ -210,7 +226,7 @@ class Job:
 
     async def _record_host_key(self, client: SshClient, server: ServerRecord) -> None:
         seen = client.seen_host_key()
-        if seen and seen != server.host_key:
+        if seen and seen != server.host_key and not self.message.plan:
             await self.store.record_host_key(self.handle, self.ctx.request_id, seen)
             log.info("host key recorded", extra={"fingerprint": fingerprint(seen)})
             self.details["host_key_recorded"] = True
@@ -230,6 +246,26 @@ class Job:
             if port != server.ssh_port:
                 log.info("the play moved sshd", extra={"ssh_port": port,
                                                        "previous_ssh_port": server.ssh_port})
+        return outcome
+
+    async def _plan(self, env: PlayEnvironment, early: StartedPlay | None,
+                    reached: SshResult) -> out.Outcome:
+        """The play(s) in check and diff mode, without keys: the runner's key must already
+        let it in."""
+        if reached.auth_method in PASSWORD_METHODS:
+            return out.rejected(ErrorKind.SSH_AUTH_FAILED, (
+                f"a plan installs no key and the server let the runner in with "
+                f"{reached.auth_method} only: run a setup first (it installs the provisioner's "
+                "key), then plan"))
+        played = await self.steps.play(env, self._playbooks(), early)
+        self.details["play_seconds"] = round(played.duration, 3)
+        if played.status is PlayStatus.SUCCESSFUL and played.plan is not None:
+            log.info("plan ready", extra={"would_change": played.plan.would_change,
+                                          "unknown": played.plan.unknown})
+            return out.planned(played.recap, played.plan)
+        outcome = out.from_play(played)
+        outcome.recap = played.recap
+        outcome.server_status = None  # a plan leaves the row alone, however it ends
         return outcome
 
     def _playbooks(self) -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from contracts.exit_codes import ExitCode
-from contracts.results import ErrorKind, PlayRecap, ResultError, ResultStatus
+from contracts.results import ErrorKind, Plan, PlayRecap, ResultError, ResultStatus
 from runner_image.db import ServerStatus
 from runner_image.play import PlayOutcome, PlayStatus
 
@@ -24,6 +24,7 @@ class Outcome:
     # final status); None when the run never got that far.
     ssh_port: int | None = None
     ssh_port_changed: bool | None = None
+    plan: Plan | None = None  # a plan's verdicts, on a ``planned`` outcome only
 
     @property
     def reason(self) -> str | None:
@@ -33,6 +34,12 @@ class Outcome:
 def succeeded(recap: PlayRecap, details: Details) -> Outcome:
     return Outcome(ResultStatus.SUCCEEDED, ExitCode.SUCCESS, ServerStatus.READY, None, recap,
                    details)
+
+
+def planned(recap: PlayRecap, plan: Plan) -> Outcome:
+    """A plan that ran to its end: nothing was changed, so the server's status is left
+    alone (None)."""
+    return Outcome(ResultStatus.PLANNED, ExitCode.SUCCESS, None, None, recap, {}, plan=plan)
 
 
 def failed(kind: ErrorKind, message: str, *,

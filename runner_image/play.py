@@ -39,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from contracts.results import ErrorKind, PlayRecap, ResultError
+from contracts.results import ErrorKind, Plan, PlayRecap, ResultError
 from runner_image.play_env import PlayEnvironment, passed
 from runner_image.play_events import TAIL_CHARS, EventSink, mask_then_cut
 
@@ -64,6 +64,7 @@ class PlayOutcome:
     duration: float = 0.0
     details: dict[str, str | int | float | bool | None] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # structured set_stats (infra_ssh)
+    plan: Plan | None = None  # a plan's verdicts (check mode), whatever the plays' end
 
 
 class _BoundedText:
@@ -114,6 +115,12 @@ GATE_FD_VARIABLE = "INFRA_START_GATE_FD"
 GATE_TIMEOUT_VARIABLE = "INFRA_START_GATE_TIMEOUT"
 GATE_OPEN = b"go\n"
 GATE_PLUGIN = GATE_PLUGIN_DIR / "infra_start_gate.py"
+# A plan: check mode changes nothing on the server, diff mode shows what would change.
+PLAN_ARGUMENTS = "--check --diff"
+# The plan's notes plugin (ansible_callbacks/infra_plan_notes.py) writes to this file.
+PLAN_NOTES_VARIABLE = "INFRA_PLAN_NOTES"
+# What a notes file may hold (one short line per skipped or failed task).
+PLAN_NOTES_MAX_BYTES = 4 * 1024 * 1024
 
 
 class GateUnavailable(Exception):
@@ -191,13 +198,16 @@ async def start_play(env: PlayEnvironment, playbook: Path, context: dict[str, An
     if gated and not GATE_PLUGIN.is_file():
         raise GateUnavailable(f"{GATE_PLUGIN} is missing; reinstall the runner package")
     config = _prepared_config(env, playbook)
-    sink = EventSink({**context, "playbook": playbook.name}, redact)
+    sink = EventSink({**context, "playbook": playbook.name}, redact, env.plan)
     raw = _BoundedText(MASK_WINDOW)
     stream = _event_stream(config, sink, raw)
     log.info("ansible status", extra={**context, "ansible_status": "starting",
-                                      "playbook": playbook.name, "gated": gated})
-    proc, gate = await _spawn(config, _child_environment(config.env, env.envvars),
-                              gate_timeout if gated else None, gated=gated)
+                                      "playbook": playbook.name, "gated": gated,
+                                      "plan": env.plan is not None})
+    child_env = _child_environment(config.env, env.envvars)
+    if env.plan is not None:
+        child_env |= _plan_environment(child_env, env.plan_notes(playbook))
+    proc, gate = await _spawn(config, child_env, gate_timeout if gated else None, gated=gated)
     log.info("ansible status", extra={**context, "ansible_status": "running",
                                       "playbook": playbook.name})
     return StartedPlay(playbook, sink, proc, asyncio.create_task(_pump(proc, stream)), raw,
@@ -214,7 +224,8 @@ def _prepared_config(env: PlayEnvironment, playbook: Path) -> Any:
         private_data_dir=str(env.private_data_dir), project_dir=str(env.project_dir),
         playbook=str(playbook), inventory=str(env.inventory), envvars=env.envvars,
         suppress_env_files=True, quiet=True, ident=playbook.stem,
-        suppress_output_file=True, suppress_ansible_output=True)
+        suppress_output_file=True, suppress_ansible_output=True,
+        cmdline=PLAN_ARGUMENTS if env.plan is not None else None)
     config.prepare()
     os.makedirs(os.path.join(config.artifact_dir, "job_events"), mode=0o700, exist_ok=True)
     return config
@@ -260,11 +271,35 @@ async def _spawn(config: Any, child_env: dict[str, str], gate_timeout: float | N
     return proc, gate_write
 
 
+def _plugin_path(child_env: dict[str, str]) -> dict[str, str]:
+    """The callback plugin path with the runner's own plugins on it."""
+    paths = [p for p in child_env.get("ANSIBLE_CALLBACK_PLUGINS", "").split(os.pathsep) if p]
+    if str(GATE_PLUGIN_DIR) not in paths:
+        paths.append(str(GATE_PLUGIN_DIR))
+    return {"ANSIBLE_CALLBACK_PLUGINS": os.pathsep.join(paths)}
+
+
+def _plan_environment(child_env: dict[str, str], notes: Path) -> dict[str, str]:
+    """What the plan's notes plugin reads: its file, its plugin path."""
+    return {PLAN_NOTES_VARIABLE: str(notes), **_plugin_path(child_env)}
+
+
+def read_plan_notes(env: PlayEnvironment, playbook: Path) -> None:
+    """Hand the notes the plugin wrote on ``playbook`` to the plan (none: nothing to add)."""
+    if env.plan is None:
+        return
+    try:
+        with env.plan_notes(playbook).open("rb") as notes:
+            text = notes.read(PLAN_NOTES_MAX_BYTES).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return
+    env.plan.add_notes(text.splitlines())
+
+
 def _gate_environment(child_env: dict[str, str], gate_read: int,
                       gate_timeout: float | None) -> dict[str, str]:
     """What the gate plugin reads: the pipe's descriptor, its timeout, its plugin path."""
-    gate = {GATE_FD_VARIABLE: str(gate_read), "ANSIBLE_CALLBACK_PLUGINS": os.pathsep.join(
-        filter(None, (child_env.get("ANSIBLE_CALLBACK_PLUGINS"), str(GATE_PLUGIN_DIR))))}
+    gate = {GATE_FD_VARIABLE: str(gate_read), **_plugin_path(child_env)}
     if gate_timeout is not None:
         gate[GATE_TIMEOUT_VARIABLE] = f"{max(0.0, gate_timeout):.3f}"
     return gate
@@ -327,8 +362,18 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
 
     ``budget_source`` names what set the budget (PLAY_TIMEOUT or the run's deadline), for
     the timeout message. ``first``: the first playbook's process, started ahead (gated);
-    the budget counts from its release.
+    the budget counts from its release. For a plan (``env.plan``) the outcome carries it.
     """
+    outcome = await _run_all(env, playbooks, budget=budget, budget_source=budget_source,
+                             cancelled=cancelled, context=context, redact=redact, first=first)
+    if env.plan is not None:
+        outcome.plan = env.plan.plan()
+    return outcome
+
+
+async def _run_all(env: PlayEnvironment, playbooks: list[Path], *, budget: float,
+                   budget_source: str, cancelled: threading.Event, context: dict[str, Any],
+                   redact: Callable[[str], str], first: StartedPlay | None) -> PlayOutcome:
     started = time.monotonic()
     played = _Played()
     for playbook in playbooks:
@@ -343,6 +388,7 @@ async def run_playbooks(env: PlayEnvironment, playbooks: list[Path], *, budget: 
             started_play = await start_play(env, playbook, context, redact)
         result = await _finish(started_play, remaining)
         played.add(started_play.sink)
+        read_plan_notes(env, playbook)
         elapsed = time.monotonic() - started
         log.info("play finished", extra={**context, "playbook": playbook.name,
                                          "ansible_status": result.status, "rc": result.rc,

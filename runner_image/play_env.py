@@ -19,6 +19,7 @@ from typing import Any
 
 from contracts.messages import ProvisionerMessage
 from runner_image.db import ServerRecord
+from runner_image.plan import PlanCollector
 from runner_image.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,13 @@ class PlayEnvironment:
     project_dir: Path
     inventory: Path
     envvars: dict[str, str]
+    # Set for a plan: the plays run in check and diff mode and their events go here too.
+    plan: PlanCollector | None = None
+
+    def plan_notes(self, playbook: Path) -> Path:
+        """Where the plan's callback plugin writes its notes on ``playbook`` (one file per
+        playbook: task ids are unique within one ansible-playbook process only)."""
+        return self.private_data_dir / f"plan-notes-{playbook.stem}.jsonl"
 
 
 def mitogen_strategy_dir() -> Path:
@@ -51,7 +59,8 @@ def mitogen_envvars() -> dict[str, str]:
 
 def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, control_dir: Path,
                         host_vars: dict[str, Any], host: str, *, mitogen: bool = False,
-                        passthrough: list[str] | None = None) -> PlayEnvironment:
+                        passthrough: list[str] | None = None,
+                        plan: PlanCollector | None = None) -> PlayEnvironment:
     home = directory / "home"
     local_tmp = directory / "tmp"
     for path in (home, home / ".ansible", local_tmp):
@@ -82,7 +91,7 @@ def prepare_environment(directory: Path, project_dir: Path, ssh_config: Path, co
         # Python (and module upload) per task. Its ssh runs with the same ANSIBLE_SSH_ARGS,
         # so it reuses the control master the SSH check opened.
         envvars |= mitogen_envvars()
-    return PlayEnvironment(directory, project_dir, inventory, envvars)
+    return PlayEnvironment(directory, project_dir, inventory, envvars, plan)
 
 
 # What the play's processes get from the runner's own environment: locale, PATH and the

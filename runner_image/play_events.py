@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contracts.results import OUTPUT_TAIL_LIMIT, ErrorKind, PlayRecap, ResultError
+from runner_image.plan import PlanCollector
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,11 @@ def mask_then_cut(text: str | None, redact: Callable[[str], str], limit: int = T
 class EventSink:
     """Logs events as they happen and keeps what the result needs."""
 
-    def __init__(self, context: dict[str, Any], redact: Callable[[str], str]) -> None:
+    def __init__(self, context: dict[str, Any], redact: Callable[[str], str],
+                 plan: PlanCollector | None = None) -> None:
         self.context = context
         self.redact = redact
+        self.plan = plan  # a plan's events are judged there too
         self.failure: ResultError | None = None
         self.unreachable = False
         self.stats: dict[str, Any] = {}
@@ -49,6 +52,8 @@ class EventSink:
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
         self.seen.add(kind)
+        if self.plan is not None:
+            self.plan(event)
         data = event.get("event_data") or {}
         if kind in _LOGGED_EVENTS:
             fields = {"ansible_event": kind, "task": data.get("task"), "host": data.get("host"),

@@ -18,7 +18,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from contracts.keys import Keys
 from contracts.messages import Action
 from contracts.reporting import publish_result
-from contracts.results import Reporter, ResultEntry, ResultError, now
+from contracts.results import (
+    PLAN_DIFF_LIMIT,
+    PLAN_TEXT_LIMIT,
+    Plan,
+    Reporter,
+    ResultEntry,
+    ResultError,
+    now,
+)
 from runner_image.db import TRANSIENT_DB_ERRORS, LockLost, ServerStatus, ServerStore, connect
 from runner_image.outcome import Outcome
 from runner_image.redaction import Redactor
@@ -44,7 +52,23 @@ def build_entry(outcome: Outcome, *, request_id: str | None, handle: str | None,
         finished_at=now(), duration_seconds=round(duration, 3), error=error,
         recap=outcome.recap, details=outcome.details, ssh_port=outcome.ssh_port,
         ssh_port_changed=outcome.ssh_port_changed,
+        plan=_masked_plan(outcome.plan, redact),
     )
+
+
+_PLAN_TEXT_BOUNDS = {"task": PLAN_TEXT_LIMIT, "role": PLAN_TEXT_LIMIT,
+                     "reason": PLAN_TEXT_LIMIT, "diff": PLAN_DIFF_LIMIT}
+
+
+def _masked_plan(plan: Plan | None, redact: Redactor) -> Plan | None:
+    """The plan with every text masked again (secrets learnt after it was built count too),
+    then cut to its bound."""
+    if plan is None:
+        return None
+    tasks = [{name: redact(value)[:_PLAN_TEXT_BOUNDS[name]]
+              if name in _PLAN_TEXT_BOUNDS and isinstance(value, str) else value
+              for name, value in task.model_dump().items()} for task in plan.tasks]
+    return Plan.model_validate({**plan.model_dump(), "tasks": tasks})
 
 
 async def write_status(store: ServerStore | None, db_settings: DatabaseSettings, handle: str,

@@ -28,6 +28,9 @@ INVALID = [
     (b'{"server_handle": "srv-1", "is_recovry": true}', "unknown_field", "srv-1"),
     (b'{"server_handle": "srv-1", "force_reinstall": true, "is_recovery": true}',
      "conflicting_flags", "srv-1"),
+    (b'{"server_handle": "srv-1", "plan": true, "force_reinstall": true}',
+     "conflicting_flags", "srv-1"),
+    (b'{"server_handle": "srv-1", "plan": "true"}', "wrong_type", "srv-1"),
     (b'{"server_handle": "srv-1", "request_id": "has space"}', "wrong_type", "srv-1"),
     (b'{"server_handle": "srv-1", "enqueued_at": "yesterday"}', "wrong_type", "srv-1"),
     (b'{"server_handle": "srv-1", "enqueued_at": "2026-01-01T00:00:00"}', "wrong_type", "srv-1"),
@@ -64,6 +67,24 @@ def test_defaults_and_actions() -> None:
     assert parse_message(b'{"server_handle": "s", "is_recovery": true}').action is Action.RECOVERY
     assert parse_message(b'{"server_handle": "s", "force_reinstall": true}').action \
         is Action.REINSTALL
+
+
+def test_a_plan_plans_setup_or_recovery() -> None:
+    assert parse_message(b'{"server_handle": "s"}').plan is False
+    setup = parse_message(b'{"server_handle": "s", "plan": true}')
+    assert (setup.plan, setup.action) == (True, Action.SETUP)
+    recovery = parse_message(b'{"server_handle": "s", "plan": true, "is_recovery": true}')
+    assert (recovery.plan, recovery.action) == (True, Action.RECOVERY)
+    assert parse_message(recovery.to_json()) == recovery
+
+
+def test_plan_with_reinstall_is_refused_with_its_reason() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(b'{"server_handle": "s", "plan": true, "force_reinstall": true,'
+                      b' "request_id": "r-1"}')
+    assert caught.value.reason == "conflicting_flags"
+    assert "plan and force_reinstall are mutually exclusive" in caught.value.detail
+    assert caught.value.request_id == "r-1"
 
 
 def test_identity_is_assigned_once_and_survives_a_round_trip() -> None:

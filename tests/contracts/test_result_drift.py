@@ -55,7 +55,8 @@ def test_every_vocabulary_is_an_enum_in_the_schema() -> None:
     defs = RESULT_SCHEMA["$defs"]
     assert defs["ErrorKind"]["enum"] == [k.value for k in ErrorKind]
     assert defs["ResultStatus"]["enum"] == ["succeeded", "failed", "unreachable", "timed_out",
-                                            "rejected"]
+                                            "rejected", "planned"]
+    assert defs["PlanVerdict"]["enum"] == ["would_change", "unknown"]
     assert defs["Reporter"]["enum"] == ["runner", "dispatcher"]
     assert defs["Action"]["enum"] == [a.value for a in Action]
     assert defs["ResultError"]["properties"]["kind"] == {
@@ -82,7 +83,8 @@ RUNNER_KINDS_BY_STATUS = {
                ErrorKind.PROVIDER_ERROR, ErrorKind.HOST_KEY_MISMATCH,
                ErrorKind.DEPLOY_KEY_FAILED, ErrorKind.LOCK_LOST, ErrorKind.RUNNER_ENVIRONMENT,
                ErrorKind.INTERNAL],
-    "rejected": [ErrorKind.INVALID_MESSAGE, ErrorKind.CONFIG_ERROR],
+    # SSH_AUTH_FAILED: a plan that only a password lets in (it installs no key).
+    "rejected": [ErrorKind.INVALID_MESSAGE, ErrorKind.CONFIG_ERROR, ErrorKind.SSH_AUTH_FAILED],
     "unreachable": [ErrorKind.SSH_UNREACHABLE, ErrorKind.SSH_AUTH_FAILED],
 }
 
@@ -232,12 +234,18 @@ REJECTED_PAYLOADS = {
     RejectReason.CONFLICTING_FLAGS:
         '{"server_handle": "web-7", "force_reinstall": true, "is_recovery": true}',
 }
+# Other payloads rejected for a reason above: (reason, payload).
+MORE_REJECTED_PAYLOADS = [
+    (RejectReason.CONFLICTING_FLAGS,
+     '{"server_handle": "web-7", "plan": true, "force_reinstall": true, "request_id": "r-2"}'),
+]
 
 
-@pytest.mark.parametrize("reason", list(REJECTED_PAYLOADS))
-def test_dispatcher_result_for_every_rejected_message(reason: RejectReason) -> None:
+@pytest.mark.parametrize(("reason", "payload"),
+                         [*REJECTED_PAYLOADS.items(), *MORE_REJECTED_PAYLOADS])
+def test_dispatcher_result_for_every_rejected_message(reason: RejectReason, payload: str) -> None:
     with pytest.raises(InvalidMessage) as caught:
-        parse_message(REJECTED_PAYLOADS[reason])
+        parse_message(payload)
     invalid = caught.value
     assert invalid.reason is reason
     entry = published(rejection_result(invalid, None, invalid.server_handle,
@@ -257,7 +265,7 @@ def test_dispatcher_result_for_a_message_kubernetes_refused(reason: RejectReason
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
        | st.dictionaries(st.sampled_from(["server_handle", "request_id", "is_recovery",
-                                          "force_reinstall", "x"]),
+                                          "force_reinstall", "plan", "x"]),
                          _json_leaf, max_size=5).map(lambda d: json.dumps(d).encode()))
 def test_whatever_the_payload_a_rejection_matches_the_schema(raw: bytes) -> None:
     try:
@@ -266,3 +274,36 @@ def test_whatever_the_payload_a_rejection_matches_the_schema(raw: bytes) -> None
         if invalid.server_handle or invalid.request_id:  # only then is a result written
             published(rejection_result(invalid, None, invalid.server_handle,
                                        invalid.request_id))
+
+
+# -- a plan ---------------------------------------------------------------------------------
+def _plan_events() -> list[dict[str, Any]]:
+    changed = {"changed": True, "diff": [{"before": "", "after_header": "/etc/app.conf",
+                                          "after": f"password={SECRET}\n" * 400}]}
+    return [
+        {"event": "runner_on_ok", "event_data": {"task": "Write the config", "role": "app",
+                                                 "res": changed}},
+        {"event": "runner_on_failed", "event_data": {
+            "task": "Install Docker", "role": "docker", "ignore_errors": True,
+            "res": {"msg": f"python3-apt must be installed ({SECRET})"}}},
+    ]
+
+
+def test_a_plan_result_matches_the_schema_with_secrets_masked() -> None:
+    from runner_image.plan import PlanCollector
+
+    collector = PlanCollector(Redactor([SECRET]))
+    for event in _plan_events():
+        collector(event)
+    entry = runner_entry(out.planned(PlayRecap(ok=3, changed=1), collector.plan()),
+                         redact=Redactor([SECRET]))
+    assert entry["status"] == "planned" and entry["error"] is None
+    assert [(t["task"], t["verdict"]) for t in entry["plan"]["tasks"]] == [
+        ("Write the config", "would_change"), ("Install Docker", "unknown")]
+    assert SECRET not in json.dumps(entry)
+    assert (entry["plan"]["would_change"], entry["plan"]["unknown"]) == (1, 1)
+
+
+def test_a_run_result_has_no_plan() -> None:
+    entry = runner_entry(out.succeeded(PlayRecap(ok=1), {}))
+    assert entry["plan"] is None

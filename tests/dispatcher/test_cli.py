@@ -49,6 +49,18 @@ async def test_enqueue_then_status(redis_srv: RedisServer, redis_client: aioredi
     assert status["waiting_for_action_cap"] == {"setup": 0, "recovery": 0, "reinstall": 2}
 
 
+async def test_enqueue_a_plan(redis_srv: RedisServer, redis_client: aioredis.Redis,
+                             keys: Keys) -> None:
+    done = cli(redis_srv, "enqueue", "web-7", "--recovery", "--plan")
+    assert done.returncode == 0, done.stderr
+    pushed = json.loads(await redis_client.lindex(keys.queue, 0))
+    assert (pushed["plan"], pushed["is_recovery"]) == (True, True)
+    refused = cli(redis_srv, "enqueue", "web-7", "--force-reinstall", "--plan")
+    assert refused.returncode == 2
+    assert "plan and force_reinstall are mutually exclusive" in refused.stderr
+    assert await redis_client.llen(keys.queue) == 1
+
+
 def test_enqueue_rejects_a_bad_handle_without_touching_redis(redis_srv: RedisServer) -> None:
     done = cli(redis_srv, "enqueue", "bad handle")
     assert done.returncode == 2

@@ -17,7 +17,13 @@ from dispatcher.jobspec import (
     build_job,
     deadline_at_after,
 )
-from dispatcher.naming import ANNOTATION_MESSAGE, LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
+from dispatcher.naming import (
+    ANNOTATION_MESSAGE,
+    LABEL_ACTION,
+    LABEL_HANDLE,
+    LABEL_MODE,
+    LABEL_REQUEST,
+)
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
 pytestmark = pytest.mark.unit
@@ -44,9 +50,25 @@ def test_labels_let_sres_select_by_server_and_request(job: dict) -> None:
     assert labels[LABEL_HANDLE] == "srv-1"
     assert labels[LABEL_REQUEST] == "req-1"
     assert labels[LABEL_ACTION] == "recovery"
+    assert labels[LABEL_MODE] == "run"
     assert labels["app.kubernetes.io/instance"] == "prod"
     assert labels["app.kubernetes.io/managed-by"] == "infra-service-dispatcher"
     assert job["spec"]["template"]["metadata"]["labels"] == labels
+
+
+def test_a_plan_job_is_labelled_and_named_a_plan_and_carries_the_flag() -> None:
+    settings = DispatcherSettings(instance="prod",
+                                  orchestrator_ssh_public_key="ssh-ed25519 AAAAC3Nza deploy")
+    message = parse_message(b'{"server_handle": "web-7", "plan": true, "is_recovery": true, '
+                            b'"request_id": "req-9"}').with_identity()
+    job = build_job(message, settings, JobTemplateSettings())
+    labels = job["metadata"]["labels"]
+    assert (labels[LABEL_MODE], labels[LABEL_ACTION]) == ("plan", "recovery")
+    assert job["spec"]["template"]["metadata"]["labels"][LABEL_MODE] == "plan"
+    assert job["metadata"]["name"].startswith("prov-plan-web-7-")
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["PROVISIONER_MESSAGE"]["value"])["plan"] is True
+    assert json.loads(job["metadata"]["annotations"][ANNOTATION_MESSAGE])["plan"] is True
 
 
 def test_message_travels_in_annotation_and_env(job: dict) -> None:
@@ -110,6 +132,7 @@ def test_reserved_env_names_cannot_be_overridden(monkeypatch: pytest.MonkeyPatch
     '{"server_handle": "srv-1", "request_id": "r-1"}',
     '{"server_handle": "Web.7_b", "is_recovery": true, "enqueued_at": "2026-01-01T00:00:00Z"}',
     '{"server_handle": "x", "force_reinstall": true}',
+    '{"server_handle": "x", "plan": true}',
 ])
 def test_the_serialised_template_is_the_job_body(body: str) -> None:
     """The per-settings template renders byte for byte what serialising build_job gives."""

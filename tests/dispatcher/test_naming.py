@@ -17,9 +17,10 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     "srv-1", "SRV_01", "a", "x" * 63, "web.eu-1.example", "Z9", "a-" * 31 + "b", "___a___"[3:4],
     "0.0.0", "A_B.C-D",
 ])
-def test_names_are_valid_dns_labels(handle: str) -> None:
-    name = job_name(handle, "request-1")
-    assert len(name) <= 63
+@pytest.mark.parametrize("plan", [False, True])
+def test_names_are_valid_dns_labels(handle: str, plan: bool) -> None:
+    name = job_name(handle, "request-1", plan=plan)
+    assert len(name) <= 58
     assert DNS1123_LABEL.match(name), name
 
 
@@ -32,3 +33,12 @@ def test_same_request_same_name_other_request_other_name() -> None:
 
 def test_name_shows_the_handle_for_humans() -> None:
     assert job_name("web-7", "abc").startswith("prov-web-7-")
+
+
+def test_a_plan_says_so_in_its_name_and_still_matches_the_alert_route() -> None:
+    """`kubectl get jobs` shows the name; the chart README routes KubeJobFailed for
+    runner Jobs by `prov-[a-z0-9-]+-[0-9a-f]{12}`."""
+    name = job_name("web-7", "abc", plan=True)
+    assert name.startswith("prov-plan-web-7-")
+    assert re.fullmatch(r"prov-[a-z0-9-]+-[0-9a-f]{12}", name)
+    assert name != job_name("web-7", "abc")

@@ -13,6 +13,7 @@ from contracts.messages import (
     InvalidMessage,
     ProvisionerMessage,
     RejectReason,
+    parse_message,
 )
 from contracts.results import ResultStatus
 from dispatcher.rejects import dead_letter_of
@@ -35,6 +36,21 @@ def test_a_job_the_api_refuses_is_reported_rejected() -> None:
     assert result["action"] == "setup"
     assert result["error"]["kind"] == "invalid_message"
     assert "HTTP 422" in result["error"]["message"]
+
+
+def test_a_plan_with_a_reinstall_is_dead_lettered_with_a_rejected_result() -> None:
+    raw = b'{"server_handle": "srv-1", "plan": true, "force_reinstall": true, "request_id": "r-1"}'
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(raw)
+    dead = dead_letter_of(raw, caught.value, None, "r1", NOW)
+    assert dead.entry["reason"] == RejectReason.CONFLICTING_FLAGS
+    assert "plan and force_reinstall" in dead.entry["detail"]
+    assert (dead.server_handle, dead.request_id) == ("srv-1", "r-1")
+    assert dead.result is not None
+    result = assert_valid_result(dead.result)
+    assert (result["status"], result["error"]["kind"]) == (ResultStatus.REJECTED,
+                                                           "invalid_message")
+    assert "plan and force_reinstall" in result["error"]["message"]
 
 
 def test_a_duplicate_reports_nothing() -> None:

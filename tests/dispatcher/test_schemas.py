@@ -28,8 +28,11 @@ def test_message_schema_accepts_and_rejects_like_the_dispatcher() -> None:
     s = schema("provisioner-message.schema.json")
     jsonschema.validate({"server_handle": "srv-1"}, s)
     jsonschema.validate({"server_handle": "srv-1", "is_recovery": True, "request_id": "r-1"}, s)
+    jsonschema.validate({"server_handle": "srv-1", "plan": True, "is_recovery": True}, s)
     for bad in ({"server_handle": "srv 1"}, {"server_handle": "s", "extra": 1},
-                {"server_handle": "s", "force_reinstall": True, "is_recovery": True}, {}):
+                {"server_handle": "s", "force_reinstall": True, "is_recovery": True},
+                {"server_handle": "s", "plan": True, "force_reinstall": True},
+                {"server_handle": "s", "plan": "yes"}, {}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, s)
 

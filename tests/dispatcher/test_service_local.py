@@ -122,6 +122,7 @@ async def test_invalid_inputs_are_dead_lettered_and_service_keeps_going(
     dispatcher = start_dispatcher()
     corpus = [b"not json", b"[]", b'{"server_handle": 5}', b"\xff", b'{"server_handle": "a b"}',
               message("srv-9", "rbad", is_recovery=True, force_reinstall=True).encode(),
+              message("srv-7", "rplan", plan=True, force_reinstall=True).encode(),
               b'{"server_handle": "srv-8", "extra": true}', b"x" * 5000]
     for payload in corpus:
         await redis_client.lpush(keys.queue, payload)
@@ -131,13 +132,16 @@ async def test_invalid_inputs_are_dead_lettered_and_service_keeps_going(
     assert len(dead) == len(corpus)
     reasons = sorted(d["reason"] for d in dead)
     assert reasons == sorted(["not_json", "not_object", "wrong_type", "not_json", "bad_handle",
-                              "conflicting_flags", "unknown_field", "oversize"])
+                              "conflicting_flags", "conflicting_flags", "unknown_field",
+                              "oversize"])
     assert all(d["detail"] and "payload" in d for d in dead)
     rejected = {r["server_handle"]: r for r in await results(redis_client, keys)
                 if r["status"] == "rejected"}
-    assert set(rejected) == {"srv-9", "srv-8"}
+    assert set(rejected) == {"srv-9", "srv-8", "srv-7"}
     assert rejected["srv-9"]["request_id"] == "rbad"
     assert rejected["srv-9"]["error"]["kind"] == "invalid_message"
+    assert rejected["srv-7"]["request_id"] == "rplan"
+    assert "plan and force_reinstall" in rejected["srv-7"]["error"]["message"]
     assert await redis_client.llen(keys.processing("r1")) == 0
     # Counted by the claim script in Redis; /metrics shows it at the exporter's next refresh.
     await wait_until(lambda: asyncio.to_thread(lambda: metric_value(

@@ -285,7 +285,15 @@ def runner(runner_db: RunnerDb, redis_srv: RedisServer, provisioner_key: Keypair
            redis_client: aioredis.Redis) -> Runner:
     """Depends on redis_client so every test starts with an empty Redis."""
     provider.reset()
-    env = {
+    return Runner(runner_environment(runner_db, redis_srv, provisioner_key, orchestrator_key,
+                                     scratch_root, provider), Keys())
+
+
+def runner_environment(runner_db: RunnerDb, redis_srv: RedisServer, provisioner_key: Keypair,
+                       orchestrator_key: Keypair, scratch_root: Path, provider: ProviderApi
+                       ) -> dict[str, str]:
+    """The environment the dispatcher's Job gives the runner, for the test services."""
+    return {
         **base_process_env(),
         **db_env(runner_db),
         "REDIS_URL": redis_srv.url,
@@ -308,7 +316,6 @@ def runner(runner_db: RunnerDb, redis_srv: RedisServer, provisioner_key: Keypair
         "PROVIDER_REQUEST_TIMEOUT": "2",
         "REINSTALL_SSH_TIMEOUT": "60",
     }
-    return Runner(env, Keys())
 
 
 async def result_for(redis: aioredis.Redis, keys: Keys, request_id: str) -> dict[str, Any]:

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from contracts.results import ErrorKind, ResultStatus
+from contracts.results import (
+    ErrorKind,
+    Plan,
+    PlannedTask,
+    PlanVerdict,
+    PlayRecap,
+    ResultError,
+    ResultStatus,
+)
 from runner_image import outcome as out
 from runner_image.agent import AgentUnavailable, KeyRejected
 from runner_image.db import ServerRecord, ServerStatus
@@ -29,6 +37,7 @@ from tests.support.runner_fakes import (
     FakeStore,
     FakeWorkspace,
     context,
+    ok,
     server_record,
     unit_settings,
 )
@@ -99,6 +108,43 @@ async def test_a_setup_checks_ssh_installs_keys_then_plays(run: Any,
     assert outcome.details["auth_method"] == "publickey"
     assert outcome.details["deploy_key_changed"] is True
     assert (outcome.ssh_port, outcome.ssh_port_changed) == (22, False)
+
+
+async def test_a_plan_plays_without_claim_keys_or_host_key(run: Any,
+                                                           orchestrator_key: Keypair) -> None:
+    plan = Plan(tasks=[PlannedTask(task="Write x", verdict=PlanVerdict.WOULD_CHANGE)],
+                would_change=1)
+    steps = FakeSteps(seen_host_key=orchestrator_key.public,
+                      played=PlayOutcome(PlayStatus.SUCCESSFUL, PlayRecap(ok=2), plan=plan))
+    r = run(steps=steps, plan=True, is_recovery=True)
+    outcome = await r.execute()
+    assert outcome.status is ResultStatus.PLANNED and outcome.server_status is None
+    assert outcome.plan == plan and outcome.error is None
+    assert steps.names() == ["start_play", "check_ssh", "play"]  # no install_keys
+    assert steps.calls[-1] == ("play", (RECOVERY, steps.early[0]))
+    assert r.store_calls() == ["lock"]  # the row is read under the lock, never written
+    assert not r.job.claimed
+    assert "host_key_recorded" not in outcome.details
+    assert "deploy_key_changed" not in outcome.details
+
+
+async def test_a_plan_that_fails_leaves_the_row_alone(run: Any) -> None:
+    failure = ResultError(kind=ErrorKind.SSH_UNREACHABLE, message="gone")
+    steps = FakeSteps(played=PlayOutcome(PlayStatus.UNREACHABLE, error=failure))
+    r = run(steps=steps, plan=True)
+    outcome = await r.execute()
+    assert outcome.status is ResultStatus.UNREACHABLE and outcome.server_status is None
+    assert r.store_calls() == ["lock"]
+
+
+async def test_a_plan_needs_the_key_it_does_not_install(run: Any) -> None:
+    steps = FakeSteps(checked=ok(auth_method="password"))
+    r = run(steps=steps, plan=True)
+    outcome = await r.execute()
+    assert outcome.status is ResultStatus.REJECTED and kind(outcome) is ErrorKind.SSH_AUTH_FAILED
+    assert "run a setup first" in outcome.reason
+    assert steps.names() == ["start_play", "check_ssh"]
+    assert r.store_calls() == ["lock"]
 
 
 async def test_a_known_host_key_is_trusted_and_not_recorded_again(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner_image import play as play_module
+from runner_image.plan import PlanCollector
 from runner_image.play import GateUnavailable, StartedPlay, run_playbooks, start_play
 from runner_image.play_env import PlayEnvironment, prepare_environment
 from runner_image.redaction import Redactor
@@ -114,3 +115,54 @@ async def test_no_gated_start_without_the_gate_plugin(tmp_path: Path, project: P
     with pytest.raises(GateUnavailable, match=r"missing\.py is missing"):
         await started(tmp_path, project)
     assert not (tmp_path / "pd" / "artifacts").exists()  # nothing was prepared or started
+
+
+PLAN_PLAYBOOK = """\
+- hosts: all
+  gather_facts: false
+  ignore_errors: "{{ ansible_check_mode }}"
+  handlers:
+    - name: Announce
+      ansible.builtin.command: "true"
+  tasks:
+    - name: Write the marker
+      ansible.builtin.copy:
+        dest: "{{ marker }}"
+        content: "ran\\n"
+    - name: Run a command
+      ansible.builtin.command: touch {{ marker }}.command
+    - name: Read the marker
+      ansible.builtin.slurp:
+        src: "{{ marker }}"
+      notify: Announce
+    - name: Skip by condition
+      ansible.builtin.command: touch {{ marker }}.skipped
+      when: false
+"""
+
+
+async def test_a_plan_runs_in_check_mode_and_lists_what_would_change(tmp_path: Path,
+                                                                     project: Path) -> None:
+    """ansible-playbook gets --check --diff and the notes plugin: nothing is written, the
+    copy would change (with its diff), the command cannot run in check mode, the read fails
+    because the copy did not really run, and the handler it notifies cannot be told."""
+    (project / "playbooks" / "plan.yml").write_text(PLAN_PLAYBOOK)
+    marker = tmp_path / "marker"
+    collector = PlanCollector(Redactor())
+    env = prepare_environment(
+        tmp_path / "pd", project, tmp_path / "ssh_config", tmp_path / "c",
+        {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+         "marker": str(marker)}, "local", plan=collector)
+    play = await start_play(env, project / "playbooks" / "plan.yml", {}, Redactor(), gated=True)
+    outcome = await run_playbooks(env, [play.playbook], budget=60, budget_source="test",
+                                  cancelled=threading.Event(), context={}, redact=Redactor(),
+                                  first=play)
+    assert outcome.status.value == "successful", play.raw.text
+    commanded = tmp_path / "marker.command"
+    assert not marker.exists() and not commanded.exists()
+    assert outcome.plan is not None
+    listed = [(t.task, t.verdict.value) for t in outcome.plan.tasks]
+    assert listed == [("Write the marker", "would_change"), ("Run a command", "unknown"),
+                      ("Read the marker", "unknown"), ("Announce", "unknown")], play.raw.text
+    assert "+ran" in (outcome.plan.tasks[0].diff or "")
+    assert (outcome.plan.would_change, outcome.plan.unknown) == (1, 3)
