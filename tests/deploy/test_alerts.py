@@ -267,6 +267,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
                          "deploy_key_failed", "provider_error")},
          key("infra_service_results_total", status="succeeded", kind="none"): rising(0.25)},
         "100m", {"InfraServiceFailureRatioHigh": [{**TICKET, **JOB_NS}]})),
+    ("plans are neither successes nor failures of the ratio", scenario(
+        {key("infra_service_results_total", status="planned", kind="none"): rising(1),
+         key("infra_service_results_total", status="succeeded", kind="none"): rising(0.25)},
+        "100m", {})),
     ("mostly successes are quiet", scenario(
         {key("infra_service_results_total", status="failed", kind="play_failed"):
              rising(0.1)}, "100m", {})),

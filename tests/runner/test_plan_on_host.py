@@ -1,8 +1,8 @@
 """Plan mode end to end: the runner plans the project's setup_server.yml on a real host.
 
 One host goes through what an SRE would do: a plan on the fresh host, a real run, then a
-plan on the host the run converged. The fixture runs the three (one converge, a few minutes)
-and keeps what each left; the tests read it.
+plan on the host the run converged, and a plan of the recovery plays there. The fixture
+runs the four (one converge, a few minutes) and keeps what each left; the tests read it.
 
 What a plan must leave alone is measured from outside the runner: the host's /etc (every
 file's checksum, every directory's and link's mode and owner), every authorized_keys file,
@@ -113,6 +113,8 @@ class Journey:
     converged_result: dict[str, Any]
     converged_row_before: dict[str, Any]
     converged_row_after: dict[str, Any]
+    recovery_plan: RunResult
+    recovery_result: dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,7 @@ def journey(runner_db: RunnerDb, redis_srv: RedisServer, provisioner_key: Keypai
                  "deploy_key_additional_public_keys": [provisioner_key.public]}
     real = {"PLAY_PROJECT_DIR": str(REPO / "ansible"),
             "SETUP_PLAYBOOK": "playbooks/setup_server.yml", "PLAY_TIMEOUT": "1500",
+            "RECOVERY_PLAYBOOKS": "playbooks/recovery_docker.yml,playbooks/recovery_disk_space.yml",
             "PLAY_VARS": json.dumps(play_vars)}
     with host_on_ports(provisioner_key, privileged=True, extra_args=TMPFS_MOUNTS) as (
             host, port, _):
@@ -145,9 +148,12 @@ def journey(runner_db: RunnerDb, redis_srv: RedisServer, provisioner_key: Keypai
         assert real_run.rc == 0, real_run.explain
         converged_row_before = server_row(runner_db, handle)
         converged_plan, converged_result = run(plan=True)
+        converged_row_after = server_row(runner_db, handle)
+        recovery_plan, recovery_result = run(plan=True, is_recovery=True)
         yield Journey(host, fresh_before, fresh_after, row_before, row_after, fresh_plan,
                       fresh_result, real_run, real_result, converged_plan, converged_result,
-                      converged_row_before, server_row(runner_db, handle))
+                      converged_row_before, converged_row_after, recovery_plan,
+                      recovery_result)
 
 
 def test_a_plan_on_a_fresh_host_changes_nothing(journey: Journey) -> None:
@@ -194,3 +200,12 @@ def test_a_plan_on_a_converged_host_lists_nothing(journey: Journey) -> None:
     assert result["plan"] == {"tasks": [], "would_change": 0, "unknown": 0,
                               "truncated": False}, json.dumps(result["plan"], indent=1)
     assert result["ssh_port"] == journey.real_result["ssh_port"]
+
+
+def test_a_recovery_plan_on_a_healthy_host_lists_nothing(journey: Journey) -> None:
+    assert journey.recovery_plan.rc == 0, journey.recovery_plan.explain
+    result = journey.recovery_result
+    assert (result["status"], result["action"]) == ("planned", "recovery")
+    assert result["plan"]["tasks"] == [], json.dumps(result["plan"], indent=1)
+    played = {line.get("playbook") for line in journey.recovery_plan.events("play finished")}
+    assert played == {"recovery_docker.yml", "recovery_disk_space.yml"}
