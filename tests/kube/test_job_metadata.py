@@ -133,3 +133,25 @@ async def test_a_required_secret_reference_without_a_key(control_plane: ControlP
         "REDIS_PASSWORD": {"secret": "infra-service", "key": "", "optional": True}})
     accepted, refusal = await _preflight(control_plane, kube_ns, optional)
     assert accepted, refusal
+
+
+def test_kubectl_shows_a_plan_job_as_a_plan(control_plane: ControlPlane, kube_ns: str) -> None:
+    """`kubectl get jobs` names it a plan; the mode label selects plans and runs apart."""
+    cp = control_plane
+    settings = _settings(cp, kube_ns)
+    template = JobTemplateSettings(image="infra-service-runner:0.1.0")
+    body = JobBodyTemplate(settings, template)
+    plan = JobFields.of(ProvisionerMessage(server_handle="web-7", plan=True).with_identity())
+    run = JobFields.of(ProvisionerMessage(server_handle="web-7").with_identity())
+    for fields in (plan, run):
+        cp.kubectl("-n", kube_ns, "create", "-f", "-", stdin=body.render(fields).decode())
+    table = cp.kubectl("-n", kube_ns, "get", "jobs", "-L", "infra-service.io/mode",
+                       "--no-headers").stdout
+    rows = {line.split()[0]: line.split()[-1] for line in table.splitlines()}
+    assert rows == {plan.name: "plan", run.name: "run"}, table
+    assert plan.name.startswith("prov-plan-web-7-") and run.name.startswith("prov-web-7-")
+    plans = cp.kubectl("-n", kube_ns, "get", "jobs", "-l", "infra-service.io/mode=plan",
+                       "-o", "name").stdout.split()
+    assert plans == [f"job.batch/{plan.name}"]
+    job = json.loads(cp.kubectl("-n", kube_ns, "get", "job", plan.name, "-o", "json").stdout)
+    assert json.loads(job["metadata"]["annotations"]["infra-service.io/message"])["plan"] is True
