@@ -57,7 +57,10 @@ JOB_FAILURE_REASONS = tuple(reason.value for reason in JobEndReason
 OTHER = "other"  # a label value outside the vocabulary (an older runner, a manual edit)
 # ResultError.kind vocabulary (contracts/results.py ErrorKind).
 RESULT_KINDS = (*(kind.value for kind in ErrorKind), OTHER)
-NO_KIND = "none"  # results without an error (succeeded)
+NO_KIND = "none"  # results without an error (succeeded, planned)
+# Statuses that carry no error kind and are no failed run: a plan that ran to its end says
+# what a run would change, nothing about the server's health.
+WITHOUT_ERROR = frozenset({ResultStatus.SUCCEEDED.value, ResultStatus.PLANNED.value})
 # Message actions (contracts/messages.py Action); "other" for Jobs without a known label.
 ACTIONS = (*(action.value for action in Action), OTHER)
 RESULT_STATUSES = (*(status.value for status in ResultStatus), OTHER)
@@ -100,9 +103,9 @@ class ClusterState:
 def result_counts(raw: Mapping[str, int]) -> dict[tuple[str, str], int]:
     """The Redis hash ``<status>|<kind>`` -> count, with every known status and kind at zero
     and values outside the vocabularies summed as "other"."""
-    counts = {(ResultStatus.SUCCEEDED.value, NO_KIND): 0}
+    counts = {(status, NO_KIND): 0 for status in sorted(WITHOUT_ERROR)}
     for failed in ResultStatus:
-        if failed is not ResultStatus.SUCCEEDED:
+        if failed.value not in WITHOUT_ERROR:
             counts.update({(failed.value, kind): 0 for kind in RESULT_KINDS})
     for key, n in raw.items():
         status, _, kind = key.partition("|")
@@ -301,7 +304,7 @@ class Metrics:
         """One Job over (counted once, by the replica that released its server slot)."""
         action = action if action in ACTIONS else OTHER
         status = status if status in RESULT_STATUSES else OTHER
-        if status != ResultStatus.SUCCEEDED.value:
+        if status not in WITHOUT_ERROR:
             self.runs_failed.labels(kind if kind in RESULT_KINDS else OTHER, action).inc()
         if duration_seconds is not None and duration_seconds >= 0:
             self.job_duration.labels(action, status).observe(duration_seconds)

@@ -145,6 +145,8 @@ def dispatcher(k8s: Kube, log_node: LogNode, redis_srv: RedisServer,
         "DISPATCHER_INSTANCE": RELEASE, "DISPATCHER_HEARTBEAT_SECONDS": "0.5",
         "DISPATCHER_RECONCILE_SECONDS": "1", "DISPATCHER_ORPHAN_GRACE_SECONDS": "3",
         "DISPATCHER_API_RETRY_MAX_SECONDS": "1",
+        # a cap per action, so the dashboard's saturation per action has its series
+        "DISPATCHER_ACTION_CAPS": '{"reinstall": 5}',
         "ORCHESTRATOR_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB deploy",
     }, tmp_path / "dispatcher.log").start()
     process.wait_ready()

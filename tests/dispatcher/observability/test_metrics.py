@@ -177,9 +177,13 @@ async def test_one_replica_exports_the_redis_state(redis_client: aioredis.Redis,
     # Every known status/kind and reason starts at zero on the holder.
     assert first[("infra_service_results_total", (("kind", "ssh_unreachable"),
                                                   ("status", "unreachable")))] == 0
-    # Succeeded once (kind none), every other status with every kind.
+    assert first[("infra_service_results_total", (("kind", "none"),
+                                                  ("status", "planned")))] == 0
+    assert ("infra_service_results_total", (("kind", "play_failed"),
+                                            ("status", "planned"))) not in first
+    # Succeeded and planned once (kind none), every other status with every kind.
     assert len([k for k in first if k[0] == "infra_service_results_total"]) == \
-        1 + (len(ResultStatus) - 1) * len(RESULT_KINDS)
+        2 + (len(ResultStatus) - 2) * len(RESULT_KINDS)
     for reason in DEAD_LETTER_REASONS:
         assert first[("infra_service_dead_letters_total", (("reason", reason),))] == 0
 
@@ -353,12 +357,17 @@ def test_job_ends_count_failures_by_kind_and_time_every_status() -> None:
     metrics.job_ended("setup", "succeeded", None, 42.0)
     metrics.job_ended("reinstall", "failed", "play_failed", 1900.0)
     metrics.job_ended(None, "mystery", "made_up_kind", None)
+    metrics.job_ended("recovery", "planned", None, 12.0)  # a plan ran to its end
     value = metrics.registry.get_sample_value
     assert value("infra_service_runs_failed_total",
                  {"kind": "play_failed", "action": "reinstall"}) == 1
     assert value("infra_service_runs_failed_total", {"kind": "other", "action": "other"}) == 1
     assert sum(value("infra_service_runs_failed_total", {"kind": k, "action": "setup"}) or 0
                for k in RESULT_KINDS) == 0  # a success is no failure
+    assert sum(value("infra_service_runs_failed_total", {"kind": k, "action": "recovery"})
+               or 0 for k in (*RESULT_KINDS, "other")) == 0  # nor is a plan
+    assert value("infra_service_job_duration_seconds_count", {"action": "recovery",
+                                                              "status": "planned"}) == 1
     assert value("infra_service_job_duration_seconds_count", {"action": "setup",
                                                               "status": "succeeded"}) == 1
     assert value("infra_service_job_duration_seconds_bucket", {
