@@ -132,7 +132,7 @@ def start_side_loops(dispatcher: Dispatcher, access: AccessCheck | None,
 
 
 def build_history(settings: HistorySettings | None, replica: str, runner_image: str,
-                  redis: aioredis.Redis, keys: Keys) -> History:
+                  redis: aioredis.Redis, keys: Keys, metrics: Metrics) -> History:
     """The run history's writer, or none when no DATABASE_URL is set (logged once)."""
     if settings is None or not settings.enabled:
         log.warning("run history off: DATABASE_URL is not set; runs are dispatched but not "
@@ -140,7 +140,8 @@ def build_history(settings: HistorySettings | None, replica: str, runner_image: 
         return NoHistory()
     log.info("run history on", extra={"database": settings.shown_url,
                                        "retention_days": settings.retention_days})
-    return RunHistory(settings, replica, runner_image, redis, keys)
+    return RunHistory(settings, replica, runner_image, redis, keys,
+                      lambda reason: metrics.history_writes_lost.labels(reason.value).inc())
 
 
 async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSettings,
@@ -154,7 +155,7 @@ async def run_dispatcher(settings: DispatcherSettings, template: JobTemplateSett
     blocking = create_redis(redis_settings, blocking_timeout=BLOCK_SECONDS + 5)
     executor, access = build_executor(settings, template, metrics, supervisor)
     history = build_history(history_settings, settings.replica_id, template.image, redis,
-                            redis_settings.keys)
+                            redis_settings.keys, metrics)
     dispatcher = Dispatcher(settings, redis_settings.keys, redis, blocking, executor, metrics,
                             supervisor, history)
     # Pruning is not a dispatch loop: it cannot crash (it logs and waits for the next

@@ -28,6 +28,7 @@ from contracts.messages import ProvisionerMessage
 from contracts.results import ResultEntry
 from contracts.run_history import bounded_message
 from dispatcher.executors.base import JobEnd
+from dispatcher.history.lost import LostWrite
 from dispatcher.history.settings import HistorySettings
 
 log = logging.getLogger("dispatcher")
@@ -108,8 +109,10 @@ async def queued_at(redis: aioredis.Redis, keys: Keys, queued_raw: bytes,
 
 class RunHistory:
     def __init__(self, settings: HistorySettings, replica: str, runner_image: str,
-                 redis: aioredis.Redis, keys: Keys) -> None:
+                 redis: aioredis.Redis, keys: Keys,
+                 lost: Callable[[LostWrite], None] = lambda _: None) -> None:
         self.settings = settings
+        self.lost = lost  # counts each lost write (on /metrics), beside its warning
         self.replica = replica
         self.runner_image = runner_image
         self.redis = redis
@@ -165,6 +168,7 @@ class RunHistory:
         if len(self._pending) >= self.settings.max_pending_writes:
             log.warning("run history write dropped: too many waiting for the database",
                         extra={**ctx, "what": what})
+            self.lost(LostWrite.DROPPED)
             return
         task = asyncio.create_task(self._bounded(write, what, ctx))
         self._pending.add(task)
@@ -177,6 +181,7 @@ class RunHistory:
                 await write()
         except Exception as exc:
             await self._forget_pool_if_broken(exc)
+            self.lost(LostWrite.FAILED)
             # The message names the database by its URL without a password; asyncpg's own
             # errors carry none.
             log.warning("run history not written; dispatching goes on", extra={

@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from contracts.messages import Action, RejectReason
 from contracts.results import ErrorKind, ResultStatus
+from dispatcher.history.lost import LostWrite
 from dispatcher.kube.classify import ADMISSION_CAUSES, JobEndReason
 from dispatcher.store.queue import Depths
 
@@ -257,6 +258,10 @@ class Metrics:
         self.max_in_flight = Gauge(
             f"{PREFIX}_max_in_flight", "The configured cap on Jobs in flight across replicas "
             "(DISPATCHER_MAX_IN_FLIGHT)", registry=r)
+        self.history_writes_lost = Counter(
+            f"{PREFIX}_history_writes_lost", "Writes of the run history in PostgreSQL that did "
+            "not happen (dispatching went on): dropped while too many waited, or failed",
+            ["reason"], registry=r)
         self.action_cap = Gauge(
             f"{PREFIX}_action_cap", "The configured cap on runs in flight of one action "
             "(DISPATCHER_ACTION_CAPS); absent for an action without a cap", ["action"],
@@ -270,6 +275,8 @@ class Metrics:
         sees the first event."""
         for reason in JOB_FAILURE_REASONS:
             self.kube_jobs_failed.labels(reason)
+        for lost in LostWrite:
+            self.history_writes_lost.labels(lost.value)
         # "other" (an unknown action or status) appears only when it happens: with the
         # histogram's 16 samples per series, zeroing it too would add 144 samples.
         for action in ACTIONS[:-1]:

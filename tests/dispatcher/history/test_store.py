@@ -25,6 +25,7 @@ from contracts.run_history import MESSAGE_LIMIT
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.ends import Ends
 from dispatcher.executors.base import JobEnd
+from dispatcher.history.lost import LostWrite
 from dispatcher.history.settings import HistorySettings
 from dispatcher.history.store import RunHistory
 from dispatcher.naming import job_name_for
@@ -50,8 +51,11 @@ class EndsExecutor(FakeExecutor):
 
 
 def history_for(db: HistoryDb, redis: aioredis.Redis, keys: Keys,
-                settings: HistorySettings | None = None) -> RunHistory:
-    return RunHistory(settings or db.settings(), "replica-a", IMAGE, redis, keys)
+                settings: HistorySettings | None = None,
+                lost: list[LostWrite] | None = None) -> RunHistory:
+    counted = lost if lost is not None else []
+    return RunHistory(settings or db.settings(), "replica-a", IMAGE, redis, keys,
+                      counted.append)
 
 
 def ends_with(history: RunHistory, redis: aioredis.Redis, keys: Keys) -> Ends:
@@ -152,7 +156,8 @@ async def test_a_database_outage_costs_the_rows_not_the_dispatch(
     settings = HistorySettings(database_url=SecretStr(closed),
                                database_password=SecretStr("pw-not-to-be-shown"),
                                write_timeout_seconds=2)
-    history = history_for(history_db, redis_client, keys, settings)
+    lost: list[LostWrite] = []
+    history = history_for(history_db, redis_client, keys, settings, lost)
     rig = Rig(FakeExecutor(launches=[True]))
     rig.launcher.history = history
     caplog.set_level(logging.WARNING, logger="dispatcher")
@@ -170,6 +175,7 @@ async def test_a_database_outage_costs_the_rows_not_the_dispatch(
     await history.drain(10)
     warnings = [r for r in caplog.records if r.getMessage().startswith("run history not written")]
     assert len(warnings) == 2, caplog.text
+    assert lost == [LostWrite.FAILED, LostWrite.FAILED]  # counted on /metrics too
     for record in warnings:
         assert record.server_handle == "web-down"  # type: ignore[attr-defined]
         assert record.job_name == job_name_for(message)  # type: ignore[attr-defined]
@@ -183,10 +189,12 @@ async def test_many_writes_at_once_are_bounded(
         history_db: HistoryDb, redis_client: aioredis.Redis, keys: Keys,
         caplog: pytest.LogCaptureFixture) -> None:
     settings = history_db.settings(max_pending_writes=2)
-    history = history_for(history_db, redis_client, keys, settings)
+    lost: list[LostWrite] = []
+    history = history_for(history_db, redis_client, keys, settings, lost)
     caplog.set_level(logging.WARNING, logger="dispatcher")
     for i in range(4):
         message = ProvisionerMessage(server_handle="web-burst", request_id=f"burst-{i}")
         history.launched(message, job_name_for(message), message.to_json().encode())
     assert sum("write dropped" in r.getMessage() for r in caplog.records) == 2
+    assert lost == [LostWrite.DROPPED, LostWrite.DROPPED]
     await asyncio.wait_for(history.close(), 15)
