@@ -55,6 +55,14 @@ class Action(StrEnum):
     REINSTALL = "reinstall"
 
 
+class RunMode(StrEnum):
+    """Whether a message asks for a run or for a plan (``plan``): the Job's mode label and
+    the result's ``mode``."""
+
+    RUN = "run"
+    PLAN = "plan"
+
+
 class ProvisionerMessage(BaseModel):
     """One provisioning request for one server."""
 
@@ -99,6 +107,10 @@ class ProvisionerMessage(BaseModel):
                 "and a reinstall cannot be previewed"
             )
         return self
+
+    @property
+    def mode(self) -> RunMode:
+        return RunMode.PLAN if self.plan else RunMode.RUN
 
     @property
     def action(self) -> Action:

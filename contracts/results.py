@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from contracts.messages import Action
+from contracts.messages import Action, RunMode
 
 SCHEMA_VERSION = 1
 OUTPUT_TAIL_LIMIT = 4000
@@ -172,6 +172,12 @@ class ResultEntry(BaseModel):
     request_id: str | None = Field(description="The message's request id (null if unreadable)")
     server_handle: str | None = Field(description="The server (null if unreadable)")
     action: Action | None = None
+    mode: RunMode | None = Field(
+        default=None,
+        description="plan when the message asked for a plan (whatever the status: a plan "
+        "that could not run fails like a run), run otherwise; null when the message could "
+        "not be read",
+    )
     status: ResultStatus
     reported_by: Reporter
     job_name: str | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from contracts.messages import Action
+from contracts.messages import Action, RunMode
 from contracts.results import ErrorKind, Reporter, ResultEntry, ResultError, ResultStatus
 from dispatcher.executors.base import JobEnd
 from dispatcher.kube.classify import JobEndReason
@@ -44,8 +44,9 @@ def failure_result(end: JobEnd, now: datetime | None = None) -> ResultEntry:
         message = "the runner exited successfully without publishing a result"
     kind = ERROR_KINDS.get(end.reason, ErrorKind.JOB_FAILED)
     action = Action(end.action) if end.action in {a.value for a in Action} else None
+    mode = RunMode(end.mode) if end.mode in {m.value for m in RunMode} else None
     return ResultEntry(
-        request_id=end.request_id, server_handle=end.server_handle, action=action,
+        request_id=end.request_id, server_handle=end.server_handle, action=action, mode=mode,
         status=status, reported_by=Reporter.DISPATCHER, job_name=end.job_name,
         started_at=end.started_at, finished_at=now,
         duration_seconds=(now - end.started_at).total_seconds() if end.started_at else None,

@@ -13,14 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts.exit_codes import ExitCode
-from contracts.messages import ProvisionerMessage
+from contracts.messages import ProvisionerMessage, RunMode
 from dispatcher.naming import (
     ANNOTATION_MESSAGE,
     ANNOTATION_REPLICA,
-    MODE_RUN,
     job_name_for,
     labels_for,
-    mode_of,
 )
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 
@@ -107,14 +105,14 @@ class JobFields:
     message_json: str
     # Empty: now + activeDeadlineSeconds, computed when the body is built or rendered.
     deadline_at: str = ""
-    mode: str = MODE_RUN  # the mode label: "plan" for a plan's Job
+    mode: str = RunMode.RUN.value  # the mode label: "plan" for a plan's Job
 
     @classmethod
     def of(cls, message: ProvisionerMessage, job_name: str | None = None,
            deadline_at: str = "") -> JobFields:
         return cls(job_name or job_name_for(message), message.server_handle,
                    message.request_id or "", message.action.value, message.to_json(),
-                   deadline_at, mode_of(message))
+                   deadline_at, message.mode.value)
 
 
 def build_job(message: ProvisionerMessage, settings: DispatcherSettings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from contracts.messages import ProvisionerMessage
+from contracts.messages import ProvisionerMessage, RunMode
 
 LABEL_PREFIX = "infra-service.io"
 LABEL_HANDLE = f"{LABEL_PREFIX}/server-handle"
@@ -13,8 +13,6 @@ LABEL_REQUEST = f"{LABEL_PREFIX}/request-id"
 LABEL_ACTION = f"{LABEL_PREFIX}/action"
 # "plan" for a plan's Job (check mode, nothing changed), "run" for every other.
 LABEL_MODE = f"{LABEL_PREFIX}/mode"
-MODE_PLAN = "plan"
-MODE_RUN = "run"
 ANNOTATION_MESSAGE = f"{LABEL_PREFIX}/message"
 ANNOTATION_REPLICA = f"{LABEL_PREFIX}/dispatched-by"
 # Set when the dispatcher stopped a stuck Job: "<reason>: <message from the pod>".
@@ -24,7 +22,7 @@ MANAGED_BY = "infra-service-dispatcher"
 JOB_NAME_PREFIX = "prov"
 # A plan's Job says so in the NAME column of `kubectl get jobs`; the name still matches
 # `prov-[a-z0-9-]+-<12 hex>`, which alert routes select runner Jobs by.
-PLAN_JOB_NAME_PREFIX = f"{JOB_NAME_PREFIX}-{MODE_PLAN}"
+PLAN_JOB_NAME_PREFIX = f"{JOB_NAME_PREFIX}-{RunMode.PLAN.value}"
 _HANDLE_PART = 40  # prefix(4) + '-' + 40 + '-' + hash(12) = 58 <= 63
 _NOT_SLUG = re.compile(r"[^a-z0-9-]+")
 _DASHES = re.compile(r"-{2,}")
@@ -51,11 +49,6 @@ def job_name_for(message: ProvisionerMessage) -> str:
     return job_name(message.server_handle, message.request_id, plan=message.plan)
 
 
-def mode_of(message: ProvisionerMessage) -> str:
-    """The value of the Job's mode label."""
-    return MODE_PLAN if message.plan else MODE_RUN
-
-
 def selector_labels(instance: str) -> dict[str, str]:
     """Labels that identify every Job (and Pod) one dispatcher installation owns."""
     return {
@@ -70,7 +63,7 @@ def selector(instance: str) -> str:
 
 
 def labels_for(handle: str, request_id: str, action: str, instance: str,
-               mode: str = MODE_RUN) -> dict[str, str]:
+               mode: str = RunMode.RUN.value) -> dict[str, str]:
     return {
         **selector_labels(instance),
         "app.kubernetes.io/component": "runner",

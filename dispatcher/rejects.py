@@ -33,7 +33,7 @@ def rejection_result(invalid: InvalidMessage, message: ProvisionerMessage | None
     """The result for a dead-lettered message whose handle or request id could be read."""
     return ResultEntry(
         request_id=request_id, server_handle=handle,
-        action=message.action if message else None,
+        action=message.action if message else None, mode=message.mode if message else None,
         status=ResultStatus.REJECTED, reported_by=Reporter.DISPATCHER,
         finished_at=now or datetime.now(UTC),
         error=ResultError(kind=ErrorKind.INVALID_MESSAGE, message=str(invalid)),

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts.keys import Keys
-from contracts.messages import Action
+from contracts.messages import Action, RunMode
 from contracts.reporting import publish_result
 from contracts.results import (
     PLAN_DIFF_LIMIT,
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def build_entry(outcome: Outcome, *, request_id: str | None, handle: str | None,
-                action: Action | None, job_name: str | None, started_at: datetime,
+                action: Action | None, mode: RunMode | None, job_name: str | None,
+                started_at: datetime,
                 duration: float, redact: Redactor) -> ResultEntry:
     error = outcome.error
     if error is not None:
@@ -47,7 +48,8 @@ def build_entry(outcome: Outcome, *, request_id: str | None, handle: str | None,
             **fields, **{name: redact(value) for name, value in fields.items()
                          if isinstance(value, str) and name != "kind"}})
     return ResultEntry(
-        request_id=request_id, server_handle=handle, action=action, status=outcome.status,
+        request_id=request_id, server_handle=handle, action=action, mode=mode,
+        status=outcome.status,
         reported_by=Reporter.RUNNER, job_name=job_name, started_at=started_at,
         finished_at=now(), duration_seconds=round(duration, 3), error=error,
         recap=outcome.recap, details=outcome.details, ssh_port=outcome.ssh_port,

@@ -79,7 +79,8 @@ class RunInfo:
         from runner_image.report import build_entry
 
         return build_entry(outcome, request_id=request_id, handle=handle,
-                           action=message.action if message else None, job_name=self.job_name,
+                           action=message.action if message else None,
+                           mode=message.mode if message else None, job_name=self.job_name,
                            started_at=self.started_at, duration=time.monotonic() - self.t0,
                            redact=self.redact)
 

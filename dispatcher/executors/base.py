@@ -23,6 +23,7 @@ class JobEnd:
     message: str
     started_at: datetime | None = None
     action: str | None = None
+    mode: str | None = None  # the Job's mode label: plan or run (None: a Job without it)
     # When the Job ended (completionTime / the Failed condition); None: when it was noticed.
     finished_at: datetime | None = None
     stop_job: bool = False  # the Job is stuck: the dispatcher stops it before reporting

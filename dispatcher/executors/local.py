@@ -100,6 +100,7 @@ class LocalExecutor:
                          ok, "Completed" if ok else failed,
                          "runner completed" if ok else f"runner exited with code {code}",
                          started_at=run.started_at, action=run.message.action.value,
+                         mode=run.message.mode.value,
                          finished_at=datetime.now(UTC))
         self.ends.put_nowait(run.end)
 

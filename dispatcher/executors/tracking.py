@@ -36,7 +36,7 @@ from dispatcher.kube.classify import (
 )
 from dispatcher.kube.kinds import ChangeType, WatchKind
 from dispatcher.kube.watching import Change, Sync
-from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
+from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_MODE, LABEL_REQUEST
 
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 # How long a failed Job waits for its pod's end to arrive on the pod watch (see
@@ -249,7 +249,8 @@ class JobTracker:
         return JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                       succeeded, reason, message,
                       started_at=parse_time(job["status"].get("startTime")),
-                      action=labels.get(LABEL_ACTION), finished_at=finished_at(job))
+                      action=labels.get(LABEL_ACTION), mode=labels.get(LABEL_MODE),
+                      finished_at=finished_at(job))
 
     def _emit(self, end: JobEnd) -> None:
         if end.job_name in self._emitted or not end.request_id:
@@ -274,7 +275,7 @@ class JobTracker:
             end = JobEnd(name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                          False, reason, message,
                          started_at=parse_time(job["status"].get("startTime")),
-                         action=labels.get(LABEL_ACTION))
+                         action=labels.get(LABEL_ACTION), mode=labels.get(LABEL_MODE))
         self._emit(end)
         self._disruptions.pop(name, None)
         self._jobs.pop(name, None)
@@ -437,7 +438,7 @@ class JobTracker:
             message = f"{disrupted}; the replacement pod: {message}"
         self._emit(JobEnd(job_name, labels.get(LABEL_HANDLE, ""), labels.get(LABEL_REQUEST, ""),
                           False, reason, message, action=labels.get(LABEL_ACTION),
-                          stop_job=True))
+                          mode=labels.get(LABEL_MODE), stop_job=True))
 
     def _schedule(self, name: str) -> None:
         """(Re)compute when a Job that has not started could turn out stuck."""

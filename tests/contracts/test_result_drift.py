@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.messages import Action, InvalidMessage, RejectReason, parse_message
+from contracts.messages import Action, InvalidMessage, RejectReason, RunMode, parse_message
 from contracts.results import OUTPUT_TAIL_LIMIT, ErrorKind, PlayRecap, ResultEntry
 from dispatcher.executors.base import JobEnd
 from dispatcher.failures import failure_result
@@ -44,10 +44,11 @@ def published(entry: ResultEntry) -> dict[str, Any]:
 
 def runner_entry(outcome: out.Outcome, *, request_id: str | None = "req-1",
                  handle: str | None = "web-7", action: Action | None = Action.SETUP,
+                 mode: RunMode | None = RunMode.RUN,
                  redact: Redactor | None = None) -> dict[str, Any]:
     return published(build_entry(outcome, request_id=request_id, handle=handle, action=action,
-                                 job_name="web-7-setup-3f9c2a1b", started_at=T0, duration=1.25,
-                                 redact=redact or Redactor([SECRET])))
+                                 mode=mode, job_name="web-7-setup-3f9c2a1b", started_at=T0,
+                                 duration=1.25, redact=redact or Redactor([SECRET])))
 
 
 # -- the schema itself ------------------------------------------------------------------------
@@ -205,10 +206,10 @@ def test_whatever_ansible_reports_the_result_matches_the_schema(
 
 # -- dispatcher -----------------------------------------------------------------------------
 def job_end(reason: str, *, succeeded: bool = False, action: str | None = "setup",
-            started: bool = True) -> JobEnd:
+            started: bool = True, mode: str | None = "run") -> JobEnd:
     return JobEnd(job_name="web-7-setup-3f9c2a1b", server_handle="web-7", request_id="req-1",
                   succeeded=succeeded, reason=reason, message="the pod failed",
-                  started_at=T0 if started else None, action=action)
+                  started_at=T0 if started else None, action=action, mode=mode)
 
 
 @pytest.mark.parametrize("reason", [*JobEndReason, "ContainerCannotRun"])
@@ -217,6 +218,16 @@ def test_dispatcher_result_for_every_job_end(reason: str, action: str | None) ->
     entry = published(failure_result(job_end(reason, action=action), now=T0 + timedelta(1)))
     assert entry["reported_by"] == "dispatcher"
     assert entry["status"] == ("timed_out" if reason == "DeadlineExceeded" else "failed")
+
+
+@pytest.mark.parametrize(("label", "mode"), [("plan", "plan"), ("run", "run"), (None, None),
+                                             ("not-a-mode", None)])
+def test_a_dispatcher_result_says_whether_the_job_was_a_plan(label: str | None,
+                                                              mode: str | None) -> None:
+    """A plan Job that died (OOM, deadline) is reported as a failed plan, not as a failed
+    setup: the Scheduler reads ``mode`` without looking up its request."""
+    entry = published(failure_result(job_end("OOMKilled", mode=label)))
+    assert (entry["status"], entry["mode"]) == ("failed", mode)
 
 
 def test_dispatcher_result_for_a_job_that_succeeded_silently_or_never_started() -> None:
@@ -259,7 +270,7 @@ def test_dispatcher_result_for_a_message_kubernetes_refused(reason: RejectReason
     invalid = InvalidMessage(reason, "the API refused the Job: 422 Invalid", "web-7")
     entry = published(rejection_result(invalid, message, message.server_handle,
                                        message.request_id))
-    assert entry["action"] == "recovery"
+    assert (entry["action"], entry["mode"]) == ("recovery", "run")
 
 
 @settings(max_examples=200, deadline=None)
@@ -296,8 +307,8 @@ def test_a_plan_result_matches_the_schema_with_secrets_masked() -> None:
     for event in _plan_events():
         collector(event)
     entry = runner_entry(out.planned(PlayRecap(ok=3, changed=1), collector.plan()),
-                         redact=Redactor([SECRET]))
-    assert entry["status"] == "planned" and entry["error"] is None
+                         mode=RunMode.PLAN, redact=Redactor([SECRET]))
+    assert entry["status"] == "planned" and entry["error"] is None and entry["mode"] == "plan"
     assert [(t["task"], t["verdict"]) for t in entry["plan"]["tasks"]] == [
         ("Write the config", "would_change"), ("Install Docker", "unknown")]
     assert SECRET not in json.dumps(entry)

@@ -159,6 +159,8 @@ def journey(runner_db: RunnerDb, redis_srv: RedisServer, provisioner_key: Keypai
 def test_a_plan_on_a_fresh_host_changes_nothing(journey: Journey) -> None:
     assert journey.fresh_plan.rc == 0, journey.fresh_plan.explain
     assert journey.fresh_result["status"] == "planned", journey.fresh_plan.explain
+    # The result says it is a plan's, and the real run's that it is a run's.
+    assert (journey.fresh_result["mode"], journey.real_result["mode"]) == ("plan", "run")
     for name in SNAPSHOT_COMMANDS:
         assert journey.fresh_after[name] == journey.fresh_before[name], name
     # No key was installed and no host key recorded: the runner never said it did.
@@ -205,7 +207,8 @@ def test_a_plan_on_a_converged_host_lists_nothing(journey: Journey) -> None:
 def test_a_recovery_plan_on_a_healthy_host_lists_nothing(journey: Journey) -> None:
     assert journey.recovery_plan.rc == 0, journey.recovery_plan.explain
     result = journey.recovery_result
-    assert (result["status"], result["action"]) == ("planned", "recovery")
+    assert (result["status"], result["action"], result["mode"]) == (
+        "planned", "recovery", "plan")
     assert result["plan"]["tasks"] == [], json.dumps(result["plan"], indent=1)
     played = {line.get("playbook") for line in journey.recovery_plan.events("play finished")}
     assert played == {"recovery_docker.yml", "recovery_disk_space.yml"}

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from contracts.messages import Action
+from contracts.messages import Action, RunMode
 from contracts.results import ErrorKind, PlayRecap
 from runner_image import outcome as out
 from runner_image.redaction import MASK, Redactor
@@ -19,7 +19,8 @@ SECRET = "late-learnt-secret-42"
 
 def build(outcome: out.Outcome, redact: Redactor) -> dict:
     entry = build_entry(outcome, request_id="req-1", handle="web-7", action=Action.RECOVERY,
-                        job_name="web-7-recovery-1", started_at=datetime(2026, 12, 2, tzinfo=UTC),
+                        mode=RunMode.RUN, job_name="web-7-recovery-1",
+                        started_at=datetime(2026, 12, 2, tzinfo=UTC),
                         duration=3.14159, redact=redact)
     return entry.model_dump(mode="json")
 

@@ -15,7 +15,7 @@ from dispatcher.executors.tracking import JobTracker
 from dispatcher.kube.classify import JobEndReason
 from dispatcher.kube.kinds import ChangeType, WatchKind
 from dispatcher.kube.watching import Change, Sync
-from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_REQUEST
+from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_MODE, LABEL_REQUEST
 
 pytestmark = pytest.mark.unit
 
@@ -70,6 +70,19 @@ def test_a_job_ends_once_whatever_the_watches_repeat() -> None:
     assert tracker.tick().ends == ()
     view = (tracker.snapshot() or {})["a"]
     assert view.end is not None and view.end.reason == JobEndReason.DEADLINE_EXCEEDED
+
+
+def test_a_plan_jobs_end_says_it_was_a_plan() -> None:
+    """The mode label reaches the end, so the result of a plan Job that died says plan."""
+    plan = job("p")
+    plan["metadata"]["labels"][LABEL_MODE] = "plan"
+    tracker, _ = synced([plan, job("r")], [running_pod("p"), running_pod("r")])
+    ended = [plan, job("r")]
+    for found in ended:
+        found["status"]["conditions"] = job("x", "Failed")["status"]["conditions"]
+    ends = [e for j in ended
+            for e in tracker.apply(Change(WatchKind.JOBS, ChangeType.MODIFIED, j)).ends]
+    assert {e.job_name: e.mode for e in ends} == {"p": "plan", "r": None}
 
 
 def test_a_completed_job_ends_at_its_completion_time() -> None:
