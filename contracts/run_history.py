@@ -9,7 +9,10 @@ Both sides bound and scrub the message the same way, here, so a row never holds 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
 
 RUNS_TABLE = "runs"
 # The group role the migration grants the dispatcher's privileges to (see
@@ -28,6 +31,35 @@ class Phase(StrEnum):
     KEYS = "keys"            # the deploy key and the runner's own key
     PLAY = "play"            # the Ansible plays
     REPORT = "report"        # the server's status and the published result
+
+
+class RunColumns(BaseModel):
+    """The columns of a row both sides know: the runner writes them (``RunRow``), the
+    dispatcher's CLI reads them back with its own (``RunRecord``). Kept as stored: a status or
+    kind outside today's vocabularies (a newer runner) still reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    server_handle: str
+    job_name: str | None
+    runner_version: str | None
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    phases: dict[str, float]
+    # The outcome: None until a result was published (the dispatcher fills it in when the
+    # runner never reported).
+    status: str | None
+    error_kind: str | None
+    reported_by: str | None
+    failed_task: str | None
+    failed_host: str | None
+    message: str | None
+    changed_count: int | None
+    ok_count: int | None
+    ssh_port_before: int | None
+    ssh_port_after: int | None
 
 
 # What looks like a secret whoever wrote the text: key = value pairs whose key says secret,

@@ -17,10 +17,10 @@ from importlib import metadata
 from pathlib import Path
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from contracts.results import ResultEntry
-from contracts.run_history import Phase, bounded_message
+from contracts.run_history import Phase, RunColumns, bounded_message
 from runner_image import outcome as out
 from runner_image.deploy_key import PublicKey
 from runner_image.job import Steps
@@ -77,32 +77,15 @@ class TimedSteps:
             return await self.steps.play(env, playbooks, first)
 
 
-class RunRow(BaseModel):
-    """The runner's columns of its row."""
-
-    model_config = ConfigDict(extra="forbid")
+class RunRow(RunColumns):
+    """The runner's columns of its row (queued_at is used only when the dispatcher has not
+    inserted the row; no result published, e.g. SIGTERM, leaves the outcome None)."""
 
     request_id: str = Field(min_length=1)
-    server_handle: str
     action: str
-    job_name: str | None
     runner_version: str
-    queued_at: datetime  # used only when the dispatcher has not inserted the row
     started_at: datetime
     finished_at: datetime
-    phases: dict[str, float]
-    # The outcome: None when no result was published (SIGTERM), which the dispatcher then
-    # reports and fills in.
-    status: str | None
-    error_kind: str | None
-    reported_by: str | None
-    failed_task: str | None
-    failed_host: str | None
-    message: str | None
-    changed_count: int | None
-    ok_count: int | None
-    ssh_port_before: int | None
-    ssh_port_after: int | None
 
 
 def run_row(entry: ResultEntry, trace: RunTrace, *, published: bool, queued_at: datetime,

@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import field_validator
+
+from contracts.run_history import RunColumns
 
 _COLUMNS = (
     "request_id, server_handle, action, job_name, dispatcher_replica, runner_image,"
@@ -18,31 +20,13 @@ _COLUMNS = (
 )
 
 
-class RunRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunRecord(RunColumns):
+    """A whole row, with the dispatcher's own columns."""
 
-    request_id: str
-    server_handle: str
     action: str | None
-    job_name: str | None
     dispatcher_replica: str | None
     runner_image: str | None
-    runner_version: str | None
-    queued_at: datetime
     launched_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    phases: dict[str, float]
-    status: str | None
-    error_kind: str | None
-    reported_by: str | None
-    failed_task: str | None
-    failed_host: str | None
-    message: str | None
-    changed_count: int | None
-    ok_count: int | None
-    ssh_port_before: int | None
-    ssh_port_after: int | None
 
     @field_validator("phases", mode="before")
     @classmethod
