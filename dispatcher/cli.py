@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import re
 import sys
@@ -107,6 +108,12 @@ def cmd_run(_: argparse.Namespace) -> int:
     redis_settings = _load(RedisSettings, "REDIS_")
     history = _load(HistorySettings, "DISPATCHER_HISTORY_")
     configure_logging("dispatcher", settings.log_level)
+    # What start-up loaded (the modules, the Kubernetes client's models, the settings)
+    # lives as long as the process. Frozen out of the cyclic collector's reach, a full
+    # collection scans only what the work created since: tens of milliseconds of pause
+    # less, at any instant of a burst or of an idle message's path.
+    gc.collect()
+    gc.freeze()
     try:
         asyncio.run(run_dispatcher(settings, template, redis_settings,
                                    history_settings=history))

@@ -68,6 +68,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import redis.asyncio as aioredis
 import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -330,6 +331,7 @@ class Round:
     dispatcher_rate: float
     dispatcher_cpu_ms: float
     dispatcher_apiserver_ms: float
+    redis_ms: float  # Redis server CPU per Job of the burst (the raw loops use none)
     poster: RawFigures
     official: RawFigures
     load: str
@@ -369,7 +371,8 @@ class RunFigures:
             f"{med(x.official.rate for x in r):.0f} (official client) Jobs/s; dispatcher CPU "
             f"per Job {med(x.dispatcher_cpu_ms for x in r):.2f} ms (raw loops "
             f"{med(x.poster.cpu_ms for x in r):.2f} / {med(x.official.cpu_ms for x in r):.2f}"
-            f" ms); kube-apiserver CPU per Job {med(x.dispatcher_apiserver_ms for x in r):.2f}"
+            f" ms), Redis server CPU per Job {med(x.redis_ms for x in r):.2f} ms; "
+            f"kube-apiserver CPU per Job {med(x.dispatcher_apiserver_ms for x in r):.2f}"
             f" ms (raw loops {med(x.poster.apiserver_ms for x in r):.2f} / "
             f"{med(x.official.apiserver_ms for x in r):.2f} ms); burst create p99 "
             f"{med(x.poster.p99_ms for x in r):.1f} / {med(x.official.p99_ms for x in r):.1f}"
@@ -493,10 +496,16 @@ def api_calls(dispatcher: DispatcherProcess) -> dict[str, float]:
     return counts
 
 
+async def redis_cpu_seconds(redis: aioredis.Redis) -> float:
+    """The Redis server's CPU time (user + system, every thread), from INFO."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
-                dispatcher: DispatcherProcess) -> tuple[float, float, float, str]:
+                dispatcher: DispatcherProcess) -> tuple[float, float, float, float, str]:
     """--burst messages at once to the dispatcher: (Jobs/s, CPU ms per Job of the dispatcher,
-    of kube-apiserver)."""
+    of kube-apiserver, of the Redis server)."""
     redis = create_redis(RedisSettings(url=bench.redis_url))
     keys = RedisSettings().keys
     handles = [f"burst-{run}-{round_no}-{i}" for i in range(args.burst)]
@@ -510,6 +519,7 @@ async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
         await asyncio.sleep(1.0)
     calls_before = await asyncio.to_thread(api_calls, dispatcher)
     cpu_before, api_before = cpu_seconds(pid), cpu_seconds(bench.apiserver)
+    redis_before = await redis_cpu_seconds(redis)
     start = time.perf_counter()
     for chunk in range(0, len(payloads), 500):
         await redis.lpush(keys.queue, *payloads[chunk:chunk + 500])
@@ -518,12 +528,13 @@ async def burst(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
     await asyncio.sleep(0.2)
     cpu = (cpu_seconds(pid) - cpu_before) / args.burst * 1000
     api = (cpu_seconds(bench.apiserver) - api_before) / args.burst * 1000
+    redis_cpu = (await redis_cpu_seconds(redis) - redis_before) / args.burst * 1000
     end_profile(profiler, args.profile)
     await redis.aclose()
     calls = await asyncio.to_thread(api_calls, dispatcher)
     text = ", ".join(f"{verb} {n - calls_before.get(verb, 0):.0f}"
                      for verb, n in sorted(calls.items()) if n > calls_before.get(verb, 0))
-    return args.burst / (last - start), cpu, api, text
+    return args.burst / (last - start), cpu, api, redis_cpu, text
 
 
 async def raw_round(bench: Bench, args: argparse.Namespace, run: int, round_no: int,
@@ -582,10 +593,12 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
             await idle_latency(bench, args, run, raw_ns, figures)
 
             for round_no in range(args.rounds):
-                rate, cpu, api, calls = await burst(bench, args, run, round_no, dispatcher)
+                rate, cpu, api, redis_cpu, calls = await burst(bench, args, run, round_no,
+                                                               dispatcher)
                 print(f"  burst {round_no + 1} ({args.burst} messages): dispatcher "
-                      f"{rate:.0f} Jobs/s, {cpu:.2f} ms CPU per Job, kube-apiserver {api:.2f}"
-                      f" ms CPU per Job; the dispatcher's API calls: {calls} ({load()})")
+                      f"{rate:.0f} Jobs/s, {cpu:.2f} ms CPU per Job, Redis server "
+                      f"{redis_cpu:.2f} ms, kube-apiserver {api:.2f} ms CPU per Job; the "
+                      f"dispatcher's API calls: {calls} ({load()})")
                 # Alternate which raw loop goes first, so neither always follows the burst.
                 kinds = ["poster", "official"] if round_no % 2 == 0 else ["official", "poster"]
                 raws = {}
@@ -597,7 +610,7 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
                     print(f"    raw loop, {label}, {CONCURRENCY} at once: {r.rate:.0f} Jobs/s,"
                           f" {r.cpu_ms:.2f} ms CPU per Job, create p99 {r.p99_ms:.1f} ms, "
                           f"kube-apiserver {r.apiserver_ms:.2f} ms CPU per Job ({load()})")
-                result = Round(rate, cpu, api, raws["poster"], raws["official"], load())
+                result = Round(rate, cpu, api, redis_cpu, raws["poster"], raws["official"], load())
                 figures.rounds.append(result)
                 fastest = "dispatcher's transport" if result.poster.rate >= \
                     result.official.rate else "official client"

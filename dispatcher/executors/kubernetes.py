@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from dispatcher.kube.creating import JobPayload, create_job, dry_run_pod
 from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, KubeCallFailed
 from dispatcher.kube.kinds import WatchKind
 from dispatcher.kube.stopping import EventAction, record_failure, stop_job
-from dispatcher.kube.watching import Change, ListWatch, Sync, threadsafe_deliver
+from dispatcher.kube.watching import Change, Delivery, ListWatch, Sync, threadsafe_deliver
 from dispatcher.naming import selector
 from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
@@ -59,7 +60,10 @@ class KubernetesExecutor:
         self.tracker = JobTracker(settings.image_pull_grace_seconds,
                                   settings.pending_timeout_seconds, check_interval)
         self.ends: asyncio.Queue[JobEnd] = asyncio.Queue()
-        self._events: asyncio.Queue[Sync | Change] = asyncio.Queue()
+        self._events: asyncio.Queue[Delivery] = asyncio.Queue()
+        # Delivered but not yet applied: a consumer that crashes on one item leaves the
+        # items after it here for its restart.
+        self._backlog: deque[Sync | Change] = deque()
         self._watch_ok = {WatchKind.JOBS: False, WatchKind.PODS: False}
         self._watches: list[ListWatch] = []
         self._first_sync = asyncio.Event()
@@ -190,16 +194,22 @@ class KubernetesExecutor:
     # -- watching ----------------------------------------------------------------------
     async def _consume(self) -> None:
         """What the watch threads deliver, in order, through the tracker."""
+        backlog = self._backlog
         while True:
-            item = await self._events.get()
-            outcome = self.tracker.apply(item)
-            if outcome is not NOTHING:
-                self._act(outcome)
-            if isinstance(item, Sync):
-                if item.kind in self._watch_ok:
-                    self._watch_ok[WatchKind(item.kind)] = True
-                if self.tracker.synced:
-                    self._first_sync.set()
+            if not backlog:
+                backlog.extend(await self._events.get())
+            while backlog:
+                self._apply(backlog.popleft())
+
+    def _apply(self, item: Sync | Change) -> None:
+        outcome = self.tracker.apply(item)
+        if outcome is not NOTHING:
+            self._act(outcome)
+        if isinstance(item, Sync):
+            if item.kind in self._watch_ok:
+                self._watch_ok[WatchKind(item.kind)] = True
+            if self.tracker.synced:
+                self._first_sync.set()
 
     async def _check_stuck(self) -> None:
         while True:

@@ -271,6 +271,9 @@ local processing, inflight, waiting_index, queue = KEYS[1], KEYS[2], KEYS[3], KE
 local cx = {servers = KEYS[5], limits = KEYS[6], prefix = ARGV[3]}
 local cap_n, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local KEY_BASE, KEY_STRIDE, ARG_BASE, ARG_STRIDE = 6, 2, 3, 6
+-- The caps, read once: counting runs per action reads every slot, so it is done only for
+-- a message whose action has a cap.
+local _, caps = read_limits(cx.limits)
 local out = {}
 local requeue = {}
 for i = 0, (#ARGV - ARG_BASE) / ARG_STRIDE - 1 do
@@ -334,7 +337,7 @@ for i = 0, (#ARGV - ARG_BASE) / ARG_STRIDE - 1 do
     park()
     hand_over(inflight, waiting, waiting_index, queue, handle, now, cx)
     result = 'waiting'
-  elseif over_cap(select(2, read_limits(cx.limits)), action_counts(inflight), action) then
+  elseif caps[action] and over_cap(caps, action_counts(inflight), action) then
     redis.call('LREM', processing, 1, raw)
     cap(cx, handle, action, new_raw)
     result = 'capped'

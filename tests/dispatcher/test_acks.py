@@ -53,3 +53,24 @@ async def test_a_failed_batch_is_acked_by_the_restarted_loop() -> None:
     await asyncio.wait_for(waiting, 5)
     loop.cancel()
     assert store.batches == [[("m0", "s0", "r0")]]
+
+
+async def test_acks_within_the_window_share_the_next_round_trip() -> None:
+    """The first ack goes at once; those arriving while the window runs wait for its end
+    and go together; after a quiet spell the next goes at once again."""
+    store = FakeStore()
+    acks = Acks(store, RedisRetry(Metrics()), window=0.2)  # type: ignore[arg-type]
+    loop = asyncio.create_task(acks.loop())
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(acks.ack("m0", "s0", "r0"), 5)
+    first = asyncio.get_running_loop().time() - started
+    later = [asyncio.create_task(acks.ack(f"m{i}", f"s{i}", f"r{i}")) for i in (1, 2)]
+    await asyncio.sleep(0.05)
+    assert len(store.batches) == 1  # the window is still running
+    await asyncio.wait_for(asyncio.gather(*later), 5)
+    assert store.batches == [[("m0", "s0", "r0")], [("m1", "s1", "r1"), ("m2", "s2", "r2")]]
+    await asyncio.sleep(0.25)
+    quiet = asyncio.get_running_loop().time()
+    await asyncio.wait_for(acks.ack("m3", "s3", "r3"), 5)
+    assert first < 0.1 and asyncio.get_running_loop().time() - quiet < 0.1
+    loop.cancel()

@@ -127,3 +127,29 @@ async def test_the_room_for_routed_messages_is_given_back() -> None:
     await rig.settle()
     assert rig.launcher.room == 2 and rig.launcher.room_free.is_set()
     assert len(rig.acks.acked) == 2
+
+
+async def test_a_full_room_is_claimed_into_again_once_half_of_it_is_free() -> None:
+    """A burst is claimed in batches of half the room, not one claim per ended launch."""
+    gates = {rid: asyncio.Event() for rid in "abcdefgh"}
+
+    class Gated(FakeExecutor):
+        async def launch(self, message: ProvisionerMessage, job_name: str) -> bool:
+            await gates[message.request_id or ""].wait()
+            return await super().launch(message, job_name)
+
+    rig = Rig(Gated(), room=8)
+    for rid in gates:
+        rig.launch(handle=f"web-{rid}", rid=rid)
+    assert rig.launcher.room == 0 and not rig.launcher.room_free.is_set()
+    for ended, rid in enumerate("abc", start=1):
+        gates[rid].set()
+        await asyncio.sleep(0.01)
+        assert rig.launcher.room == ended and not rig.launcher.room_free.is_set()
+    gates["d"].set()
+    await asyncio.sleep(0.01)
+    assert rig.launcher.room == 4 and rig.launcher.room_free.is_set()  # half: claim again
+    for gate in gates.values():
+        gate.set()
+    await rig.settle()
+    assert rig.launcher.room == 8 and len(rig.acks.acked) == 8

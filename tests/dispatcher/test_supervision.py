@@ -51,9 +51,10 @@ async def test_the_executor_event_loop_survives_an_object_it_cannot_read() -> No
     executor = KubernetesExecutor(None, DispatcherSettings(), JobTemplateSettings(),  # type: ignore[arg-type]
                                   metrics=metrics)
     executor._watch_ok = {WatchKind.JOBS: True, WatchKind.PODS: True}
-    await executor._events.put(Change(WatchKind.JOBS, "ADDED", {"metadata": None}))  # unreadable
     good = {"metadata": {"name": "prov-a-1", "labels": {}}, "status": {}}
-    await executor._events.put(Change(WatchKind.JOBS, "ADDED", good))
+    # One read of the stream: an unreadable object, then a good one.
+    await executor._events.put([Change(WatchKind.JOBS, "ADDED", {"metadata": None}),
+                                Change(WatchKind.JOBS, "ADDED", good)])
     executor.supervisor.start(EVENTS_LOOP, executor._consume)
     executor.supervisor.start(STUCK_LOOP, executor._check_stuck)
     await asyncio.sleep(0.02)
