@@ -14,6 +14,7 @@ never loses or duplicates a message):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
+import orjson
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
@@ -30,6 +32,9 @@ from contracts.reporting import REPORTED_TTL_SECONDS
 from dispatcher.store import lua
 
 T = TypeVar("T")
+# Reading every slot (the metrics' refresh, the reconciler's pass) hands the event loop back
+# after each this many, so thousands of Jobs in flight do not hold up a claim or a create.
+SLOTS_PER_TURN = 256
 
 
 def aio(value: Awaitable[T] | T) -> Awaitable[T]:
@@ -82,6 +87,11 @@ class SlotState(StrEnum):
     ACQUIRED = "acquired"  # routed to a launch
     CREATED = "created"  # its Job exists (acked)
     RESERVED = "reserved"  # handed to the oldest waiting message on release
+
+
+# Lookups by the stored strings (anything a slot holds, unknown values giving None).
+_STATES: dict[object, SlotState] = {state.value: state for state in SlotState}
+_ACTIONS: dict[object, Action] = {action.value: action for action in Action}
 
 
 @dataclass(frozen=True)
@@ -257,14 +267,12 @@ class QueueStore:
     async def slots(self) -> list[Slot]:
         raw = await aio(self.redis.hgetall(self.keys.inflight))
         slots = []
-        for handle, value in raw.items():
-            data = json.loads(value)
-            action = data.get("action")
+        for handle, data in await _decoded(raw):
+            state = data.get("state", SlotState.ACQUIRED)
             slots.append(Slot(handle.decode(), data.get("rid") or "", data.get("job"),
                               float(data.get("since", 0)),
-                              SlotState(data.get("state", SlotState.ACQUIRED)),
-                              data.get("sha", ""),
-                              Action(action) if action in set(Action) else None))
+                              _STATES.get(state) or SlotState(state),
+                              data.get("sha", ""), _ACTIONS.get(data.get("action"))))
         return slots
 
     async def processing_payloads(self) -> list[bytes]:
@@ -306,12 +314,27 @@ class QueueStore:
         waiting = sum(out[3 + len(replicas):3 + len(replicas) + len(handles)])
         capped = dict(zip(Action, out[3 + len(replicas) + len(handles):], strict=True))
         now = time.time()
-        slots = [json.loads(v) for v in inflight.values()]
-        ages = [now - float(s.get("since", now)) for s in slots]
+        oldest = oldest_claim = 0.0
+        by_action = dict.fromkeys(Action, 0)
         unlaunched = (SlotState.CLAIMED, SlotState.ACQUIRED)
-        claims = [age for s, age in zip(slots, ages, strict=True)
-                  if s.get("state") in unlaunched]
-        by_action = {action: sum(1 for s in slots if s.get("action") == action)
-                     for action in Action}
-        return Depths(queue, processing, waiting, dead, len(inflight), max(ages, default=0.0),
-                      max(claims, default=0.0), by_action, capped)
+        for _, slot in await _decoded(inflight):
+            age = now - float(slot.get("since", now))
+            oldest = max(oldest, age)
+            if slot.get("state") in unlaunched:
+                oldest_claim = max(oldest_claim, age)
+            slot_action = _ACTIONS.get(slot.get("action"))
+            if slot_action is not None:
+                by_action[slot_action] += 1
+        return Depths(queue, processing, waiting, dead, len(inflight), oldest, oldest_claim,
+                      by_action, capped)
+
+
+async def _decoded(slots: dict[bytes, bytes]) -> list[tuple[bytes, dict[str, Any]]]:
+    """The slots of an ``inflight`` read, decoded, handing the event loop back every
+    SLOTS_PER_TURN of them."""
+    out: list[tuple[bytes, dict[str, Any]]] = []
+    for count, (handle, value) in enumerate(slots.items(), start=1):
+        out.append((handle, orjson.loads(value)))
+        if count % SLOTS_PER_TURN == 0:
+            await asyncio.sleep(0)
+    return out

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import Keys
-from contracts.messages import parse_message
+from contracts.messages import Action, parse_message
 from dispatcher.naming import job_name_for
-from dispatcher.store.queue import Acquisition, Claim, QueueStore
+from dispatcher.store.queue import SLOTS_PER_TURN, Acquisition, Claim, QueueStore, SlotState
 
 
 def msg(handle: str, rid: str) -> str:
@@ -170,6 +172,49 @@ async def test_depths(redis_client: aioredis.Redis, keys: Keys, count: int) -> N
     assert depths.queue == max(count - 1, 0)
     assert depths.processing == (1 if count else 0)
     assert depths.in_flight == (1 if count else 0)
+
+
+async def test_reading_thousands_of_slots_hands_the_event_loop_back(
+        redis_client: aioredis.Redis, keys: Keys) -> None:
+    """The metrics' refresh and the reconciler read every slot: with thousands of Jobs in
+    flight, a claim or a create waiting on the event loop must not wait for the whole
+    decoding, and every slot is still read as written."""
+    now = time.time()
+    count = SLOTS_PER_TURN * 4 + 7
+    await redis_client.hset(keys.inflight, mapping={f"s{i}": json.dumps({
+        "rid": f"r{i}", "job": f"j{i}", "since": now - i, "state": "created",
+        "action": "recovery" if i % 2 else "setup"}) for i in range(count)})
+    table = await redis_client.hgetall(keys.inflight)
+
+    class Answered:
+        """The hash already read: what is left is the decoding, with no I/O to wait on."""
+
+        async def hgetall(self, _key: str) -> dict[bytes, bytes]:
+            return table
+
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    store = QueueStore(redis_client, keys, "r1")
+    store.redis = Answered()  # type: ignore[assignment]
+    ticker = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    before = turns
+    slots = await store.slots()
+    ticker.cancel()
+    assert turns - before >= 4  # other tasks ran between the decoded chunks
+    assert sorted(s.request_id for s in slots) == sorted(f"r{i}" for i in range(count))
+    assert {s.action for s in slots} == {Action.SETUP, Action.RECOVERY}
+    assert all(s.state is SlotState.CREATED for s in slots)
+    depths = await QueueStore(redis_client, keys, "r1").depths()  # the same decoding
+    assert depths.in_flight == count
+    assert depths.in_flight_by_action[Action.RECOVERY] == count // 2
+    assert depths.oldest_in_flight_seconds >= count - 1
 
 
 async def test_a_rejected_message_never_frees_a_busy_server(redis_client: aioredis.Redis,
