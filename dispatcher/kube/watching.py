@@ -221,7 +221,16 @@ def watch_events(response: Any) -> Iterator[list[dict[str, Any]]]:
     buffer = b""
     for chunk in response.stream(65536, decode_content=True):
         *lines, buffer = (buffer + chunk).split(b"\n")
-        events = [orjson.loads(line) for line in lines if line.strip()]
+        events: list[dict[str, Any]] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                events.append(orjson.loads(line))
+            except ValueError:
+                if events:
+                    yield events  # what came before an unreadable line, then the error
+                raise
         if events:
             yield events
 

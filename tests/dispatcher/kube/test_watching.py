@@ -129,3 +129,35 @@ def test_each_reads_changes_are_delivered_together_and_before_an_error() -> None
     assert [(c.type, c.object["metadata"]["name"]) for c in second] == \
         [("ADDED", "a"), ("MODIFIED", "a")]  # one read, one delivery; no bookmark
     assert [(c.type, c.object["metadata"]["name"]) for c in third] == [("DELETED", "a")]
+
+
+def test_an_unreadable_line_ends_the_watch_and_the_next_listing_repairs_it() -> None:
+    """A stream cut or garbled mid-event: what was decoded before is delivered, health
+    drops, and the watch lists again (the listing catches up on whatever was lost)."""
+    good = json.dumps({"type": "ADDED", "object": {"metadata": {
+        "name": "a", "resourceVersion": "2"}}}).encode() + b"\n"
+    watches = 0
+
+    def listing(namespace: str, **kwargs: Any) -> Any:
+        nonlocal watches
+        if kwargs.get("watch"):
+            watches += 1
+            if watches == 1:
+                return Stream([good + b'{"type": "MODIFIED", "object": {"meta\n'])
+            raise ApiException(status=500, reason="watch down")
+        return type("R", (), {"data": json.dumps(
+            {"items": [], "metadata": {"resourceVersion": "1"}})})()
+
+    deliveries: list[list[Sync | Change]] = []
+    health: list[bool] = []
+    watch = ListWatch("jobs", listing, "ns", "sel", lambda items: deliveries.append(
+        list(items)), health.append)
+    watch.start()
+    deadline = time.monotonic() + 10
+    while len(deliveries) < 2 + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    watch.stop()
+    listed, changed, relisted = deliveries[:3]
+    assert isinstance(listed[0], Sync) and isinstance(relisted[0], Sync)
+    assert [c.object["metadata"]["name"] for c in changed if isinstance(c, Change)] == ["a"]
+    assert health[:3] == [True, False, True]
