@@ -7,7 +7,8 @@ What runs: a real Redis; one control plane for the whole benchmark
 (tests/support/controlplane.py: etcd, kube-apiserver, kube-controller-manager and
 kube-scheduler on 127.0.0.1, TLS with client certificates, RBAC, PodSecurity); the
 dispatcher as its own process (kubernetes executor, the admin kubeconfig, the production
-defaults but for the in-flight cap and a pending timeout longer than the run); and this
+defaults but for the in-flight cap and a pending timeout longer than the run; its log lines,
+at the default level, go to a file as a pod's go to its node's disk); and this
 script, which pushes messages, runs the raw loops and watches Jobs appear (one watch over
 every namespace, in a thread).
 
@@ -582,7 +583,6 @@ async def one_run(bench: Bench, args: argparse.Namespace, run: int) -> RunFigure
             "DISPATCHER_NAMESPACE": namespace, "DISPATCHER_INSTANCE": "bench",
             "DISPATCHER_MAX_IN_FLIGHT": str(total + 10),
             "DISPATCHER_PENDING_TIMEOUT_SECONDS": PENDING_TIMEOUT_SECONDS,
-            "DISPATCHER_LOG_LEVEL": "WARNING",
             "DISPATCHER_METRICS_REFRESH_SECONDS": METRICS_REFRESH_SECONDS,
         }, Path(tmp) / "dispatcher.log").start()
         try:

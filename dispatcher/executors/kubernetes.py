@@ -20,7 +20,13 @@ from dispatcher.executors.base import (
     LaunchRejected,
     TransientLaunchError,
 )
-from dispatcher.executors.tracking import NOTHING, JobTracker, Outcome
+from dispatcher.executors.tracking import (
+    JOB_FIELDS,
+    NOTHING,
+    POD_FIELDS,
+    JobTracker,
+    Outcome,
+)
 from dispatcher.jobspec import JobBodyTemplate, JobFields, build_job
 from dispatcher.kube.classify import FAILED_CREATE, admission_rejection, is_rbac_denial
 from dispatcher.kube.client import KubeClient
@@ -78,11 +84,12 @@ class KubernetesExecutor:
         loop = asyncio.get_running_loop()
         deliver = threadsafe_deliver(loop, self._events)
         sel = selector(self.settings.instance)
-        for kind, fn in ((WatchKind.JOBS, self.kube.batch.list_namespaced_job),
-                         (WatchKind.PODS, self.kube.core.list_namespaced_pod)):
+        for kind, fn, fields in (
+                (WatchKind.JOBS, self.kube.batch.list_namespaced_job, JOB_FIELDS),
+                (WatchKind.PODS, self.kube.core.list_namespaced_pod, POD_FIELDS)):
             watch = ListWatch(kind, fn, self.namespace, sel, deliver,
                               on_health=self._health_setter(loop, kind),
-                              on_unauthorized=self.kube.reload_credentials)
+                              on_unauthorized=self.kube.reload_credentials, fields=fields)
             self._watches.append(watch)
             watch.start()
         # Not part of readiness: without it a pod refused at admission is still reported

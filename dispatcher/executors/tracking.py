@@ -35,6 +35,7 @@ from dispatcher.kube.classify import (
     stuck_reason,
 )
 from dispatcher.kube.kinds import ChangeType, WatchKind
+from dispatcher.kube.projection import WHOLE, Shape
 from dispatcher.kube.watching import Change, Sync
 from dispatcher.naming import LABEL_ACTION, LABEL_HANDLE, LABEL_MODE, LABEL_REQUEST
 
@@ -84,6 +85,17 @@ NOTHING = Outcome()
 _JOBS, _EVENTS = WatchKind.JOBS, WatchKind.EVENTS
 _DELETED = ChangeType.DELETED
 _PENDING = PodPhase.PENDING
+
+
+# What slim_job and slim_pod read: the watches decode only these (kube/projection.py).
+JOB_FIELDS: Shape = {
+    "metadata": {"name": WHOLE, "labels": WHOLE, "uid": WHOLE, "creationTimestamp": WHOLE},
+    "status": {"conditions": WHOLE, "startTime": WHOLE, "completionTime": WHOLE}}
+POD_FIELDS: Shape = {
+    "metadata": {"name": WHOLE, "labels": WHOLE, "creationTimestamp": WHOLE},
+    "spec": {"nodeName": WHOLE},
+    "status": {"phase": WHOLE, "reason": WHOLE, "message": WHOLE, "conditions": WHOLE,
+               "containerStatuses": WHOLE}}
 
 
 def slim_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,10 @@ whole ``Sync`` so the consumer can notice objects deleted while nobody watched. 
 are kept as plain dicts: no model deserialisation, which is most of the client's cost.
 
 Decoding the stream is most of what watching costs the dispatcher: every Job brings
-several events of a few KiB (its own ADDED and status updates, its pod's). They are decoded
-with orjson, and what one read of the stream holds is handed to the event loop at once
-(one wake-up of the loop per read, not per event).
+several events of a few KiB (its own ADDED and status updates, its pod's). A watch given
+the ``fields`` its consumer reads builds Python objects for those only (kube/projection.py);
+what one read of the stream holds is handed to the event loop at once (one wake-up of the
+loop per read, not per event).
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ from tenacity.wait import wait_exponential
 
 from dispatcher.kube.errors import UNAUTHORIZED, describe
 from dispatcher.kube.kinds import CHANGES, ChangeType
+from dispatcher.kube.projection import WHOLE, EventDecoder, Shape, decode_event, merged
 
 # What ends a list or a watch without ending the dispatcher: the next listing repairs it.
 WATCH_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
 WATCH_FAILURE_PAUSE = 0.2
+# What the watch itself reads of each object: where to resume.
+_OWN_FIELDS: Shape = {"metadata": {"resourceVersion": WHOLE}}
+_PROJECTED = frozenset({*CHANGES, ChangeType.BOOKMARK})
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,10 @@ class ListWatch:
                  on_health: Callable[[bool], None], timeout_seconds: int = 300,
                  page_size: int = 500, backoff_max: float = 10.0,
                  on_unauthorized: Callable[[], object] | None = None,
-                 field_selector: str = "") -> None:
+                 field_selector: str = "", fields: Shape | None = None) -> None:
+        # The fields the consumer reads of each watched object (None: all of them).
+        self._decode: Callable[[bytes], dict[str, Any]] = decode_event if fields is None \
+            else EventDecoder(merged(fields, _OWN_FIELDS), _PROJECTED)
         self.on_unauthorized = on_unauthorized
         self.field_selector = field_selector
         self.kind = kind
@@ -183,7 +191,7 @@ class ListWatch:
         self._response = response
         started = time.monotonic()
         try:
-            for events in watch_events(response):
+            for events in watch_events(response, self._decode):
                 changes: list[Sync | Change] = []
                 try:
                     for event in events:
@@ -215,7 +223,8 @@ class ListWatch:
         return new_version
 
 
-def watch_events(response: Any) -> Iterator[list[dict[str, Any]]]:
+def watch_events(response: Any, decode: Callable[[bytes], dict[str, Any]] = decode_event
+                 ) -> Iterator[list[dict[str, Any]]]:
     """The JSON events of a raw (``_preload_content=False``) watch response, as they
     arrive: the complete events of each read, together."""
     buffer = b""
@@ -226,7 +235,7 @@ def watch_events(response: Any) -> Iterator[list[dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                events.append(orjson.loads(line))
+                events.append(decode(line))
             except ValueError:
                 if events:
                     yield events  # what came before an unreadable line, then the error

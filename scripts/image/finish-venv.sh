@@ -13,8 +13,13 @@ compile() { "$VENV/bin/python" -m compileall -q -j 0 --invalidation-mode uncheck
 case "$1" in
   deps)
     rm -rf "$site"/ansible_test "$VENV"/bin/ansible-test
-    find "$site" \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' -o -name '*.c' -o -name '*.h' \) \
-      -type f -delete
+    find "$site" \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' -o -name '*.c' -o -name '*.h' \
+      -o -name '*.cpp' \) -type f -delete
+    # Wheels may ship their extensions with debug information (several MB each, e.g.
+    # pysimdjson's); nothing in a running container reads it. Where the builder has strip.
+    if command -v strip >/dev/null; then
+      find "$site" -name '*.so*' -type f -exec strip --strip-debug {} +
+    fi
     find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
     for dir in ${SOURCELESS:-}; do
       "$VENV/bin/python" -m compileall -q -b -j 0 "$site/$dir" >/dev/null
