@@ -85,16 +85,24 @@ class Intake:
         self.block_seconds = block_seconds
 
     async def loop(self, stop: asyncio.Event) -> None:
+        drained = False  # the last claim took fewer than asked: the queue was empty
         while not stop.is_set():
             await self.config.accepted.wait()
             await self.launcher.room_free.wait()
-            # A burst is claimed in batches; an empty queue is waited on with a blocking
-            # command (no polling) that claims nothing itself. At the in-flight cap nothing
-            # is claimed: wait for capacity (claiming and putting back would reorder a
-            # server's messages against other replicas).
+            if drained:
+                # An empty queue is waited on with a blocking command (no polling) that
+                # claims nothing itself and returns at once if a message came meanwhile;
+                # a claim now would only find the queue empty again.
+                await self.retry(lambda: self.store.wait_for_message(
+                    self.blocking, self.block_seconds))
+            # A burst is claimed in batches. At the in-flight cap nothing is claimed: wait
+            # for capacity (claiming and putting back would reorder a server's messages
+            # against other replicas).
+            count = self.launcher.room
             batch = await self.retry(functools.partial(
-                self.store.claim_many, self.launcher.room, self.max_in_flight,
+                self.store.claim_many, count, self.max_in_flight,
                 MAX_PAYLOAD_BYTES, DEAD_LETTER_PREFIX_BYTES))
+            drained = False
             if batch.oversize:
                 self.metrics.received.inc(batch.oversize)
                 log.warning("oversize payloads dead-lettered inside Redis",
@@ -106,10 +114,8 @@ class Intake:
                 await self._wait_for_capacity()
                 continue
             raws = batch.payloads
+            drained = len(raws) < count and not batch.oversize and not batch.capped
             if not raws:
-                if not batch.oversize and not batch.capped:
-                    await self.retry(lambda: self.store.wait_for_message(
-                        self.blocking, self.block_seconds))
                 continue
             # One line per claim batch: what each replica was handed, summable across
             # replicas from their logs even after one was killed (claims per message).
@@ -121,6 +127,11 @@ class Intake:
             finally:
                 # Launches hold their (possibly rewritten) payloads in ``claimed``.
                 self.state.claimed.difference_update(set(raws) - owned)
+            if owned:
+                # The launches just started send their creates before intake spends the
+                # loop's time on its next Redis call: an idle message's Job is created
+                # sooner.
+                await asyncio.sleep(0)
 
     async def _route(self, raws: list[bytes]) -> set[bytes]:
         """Route claimed messages in claim order; returns the payloads launches now own."""

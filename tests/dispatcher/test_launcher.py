@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from contracts.messages import InvalidMessage, ProvisionerMessage, RejectReason
+from contracts.messages import ProvisionerMessage, RejectReason
 from dispatcher.dispatch_state import DispatchState
 from dispatcher.executors.base import LaunchRejected, TransientLaunchError
 from dispatcher.launcher import Launcher
@@ -18,27 +18,9 @@ from dispatcher.naming import job_name_for
 from dispatcher.observability.metrics import Metrics
 from dispatcher.preflight import JobConfigCheck
 from dispatcher.store.queue import Acquisition
-from tests.support.dispatcher_fakes import FakeExecutor
+from tests.support.dispatcher_fakes import FakeAcks, FakeExecutor, FakeRejecter
 
 pytestmark = pytest.mark.unit
-
-
-class FakeAcks:
-    def __init__(self) -> None:
-        self.acked: list[tuple[str, str, str]] = []
-
-    async def ack(self, raw: str, handle: str, request_id: str) -> None:
-        self.acked.append((raw, handle, request_id))
-
-
-class FakeRejecter:
-    def __init__(self) -> None:
-        self.rejected: list[tuple[bytes, InvalidMessage, bool]] = []
-
-    async def reject(self, raw: bytes, invalid: InvalidMessage,
-                     message: ProvisionerMessage | None = None, *, holder: bool = False
-                     ) -> None:
-        self.rejected.append((raw, invalid, holder))
 
 
 class Rig:

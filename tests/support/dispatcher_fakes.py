@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 from hypothesis import settings
 
-from contracts.messages import ProvisionerMessage
+from contracts.messages import InvalidMessage, ProvisionerMessage
 from dispatcher.executors.base import JobEnd
 from dispatcher.schemas import SCHEMA_DIR
 
@@ -59,3 +59,25 @@ class FakeExecutor:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+class FakeAcks:
+    """Acks recorded, never sent."""
+
+    def __init__(self) -> None:
+        self.acked: list[tuple[str, str, str]] = []
+
+    async def ack(self, raw: str, handle: str, request_id: str) -> None:
+        self.acked.append((raw, handle, request_id))
+
+
+class FakeRejecter:
+    """Rejections recorded, never sent."""
+
+    def __init__(self) -> None:
+        self.rejected: list[tuple[bytes, InvalidMessage, bool]] = []
+
+    async def reject(self, raw: bytes, invalid: InvalidMessage,
+                     message: ProvisionerMessage | None = None, *, holder: bool = False
+                     ) -> None:
+        self.rejected.append((raw, invalid, holder))
