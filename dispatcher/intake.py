@@ -65,6 +65,10 @@ def triage(raws: list[bytes]) -> Triage:
     return Triage(valid, invalid)
 
 
+# A message routed in its claim's round trip, with its route.
+Routed = tuple[ProvisionerMessage, Acquisition, Claim]
+
+
 class Intake:
     def __init__(self, store: QueueStore, retry: RedisRetry, blocking: aioredis.Redis,
                  launcher: Launcher, rejecter: Rejecter, config: JobConfigCheck,
@@ -89,19 +93,32 @@ class Intake:
         while not stop.is_set():
             await self.config.accepted.wait()
             await self.launcher.room_free.wait()
+            head: list[tuple[ProvisionerMessage, Acquisition]] = []
             if drained:
                 # An empty queue is waited on with a blocking command (no polling) that
                 # claims nothing itself and returns at once if a message came meanwhile;
                 # a claim now would only find the queue empty again.
-                await self.retry(lambda: self.store.wait_for_message(
+                first = await self.retry(lambda: self.store.wait_for_message(
                     self.blocking, self.block_seconds))
+                # The wait returns the message the claim takes first (unless another
+                # replica is quicker): parsed now, it is routed in the claim's own round
+                # trip, so an idle message costs one round trip after the wake, not two.
+                head = triage([first]).valid if first is not None else []
             # A burst is claimed in batches. At the in-flight cap nothing is claimed: wait
             # for capacity (claiming and putting back would reorder a server's messages
             # against other replicas).
             count = self.launcher.room
-            batch = await self.retry(functools.partial(
-                self.store.claim_many, count, self.max_in_flight,
-                MAX_PAYLOAD_BYTES, DEAD_LETTER_PREFIX_BYTES))
+            routed: Routed | None = None
+            if head:
+                [(message, item)] = head
+                batch, route = await self.retry(functools.partial(
+                    self.store.claim_routing_first, count, self.max_in_flight,
+                    MAX_PAYLOAD_BYTES, DEAD_LETTER_PREFIX_BYTES, item))
+                routed = (message, item, route) if route is not None else None
+            else:
+                batch = await self.retry(functools.partial(
+                    self.store.claim_many, count, self.max_in_flight, MAX_PAYLOAD_BYTES,
+                    DEAD_LETTER_PREFIX_BYTES))
             drained = False
             if batch.oversize:
                 self.metrics.received.inc(batch.oversize)
@@ -123,7 +140,7 @@ class Intake:
             self.state.claimed.update(raws)
             owned: set[bytes] = set()
             try:
-                owned = await self._route(raws)
+                owned = await self._route(raws, routed)
             finally:
                 # Launches hold their (possibly rewritten) payloads in ``claimed``.
                 self.state.claimed.difference_update(set(raws) - owned)
@@ -133,19 +150,22 @@ class Intake:
                 # sooner.
                 await asyncio.sleep(0)
 
-    async def _route(self, raws: list[bytes]) -> set[bytes]:
-        """Route claimed messages in claim order; returns the payloads launches now own."""
+    async def _route(self, raws: list[bytes], routed: Routed | None = None) -> set[bytes]:
+        """Route claimed messages in claim order; returns the payloads launches now own.
+        ``routed``: the first of them, already routed in the claim's round trip."""
         self.metrics.received.inc(len(raws))
-        sorted_out = triage(raws)
+        sorted_out = triage(raws[1:] if routed is not None else raws)
         for raw, invalid in sorted_out.invalid:
             await self.rejecter.reject(raw, invalid)
         owned: set[bytes] = set()
-        if not sorted_out.valid:
-            return owned
-        claims = await self.retry(lambda: self.store.acquire_many(
-            [a for _, a in sorted_out.valid], self.max_in_flight))
+        routes: list[Routed] = [routed] if routed is not None else []
+        if sorted_out.valid:
+            claims = await self.retry(lambda: self.store.acquire_many(
+                [a for _, a in sorted_out.valid], self.max_in_flight))
+            routes += [(message, item, claim) for (message, item), claim
+                       in zip(sorted_out.valid, claims, strict=True)]
         full = False
-        for (message, item), claim in zip(sorted_out.valid, claims, strict=True):
+        for message, item, claim in routes:
             ctx = {"server_handle": item.handle, "request_id": item.request_id,
                    "job_name": item.job_name}
             if claim is Claim.ACQUIRED:

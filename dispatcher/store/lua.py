@@ -189,7 +189,7 @@ end
 # ARGV: count, max bytes, prefix bytes, cap, replica, at, now, capped lists' key prefix.
 # Returns {oversize count, 1 if stopped by the cap with nothing claimed, capped count,
 # payloads...}.
-CLAIM_MANY = RELEASE_FUNCTIONS + """
+_CLAIM_MANY_BODY = """
 local queue, processing, dead, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_counts = KEYS[5]
 local cx = {servers = KEYS[6], limits = KEYS[7], prefix = ARGV[8]}
@@ -253,6 +253,7 @@ while claimed < count and out[3] < MAX_CAPPED do
 end
 return out
 """
+CLAIM_MANY = RELEASE_FUNCTIONS + _CLAIM_MANY_BODY
 
 # Route claimed messages, in claim order, in one round trip. Per message: 'done' (its
 # request already has a result: dropped, and a slot it took at claim time handed over),
@@ -266,7 +267,7 @@ return out
 # KEYS: processing, inflight, waiting_index, queue, capped servers, limits, then per message
 # (stride 2) its waiting list and its reported marker. ARGV: cap, now, capped lists' key
 # prefix, then per message (stride 6) raw, new_raw, handle, rid, job, action.
-ACQUIRE = RELEASE_FUNCTIONS + """
+_ACQUIRE_BODY = """
 local processing, inflight, waiting_index, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cx = {servers = KEYS[5], limits = KEYS[6], prefix = ARGV[3]}
 local cap_n, now = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -354,6 +355,36 @@ for i = 0, (#ARGV - ARG_BASE) / ARG_STRIDE - 1 do
 end
 for j = #requeue, 1, -1 do redis.call('RPUSH', queue, requeue[j]) end
 return out
+"""
+ACQUIRE = RELEASE_FUNCTIONS + _ACQUIRE_BODY
+
+# An idle message in one round trip: the claim, then the route of the message the caller
+# read at the queue's consuming end (the blocking wait returns it) and parsed meanwhile, if
+# and only if this very claim took it first. That is the order of a claim followed by the
+# route of its batch, with nothing in between; otherwise nothing is routed and the caller
+# routes the whole batch as after a claim. Each body names its KEYS and ARGV from the
+# arguments of its function. Returns {the claim's reply, the route's result or ''}.
+# KEYS: the claim's (7), then the route's for one message (6 + 2). ARGV: the claim's (8),
+# then the route's for one message (3 + 6).
+CLAIM_ROUTING_FIRST = RELEASE_FUNCTIONS + """
+local function claim(KEYS, ARGV)
+""" + _CLAIM_MANY_BODY + """
+end
+local function route(KEYS, ARGV)
+""" + _ACQUIRE_BODY + """
+end
+local claim_keys, claim_args, route_keys, route_args = {}, {}, {}, {}
+for i = 1, #KEYS do
+  if i <= 7 then claim_keys[i] = KEYS[i] else route_keys[i - 7] = KEYS[i] end
+end
+for i = 1, #ARGV do
+  if i <= 8 then claim_args[i] = ARGV[i] else route_args[i - 8] = ARGV[i] end
+end
+local claimed = claim(claim_keys, claim_args)
+if claimed[4] ~= nil and claimed[4] == route_args[4] then
+  return {claimed, route(route_keys, route_args)[1]}
+end
+return {claimed, ''}
 """
 
 # Ack messages whose Jobs exist: out of the processing list, and the slot, if the same

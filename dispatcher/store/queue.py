@@ -119,6 +119,15 @@ class Depths:
     capped: dict[Action, int] = field(default_factory=dict)  # waiting for their action's cap
 
 
+def _claim_batch(out: list[Any]) -> ClaimBatch:
+    """The claim script's reply: oversize, at cap, capped, then the payloads claimed."""
+    return ClaimBatch(list(out[3:]), int(out[0]), bool(int(out[1])), int(out[2]))
+
+
+def _claim(result: bytes | str) -> Claim:
+    return Claim(result.decode() if isinstance(result, bytes) else result)
+
+
 class QueueStore:
     """All queue state transitions of one replica."""
 
@@ -130,6 +139,7 @@ class QueueStore:
         self._acquire = redis.register_script(lua.ACQUIRE)
         self._ack = redis.register_script(lua.ACK)
         self._claim_many = redis.register_script(lua.CLAIM_MANY)
+        self._claim_routing_first = redis.register_script(lua.CLAIM_ROUTING_FIRST)
         self._release = redis.register_script(lua.RELEASE)
         self._dead_letter = redis.register_script(lua.DEAD_LETTER)
         self._requeue_all = redis.register_script(lua.REQUEUE_ALL)
@@ -151,28 +161,51 @@ class QueueStore:
             pipe.hset(self.keys.limits, mapping=fields)
             await pipe.execute()
 
-    async def wait_for_message(self, blocking: aioredis.Redis, block_seconds: float) -> bool:
+    async def wait_for_message(self, blocking: aioredis.Redis, block_seconds: float
+                               ) -> bytes | None:
         """Block until the queue is not empty, without claiming anything: a rotation of the
-        list onto itself at the same end changes nothing. The claim itself is always the
-        claim script's (slots taken in queue order, the cap and the size limit checked)."""
-        moved = await aio(blocking.blmove(
+        list onto itself at the same end changes nothing. Returns the payload at the
+        consuming end (the next claim's first, unless another replica takes it meanwhile),
+        or None when ``block_seconds`` passed. The claim itself is always the claim
+        script's (slots taken in queue order, the cap and the size limit checked)."""
+        moved: bytes | None = await aio(blocking.blmove(
             self.keys.queue, self.keys.queue, block_seconds,  # type: ignore[arg-type]
             "RIGHT", "RIGHT"))
-        return moved is not None
+        return moved
 
     async def claim_many(self, count: int, cap: int, max_bytes: int,
                          prefix_bytes: int) -> ClaimBatch:
         """Up to ``count`` more messages, without blocking (a burst is claimed in batches);
         nothing at the in-flight cap; oversize payloads dead-lettered inside Redis."""
-        out = await self._claim_many(
-            keys=[self.keys.queue, self.processing, self.keys.dead_letter, self.keys.inflight,
-                  self.keys.dead_letter_counts, *self._cap_keys],
-            args=[count, max_bytes, prefix_bytes, cap, self.replica,
-                  datetime.now(UTC).isoformat(), time.time(), self._capped_prefix])
-        return ClaimBatch(list(out[3:]), int(out[0]), bool(int(out[1])), int(out[2]))
+        keys, args = self._claim_call(count, cap, max_bytes, prefix_bytes)
+        return _claim_batch(await self._claim_many(keys=keys, args=args))
+
+    async def claim_routing_first(self, count: int, cap: int, max_bytes: int,
+                                  prefix_bytes: int, first: Acquisition
+                                  ) -> tuple[ClaimBatch, Claim | None]:
+        """``claim_many``, then in the same round trip the route of ``first`` (the payload
+        the blocking wait returned, parsed) if and only if the claim took it first: the
+        batch, and ``first``'s route or None (then nothing was routed)."""
+        keys, args = self._claim_call(count, cap, max_bytes, prefix_bytes)
+        route_keys, route_args = self._acquire_call([first], cap)
+        claimed, routed = await self._claim_routing_first(keys=keys + route_keys,
+                                                          args=args + route_args)
+        return _claim_batch(claimed), _claim(routed) if routed else None
+
+    def _claim_call(self, count: int, cap: int, max_bytes: int, prefix_bytes: int
+                    ) -> tuple[list[str], list[Any]]:
+        return ([self.keys.queue, self.processing, self.keys.dead_letter, self.keys.inflight,
+                 self.keys.dead_letter_counts, *self._cap_keys],
+                [count, max_bytes, prefix_bytes, cap, self.replica,
+                 datetime.now(UTC).isoformat(), time.time(), self._capped_prefix])
 
     async def acquire_many(self, batch: list[Acquisition], cap: int) -> list[Claim]:
         """Route claimed messages, in claim order, in one round trip."""
+        keys, args = self._acquire_call(batch, cap)
+        return [_claim(r) for r in await self._acquire(keys=keys, args=args)]
+
+    def _acquire_call(self, batch: list[Acquisition], cap: int
+                      ) -> tuple[list[str], list[Any]]:
         keys = [self.processing, self.keys.inflight, self.keys.waiting_index, self.keys.queue,
                 *self._cap_keys]
         args: list[Any] = [cap, time.time(), self._capped_prefix]
@@ -180,8 +213,7 @@ class QueueStore:
             keys += [self.keys.waiting(item.handle), self.keys.reported(item.request_id)]
             args += [item.raw, item.new_raw, item.handle, item.request_id, item.job_name,
                      str(item.action)]
-        results = await self._acquire(keys=keys, args=args)
-        return [Claim(r.decode() if isinstance(r, bytes) else r) for r in results]
+        return keys, args
 
     async def ack_many(self, batch: list[tuple[str, str, str]]) -> None:
         """Mark (payload, handle, request_id) as Jobs: out of the processing list."""

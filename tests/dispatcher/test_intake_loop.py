@@ -1,6 +1,7 @@
-"""Intake's loop with a recording store (no Redis): an idle message costs one claim (after a
-claim that empties the queue, intake waits on the blocking command instead of claiming
-again), a burst is claimed in batches of the room, and the Jobs of a batch are created
+"""Intake's loop with a recording store (no Redis): an idle message costs one round trip
+after the wake (after a claim that empties the queue, intake waits on the blocking command
+instead of claiming again, and routes the message the wait returned in its claim's round
+trip), a burst is claimed in batches of the room, and the Jobs of a batch are created
 before intake's next Redis call."""
 
 from __future__ import annotations
@@ -42,18 +43,27 @@ class RecordingStore:
         self.calls.append(f"claim {len(taken)}")
         return ClaimBatch(taken, 0, False)
 
+    async def claim_routing_first(self, count: int, cap: int, max_bytes: int,
+                                  prefix_bytes: int, first: Acquisition
+                                  ) -> tuple[ClaimBatch, Claim | None]:
+        taken, self.queue = self.queue[:count], self.queue[count:]
+        routed = Claim.ACQUIRED if taken[:1] == [first.raw] else None
+        self.calls.append(f"claim {len(taken)}, route {first.handle}" if routed
+                          else f"claim {len(taken)}")
+        return ClaimBatch(taken, 0, False), routed
+
     async def acquire_many(self, batch: list[Acquisition], cap: int) -> list[Claim]:
         self.calls.append(f"acquire {len(batch)}")
         return [Claim.ACQUIRED] * len(batch)
 
-    async def wait_for_message(self, blocking: Any, block_seconds: float) -> bool:
+    async def wait_for_message(self, blocking: Any, block_seconds: float) -> bytes | None:
         self.calls.append("wait")
         if not self.queue:
             self.pushed.clear()
             self.waiting.set()
             await self.pushed.wait()
             self.waiting.clear()
-        return True
+        return self.queue[0]
 
 
 class RecordingExecutor(FakeExecutor):
@@ -96,8 +106,8 @@ async def settled(store: RecordingStore) -> None:
     await asyncio.sleep(0.05)
 
 
-async def test_an_idle_message_costs_one_claim_and_its_job_is_created_first(intake: Any
-                                                                           ) -> None:
+async def test_an_idle_message_costs_one_round_trip_and_its_job_is_created_first(
+        intake: Any) -> None:
     store, calls = intake
     await settled(store)  # started on an empty queue: one empty claim, then waits
     assert calls == ["claim 0", "wait"]
@@ -105,7 +115,18 @@ async def test_an_idle_message_costs_one_claim_and_its_job_is_created_first(inta
         calls.clear()
         store.push(handle)
         await settled(store)
-        assert calls == ["claim 1", "acquire 1", f"create {handle}", "wait"]
+        assert calls == [f"claim 1, route {handle}", f"create {handle}", "wait"]
+
+
+async def test_messages_behind_the_idle_one_are_routed_after_it(intake: Any) -> None:
+    store, calls = intake
+    await settled(store)
+    calls.clear()
+    store.push("web-1", "web-2", "web-3")
+    await settled(store)
+    assert calls[:2] == ["claim 3, route web-1", "acquire 2"]
+    assert [c for c in calls if c.startswith("create")] == \
+        ["create web-1", "create web-2", "create web-3"]
 
 
 async def test_a_burst_is_claimed_in_batches_of_the_room(intake: Any) -> None:
@@ -115,8 +136,11 @@ async def test_a_burst_is_claimed_in_batches_of_the_room(intake: Any) -> None:
     store.push(*(f"web-{i}" for i in range(10)))
     await settled(store)
     assert calls[-1] == "wait"
-    claims = [c for c in calls if c.startswith("claim")]
+    claims = [c.split(",")[0] for c in calls if c.startswith("claim")]
     assert claims[0] == "claim 4" and claims[-1] != "claim 4"  # the last one drained it
     assert sum(int(c.split()[1]) for c in claims) == 10
+    # Only the burst's first message (the wait's) was routed with its claim.
+    assert calls[0] == "claim 4, route web-0"
+    assert all("route" not in c for c in calls[1:])
     assert sorted(c for c in calls if c.startswith("create")) == \
         sorted(f"create web-{i}" for i in range(10))
