@@ -490,8 +490,12 @@ async def test_stopping_a_stuck_job_is_retried_and_the_failure_reported_anyway(
         start, k8s: Kube, redis_client, keys, failures: int) -> None:
     """Stopping is retried 8 times through API errors; past that the failure is reported
     all the same (the Job then ends at its own deadline)."""
-    dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS="1",
-                       DISPATCHER_PENDING_TIMEOUT_SECONDS="1")
+    # CreateContainerConfigError stops the Job at once; no other timer may run out first. A
+    # 1 s pending timeout did now and then: a pod's creationTimestamp is cut to whole
+    # seconds, so it can look a second old when the Job controller creates it, and the Job
+    # was then reported unschedulable before the kubelet's write of the config error.
+    dispatcher = start(DISPATCHER_IMAGE_PULL_GRACE_SECONDS="120",
+                       DISPATCHER_PENDING_TIMEOUT_SECONDS="120")
     k8s.inject(verb="patch", resource="jobs", status=503, count=failures)
     await redis_client.lpush(keys.queue, message("srv-1", "r1"))
     await wait_until(lambda: job_count(k8s, 1), what="Job")

@@ -154,6 +154,11 @@ class FaultProxy:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
+        except asyncio.CancelledError:
+            # Cancelled by stop(). Ending normally keeps Python 3.11's start_server from
+            # logging each cancelled connection as an "Exception in callback" traceback,
+            # which buried the real failure of a test in its output.
+            return
         finally:
             self._open.discard(writer)
             if upstream is not None:
