@@ -7,6 +7,7 @@ on what that returns (queues the ends, logs, counts, holds launches)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -33,8 +34,9 @@ from dispatcher.kube.client import KubeClient
 from dispatcher.kube.creating import JobPayload, create_job, dry_run_pod
 from dispatcher.kube.errors import UNAUTHORIZED, JobCreateFailed, KubeCallFailed
 from dispatcher.kube.kinds import WatchKind
+from dispatcher.kube.mailbox import Mailbox
 from dispatcher.kube.stopping import EventAction, record_failure, stop_job
-from dispatcher.kube.watching import Change, Delivery, ListWatch, Sync, threadsafe_deliver
+from dispatcher.kube.watching import Change, ListWatch, Sync
 from dispatcher.naming import selector
 from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
@@ -66,7 +68,6 @@ class KubernetesExecutor:
         self.tracker = JobTracker(settings.image_pull_grace_seconds,
                                   settings.pending_timeout_seconds, check_interval)
         self.ends: asyncio.Queue[JobEnd] = asyncio.Queue()
-        self._events: asyncio.Queue[Delivery] = asyncio.Queue()
         # Delivered but not yet applied: a consumer that crashes on one item leaves the
         # items after it here for its restart.
         self._backlog: deque[Sync | Change] = deque()
@@ -82,7 +83,8 @@ class KubernetesExecutor:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        deliver = threadsafe_deliver(loop, self._events)
+        mailbox = Mailbox[Sync | Change](loop)  # what the watch threads deliver
+        deliver = mailbox.put
         sel = selector(self.settings.instance)
         for kind, fn, fields in (
                 (WatchKind.JOBS, self.kube.batch.list_namespaced_job, JOB_FIELDS),
@@ -100,7 +102,7 @@ class KubernetesExecutor:
                            field_selector=FAILED_CREATE_SELECTOR)
         self._watches.append(events)
         events.start()
-        self.supervisor.start(EVENTS_LOOP, self._consume)
+        self.supervisor.start(EVENTS_LOOP, functools.partial(self._consume, mailbox))
         self.supervisor.start(STUCK_LOOP, self._check_stuck)
         await self._first_sync.wait()
 
@@ -199,12 +201,12 @@ class KubernetesExecutor:
         return self.tracker.snapshot()
 
     # -- watching ----------------------------------------------------------------------
-    async def _consume(self) -> None:
+    async def _consume(self, mailbox: Mailbox[Sync | Change]) -> None:
         """What the watch threads deliver, in order, through the tracker."""
         backlog = self._backlog
         while True:
             if not backlog:
-                backlog.extend(await self._events.get())
+                backlog.extend(await mailbox.take())
             while backlog:
                 self._apply(backlog.popleft())
 

@@ -9,13 +9,12 @@ are kept as plain dicts: no model deserialisation, which is most of the client's
 Decoding the stream is most of what watching costs the dispatcher: every Job brings
 several events of a few KiB (its own ADDED and status updates, its pod's). A watch given
 the ``fields`` its consumer reads builds Python objects for those only (kube/projection.py);
-what one read of the stream holds is handed to the event loop at once (one wake-up of the
-loop per read, not per event).
+what one read of the stream holds is delivered at once, and the consumer's mailbox
+(kube/mailbox.py) wakes the event loop once per batch of deliveries.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
@@ -242,10 +241,3 @@ def watch_events(response: Any, decode: Callable[[bytes], dict[str, Any]] = deco
                 raise
         if events:
             yield events
-
-
-def threadsafe_deliver(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Delivery]
-                       ) -> Callable[[Delivery], None]:
-    def deliver(items: Delivery) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, items)
-    return deliver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 from prometheus_client import generate_latest
@@ -10,7 +11,8 @@ from prometheus_client import generate_latest
 from dispatcher import supervision
 from dispatcher.executors.kubernetes import EVENTS_LOOP, STUCK_LOOP, KubernetesExecutor
 from dispatcher.kube.kinds import WatchKind
-from dispatcher.kube.watching import Change
+from dispatcher.kube.mailbox import Mailbox
+from dispatcher.kube.watching import Change, Sync
 from dispatcher.observability.metrics import Metrics
 from dispatcher.settings import DispatcherSettings, JobTemplateSettings
 from dispatcher.supervision import Loop, Supervisor
@@ -53,9 +55,10 @@ async def test_the_executor_event_loop_survives_an_object_it_cannot_read() -> No
     executor._watch_ok = {WatchKind.JOBS: True, WatchKind.PODS: True}
     good = {"metadata": {"name": "prov-a-1", "labels": {}}, "status": {}}
     # One read of the stream: an unreadable object, then a good one.
-    await executor._events.put([Change(WatchKind.JOBS, "ADDED", {"metadata": None}),
-                                Change(WatchKind.JOBS, "ADDED", good)])
-    executor.supervisor.start(EVENTS_LOOP, executor._consume)
+    mailbox = Mailbox[Sync | Change](asyncio.get_running_loop(), window=0)
+    mailbox.put([Change(WatchKind.JOBS, "ADDED", {"metadata": None}),
+                 Change(WatchKind.JOBS, "ADDED", good)])
+    executor.supervisor.start(EVENTS_LOOP, functools.partial(executor._consume, mailbox))
     executor.supervisor.start(STUCK_LOOP, executor._check_stuck)
     await asyncio.sleep(0.02)
     assert not executor.healthy  # down until restarted: /readyz 503
