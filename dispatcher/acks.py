@@ -16,7 +16,7 @@ import functools
 from dispatcher.store.queue import QueueStore
 from dispatcher.store.retry import RedisRetry
 
-# A burst at about 500 Jobs/s then acks a dozen messages per round trip. A round trip
+# A burst at about 500 Jobs/s then acks about ten messages per round trip. A round trip
 # through redis-py costs the event loop several times a create's own Python, so a shorter
 # window shows in a burst's CPU per Job (scripts/bench_dispatcher.py); a longer one keeps
 # launches, and the room they hold, waiting longer.
