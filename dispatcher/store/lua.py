@@ -364,8 +364,9 @@ ACQUIRE = RELEASE_FUNCTIONS + _ACQUIRE_BODY
 # route of its batch, with nothing in between; otherwise nothing is routed and the caller
 # routes the whole batch as after a claim. Each body names its KEYS and ARGV from the
 # arguments of its function. Returns {the claim's reply, the route's result or ''}.
-# KEYS: the claim's (7), then the route's for one message (6 + 2). ARGV: the claim's (8),
-# then the route's for one message (3 + 6).
+# KEYS: the claim's, then the route's for one message. ARGV: how many of the KEYS and how
+# many of the rest of ARGV are the claim's, the claim's arguments, then the route's for one
+# message.
 CLAIM_ROUTING_FIRST = RELEASE_FUNCTIONS + """
 local function claim(KEYS, ARGV)
 """ + _CLAIM_MANY_BODY + """
@@ -373,12 +374,14 @@ end
 local function route(KEYS, ARGV)
 """ + _ACQUIRE_BODY + """
 end
+local n_keys, n_args = tonumber(ARGV[1]), tonumber(ARGV[2])
 local claim_keys, claim_args, route_keys, route_args = {}, {}, {}, {}
 for i = 1, #KEYS do
-  if i <= 7 then claim_keys[i] = KEYS[i] else route_keys[i - 7] = KEYS[i] end
+  if i <= n_keys then claim_keys[i] = KEYS[i] else route_keys[i - n_keys] = KEYS[i] end
 end
-for i = 1, #ARGV do
-  if i <= 8 then claim_args[i] = ARGV[i] else route_args[i - 8] = ARGV[i] end
+for i = 3, #ARGV do
+  local j = i - 2
+  if j <= n_args then claim_args[j] = ARGV[i] else route_args[j - n_args] = ARGV[i] end
 end
 local claimed = claim(claim_keys, claim_args)
 if claimed[4] ~= nil and claimed[4] == route_args[4] then

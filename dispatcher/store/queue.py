@@ -168,10 +168,9 @@ class QueueStore:
         consuming end (the next claim's first, unless another replica takes it meanwhile),
         or None when ``block_seconds`` passed. The claim itself is always the claim
         script's (slots taken in queue order, the cap and the size limit checked)."""
-        moved: bytes | None = await aio(blocking.blmove(
+        return await aio(blocking.blmove(
             self.keys.queue, self.keys.queue, block_seconds,  # type: ignore[arg-type]
             "RIGHT", "RIGHT"))
-        return moved
 
     async def claim_many(self, count: int, cap: int, max_bytes: int,
                          prefix_bytes: int) -> ClaimBatch:
@@ -188,8 +187,8 @@ class QueueStore:
         batch, and ``first``'s route or None (then nothing was routed)."""
         keys, args = self._claim_call(count, cap, max_bytes, prefix_bytes)
         route_keys, route_args = self._acquire_call([first], cap)
-        claimed, routed = await self._claim_routing_first(keys=keys + route_keys,
-                                                          args=args + route_args)
+        claimed, routed = await self._claim_routing_first(
+            keys=keys + route_keys, args=[len(keys), len(args), *args, *route_args])
         return _claim_batch(claimed), _claim(routed) if routed else None
 
     def _claim_call(self, count: int, cap: int, max_bytes: int, prefix_bytes: int
