@@ -8,6 +8,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from redis.utils import HIREDIS_AVAILABLE
 
 from contracts.keys import Keys
 from contracts.messages import Action, parse_message
@@ -330,3 +331,11 @@ async def test_a_waiting_list_without_a_slot_hands_the_server_to_its_oldest_mess
     assert waiting == ["old-2", "new"]
     assert await redis_client.sismember(keys.waiting_index, "s1")
     assert await redis_client.llen(keys.processing("r1")) == 0
+
+
+def test_replies_are_decoded_by_hiredis() -> None:
+    """Reading every slot is one HGETALL, and redis-py's pure-Python parser decodes its
+    whole reply at once on the event loop (tens of milliseconds with thousands of slots,
+    claims and creates held up meanwhile): the dispatcher installs hiredis, redis-py's C
+    parser, which redis-py then uses for every reply."""
+    assert HIREDIS_AVAILABLE, "hiredis is missing: pip install 'infra-service[dispatcher]'"
