@@ -732,7 +732,8 @@ def main() -> None:
     # Shorter bursts last under a second: the control plane's own periodic work then falls
     # into some phases and not others, and moves single rounds by a third.
     parser.add_argument("--burst", type=int, default=1000)
-    # The p99 of 300 is its third-largest figure rather than the second of 200.
+    # The p99 of 300 is their fourth-largest figure (of 200, the third): a single stall
+    # more or less moves it less.
     parser.add_argument("--idle", type=int, default=300,
                         help="single messages at idle (and as many single raw creates)")
     parser.add_argument("--idle-seconds", type=float, default=30.0,
