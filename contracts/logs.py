@@ -44,8 +44,8 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The lines carry none of a record's thread, process or source location, so records
-    # do not collect them (the logging HOWTO's "Optimization"): a third of what a line
-    # costs, paid once per Job by the dispatcher.
+    # do not collect them (the logging HOWTO's "Optimization"): looking them up costs
+    # every line, and the dispatcher writes one per Job.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
